@@ -1,0 +1,874 @@
+//! The append-only, hash-chained audit log: one JSON object per line.
+//!
+//! Each entry carries the SHA-256 of its own content and the hash of the
+//! entry before it, so deleting, reordering or editing any line breaks the
+//! chain at a point [`verify`] can name. An append returns only once its
+//! line is on disk; concurrent appenders share `fsync`s (group commit).
+//!
+//! Entry format, fields in this order (`certifier` only when present):
+//!
+//! ```text
+//! {"seq":1,"time":"2025-01-01T00:00:00.000000Z","kind":"...","actor":"...",
+//!  "certifier":"...","detail":{...},"prev":"<64 hex>","hash":"<64 hex>"}
+//! ```
+//!
+//! `hash` is the SHA-256 of the compact JSON serialization of the entry
+//! without the `hash` field; the first entry's `prev` is 64 zeros.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use time::macros::format_description;
+use time::OffsetDateTime;
+
+use crate::ledger::GroupCommit;
+
+/// `prev` of the first entry.
+pub const GENESIS_PREV: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// Kind of the entry appended after a torn final line was cut off at open.
+pub const KIND_RECOVERED: &str = "audit_recovered";
+
+/// Actor recorded for entries certd writes on its own behalf.
+const SELF_ACTOR: &str = "certd";
+
+/// How much of the tail is read at a time when looking for the last entry;
+/// doubled until an entry is found, so a healthy log costs one small read.
+const TAIL_WINDOW: u64 = 64 * 1024;
+
+/// How much of a dropped torn line is kept, as text, in the recovery entry:
+/// enough to show an investigator what was lost, bounded against junk.
+const RECOVERED_TEXT_LIMIT: usize = 4096;
+
+/// An event to be recorded; build with [`AuditEvent::new`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditEvent {
+    kind: String,
+    actor: String,
+    certifier: Option<String>,
+    detail: Value,
+}
+
+impl AuditEvent {
+    /// An event of `kind` (e.g. `"certificate_issued"`) caused by `actor`
+    /// (an RA identity, an operator, or `"certd"`), with empty detail.
+    pub fn new(kind: impl Into<String>, actor: impl Into<String>) -> Self {
+        Self {
+            kind: kind.into(),
+            actor: actor.into(),
+            certifier: None,
+            detail: Value::Object(serde_json::Map::new()),
+        }
+    }
+
+    /// The certifier (CA) the event concerns.
+    pub fn certifier(mut self, certifier: impl Into<String>) -> Self {
+        self.certifier = Some(certifier.into());
+        self
+    }
+
+    /// Event-specific detail; must be a JSON object or the append fails
+    /// with [`AuditError::DetailNotObject`].
+    pub fn detail(mut self, detail: Value) -> Self {
+        self.detail = detail;
+        self
+    }
+}
+
+/// One entry of the log, as written and as read back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditRecord {
+    /// Position in the log, starting at 1, without gaps.
+    pub seq: u64,
+    /// When the entry was written: RFC 3339, UTC, microseconds.
+    pub time: String,
+    /// What happened.
+    pub kind: String,
+    /// Who caused it.
+    pub actor: String,
+    /// The certifier concerned, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certifier: Option<String>,
+    /// Event-specific data (a JSON object).
+    pub detail: Value,
+    /// `hash` of the previous entry, or [`GENESIS_PREV`].
+    pub prev: String,
+    /// SHA-256 (lowercase hex) of this entry without this field.
+    pub hash: String,
+}
+
+/// The hashed part of an entry. Field order and skipping must stay exactly
+/// as in [`AuditRecord`]: the hash covers these bytes.
+#[derive(Serialize)]
+struct RecordBody<'a> {
+    seq: u64,
+    time: &'a str,
+    kind: &'a str,
+    actor: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    certifier: Option<&'a str>,
+    detail: &'a Value,
+    prev: &'a str,
+}
+
+impl AuditRecord {
+    /// Recomputes the hash of this entry's content (everything but `hash`).
+    pub fn compute_hash(&self) -> Result<String, AuditError> {
+        let body = RecordBody {
+            seq: self.seq,
+            time: &self.time,
+            kind: &self.kind,
+            actor: &self.actor,
+            certifier: self.certifier.as_deref(),
+            detail: &self.detail,
+            prev: &self.prev,
+        };
+        let bytes = serde_json::to_vec(&body).map_err(|e| AuditError::Encode(e.to_string()))?;
+        Ok(hex::encode(Sha256::digest(&bytes)))
+    }
+}
+
+/// Errors from the audit log.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuditError {
+    /// The log file could not be opened, created, read or repaired at open.
+    #[error(
+        "cannot open audit log {path}: {source}; check that its directory exists \
+         and is writable by certd"
+    )]
+    Open {
+        /// The log file.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: io::Error,
+    },
+    /// Reading the log failed during verification.
+    #[error("cannot read audit log {path}: {source}")]
+    Read {
+        /// The log file.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: io::Error,
+    },
+    /// Writing an entry failed (e.g. disk full); the entry was not recorded.
+    #[error("writing to the audit log failed: {0}; check free disk space")]
+    Write(#[source] io::Error),
+    /// Making an entry durable failed; the entry may be lost. The log
+    /// refuses further appends until certd is restarted.
+    #[error(
+        "syncing the audit log to disk failed: {0}; check the disk, then restart \
+         certd and run verify-audit"
+    )]
+    Sync(#[source] Arc<io::Error>),
+    /// An earlier write or sync failure left the log in an unknown state, so
+    /// appends are refused rather than building on entries that may be lost.
+    #[error(
+        "the audit log is refusing appends after an earlier failure ({0}); \
+         fix the disk, then restart certd and run verify-audit"
+    )]
+    Unusable(String),
+    /// The event's detail was not a JSON object.
+    #[error("audit event detail must be a JSON object")]
+    DetailNotObject,
+    /// An entry could not be encoded (an internal error).
+    #[error("cannot encode audit entry: {0}")]
+    Encode(String),
+}
+
+/// Outcome of [`verify`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Entries checked and found sound (before the first broken one).
+    pub entries: u64,
+    /// The first entry that breaks the chain, if any.
+    pub first_broken: Option<BrokenEntry>,
+}
+
+impl VerifyReport {
+    /// Whether the whole log verified.
+    pub fn is_ok(&self) -> bool {
+        self.first_broken.is_none()
+    }
+}
+
+/// Where and why the chain breaks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokenEntry {
+    /// Line number, 1-based.
+    pub line: u64,
+    /// The entry's `seq`, when it could be read.
+    pub seq: Option<u64>,
+    /// Machine-readable class of the break.
+    pub kind: BreakKind,
+    /// Human-readable explanation.
+    pub reason: String,
+}
+
+/// The ways an entry can break the chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BreakKind {
+    /// The line is not JSON of the entry schema.
+    InvalidJson,
+    /// `seq` is not the previous entry's plus one (deleted, inserted or
+    /// reordered lines).
+    SequenceGap,
+    /// `prev` is not the previous entry's `hash`.
+    PrevMismatch,
+    /// `hash` does not match the entry's content.
+    HashMismatch,
+}
+
+/// An append-only, hash-chained audit log file, shared between threads.
+pub struct AuditLog {
+    path: PathBuf,
+    chain: Mutex<Chain>,
+    /// A second handle on the same open file, so the group-commit leader can
+    /// `fsync` without holding the chain lock that appenders need.
+    sync_handle: File,
+    commit: GroupCommit<Arc<io::Error>>,
+}
+
+/// Everything an append needs to extend the chain, kept together under one
+/// lock so that seq order, hash order and file order are the same.
+struct Chain {
+    file: File,
+    seq: u64,
+    hash: String,
+    /// Length of the file up to the last complete entry.
+    len: u64,
+    /// Why appends are refused, after a failure that left the tail unknown.
+    failed: Option<String>,
+}
+
+impl AuditLog {
+    /// Opens the log at `path`, creating it (mode 0600) if absent, and
+    /// continues the chain from the last readable entry.
+    ///
+    /// A torn final line (a crash mid-append) is cut off and an
+    /// [`KIND_RECOVERED`] entry records what was dropped. Any other damage is
+    /// left for [`verify`] to report.
+    pub fn open(path: &Path) -> Result<Self, AuditError> {
+        let open_error = |source| AuditError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let file = open_or_create(path).map_err(open_error)?;
+        let len = file.metadata().map_err(open_error)?.len();
+
+        let complete = complete_len(&file, len).map_err(open_error)?;
+        let torn = if complete < len {
+            let dropped = read_dropped(&file, complete, len).map_err(open_error)?;
+            file.set_len(complete).map_err(open_error)?;
+            file.sync_data().map_err(open_error)?;
+            tracing::warn!(
+                path = %path.display(),
+                bytes = dropped.bytes,
+                "audit log ended in a torn line; cut it off"
+            );
+            Some(dropped)
+        } else {
+            None
+        };
+
+        let (seq, hash) = match last_entry(&file, complete).map_err(open_error)? {
+            Some(record) => (record.seq, record.hash),
+            None => (0, GENESIS_PREV.to_owned()),
+        };
+        let sync_handle = file.try_clone().map_err(open_error)?;
+        let log = Self {
+            path: path.to_owned(),
+            chain: Mutex::new(Chain {
+                file,
+                seq,
+                hash,
+                len: complete,
+                failed: None,
+            }),
+            sync_handle,
+            commit: GroupCommit::new(),
+        };
+
+        if let Some(dropped) = torn {
+            log.append(
+                AuditEvent::new(KIND_RECOVERED, SELF_ACTOR).detail(serde_json::json!({
+                    "bytes_dropped": dropped.bytes,
+                    "dropped_sha256": dropped.sha256,
+                    "dropped_text": dropped.text,
+                })),
+            )?;
+        }
+        Ok(log)
+    }
+
+    /// The file this log writes to.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends `event` and returns the written entry once it is durable.
+    pub fn append(&self, event: AuditEvent) -> Result<AuditRecord, AuditError> {
+        if !event.detail.is_object() {
+            return Err(AuditError::DetailNotObject);
+        }
+        let (record, ticket) = {
+            let mut chain = self.lock_chain();
+            if let Some(why) = &chain.failed {
+                return Err(AuditError::Unusable(why.clone()));
+            }
+            // Taken under the lock so that times never go backwards in the
+            // file (unless the wall clock itself does).
+            let time = now_rfc3339()?;
+            let mut record = AuditRecord {
+                seq: chain.seq + 1,
+                time,
+                kind: event.kind,
+                actor: event.actor,
+                certifier: event.certifier,
+                detail: event.detail,
+                prev: chain.hash.clone(),
+                hash: String::new(),
+            };
+            record.hash = record.compute_hash()?;
+            let mut line =
+                serde_json::to_vec(&record).map_err(|e| AuditError::Encode(e.to_string()))?;
+            line.push(b'\n');
+
+            // One write per line: a crash leaves at worst one torn line at
+            // the end, which `open` knows how to cut off.
+            if let Err(error) = chain.file.write_all(&line) {
+                // A partial line left in place would be followed by the next
+                // entry and corrupt the chain, so cut it off now or stop.
+                let len = chain.len;
+                if let Err(truncate) = chain.file.set_len(len) {
+                    chain.failed = Some(format!(
+                        "a failed write ({error}) left a partial entry that could not \
+                         be removed ({truncate})"
+                    ));
+                }
+                return Err(AuditError::Write(error));
+            }
+            chain.len += line.len() as u64;
+            chain.seq = record.seq;
+            chain.hash.clone_from(&record.hash);
+            (record, self.commit.ticket())
+        };
+
+        let synced = self
+            .commit
+            .durable(ticket, || self.sync_handle.sync_data().map_err(Arc::new));
+        if let Err(error) = synced {
+            // After a failed fsync the kernel may have dropped our pages; the
+            // in-memory chain could now point at entries that are not on
+            // disk, so nothing more may be chained onto it.
+            self.lock_chain()
+                .failed
+                .get_or_insert_with(|| format!("sync failed: {error}"));
+            return Err(AuditError::Sync(error));
+        }
+        Ok(record)
+    }
+
+    /// `seq` of the last entry written (0 for an empty log).
+    pub fn last_seq(&self) -> u64 {
+        self.lock_chain().seq
+    }
+
+    fn lock_chain(&self) -> MutexGuard<'_, Chain> {
+        // Chain fields are updated only after a successful write and by
+        // assignments that cannot panic, so a poisoned lock still holds a
+        // consistent chain.
+        self.chain.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Checks the whole log at `path`: every line valid, `seq` contiguous from 1,
+/// `prev` linking to the previous `hash`, and every `hash` matching its
+/// entry. Stops at the first break.
+pub fn verify(path: &Path) -> Result<VerifyReport, AuditError> {
+    let read_error = |source| AuditError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let mut reader = BufReader::new(File::open(path).map_err(read_error)?);
+    let mut line = Vec::new();
+    let mut line_no = 0u64;
+    let mut previous: Option<(u64, String)> = None;
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line).map_err(read_error)? == 0 {
+            break;
+        }
+        line_no += 1;
+        let content = line.strip_suffix(b"\n").unwrap_or(&line);
+        let broken = |kind, seq, reason| {
+            Ok(VerifyReport {
+                entries: line_no - 1,
+                first_broken: Some(BrokenEntry {
+                    line: line_no,
+                    seq,
+                    kind,
+                    reason,
+                }),
+            })
+        };
+
+        let record: AuditRecord = match serde_json::from_slice(content) {
+            Ok(record) => record,
+            Err(error) => {
+                return broken(
+                    BreakKind::InvalidJson,
+                    seq_hint(content),
+                    format!("not valid JSON: {error}"),
+                )
+            }
+        };
+        let seq = Some(record.seq);
+        let (expected_seq, expected_prev) = match &previous {
+            Some((seq, hash)) => (seq + 1, hash.as_str()),
+            None => (1, GENESIS_PREV),
+        };
+        if record.seq != expected_seq {
+            return broken(
+                BreakKind::SequenceGap,
+                seq,
+                format!(
+                    "sequence gap: expected {expected_seq}, found {}",
+                    record.seq
+                ),
+            );
+        }
+        if record.prev != expected_prev {
+            return broken(
+                BreakKind::PrevMismatch,
+                seq,
+                "prev hash does not match previous entry".to_owned(),
+            );
+        }
+        if record.compute_hash()? != record.hash {
+            return broken(
+                BreakKind::HashMismatch,
+                seq,
+                "hash does not match content".to_owned(),
+            );
+        }
+        previous = Some((record.seq, record.hash));
+    }
+    Ok(VerifyReport {
+        entries: line_no,
+        first_broken: None,
+    })
+}
+
+/// The `seq` of a line that is JSON but not a valid entry, to help the
+/// operator find it.
+fn seq_hint(content: &[u8]) -> Option<u64> {
+    serde_json::from_slice::<Value>(content)
+        .ok()?
+        .get("seq")?
+        .as_u64()
+}
+
+fn now_rfc3339() -> Result<String, AuditError> {
+    // Fixed-width microseconds rather than `Rfc3339`, which drops the
+    // fraction when it happens to be zero.
+    let format =
+        format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z");
+    OffsetDateTime::now_utc()
+        .format(format)
+        .map_err(|e| AuditError::Encode(e.to_string()))
+}
+
+fn open_or_create(path: &Path) -> io::Result<File> {
+    let mut options = OpenOptions::new();
+    options.read(true).append(true);
+    match options.clone().create_new(true).mode(0o600).open(path) {
+        Ok(file) => {
+            // The new directory entry must survive a crash too, or the
+            // first entries could vanish with the file itself.
+            let parent = match path.parent() {
+                Some(dir) if !dir.as_os_str().is_empty() => dir,
+                _ => Path::new("."),
+            };
+            File::open(parent)?.sync_all()?;
+            Ok(file)
+        }
+        Err(error) if error.kind() == io::ErrorKind::AlreadyExists => options.open(path),
+        Err(error) => Err(error),
+    }
+}
+
+/// Length of the file up to and including its last newline: everything
+/// after it is a torn append.
+fn complete_len(file: &File, len: u64) -> io::Result<u64> {
+    let mut end = len;
+    let mut buf = vec![0u8; TAIL_WINDOW as usize];
+    while end > 0 {
+        let start = end.saturating_sub(TAIL_WINDOW);
+        let chunk = &mut buf[..(end - start) as usize];
+        file.read_exact_at(chunk, start)?;
+        if let Some(pos) = chunk.iter().rposition(|b| *b == b'\n') {
+            return Ok(start + pos as u64 + 1);
+        }
+        end = start;
+    }
+    Ok(0)
+}
+
+struct Dropped {
+    bytes: u64,
+    sha256: String,
+    text: String,
+}
+
+fn read_dropped(file: &File, from: u64, to: u64) -> io::Result<Dropped> {
+    let mut hasher = Sha256::new();
+    let mut kept = Vec::new();
+    let mut buf = vec![0u8; TAIL_WINDOW as usize];
+    let mut offset = from;
+    while offset < to {
+        let n = (to - offset).min(TAIL_WINDOW) as usize;
+        file.read_exact_at(&mut buf[..n], offset)?;
+        hasher.update(&buf[..n]);
+        let room = RECOVERED_TEXT_LIMIT.saturating_sub(kept.len());
+        kept.extend_from_slice(&buf[..n.min(room)]);
+        offset += n as u64;
+    }
+    Ok(Dropped {
+        bytes: to - from,
+        sha256: hex::encode(hasher.finalize()),
+        text: String::from_utf8_lossy(&kept).into_owned(),
+    })
+}
+
+/// The last line in `[0, end)` that parses as an entry. `end` must be 0 or
+/// just after a newline.
+fn last_entry(file: &File, end: u64) -> io::Result<Option<AuditRecord>> {
+    let mut window = TAIL_WINDOW;
+    let mut skipped: u64;
+    loop {
+        let start = end.saturating_sub(window);
+        let mut buf = vec![0u8; (end - start) as usize];
+        file.read_exact_at(&mut buf, start)?;
+        let mut lines: Vec<&[u8]> = buf.split(|b| *b == b'\n').collect();
+        // The piece after the final newline is empty; the first piece may be
+        // the cut-off end of a longer line unless the window reaches byte 0.
+        lines.pop();
+        if start > 0 && !lines.is_empty() {
+            lines.remove(0);
+        }
+        skipped = 0;
+        for line in lines.iter().rev() {
+            if let Ok(record) = serde_json::from_slice::<AuditRecord>(line) {
+                if skipped > 0 {
+                    tracing::warn!(
+                        skipped,
+                        seq = record.seq,
+                        "audit log ends in unreadable entries; continuing after the last \
+                         readable one, run verify-audit"
+                    );
+                }
+                return Ok(Some(record));
+            }
+            skipped += 1;
+        }
+        if start == 0 {
+            break;
+        }
+        window = window.saturating_mul(2);
+    }
+    if skipped > 0 {
+        tracing::warn!(
+            skipped,
+            "audit log holds no readable entry; starting a new chain, run verify-audit"
+        );
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn new_log() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.jsonl");
+        (dir, path)
+    }
+
+    /// A log of `n` entries with actor "alice".
+    fn log_with(n: u64) -> (tempfile::TempDir, PathBuf) {
+        let (dir, path) = new_log();
+        let log = AuditLog::open(&path).expect("open");
+        for i in 0..n {
+            log.append(
+                AuditEvent::new("certificate_issued", "alice")
+                    .certifier("ca1")
+                    .detail(json!({ "i": i })),
+            )
+            .expect("append");
+        }
+        (dir, path)
+    }
+
+    fn read_lines(path: &Path) -> Vec<String> {
+        std::fs::read_to_string(path)
+            .expect("read")
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn write_lines(path: &Path, lines: &[String]) {
+        let mut text = lines.join("\n");
+        text.push('\n');
+        std::fs::write(path, text).expect("write");
+    }
+
+    fn broken(path: &Path) -> BrokenEntry {
+        verify(path)
+            .expect("verify")
+            .first_broken
+            .expect("tampering must be detected")
+    }
+
+    #[test]
+    fn audit_log_is_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<AuditLog>();
+    }
+
+    #[test]
+    fn entry_format_is_stable() {
+        let (_dir, path) = new_log();
+        let log = AuditLog::open(&path).expect("open");
+        let first = log
+            .append(AuditEvent::new("started", "certd"))
+            .expect("append");
+        let second = log
+            .append(
+                AuditEvent::new("certificate_issued", "ra-web")
+                    .certifier("ca1")
+                    .detail(json!({"serial": "01"})),
+            )
+            .expect("append");
+        assert_eq!(first.seq, 1);
+        assert_eq!(first.prev, GENESIS_PREV);
+        assert_eq!(second.prev, first.hash);
+
+        let lines = read_lines(&path);
+        let expected_first = format!(
+            r#"{{"seq":1,"time":"{}","kind":"started","actor":"certd","detail":{{}},"prev":"{}","hash":"{}"}}"#,
+            first.time, GENESIS_PREV, first.hash
+        );
+        assert_eq!(lines[0], expected_first);
+        assert!(lines[1].contains(r#""actor":"ra-web","certifier":"ca1","detail":{"serial":"01"}"#));
+        // RFC 3339 UTC with microseconds: 2025-01-01T00:00:00.000000Z
+        assert_eq!(first.time.len(), 27);
+        assert!(first.time.ends_with('Z') && first.time.as_bytes()[19] == b'.');
+        let hashed = lines[0].replace(&format!(r#","hash":"{}""#, first.hash), "");
+        assert_eq!(hex::encode(Sha256::digest(hashed.as_bytes())), first.hash);
+
+        let mode = std::fs::metadata(&path)
+            .expect("metadata")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(matches!(
+            log.append(AuditEvent::new("x", "y").detail(json!([1]))),
+            Err(AuditError::DetailNotObject)
+        ));
+    }
+
+    #[test]
+    fn concurrent_appends_form_a_gapless_chain() {
+        let (_dir, path) = new_log();
+        let log = Arc::new(AuditLog::open(&path).expect("open"));
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let log = Arc::clone(&log);
+                std::thread::spawn(move || {
+                    (0..50)
+                        .map(|i| {
+                            log.append(
+                                AuditEvent::new("test", format!("thread-{t}"))
+                                    .detail(json!({ "i": i })),
+                            )
+                            .expect("append")
+                            .seq
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut seqs: Vec<u64> = threads
+            .into_iter()
+            .flat_map(|t| t.join().expect("thread"))
+            .collect();
+        seqs.sort_unstable();
+        assert_eq!(seqs, (1..=400).collect::<Vec<_>>());
+        assert_eq!(log.last_seq(), 400);
+        let report = verify(&path).expect("verify");
+        assert_eq!(
+            report,
+            VerifyReport {
+                entries: 400,
+                first_broken: None
+            }
+        );
+    }
+
+    #[test]
+    fn reopen_continues_the_chain() {
+        let (_dir, path) = log_with(3);
+        let log = AuditLog::open(&path).expect("reopen");
+        assert_eq!(log.last_seq(), 3);
+        let last = read_lines(&path).pop().expect("line");
+        let last: AuditRecord = serde_json::from_str(&last).expect("parse");
+        let next = log.append(AuditEvent::new("more", "bob")).expect("append");
+        assert_eq!(next.seq, 4);
+        assert_eq!(next.prev, last.hash);
+        assert!(verify(&path).expect("verify").is_ok());
+        assert_eq!(verify(&path).expect("verify").entries, 4);
+    }
+
+    #[test]
+    fn empty_log_verifies() {
+        let (_dir, path) = new_log();
+        drop(AuditLog::open(&path).expect("open"));
+        let report = verify(&path).expect("verify");
+        assert_eq!(report.entries, 0);
+        assert!(report.is_ok());
+    }
+
+    #[test]
+    fn edited_field_is_a_hash_mismatch() {
+        let (_dir, path) = log_with(9);
+        let mut lines = read_lines(&path);
+        lines[4] = lines[4].replace(r#""actor":"alice""#, r#""actor":"mallory""#);
+        write_lines(&path, &lines);
+        let broken = broken(&path);
+        assert_eq!((broken.line, broken.seq), (5, Some(5)));
+        assert_eq!(broken.kind, BreakKind::HashMismatch);
+        assert_eq!(broken.reason, "hash does not match content");
+        assert_eq!(verify(&path).expect("verify").entries, 4);
+    }
+
+    #[test]
+    fn deleted_line_is_a_sequence_gap() {
+        let (_dir, path) = log_with(9);
+        let mut lines = read_lines(&path);
+        lines.remove(4);
+        write_lines(&path, &lines);
+        let broken = broken(&path);
+        assert_eq!((broken.line, broken.seq), (5, Some(6)));
+        assert_eq!(broken.kind, BreakKind::SequenceGap);
+        assert_eq!(broken.reason, "sequence gap: expected 5, found 6");
+    }
+
+    #[test]
+    fn swapped_lines_are_caught() {
+        let (_dir, path) = log_with(9);
+        let mut lines = read_lines(&path);
+        lines.swap(3, 4);
+        write_lines(&path, &lines);
+        let broken = broken(&path);
+        assert_eq!((broken.line, broken.seq), (4, Some(5)));
+        assert_eq!(broken.kind, BreakKind::SequenceGap);
+        assert_eq!(broken.reason, "sequence gap: expected 4, found 5");
+    }
+
+    #[test]
+    fn rehashed_edit_is_caught_at_the_next_line() {
+        let (_dir, path) = log_with(9);
+        let mut lines = read_lines(&path);
+        let mut record: AuditRecord = serde_json::from_str(&lines[4]).expect("parse");
+        record.actor = "mallory".to_owned();
+        record.hash = record.compute_hash().expect("hash");
+        lines[4] = serde_json::to_string(&record).expect("encode");
+        write_lines(&path, &lines);
+        let broken = broken(&path);
+        assert_eq!((broken.line, broken.seq), (6, Some(6)));
+        assert_eq!(broken.kind, BreakKind::PrevMismatch);
+        assert_eq!(broken.reason, "prev hash does not match previous entry");
+    }
+
+    #[test]
+    fn garbage_line_is_invalid_json() {
+        let (_dir, path) = log_with(5);
+        let mut lines = read_lines(&path);
+        lines[2] = "not json".to_owned();
+        lines[3] = lines[3].replace(r#""seq":4"#, r#""seq":4,"extra":1"#);
+        write_lines(&path, &lines);
+        let first = broken(&path);
+        assert_eq!((first.line, first.seq), (3, None));
+        assert_eq!(first.kind, BreakKind::InvalidJson);
+        assert!(first.reason.starts_with("not valid JSON"));
+
+        // Unknown fields are refused too, and the seq is still reported.
+        lines.remove(2);
+        write_lines(&path, &lines);
+        let second = broken(&path);
+        assert_eq!((second.line, second.seq), (3, Some(4)));
+        assert_eq!(second.kind, BreakKind::InvalidJson);
+    }
+
+    #[test]
+    fn torn_last_line_is_cut_off_and_recorded() {
+        let (_dir, path) = log_with(3);
+        let fragment = br#"{"seq":4,"time":"2025-01-01T00:00"#;
+        let mut file = OpenOptions::new().append(true).open(&path).expect("open");
+        file.write_all(fragment).expect("write");
+        drop(file);
+
+        let log = AuditLog::open(&path).expect("open repairs");
+        assert_eq!(log.last_seq(), 4);
+        let lines = read_lines(&path);
+        assert_eq!(lines.len(), 4);
+        let recovered: AuditRecord = serde_json::from_str(&lines[3]).expect("parse");
+        assert_eq!(recovered.kind, KIND_RECOVERED);
+        assert_eq!(recovered.detail["bytes_dropped"], json!(fragment.len()));
+        assert_eq!(
+            recovered.detail["dropped_text"],
+            json!(String::from_utf8_lossy(fragment))
+        );
+        assert!(std::fs::read(&path).expect("read").ends_with(b"\n"));
+        assert_eq!(
+            verify(&path).expect("verify"),
+            VerifyReport {
+                entries: 4,
+                first_broken: None
+            }
+        );
+        log.append(AuditEvent::new("after", "bob")).expect("append");
+        assert!(verify(&path).expect("verify").is_ok());
+    }
+
+    #[test]
+    fn other_corruption_is_not_repaired_at_open() {
+        let (_dir, path) = log_with(3);
+        let mut lines = read_lines(&path);
+        lines.push("garbage but complete".to_owned());
+        write_lines(&path, &lines);
+
+        let log = AuditLog::open(&path).expect("open");
+        assert_eq!(log.last_seq(), 3);
+        let next = log.append(AuditEvent::new("after", "bob")).expect("append");
+        assert_eq!(next.seq, 4);
+        let lines = read_lines(&path);
+        assert_eq!(lines[3], "garbage but complete");
+        assert_eq!(broken(&path).line, 4);
+    }
+}

@@ -1,0 +1,359 @@
+//! The certifiers a daemon holds and their lifecycle:
+//! `locked` → (activate) → `active` → (deactivate) → `locked`, and
+//! `unavailable` whenever the token stops answering, from which the
+//! certifier returns by itself once the token is back.
+
+use crate::config::{CertifierConfig, Config};
+use crate::hsm::pkcs11::{Module, Pkcs11Signer};
+use crate::hsm::{HsmError, KeyType, Signer};
+use crate::x509;
+use secrecy::SecretString;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use x509_cert::Certificate;
+
+/// The state of a certifier, as shown by `certd status` and the health API.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase", tag = "state", content = "reason")]
+pub enum State {
+    /// No PIN given yet; nothing can be signed.
+    Locked,
+    /// Logged in and signing.
+    Active,
+    /// The token or module is not usable; the reason says why.
+    Unavailable(String),
+}
+
+impl State {
+    /// The short name of the state.
+    pub fn name(&self) -> &'static str {
+        match self {
+            State::Locked => "locked",
+            State::Active => "active",
+            State::Unavailable(_) => "unavailable",
+        }
+    }
+}
+
+/// Errors loading certifiers at start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CertifierError {
+    /// The certifier's certificate cannot be used.
+    #[error("certifier {name:?}: {message}")]
+    Certificate {
+        /// Certifier name.
+        name: String,
+        /// What is wrong and what to do.
+        message: String,
+    },
+    /// No such certifier.
+    #[error("no certifier {0:?}; `certd status` lists them by name and number")]
+    Unknown(String),
+    /// Several certifiers and none named.
+    #[error("this daemon has {0} certifiers: name the one to use (by name or number)")]
+    Ambiguous(usize),
+}
+
+impl CertifierError {
+    /// Stable machine code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            CertifierError::Certificate { .. } => "bad_certificate",
+            CertifierError::Unknown(_) => "unknown_certifier",
+            CertifierError::Ambiguous(_) => "certifier_required",
+        }
+    }
+}
+
+struct Live {
+    state: State,
+    signer: Option<Arc<Pkcs11Signer>>,
+    /// Kept while active so the daemon can log in again on its own after
+    /// the token went away and came back; wiped on deactivation.
+    pin: Option<SecretString>,
+}
+
+/// One certifier: configuration, certificate, and live state.
+pub struct Certifier {
+    /// 1-based number, stable for a given configuration order.
+    pub number: usize,
+    /// Its configuration.
+    pub config: CertifierConfig,
+    /// Its own certificate.
+    pub certificate: Certificate,
+    /// The chain above it (may be empty for a root).
+    pub chain: Vec<Certificate>,
+    /// Key type, from the certificate.
+    pub key_type: KeyType,
+    module: PathBuf,
+    sessions: usize,
+    live: RwLock<Live>,
+}
+
+impl std::fmt::Debug for Certifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Certifier")
+            .field("number", &self.number)
+            .field("name", &self.config.name)
+            .field("state", &self.state())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Certifier {
+    /// The certifier's name.
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// The subject of its certificate, as text.
+    pub fn subject(&self) -> String {
+        self.certificate.tbs_certificate().subject().to_string()
+    }
+
+    /// The current state.
+    pub fn state(&self) -> State {
+        self.live
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .state
+            .clone()
+    }
+
+    /// The signer, if active.
+    pub fn signer(&self) -> Result<Arc<dyn Signer + Send + Sync>, HsmError> {
+        let live = self.live.read().unwrap_or_else(|p| p.into_inner());
+        match (&live.state, &live.signer) {
+            (State::Active, Some(s)) => Ok(s.clone()),
+            (State::Unavailable(r), _) => Err(HsmError::Unavailable(r.clone())),
+            _ => Err(HsmError::Locked),
+        }
+    }
+
+    fn open_signer(&self, pin: &SecretString, fresh_login: bool) -> Result<Pkcs11Signer, HsmError> {
+        let module = Module::open(&self.module)?;
+        let signer = Pkcs11Signer::open(
+            module,
+            &self.config.token_label,
+            &self.config.key_label,
+            pin,
+            self.sessions,
+            fresh_login,
+        )?;
+        if signer.public_key() != self.certificate.tbs_certificate().subject_public_key_info() {
+            return Err(HsmError::KeyMismatch {
+                token: self.config.token_label.clone(),
+                label: self.config.key_label.clone(),
+                certificate: self.config.certificate.display().to_string(),
+            });
+        }
+        Ok(signer)
+    }
+
+    /// Whether `pin` equals the PIN this certifier is logged in with
+    /// (constant time).
+    fn pin_matches(&self, pin: &SecretString) -> Option<bool> {
+        use secrecy::ExposeSecret;
+        use subtle::ConstantTimeEq;
+        let live = self.live.read().unwrap_or_else(|p| p.into_inner());
+        let held = live.pin.as_ref()?;
+        Some(
+            held.expose_secret()
+                .as_bytes()
+                .ct_eq(pin.expose_secret().as_bytes())
+                .into(),
+        )
+    }
+
+    /// Logs in with `pin` and becomes active. The PIN is tried exactly
+    /// once; see [`Certifiers::activate`] for `fresh_login`.
+    fn activate(&self, pin: SecretString, fresh_login: bool) -> Result<(), HsmError> {
+        let signer = self.open_signer(&pin, fresh_login)?;
+        let mut live = self.live.write().unwrap_or_else(|p| p.into_inner());
+        live.signer = Some(Arc::new(signer));
+        live.pin = Some(pin);
+        live.state = State::Active;
+        Ok(())
+    }
+
+    /// Drops the signer and the PIN; `logout` also logs the token out.
+    fn lock(&self, logout: bool) -> Result<(), HsmError> {
+        let mut live = self.live.write().unwrap_or_else(|p| p.into_inner());
+        let signer = live.signer.take();
+        live.pin = None;
+        live.state = State::Locked;
+        drop(live);
+        if let (Some(s), true) = (signer, logout) {
+            s.logout()?;
+        }
+        Ok(())
+    }
+
+    /// Marks the certifier unavailable after a token fault seen while
+    /// signing; the recovery probe brings it back.
+    pub fn report_fault(&self, reason: &str) {
+        let mut live = self.live.write().unwrap_or_else(|p| p.into_inner());
+        if live.state == State::Active {
+            live.state = State::Unavailable(reason.to_string());
+            live.signer = None;
+        }
+    }
+
+    /// Checks an active certifier's token and tries to bring an unavailable
+    /// one back. Returns the new state if it changed.
+    pub fn probe(&self) -> Option<State> {
+        let (state, signer, pin) = {
+            let live = self.live.read().unwrap_or_else(|p| p.into_inner());
+            (live.state.clone(), live.signer.clone(), live.pin.clone())
+        };
+        match state {
+            State::Active => {
+                let signer = signer?;
+                if let Err(e) = signer.probe() {
+                    let reason =
+                        format!("token {:?} stopped answering: {e}", self.config.token_label);
+                    self.report_fault(&reason);
+                    return Some(State::Unavailable(reason));
+                }
+                None
+            }
+            State::Unavailable(old) => {
+                let pin = pin?;
+                // The PIN was checked by the token when it was first given.
+                match self.open_signer(&pin, false) {
+                    Ok(s) => {
+                        let mut live = self.live.write().unwrap_or_else(|p| p.into_inner());
+                        if live.state == State::Unavailable(old) {
+                            live.signer = Some(Arc::new(s));
+                            live.state = State::Active;
+                            return Some(State::Active);
+                        }
+                        None
+                    }
+                    Err(HsmError::PinIncorrect(_) | HsmError::PinLocked(_)) => {
+                        // The PIN changed behind our back: never retry it.
+                        let _ = self.lock(false);
+                        Some(State::Locked)
+                    }
+                    Err(e) => {
+                        let reason = e.to_string();
+                        let mut live = self.live.write().unwrap_or_else(|p| p.into_inner());
+                        if live.state == State::Unavailable(old.clone()) && old != reason {
+                            live.state = State::Unavailable(reason.clone());
+                            return Some(State::Unavailable(reason));
+                        }
+                        None
+                    }
+                }
+            }
+            State::Locked => None,
+        }
+    }
+}
+
+/// All certifiers of a daemon.
+#[derive(Debug)]
+pub struct Certifiers {
+    list: Vec<Arc<Certifier>>,
+}
+
+impl Certifiers {
+    /// Loads every certifier's certificate; all start locked.
+    pub fn load(config: &Config) -> Result<Certifiers, CertifierError> {
+        let mut list = Vec::new();
+        for (i, c) in config.certifiers.iter().enumerate() {
+            let fail = |message: String| CertifierError::Certificate {
+                name: c.name.clone(),
+                message,
+            };
+            let certs = crate::ceremony::read_certificates(&c.certificate).map_err(|e| {
+                fail(format!(
+                    "{e}; write it with `certd init-ca --cert-out` or `certd import-ca-cert`"
+                ))
+            })?;
+            let certificate = certs
+                .into_iter()
+                .next()
+                .ok_or_else(|| fail("certificate file holds no certificate".into()))?;
+            let chain = match &c.chain {
+                Some(p) => {
+                    crate::ceremony::read_certificates(p).map_err(|e| fail(e.to_string()))?
+                }
+                None => Vec::new(),
+            };
+            let key_type =
+                x509::key_type_of(certificate.tbs_certificate().subject_public_key_info())
+                    .map_err(|e| fail(e.to_string()))?;
+            list.push(Arc::new(Certifier {
+                number: i + 1,
+                config: c.clone(),
+                certificate,
+                chain,
+                key_type,
+                module: config.hsm.module.clone(),
+                sessions: config.hsm.sessions,
+                live: RwLock::new(Live {
+                    state: State::Locked,
+                    signer: None,
+                    pin: None,
+                }),
+            }));
+        }
+        Ok(Certifiers { list })
+    }
+
+    /// All certifiers in number order.
+    pub fn all(&self) -> &[Arc<Certifier>] {
+        &self.list
+    }
+
+    /// Finds a certifier by name or number; `None` picks the only one.
+    pub fn find(&self, which: Option<&str>) -> Result<Arc<Certifier>, CertifierError> {
+        match which {
+            None if self.list.len() == 1 => Ok(self.list[0].clone()),
+            None => Err(CertifierError::Ambiguous(self.list.len())),
+            Some(w) => {
+                if let Ok(n) = w.parse::<usize>() {
+                    if let Some(c) = n.checked_sub(1).and_then(|i| self.list.get(i)) {
+                        return Ok(c.clone());
+                    }
+                }
+                self.list
+                    .iter()
+                    .find(|c| c.name() == w)
+                    .cloned()
+                    .ok_or_else(|| CertifierError::Unknown(w.to_string()))
+            }
+        }
+    }
+
+    /// Activates `certifier` with `pin`.
+    ///
+    /// When another certifier on the same token is active, the token is
+    /// already logged in and would accept any PIN, so the PIN is compared
+    /// with the one that logged it in instead; otherwise the token checks it.
+    pub fn activate(&self, certifier: &Certifier, pin: SecretString) -> Result<(), HsmError> {
+        let sibling = self.list.iter().find(|c| {
+            c.number != certifier.number
+                && c.config.token_label == certifier.config.token_label
+                && c.state() == State::Active
+        });
+        match sibling.and_then(|s| s.pin_matches(&pin)) {
+            Some(true) => certifier.activate(pin, false),
+            Some(false) => Err(HsmError::PinIncorrect(certifier.config.token_label.clone())),
+            None => certifier.activate(pin, true),
+        }
+    }
+
+    /// Locks `certifier`; logs its token out only when no other active
+    /// certifier shares the token (PKCS#11 logins are per token).
+    pub fn deactivate(&self, certifier: &Certifier) -> Result<(), HsmError> {
+        let shared = self.list.iter().any(|c| {
+            c.number != certifier.number
+                && c.config.token_label == certifier.config.token_label
+                && c.state() == State::Active
+        });
+        certifier.lock(!shared)
+    }
+}

@@ -1,0 +1,1238 @@
+//! The certificate ledger: the source of truth for every serial certd has
+//! ever handed out.
+//!
+//! A serial is recorded durably as an *intent* before the HSM signs, and the
+//! certificate is stored after. Because a serial only ever moves forward
+//! through [`RecordState`] and records are never deleted, a crash between
+//! intent and issuance can burn a serial but never lets it be reused.
+//!
+//! The storage sits behind the [`Ledger`] trait so that a shared backend
+//! (PostgreSQL) can later replace the embedded [`SledLedger`] without the
+//! issuance pipeline noticing.
+
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+
+/// Attempts at finding an unused random serial before giving up. With 127
+/// random bits a single collision is already a sign of a broken CSPRNG, so
+/// a small bound is plenty.
+const MAX_SERIAL_ATTEMPTS: usize = 8;
+
+/// Length in bytes of a certd serial number.
+pub const SERIAL_LEN: usize = 16;
+
+/// A certificate serial number issued by certd: 16 bytes from the OS CSPRNG,
+/// positive (top bit clear) and non-zero.
+///
+/// The invariants are checked on every construction, so holding a `Serial`
+/// means holding a valid one.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Serial([u8; SERIAL_LEN]);
+
+/// Why a string or byte slice is not a valid certd serial.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SerialError {
+    /// The text is not 32 hexadecimal digits.
+    #[error("a serial is {} hexadecimal digits", SERIAL_LEN * 2)]
+    Malformed,
+    /// The value has its top bit set, so it would be a negative INTEGER.
+    #[error("a serial must be positive (top bit clear)")]
+    Negative,
+    /// The value is zero, which RFC 5280 forbids.
+    #[error("a serial must not be zero")]
+    Zero,
+}
+
+impl Serial {
+    /// Draws a fresh serial from the OS CSPRNG.
+    pub fn random() -> Result<Self, LedgerError> {
+        loop {
+            let mut bytes = [0u8; SERIAL_LEN];
+            getrandom::fill(&mut bytes).map_err(LedgerError::Rng)?;
+            // Clearing the top bit keeps the DER INTEGER positive while
+            // leaving 127 bits of entropy, far above the 64 that the
+            // Baseline Requirements demand.
+            bytes[0] &= 0x7f;
+            // An all-zero draw (probability 2^-127) is simply drawn again.
+            if let Ok(serial) = Self::from_bytes(bytes) {
+                return Ok(serial);
+            }
+        }
+    }
+
+    /// Wraps raw bytes, checking that they form a positive, non-zero serial.
+    pub fn from_bytes(bytes: [u8; SERIAL_LEN]) -> Result<Self, SerialError> {
+        if bytes[0] & 0x80 != 0 {
+            return Err(SerialError::Negative);
+        }
+        if bytes.iter().all(|b| *b == 0) {
+            return Err(SerialError::Zero);
+        }
+        Ok(Self(bytes))
+    }
+
+    /// Parses the 32-digit hexadecimal form (either case).
+    pub fn from_hex(text: &str) -> Result<Self, SerialError> {
+        let mut bytes = [0u8; SERIAL_LEN];
+        hex::decode_to_slice(text, &mut bytes).map_err(|_| SerialError::Malformed)?;
+        Self::from_bytes(bytes)
+    }
+
+    /// The lowercase hexadecimal form used in the API, logs and the ledger.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// The big-endian bytes, ready for the certificate's serialNumber.
+    pub fn as_bytes(&self) -> &[u8; SERIAL_LEN] {
+        &self.0
+    }
+}
+
+impl fmt::Display for Serial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for Serial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Serial({})", self.to_hex())
+    }
+}
+
+impl FromStr for Serial {
+    type Err = SerialError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Self::from_hex(text)
+    }
+}
+
+impl Serialize for Serial {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.to_hex())
+    }
+}
+
+impl<'de> Deserialize<'de> for Serial {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Self::from_hex(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Hashes and DER are stored as hex so the ledger stays readable with
+/// generic tools when an operator has to investigate.
+mod hex_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(bytes: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(bytes))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+        let text = String::deserialize(d)?;
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(&text, &mut out).map_err(serde::de::Error::custom)?;
+        Ok(out)
+    }
+
+    pub(super) mod option_vec {
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        pub(crate) fn serialize<S: Serializer>(
+            bytes: &Option<Vec<u8>>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            match bytes {
+                Some(bytes) => s.serialize_some(&hex::encode(bytes)),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<Vec<u8>>, D::Error> {
+            Option::<String>::deserialize(d)?
+                .map(|text| hex::decode(text).map_err(serde::de::Error::custom))
+                .transpose()
+        }
+    }
+}
+
+/// What the issuance pipeline is about to sign, recorded before the HSM is
+/// asked to sign it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Intent {
+    /// Name of the certifier (CA) that will sign.
+    pub certifier: String,
+    /// Identity of the registration authority that asked.
+    pub ra: String,
+    /// The RA's idempotency key, when it sent one.
+    pub request_id: Option<String>,
+    /// SHA-256 of the TBSCertificate to be signed.
+    #[serde(with = "hex_bytes")]
+    pub tbs_sha256: [u8; 32],
+    /// Issuance profile the certificate is built from.
+    pub profile: String,
+    /// When the intent was formed, in Unix seconds.
+    pub created: i64,
+}
+
+/// Where a serial is in its life. It only ever moves forward:
+/// `Intent → Issued → Revoked`, or `Intent → Abandoned`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordState {
+    /// Reserved before signing; the certificate may or may not exist.
+    Intent,
+    /// Signed and stored.
+    Issued,
+    /// Signing failed or was interrupted; the serial is burned forever.
+    Abandoned,
+    /// Issued and later revoked.
+    Revoked,
+}
+
+impl fmt::Display for RecordState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Intent => "intent",
+            Self::Issued => "issued",
+            Self::Abandoned => "abandoned",
+            Self::Revoked => "revoked",
+        })
+    }
+}
+
+/// Everything the ledger knows about one serial.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerRecord {
+    /// Current state.
+    pub state: RecordState,
+    /// What was about to be signed when the serial was reserved.
+    pub intent: Intent,
+    /// The issued certificate, once signed (kept after revocation).
+    #[serde(with = "hex_bytes::option_vec")]
+    pub certificate_der: Option<Vec<u8>>,
+    /// The certificate's notAfter, in Unix seconds.
+    pub not_after: Option<i64>,
+    /// When the certificate was stored, in Unix seconds.
+    pub issued_at: Option<i64>,
+    /// When the certificate was revoked, in Unix seconds.
+    pub revoked_at: Option<i64>,
+    /// RFC 5280 CRLReason code of the revocation.
+    pub revocation_reason: Option<u8>,
+    /// Why issuance was abandoned.
+    pub abandoned_reason: Option<String>,
+}
+
+impl LedgerRecord {
+    fn new_intent(intent: Intent) -> Self {
+        Self {
+            state: RecordState::Intent,
+            intent,
+            certificate_der: None,
+            not_after: None,
+            issued_at: None,
+            revoked_at: None,
+            revocation_reason: None,
+            abandoned_reason: None,
+        }
+    }
+}
+
+/// The stored answer to an RA's idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdempotencyEntry {
+    /// SHA-256 of the request body, to tell a replay from a conflicting reuse
+    /// of the same key.
+    #[serde(with = "hex_bytes")]
+    pub body_sha256: [u8; 32],
+    /// The serial reserved for the original request.
+    pub serial: Serial,
+}
+
+/// Result of [`Ledger::idempotency_put`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// The key was new and now maps to the given entry.
+    Inserted,
+    /// The key was already taken; this is what it maps to.
+    Exists(IdempotencyEntry),
+}
+
+/// Per-certifier counters, updated atomically with the records they count.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertifierStats {
+    /// Certificates ever issued (revoked ones included).
+    pub issued: u64,
+    /// Certificates revoked.
+    pub revoked: u64,
+    /// Serial of the most recently issued certificate.
+    pub last_serial: Option<Serial>,
+}
+
+/// Errors from the ledger.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LedgerError {
+    /// The storage engine failed (I/O error, full disk, lock held by another
+    /// process, on-disk corruption detected by sled).
+    #[error(
+        "ledger storage failed: {0}; check free disk space and the permissions \
+         of the certd state directory"
+    )]
+    Storage(#[from] sled::Error),
+    /// No record exists for this serial (hex).
+    #[error("no ledger record for serial {0}")]
+    NotFound(String),
+    /// The record exists but is not in the state the operation requires.
+    #[error("serial {serial} is {found}, but this operation needs it to be {expected}")]
+    InvalidState {
+        /// The serial, in hex.
+        serial: String,
+        /// The state the operation requires.
+        expected: RecordState,
+        /// The state the record is in.
+        found: RecordState,
+    },
+    /// No unused serial was found after several random draws, which means
+    /// the random number generator is not random.
+    #[error(
+        "no unused serial found after {MAX_SERIAL_ATTEMPTS} random draws; \
+         the OS random number generator is suspect, refusing to issue"
+    )]
+    SerialExhausted,
+    /// The OS random number generator failed.
+    #[error("the OS random number generator failed: {0}")]
+    Rng(getrandom::Error),
+    /// A stored value could not be decoded; the ledger needs inspection.
+    #[error("ledger data is corrupt: {0}; restore the state directory from backup")]
+    Corrupt(String),
+}
+
+impl LedgerError {
+    /// Stable machine-readable code for the API and logs.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Storage(_) => "ledger_unavailable",
+            Self::NotFound(_) => "not_found",
+            Self::InvalidState { .. } => "invalid_state",
+            Self::SerialExhausted | Self::Rng(_) => "internal",
+            Self::Corrupt(_) => "ledger_corrupt",
+        }
+    }
+}
+
+impl From<TransactionError<LedgerError>> for LedgerError {
+    fn from(error: TransactionError<LedgerError>) -> Self {
+        match error {
+            TransactionError::Abort(error) => error,
+            TransactionError::Storage(error) => Self::Storage(error),
+        }
+    }
+}
+
+/// The certificate ledger. Every mutating method returns only once its
+/// change is durable.
+pub trait Ledger: Send + Sync {
+    /// Reserves a fresh random serial for `intent`, in state
+    /// [`RecordState::Intent`]. An existing serial is never overwritten.
+    fn reserve_serial(&self, intent: Intent) -> Result<Serial, LedgerError>;
+
+    /// Stores the signed certificate: `Intent → Issued`.
+    fn record_issued(
+        &self,
+        serial: &Serial,
+        certificate_der: &[u8],
+        not_after: i64,
+    ) -> Result<(), LedgerError>;
+
+    /// Burns a serial whose signing failed: `Intent → Abandoned`.
+    fn record_abandoned(&self, serial: &Serial, reason: &str) -> Result<(), LedgerError>;
+
+    /// Revokes an issued certificate: `Issued → Revoked`. The reason code is
+    /// stored as given; checking it is the caller's policy.
+    fn record_revoked(
+        &self,
+        serial: &Serial,
+        reason_code: u8,
+        revoked_at: i64,
+    ) -> Result<(), LedgerError>;
+
+    /// Looks up one serial.
+    fn get(&self, serial: &Serial) -> Result<Option<LedgerRecord>, LedgerError>;
+
+    /// Records still in state `Intent`, i.e. signings interrupted by a crash
+    /// (when called at start-up).
+    fn pending_intents(&self) -> Result<Vec<(Serial, LedgerRecord)>, LedgerError>;
+
+    /// Looks up an RA's idempotency key.
+    fn idempotency_get(
+        &self,
+        ra: &str,
+        request_id: &str,
+    ) -> Result<Option<IdempotencyEntry>, LedgerError>;
+
+    /// Claims an RA's idempotency key; of two concurrent claims exactly one
+    /// gets [`PutOutcome::Inserted`].
+    fn idempotency_put(
+        &self,
+        ra: &str,
+        request_id: &str,
+        entry: IdempotencyEntry,
+    ) -> Result<PutOutcome, LedgerError>;
+
+    /// Counters for one certifier (zero for an unknown one).
+    fn stats(&self, certifier: &str) -> Result<CertifierStats, LedgerError>;
+
+    /// The next CRL number for a certifier: starts at 1, strictly increasing,
+    /// durable before it is returned.
+    fn next_crl_number(&self, certifier: &str) -> Result<u64, LedgerError>;
+
+    /// The last CRL number handed out by [`Ledger::next_crl_number`], or
+    /// `None` if the certifier has never had one (for status displays).
+    fn current_crl_number(&self, certifier: &str) -> Result<Option<u64>, LedgerError>;
+
+    /// All records, optionally only those of one certifier, in serial order.
+    fn iter_records(
+        &self,
+        certifier: Option<&str>,
+    ) -> Result<Vec<(Serial, LedgerRecord)>, LedgerError>;
+}
+
+/// Group commit: many writers share one expensive sync (`fsync`, sled
+/// flush) instead of paying for one each.
+///
+/// Protocol: a writer finishes its write, then takes a [`ticket`], then calls
+/// [`durable`]. Because tickets are taken only after the write, every ticket
+/// at or below the current maximum belongs to a completed write, so a leader
+/// that notes that maximum before syncing covers all of them.
+///
+/// Once a sync has failed, every ticket it covered gets the error, even if a
+/// later sync succeeds: after a failed `fsync` the kernel may have dropped
+/// the dirty pages, so a later success proves nothing about them.
+///
+/// [`ticket`]: GroupCommit::ticket
+/// [`durable`]: GroupCommit::durable
+pub(crate) struct GroupCommit<E> {
+    issued: AtomicU64,
+    rounds: Mutex<Rounds<E>>,
+    finished: Condvar,
+}
+
+struct Rounds<E> {
+    /// Highest ticket included in a finished sync round, failed or not.
+    covered: u64,
+    leader_active: bool,
+    /// Failed rounds whose writers have not all collected the error yet.
+    failures: Vec<FailedRound<E>>,
+}
+
+struct FailedRound<E> {
+    /// Tickets in `(after, upto]` were covered by this round.
+    after: u64,
+    upto: u64,
+    unclaimed: u64,
+    error: E,
+}
+
+impl<E: Clone> GroupCommit<E> {
+    /// A helper with no writes yet.
+    pub(crate) fn new() -> Self {
+        Self {
+            issued: AtomicU64::new(0),
+            rounds: Mutex::new(Rounds {
+                covered: 0,
+                leader_active: false,
+                failures: Vec::new(),
+            }),
+            finished: Condvar::new(),
+        }
+    }
+
+    /// Takes a ticket for a write that has already completed.
+    pub(crate) fn ticket(&self) -> u64 {
+        self.issued.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// Returns once the write behind `ticket` is durable, running `sync`
+    /// itself if no other writer is already doing so.
+    ///
+    /// `sync` must not panic: a panicking leader would leave the round open
+    /// forever (certd's release profile aborts on panic anyway).
+    pub(crate) fn durable(
+        &self,
+        ticket: u64,
+        sync: impl FnOnce() -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut rounds = self.lock();
+        loop {
+            if let Some(error) = Self::claim_failure(&mut rounds, ticket) {
+                return Err(error);
+            }
+            if ticket <= rounds.covered {
+                return Ok(());
+            }
+            if !rounds.leader_active {
+                break;
+            }
+            rounds = self
+                .finished
+                .wait(rounds)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+
+        rounds.leader_active = true;
+        let after = rounds.covered;
+        let upto = self.issued.load(Ordering::SeqCst);
+        debug_assert!(
+            ticket <= upto,
+            "durable() called with a ticket never issued"
+        );
+        drop(rounds);
+        let result = sync();
+        let mut rounds = self.lock();
+        rounds.leader_active = false;
+        rounds.covered = rounds.covered.max(upto);
+        if let Err(error) = result {
+            rounds.failures.push(FailedRound {
+                after,
+                upto,
+                unclaimed: upto.saturating_sub(after),
+                error,
+            });
+        }
+        self.finished.notify_all();
+        // Our own ticket is in `(after, upto]`, so this finds the failure
+        // just recorded, if any.
+        match Self::claim_failure(&mut rounds, ticket) {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+
+    fn claim_failure(rounds: &mut Rounds<E>, ticket: u64) -> Option<E> {
+        let index = rounds
+            .failures
+            .iter()
+            .position(|f| f.after < ticket && ticket <= f.upto)?;
+        let failure = &mut rounds.failures[index];
+        let error = failure.error.clone();
+        failure.unclaimed = failure.unclaimed.saturating_sub(1);
+        if failure.unclaimed == 0 {
+            rounds.failures.swap_remove(index);
+        }
+        Some(error)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Rounds<E>> {
+        // The state is only changed by plain assignments that cannot panic
+        // halfway, so a poisoned lock still guards consistent data.
+        self.rounds.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+const CERTIFICATES_TREE: &str = "certificates";
+const IDEMPOTENCY_TREE: &str = "idempotency";
+const META_TREE: &str = "meta";
+
+/// The embedded ledger on sled.
+///
+/// Trees: `certificates` (serial bytes → [`LedgerRecord`] JSON),
+/// `idempotency` (RA + request id → [`IdempotencyEntry`] JSON) and `meta`
+/// (per-certifier counters and CRL numbers).
+pub struct SledLedger {
+    db: sled::Db,
+    certificates: sled::Tree,
+    idempotency: sled::Tree,
+    meta: sled::Tree,
+    commit: GroupCommit<sled::Error>,
+}
+
+impl SledLedger {
+    /// Opens (or creates) the ledger in `dir`. sled locks the directory, so
+    /// a second process opening it gets [`LedgerError::Storage`].
+    pub fn open(dir: &Path) -> Result<Self, LedgerError> {
+        let db = sled::Config::new().path(dir).open()?;
+        Ok(Self {
+            certificates: db.open_tree(CERTIFICATES_TREE)?,
+            idempotency: db.open_tree(IDEMPOTENCY_TREE)?,
+            meta: db.open_tree(META_TREE)?,
+            db,
+            commit: GroupCommit::new(),
+        })
+    }
+
+    /// Makes every write completed so far durable, sharing the flush with
+    /// concurrent writers.
+    fn make_durable(&self) -> Result<(), LedgerError> {
+        let ticket = self.commit.ticket();
+        self.commit
+            .durable(ticket, || self.db.flush().map(|_| ()))
+            .map_err(LedgerError::Storage)
+    }
+
+    /// Moves one record from `expected` to its next state inside a
+    /// transaction, applying `change` and adjusting the certifier's
+    /// counters with `count` in the same transaction.
+    fn transition(
+        &self,
+        serial: &Serial,
+        expected: RecordState,
+        change: impl Fn(&mut LedgerRecord),
+        count: impl Fn(&mut CertifierStats),
+    ) -> Result<(), LedgerError> {
+        (&self.certificates, &self.meta).transaction(|(certificates, meta)| {
+            let abort = ConflictableTransactionError::Abort;
+            let Some(bytes) = certificates.get(serial.as_bytes())? else {
+                return Err(abort(LedgerError::NotFound(serial.to_hex())));
+            };
+            let mut record = decode_record(serial, &bytes).map_err(abort)?;
+            if record.state != expected {
+                return Err(abort(LedgerError::InvalidState {
+                    serial: serial.to_hex(),
+                    expected,
+                    found: record.state,
+                }));
+            }
+            change(&mut record);
+            certificates.insert(&serial.as_bytes()[..], encode(&record).map_err(abort)?)?;
+
+            let key = stats_key(&record.intent.certifier);
+            let mut stats = match meta.get(&key)? {
+                Some(bytes) => decode_stats(&bytes).map_err(abort)?,
+                None => CertifierStats::default(),
+            };
+            count(&mut stats);
+            meta.insert(key, encode(&stats).map_err(abort)?)?;
+            Ok(())
+        })?;
+        self.make_durable()
+    }
+}
+
+impl Ledger for SledLedger {
+    fn reserve_serial(&self, intent: Intent) -> Result<Serial, LedgerError> {
+        let value = encode(&LedgerRecord::new_intent(intent))?;
+        for _ in 0..MAX_SERIAL_ATTEMPTS {
+            let serial = Serial::random()?;
+            let swapped = self.certificates.compare_and_swap(
+                serial.as_bytes(),
+                None::<&[u8]>,
+                Some(value.clone()),
+            )?;
+            match swapped {
+                Ok(()) => {
+                    self.make_durable()?;
+                    return Ok(serial);
+                }
+                Err(_) => {
+                    tracing::warn!(serial = %serial, "random serial collided with an existing one");
+                }
+            }
+        }
+        Err(LedgerError::SerialExhausted)
+    }
+
+    fn record_issued(
+        &self,
+        serial: &Serial,
+        certificate_der: &[u8],
+        not_after: i64,
+    ) -> Result<(), LedgerError> {
+        let now = unix_now();
+        self.transition(
+            serial,
+            RecordState::Intent,
+            |record| {
+                record.state = RecordState::Issued;
+                record.certificate_der = Some(certificate_der.to_vec());
+                record.not_after = Some(not_after);
+                record.issued_at = Some(now);
+            },
+            |stats| {
+                stats.issued += 1;
+                stats.last_serial = Some(*serial);
+            },
+        )
+    }
+
+    fn record_abandoned(&self, serial: &Serial, reason: &str) -> Result<(), LedgerError> {
+        self.transition(
+            serial,
+            RecordState::Intent,
+            |record| {
+                record.state = RecordState::Abandoned;
+                record.abandoned_reason = Some(reason.to_owned());
+            },
+            |_| {},
+        )
+    }
+
+    fn record_revoked(
+        &self,
+        serial: &Serial,
+        reason_code: u8,
+        revoked_at: i64,
+    ) -> Result<(), LedgerError> {
+        self.transition(
+            serial,
+            RecordState::Issued,
+            |record| {
+                record.state = RecordState::Revoked;
+                record.revoked_at = Some(revoked_at);
+                record.revocation_reason = Some(reason_code);
+            },
+            |stats| stats.revoked += 1,
+        )
+    }
+
+    fn get(&self, serial: &Serial) -> Result<Option<LedgerRecord>, LedgerError> {
+        self.certificates
+            .get(serial.as_bytes())?
+            .map(|bytes| decode_record(serial, &bytes))
+            .transpose()
+    }
+
+    fn pending_intents(&self) -> Result<Vec<(Serial, LedgerRecord)>, LedgerError> {
+        self.scan(|record| record.state == RecordState::Intent)
+    }
+
+    fn idempotency_get(
+        &self,
+        ra: &str,
+        request_id: &str,
+    ) -> Result<Option<IdempotencyEntry>, LedgerError> {
+        self.idempotency
+            .get(idempotency_key(ra, request_id))?
+            .map(|bytes| decode_idempotency(&bytes))
+            .transpose()
+    }
+
+    fn idempotency_put(
+        &self,
+        ra: &str,
+        request_id: &str,
+        entry: IdempotencyEntry,
+    ) -> Result<PutOutcome, LedgerError> {
+        let key = idempotency_key(ra, request_id);
+        let value = encode(&entry)?;
+        let swapped = self
+            .idempotency
+            .compare_and_swap(&key, None::<&[u8]>, Some(value))?;
+        match swapped {
+            Ok(()) => {
+                self.make_durable()?;
+                Ok(PutOutcome::Inserted)
+            }
+            // Entries are never deleted, so a failed swap from "absent"
+            // always reports the value that won.
+            Err(cas) => match cas.current {
+                Some(bytes) => Ok(PutOutcome::Exists(decode_idempotency(&bytes)?)),
+                None => Err(LedgerError::Corrupt(format!(
+                    "idempotency key for RA {ra:?} vanished during insertion"
+                ))),
+            },
+        }
+    }
+
+    fn stats(&self, certifier: &str) -> Result<CertifierStats, LedgerError> {
+        match self.meta.get(stats_key(certifier))? {
+            Some(bytes) => decode_stats(&bytes),
+            None => Ok(CertifierStats::default()),
+        }
+    }
+
+    fn next_crl_number(&self, certifier: &str) -> Result<u64, LedgerError> {
+        let key = crl_number_key(certifier);
+        let number = self.meta.transaction(|meta| {
+            let abort = ConflictableTransactionError::Abort;
+            let current = match meta.get(&key)? {
+                Some(bytes) => decode_crl_number(certifier, &bytes).map_err(abort)?,
+                None => 0,
+            };
+            let next = current.checked_add(1).ok_or_else(|| {
+                abort(LedgerError::Corrupt(format!(
+                    "CRL number of certifier {certifier:?} is exhausted"
+                )))
+            })?;
+            meta.insert(&key[..], &next.to_be_bytes()[..])?;
+            Ok(next)
+        })?;
+        self.make_durable()?;
+        Ok(number)
+    }
+
+    fn current_crl_number(&self, certifier: &str) -> Result<Option<u64>, LedgerError> {
+        self.meta
+            .get(crl_number_key(certifier))?
+            .map(|bytes| decode_crl_number(certifier, &bytes))
+            .transpose()
+    }
+
+    fn iter_records(
+        &self,
+        certifier: Option<&str>,
+    ) -> Result<Vec<(Serial, LedgerRecord)>, LedgerError> {
+        self.scan(|record| certifier.is_none_or(|c| record.intent.certifier == c))
+    }
+}
+
+impl SledLedger {
+    fn scan(
+        &self,
+        keep: impl Fn(&LedgerRecord) -> bool,
+    ) -> Result<Vec<(Serial, LedgerRecord)>, LedgerError> {
+        let mut out = Vec::new();
+        for item in self.certificates.iter() {
+            let (key, value) = item?;
+            let bytes: [u8; SERIAL_LEN] = key.as_ref().try_into().map_err(|_| {
+                LedgerError::Corrupt(format!(
+                    "certificate key {} is not a serial",
+                    hex::encode(&key)
+                ))
+            })?;
+            let serial = Serial::from_bytes(bytes).map_err(|e| {
+                LedgerError::Corrupt(format!("certificate key {}: {e}", hex::encode(bytes)))
+            })?;
+            let record = decode_record(&serial, &value)?;
+            if keep(&record) {
+                out.push((serial, record));
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn unix_now() -> i64 {
+    // A clock before 1970 is treated as 1970 rather than failing issuance.
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, LedgerError> {
+    serde_json::to_vec(value).map_err(|e| LedgerError::Corrupt(format!("cannot encode: {e}")))
+}
+
+fn decode_record(serial: &Serial, bytes: &[u8]) -> Result<LedgerRecord, LedgerError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| LedgerError::Corrupt(format!("record for serial {serial}: {e}")))
+}
+
+fn decode_stats(bytes: &[u8]) -> Result<CertifierStats, LedgerError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| LedgerError::Corrupt(format!("certifier counters: {e}")))
+}
+
+fn decode_crl_number(certifier: &str, bytes: &[u8]) -> Result<u64, LedgerError> {
+    let bytes: [u8; 8] = bytes.try_into().map_err(|_| {
+        LedgerError::Corrupt(format!(
+            "CRL number of certifier {certifier:?} is not 8 bytes"
+        ))
+    })?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
+fn decode_idempotency(bytes: &[u8]) -> Result<IdempotencyEntry, LedgerError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| LedgerError::Corrupt(format!("idempotency entry: {e}")))
+}
+
+/// Length-prefixing the RA name keeps `("a", "bc")` and `("ab", "c")` apart
+/// whatever characters the names contain.
+fn idempotency_key(ra: &str, request_id: &str) -> Vec<u8> {
+    let ra_len = u32::try_from(ra.len()).unwrap_or(u32::MAX);
+    let mut key = Vec::with_capacity(4 + ra.len() + request_id.len());
+    key.extend_from_slice(&ra_len.to_be_bytes());
+    key.extend_from_slice(ra.as_bytes());
+    key.extend_from_slice(request_id.as_bytes());
+    key
+}
+
+fn stats_key(certifier: &str) -> Vec<u8> {
+    [b"stats/".as_slice(), certifier.as_bytes()].concat()
+}
+
+fn crl_number_key(certifier: &str) -> Vec<u8> {
+    [b"crl_number/".as_slice(), certifier.as_bytes()].concat()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+    use std::sync::Arc;
+
+    fn intent(certifier: &str) -> Intent {
+        Intent {
+            certifier: certifier.to_owned(),
+            ra: "ra-web".to_owned(),
+            request_id: Some("req-1".to_owned()),
+            tbs_sha256: [7; 32],
+            profile: "tls-server".to_owned(),
+            created: 1_700_000_000,
+        }
+    }
+
+    fn open(dir: &tempfile::TempDir) -> SledLedger {
+        SledLedger::open(dir.path()).expect("open ledger")
+    }
+
+    #[test]
+    fn ledger_is_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<SledLedger>();
+        assert_send_sync::<Box<dyn Ledger>>();
+    }
+
+    #[test]
+    fn serial_hex_round_trip_and_invariants() {
+        let serial = Serial::random().expect("rng");
+        assert_eq!(Serial::from_hex(&serial.to_hex()), Ok(serial));
+        assert_eq!(serial.to_hex(), serial.to_hex().to_lowercase());
+        assert_eq!(Serial::from_hex("00"), Err(SerialError::Malformed));
+        assert_eq!(Serial::from_hex(&"0".repeat(32)), Err(SerialError::Zero));
+        assert_eq!(
+            Serial::from_hex(&format!("80{}", "0".repeat(30))),
+            Err(SerialError::Negative)
+        );
+    }
+
+    #[test]
+    fn concurrent_reservations_are_unique_positive_and_persisted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ledger = Arc::new(open(&dir));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let ledger = Arc::clone(&ledger);
+                std::thread::spawn(move || {
+                    (0..250)
+                        .map(|_| ledger.reserve_serial(intent("ca1")).expect("reserve"))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let serials: Vec<Serial> = threads
+            .into_iter()
+            .flat_map(|t| t.join().expect("thread"))
+            .collect();
+        assert_eq!(serials.len(), 1000);
+        let unique: HashSet<_> = serials.iter().collect();
+        assert_eq!(unique.len(), 1000);
+        assert!(serials.iter().all(|s| s.as_bytes()[0] & 0x80 == 0));
+        drop(ledger);
+
+        let ledger = open(&dir);
+        let pending = ledger.pending_intents().expect("pending");
+        assert_eq!(pending.len(), 1000);
+        for serial in &serials {
+            let record = ledger.get(serial).expect("get").expect("present");
+            assert_eq!(record.state, RecordState::Intent);
+            assert_eq!(record.intent, intent("ca1"));
+        }
+    }
+
+    #[test]
+    fn lifecycle_and_counters() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ledger = open(&dir);
+        let a = ledger.reserve_serial(intent("ca1")).expect("reserve");
+        let b = ledger.reserve_serial(intent("ca1")).expect("reserve");
+        let other = ledger.reserve_serial(intent("ca2")).expect("reserve");
+
+        ledger.record_issued(&a, b"der-a", 2_000).expect("issue a");
+        ledger.record_issued(&b, b"der-b", 3_000).expect("issue b");
+        ledger.record_revoked(&a, 1, 1_800).expect("revoke a");
+
+        let record = ledger.get(&a).expect("get").expect("present");
+        assert_eq!(record.state, RecordState::Revoked);
+        assert_eq!(record.certificate_der.as_deref(), Some(&b"der-a"[..]));
+        assert_eq!(record.not_after, Some(2_000));
+        assert_eq!(record.revoked_at, Some(1_800));
+        assert_eq!(record.revocation_reason, Some(1));
+        assert!(record.issued_at.is_some());
+
+        let stats = ledger.stats("ca1").expect("stats");
+        assert_eq!(
+            stats,
+            CertifierStats {
+                issued: 2,
+                revoked: 1,
+                last_serial: Some(b)
+            }
+        );
+        assert_eq!(
+            ledger.stats("ca2").expect("stats"),
+            CertifierStats::default()
+        );
+
+        assert_eq!(ledger.iter_records(Some("ca1")).expect("iter").len(), 2);
+        assert_eq!(ledger.iter_records(None).expect("iter").len(), 3);
+        let pending = ledger.pending_intents().expect("pending");
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].0, other);
+
+        assert_eq!(ledger.current_crl_number("ca1").expect("crl"), None);
+        assert_eq!(ledger.next_crl_number("ca1").expect("crl"), 1);
+        assert_eq!(ledger.next_crl_number("ca1").expect("crl"), 2);
+        assert_eq!(ledger.next_crl_number("ca2").expect("crl"), 1);
+        drop(ledger);
+        let ledger = open(&dir);
+        assert_eq!(ledger.current_crl_number("ca1").expect("crl"), Some(2));
+        assert_eq!(ledger.next_crl_number("ca1").expect("crl"), 3);
+        assert_eq!(ledger.stats("ca1").expect("stats").issued, 2);
+    }
+
+    #[test]
+    fn invalid_transitions_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ledger = open(&dir);
+        let serial = ledger.reserve_serial(intent("ca1")).expect("reserve");
+
+        let err = ledger
+            .record_revoked(&serial, 0, 1)
+            .expect_err("revoke intent");
+        assert!(matches!(
+            err,
+            LedgerError::InvalidState {
+                expected: RecordState::Issued,
+                found: RecordState::Intent,
+                ..
+            }
+        ));
+        assert_eq!(err.code(), "invalid_state");
+
+        ledger.record_issued(&serial, b"der", 10).expect("issue");
+        let err = ledger
+            .record_issued(&serial, b"other", 10)
+            .expect_err("reissue");
+        assert_eq!(err.code(), "invalid_state");
+        let err = ledger
+            .record_abandoned(&serial, "x")
+            .expect_err("abandon issued");
+        assert_eq!(err.code(), "invalid_state");
+        ledger.record_revoked(&serial, 4, 5).expect("revoke");
+        let err = ledger
+            .record_revoked(&serial, 4, 6)
+            .expect_err("revoke twice");
+        assert_eq!(err.code(), "invalid_state");
+        // Refused transitions must not have touched the counters.
+        let stats = ledger.stats("ca1").expect("stats");
+        assert_eq!((stats.issued, stats.revoked), (1, 1));
+
+        let unknown = Serial::from_hex(&format!("{:032x}", 42)).expect("serial");
+        let err = ledger
+            .record_issued(&unknown, b"der", 1)
+            .expect_err("unknown");
+        assert!(matches!(err, LedgerError::NotFound(ref s) if *s == unknown.to_hex()));
+        assert_eq!(err.code(), "not_found");
+        assert_eq!(ledger.get(&unknown).expect("get"), None);
+    }
+
+    #[test]
+    fn idempotency_put_twice_reports_existing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ledger = open(&dir);
+        let first = IdempotencyEntry {
+            body_sha256: [1; 32],
+            serial: Serial::random().expect("rng"),
+        };
+        let second = IdempotencyEntry {
+            body_sha256: [2; 32],
+            serial: Serial::random().expect("rng"),
+        };
+        assert_eq!(ledger.idempotency_get("ra", "r1").expect("get"), None);
+        assert_eq!(
+            ledger
+                .idempotency_put("ra", "r1", first.clone())
+                .expect("put"),
+            PutOutcome::Inserted
+        );
+        assert_eq!(
+            ledger
+                .idempotency_put("ra", "r1", second.clone())
+                .expect("put"),
+            PutOutcome::Exists(first.clone())
+        );
+        assert_eq!(
+            ledger.idempotency_get("ra", "r1").expect("get"),
+            Some(first)
+        );
+        // Keys are scoped per RA and unambiguous.
+        assert_eq!(
+            ledger
+                .idempotency_put("ra2", "r1", second.clone())
+                .expect("put"),
+            PutOutcome::Inserted
+        );
+        assert_eq!(
+            ledger.idempotency_put("r", "ar1", second).expect("put"),
+            PutOutcome::Inserted
+        );
+    }
+
+    #[test]
+    fn concurrent_idempotency_puts_have_one_winner() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ledger = Arc::new(open(&dir));
+        let threads: Vec<_> = (0..8u8)
+            .map(|i| {
+                let ledger = Arc::clone(&ledger);
+                std::thread::spawn(move || {
+                    let entry = IdempotencyEntry {
+                        body_sha256: [i; 32],
+                        serial: Serial::random().expect("rng"),
+                    };
+                    ledger.idempotency_put("ra", "same", entry).expect("put")
+                })
+            })
+            .collect();
+        let outcomes: Vec<_> = threads
+            .into_iter()
+            .map(|t| t.join().expect("thread"))
+            .collect();
+        let inserted = outcomes
+            .iter()
+            .filter(|o| **o == PutOutcome::Inserted)
+            .count();
+        assert_eq!(inserted, 1);
+    }
+
+    #[test]
+    fn group_commit_reports_failed_round_to_all_its_writers() {
+        let commit = Arc::new(GroupCommit::<String>::new());
+        // One failing round covering tickets 1..=3, taken before any sync.
+        let tickets: Vec<u64> = (0..3).map(|_| commit.ticket()).collect();
+        let results: Vec<_> = tickets
+            .iter()
+            .map(|t| commit.durable(*t, || Err("disk full".to_owned())))
+            .collect();
+        assert!(results.iter().all(|r| *r == Err("disk full".to_owned())));
+
+        // A later successful round does not whitewash anything and works.
+        let ticket = commit.ticket();
+        assert_eq!(commit.durable(ticket, || Ok(())), Ok(()));
+        assert!(commit.lock().failures.is_empty());
+
+        // Writes completed before a round starts share its single sync.
+        let syncs = Arc::new(AtomicU64::new(0));
+        let count = || {
+            syncs.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        };
+        let tickets: Vec<u64> = (0..3).map(|_| commit.ticket()).collect();
+        for ticket in tickets {
+            commit.durable(ticket, count).expect("durable");
+        }
+        assert_eq!(syncs.load(Ordering::SeqCst), 1);
+
+        // Many threads hammering it: every write still comes back durable.
+        let syncs = Arc::new(AtomicU64::new(0));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let commit = Arc::clone(&commit);
+                let syncs = Arc::clone(&syncs);
+                std::thread::spawn(move || {
+                    for _ in 0..100 {
+                        let ticket = commit.ticket();
+                        commit
+                            .durable(ticket, || {
+                                syncs.fetch_add(1, Ordering::SeqCst);
+                                std::thread::yield_now();
+                                Ok(())
+                            })
+                            .expect("durable");
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().expect("thread");
+        }
+        assert!(syncs.load(Ordering::SeqCst) <= 800);
+    }
+
+    const CRASH_CHILD_ENV: &str = "CERTD_LEDGER_CRASH_CHILD";
+    const CRASH_MARKER: &str = "CERTD_CRASHED_SERIAL=";
+
+    /// Crashes (abort, no destructors, no sled shutdown flush) between the
+    /// intent and the issuance, then checks the serial is never reused.
+    #[test]
+    fn crash_between_intent_and_issuance_never_reuses_serial() {
+        if let Some(dir) = std::env::var_os(CRASH_CHILD_ENV) {
+            let ledger = SledLedger::open(Path::new(&dir)).expect("child open");
+            let serial = ledger.reserve_serial(intent("ca1")).expect("child reserve");
+            println!("{CRASH_MARKER}{serial}");
+            std::process::abort();
+        }
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let test_name = concat!(
+            module_path!(),
+            "::crash_between_intent_and_issuance_never_reuses_serial"
+        );
+        // The harness names tests without the crate prefix.
+        let test_name = test_name.split_once("::").map_or(test_name, |(_, n)| n);
+        let output = std::process::Command::new(std::env::current_exe().expect("exe"))
+            .args(["--exact", test_name, "--nocapture", "--test-threads=1"])
+            .env(CRASH_CHILD_ENV, dir.path())
+            .output()
+            .expect("run child");
+        assert!(!output.status.success(), "child was expected to abort");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let crashed = stdout
+            .lines()
+            // The harness prints "test <name> ... " on the same line first.
+            .find_map(|line| line.split_once(CRASH_MARKER).map(|(_, hex)| hex))
+            .unwrap_or_else(|| panic!("child printed no serial; stdout: {stdout}"));
+        let crashed = Serial::from_hex(crashed.trim()).expect("child serial");
+
+        let ledger = open(&dir);
+        let pending = ledger.pending_intents().expect("pending");
+        assert_eq!(
+            pending.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+            vec![crashed]
+        );
+        ledger
+            .record_abandoned(&crashed, "crashed before signing")
+            .expect("abandon");
+        assert!(ledger.pending_intents().expect("pending").is_empty());
+
+        for _ in 0..200 {
+            let serial = ledger.reserve_serial(intent("ca1")).expect("reserve");
+            assert_ne!(serial, crashed);
+        }
+        let err = ledger
+            .record_issued(&crashed, b"der", 1)
+            .expect_err("abandoned serial must not be issued");
+        assert!(matches!(
+            err,
+            LedgerError::InvalidState {
+                found: RecordState::Abandoned,
+                ..
+            }
+        ));
+        let record = ledger.get(&crashed).expect("get").expect("present");
+        assert_eq!(record.state, RecordState::Abandoned);
+        assert_eq!(
+            record.abandoned_reason.as_deref(),
+            Some("crashed before signing")
+        );
+    }
+}

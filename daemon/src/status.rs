@@ -1,0 +1,99 @@
+//! What `certd status` shows: the first thing an operator runs.
+
+use serde::{Deserialize, Serialize};
+use std::fmt::Write;
+
+/// The daemon's state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonStatus {
+    /// certd version.
+    pub version: String,
+    /// Seconds since the daemon started.
+    pub uptime_seconds: u64,
+    /// Process id.
+    pub pid: u32,
+    /// Every certifier, in number order.
+    pub certifiers: Vec<CertifierStatus>,
+}
+
+/// One certifier's state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertifierStatus {
+    /// Stable 1-based number.
+    pub number: usize,
+    /// Name.
+    pub name: String,
+    /// Subject of the certifier's certificate.
+    pub subject: String,
+    /// Key type.
+    pub key_type: String,
+    /// Token label.
+    pub token_label: String,
+    /// Key label in the token.
+    pub key_label: String,
+    /// `locked`, `active` or `unavailable`.
+    pub state: String,
+    /// Why it is unavailable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// notAfter of the certifier's certificate (RFC 3339).
+    pub not_after: String,
+    /// Certificates issued.
+    pub certificates_issued: u64,
+    /// Certificates revoked.
+    pub certificates_revoked: u64,
+    /// Serial of the last certificate issued (hex).
+    pub last_serial: Option<String>,
+    /// Number of the last CRL issued.
+    pub crl_number: Option<u64>,
+}
+
+impl DaemonStatus {
+    /// The human-readable form.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let up = self.uptime_seconds;
+        let _ = writeln!(
+            out,
+            "certd {} (pid {}), up {}d {:02}h {:02}m {:02}s, {} certifier{}",
+            self.version,
+            self.pid,
+            up / 86_400,
+            up % 86_400 / 3_600,
+            up % 3_600 / 60,
+            up % 60,
+            self.certifiers.len(),
+            if self.certifiers.len() == 1 { "" } else { "s" }
+        );
+        for c in &self.certifiers {
+            let _ = writeln!(out);
+            let state = match &c.reason {
+                Some(r) => format!("{} ({r})", c.state.to_uppercase()),
+                None => c.state.to_uppercase(),
+            };
+            let _ = writeln!(out, "  #{} {}  {}", c.number, c.name, state);
+            let _ = writeln!(out, "     subject       {}", c.subject);
+            let _ = writeln!(
+                out,
+                "     key           {} {:?} in token {:?}",
+                c.key_type, c.key_label, c.token_label
+            );
+            let _ = writeln!(out, "     valid until   {}", c.not_after);
+            let _ = writeln!(
+                out,
+                "     issued        {} ({} revoked), last serial {}",
+                c.certificates_issued,
+                c.certificates_revoked,
+                c.last_serial.as_deref().unwrap_or("-")
+            );
+            let _ = writeln!(
+                out,
+                "     CRL number    {}",
+                c.crl_number.map_or("-".to_string(), |n| n.to_string())
+            );
+        }
+        out
+    }
+}
