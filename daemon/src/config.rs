@@ -301,7 +301,7 @@ certificate = "root.pem"
         let text = GOOD.replace("key_label = \"k\"", "key_label = \"k\"\nkey_lable = \"x\"");
         let err = Config::parse(&text, Path::new("c.toml")).expect_err("must fail");
         let msg = err.to_string();
-        assert!(msg.starts_with("c.toml:14:"), "{msg}");
+        assert!(msg.starts_with("c.toml:13:1:"), "{msg}");
         assert!(msg.contains("key_lable"), "{msg}");
     }
 

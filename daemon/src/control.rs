@@ -46,7 +46,7 @@ enum Wire {
         #[serde(default)]
         certifier: Option<String>,
     },
-    Status,
+    Status {},
 }
 
 impl Request {
@@ -61,7 +61,7 @@ impl Request {
             Request::Deactivate { certifier } => Wire::Deactivate {
                 certifier: certifier.clone(),
             },
-            Request::Status => Wire::Status,
+            Request::Status => Wire::Status {},
         };
         let mut out = Zeroizing::new(Vec::with_capacity(256));
         // Serialising these plain structs into memory cannot fail.
@@ -79,7 +79,7 @@ impl Request {
                 pin: SecretString::from(pin.as_str().to_string()),
             },
             Wire::Deactivate { certifier } => Request::Deactivate { certifier },
-            Wire::Status => Request::Status,
+            Wire::Status {} => Request::Status,
         })
     }
 }
