@@ -1,1 +1,294 @@
-//! placeholder
+//! The certd wire contract: JSON request and response types, the stable
+//! error codes, and the mutual-TLS client registration authorities use.
+//!
+//! Every type refuses unknown fields, so a typo in a client is an error, not
+//! a silently ignored option.
+#![forbid(unsafe_code)]
+
+pub mod client;
+pub mod error;
+
+pub use client::{ClientConfig, ClientError, CertdClient};
+pub use error::{ApiError, ErrorCode};
+
+use serde::{Deserialize, Serialize};
+
+/// `POST /v1/certificates`: a request to issue one certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssueRequest {
+    /// The RA's idempotency key: repeating a request with the same id
+    /// returns the original certificate; reusing it for another body is a
+    /// conflict. 1 to 128 printable ASCII characters.
+    pub request_id: String,
+    /// Certifier to sign with; optional when the RA may use only one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certifier: Option<String>,
+    /// Issuance profile.
+    pub profile: String,
+    /// The PKCS#10 request, PEM (`CERTIFICATE REQUEST`).
+    pub csr: String,
+    /// Subject to use instead of the CSR's (the RA's validated view).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<Subject>,
+    /// SANs to use instead of the CSR's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub san: Option<SubjectAltNames>,
+    /// Requested notAfter (RFC 3339); clamped to what policy allows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<String>,
+    /// Approval and validation evidence gathered by the RA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<Approval>,
+}
+
+/// Subject attributes an RA may set.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Subject {
+    /// commonName.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub common_name: Option<String>,
+    /// organizationName.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub organization: Option<String>,
+    /// organizationalUnitName.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub organizational_unit: Option<String>,
+    /// localityName.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locality: Option<String>,
+    /// stateOrProvinceName.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// countryName (two letters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub country: Option<String>,
+    /// emailAddress (S/MIME profiles only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+}
+
+/// subjectAltName entries.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubjectAltNames {
+    /// dNSName entries.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<String>,
+    /// rfc822Name entries.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub email: Vec<String>,
+    /// iPAddress entries (IPv4 or IPv6 text form).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ip: Vec<String>,
+}
+
+/// Approval evidence.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Approval {
+    /// Officers who approved the request.
+    #[serde(default)]
+    pub approved_by: Vec<String>,
+    /// What was validated, how and when.
+    #[serde(default)]
+    pub validations: Vec<Validation>,
+}
+
+/// One piece of validation evidence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Validation {
+    /// The name validated (a DNS name or email address).
+    pub name: String,
+    /// How: `email_token`, `dns_txt`, `http_file`, `enterprise_domain`, ...
+    pub method: String,
+    /// When, RFC 3339.
+    pub checked_at: String,
+    /// Free-form details (token id, resolver, DNSSEC state).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// `201` answer to an issuance request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssueResponse {
+    /// Serial number, lower-case hex.
+    pub serial: String,
+    /// The certificate, PEM.
+    pub certificate: String,
+    /// The chain from the certifier up, PEM each.
+    pub chain: Vec<String>,
+    /// notBefore, RFC 3339.
+    pub not_before: String,
+    /// notAfter, RFC 3339.
+    pub not_after: String,
+    /// Set when the requested notAfter was reduced to what policy allows.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub not_after_clamped: bool,
+    /// True when this answers a repeated `request_id` (nothing new signed).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replayed: bool,
+}
+
+/// Certificate status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CertStatus {
+    /// Issued and not revoked (it may have expired).
+    Valid,
+    /// Revoked.
+    Revoked,
+}
+
+/// `GET /v1/certificates/{serial}` and list items.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateInfo {
+    /// Serial, lower-case hex.
+    pub serial: String,
+    /// `valid` or `revoked`.
+    pub status: CertStatus,
+    /// Certifier that signed it.
+    pub certifier: String,
+    /// Profile it was issued under.
+    pub profile: String,
+    /// RA that requested it.
+    pub ra: String,
+    /// Subject, RFC 4514 text.
+    pub subject: String,
+    /// Email addresses in the SAN.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub emails: Vec<String>,
+    /// DNS names in the SAN.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<String>,
+    /// notBefore, RFC 3339.
+    pub not_before: String,
+    /// notAfter, RFC 3339.
+    pub not_after: String,
+    /// The certificate, PEM.
+    pub certificate: String,
+    /// When it was revoked, RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<String>,
+    /// RFC 5280 reason name (e.g. `keyCompromise`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation_reason: Option<String>,
+}
+
+/// `GET /v1/certificates?...` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateList {
+    /// This page.
+    pub items: Vec<CertificateInfo>,
+    /// Pass as `after` to get the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+/// `POST /v1/certificates/{serial}/revoke` body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeRequest {
+    /// RFC 5280 reason name: `unspecified`, `keyCompromise`,
+    /// `affiliationChanged`, `superseded`, `cessationOfOperation`,
+    /// `certificateHold` is not supported, `privilegeWithdrawn`.
+    pub reason: String,
+}
+
+/// `GET /v1/profiles` item.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileInfo {
+    /// Name.
+    pub name: String,
+    /// `tls-server`, `tls-client` or `smime-mailbox`.
+    pub kind: String,
+    /// Certifiers this RA may use with it.
+    pub certifiers: Vec<String>,
+    /// Subscriber key types allowed.
+    pub key_types: Vec<String>,
+    /// Longest validity, in days (the smaller of profile and grant).
+    pub max_validity_days: u32,
+    /// Whether approval evidence is required.
+    pub requires_approval: bool,
+}
+
+/// `GET /v1/health` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Health {
+    /// `ok` when every certifier is active, else `degraded`.
+    pub status: String,
+    /// Per certifier.
+    pub certifiers: Vec<CertifierHealth>,
+}
+
+/// One certifier's health.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertifierHealth {
+    /// Name.
+    pub name: String,
+    /// `active`, `locked` or `unavailable`.
+    pub state: String,
+    /// Why, when unavailable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// RFC 5280 CRLReason names and codes accepted for revocation.
+pub const REVOCATION_REASONS: [(&str, u8); 7] = [
+    ("unspecified", 0),
+    ("keyCompromise", 1),
+    ("affiliationChanged", 3),
+    ("superseded", 4),
+    ("cessationOfOperation", 5),
+    ("privilegeWithdrawn", 9),
+    ("caCompromise", 2),
+];
+
+/// The code of a reason name.
+pub fn reason_code(name: &str) -> Option<u8> {
+    REVOCATION_REASONS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, c)| *c)
+}
+
+/// The name of a reason code.
+pub fn reason_name(code: u8) -> Option<&'static str> {
+    REVOCATION_REASONS
+        .iter()
+        .find(|(_, c)| *c == code)
+        .map(|(n, _)| *n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let ok = r#"{"request_id":"a","profile":"tls-server","csr":"x"}"#;
+        assert!(serde_json::from_str::<IssueRequest>(ok).is_ok());
+        let bad = r#"{"request_id":"a","profile":"tls-server","csr":"x","validity":1}"#;
+        assert!(serde_json::from_str::<IssueRequest>(bad).is_err());
+        let bad_san = r#"{"request_id":"a","profile":"p","csr":"x","san":{"uri":["x"]}}"#;
+        assert!(serde_json::from_str::<IssueRequest>(bad_san).is_err());
+    }
+
+    #[test]
+    fn reasons_round_trip() {
+        for (name, code) in REVOCATION_REASONS {
+            assert_eq!(reason_code(name), Some(code));
+            assert_eq!(reason_name(code), Some(name));
+        }
+        assert_eq!(reason_code("certificateHold"), None);
+        assert_eq!(reason_code("removeFromCRL"), None);
+    }
+}
