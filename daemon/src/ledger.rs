@@ -274,6 +274,17 @@ pub enum PutOutcome {
     Exists(IdempotencyEntry),
 }
 
+/// Result of [`Ledger::record_intent`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IntentOutcome {
+    /// The intent is durable; signing may proceed.
+    Recorded,
+    /// The serial exists already; draw another.
+    SerialTaken,
+    /// The idempotency key belongs to this earlier request.
+    KeyTaken(IdempotencyEntry),
+}
+
 /// Per-certifier counters, updated atomically with the records they count.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -353,6 +364,22 @@ pub trait Ledger: Send + Sync {
     /// Reserves a fresh random serial for `intent`, in state
     /// [`RecordState::Intent`]. An existing serial is never overwritten.
     fn reserve_serial(&self, intent: Intent) -> Result<Serial, LedgerError>;
+
+    /// Records the intent to sign `serial` (chosen by the caller, who has
+    /// built the TBSCertificate around it) and, when given, claims the RA's
+    /// idempotency key for it, in one durable transaction.
+    ///
+    /// An existing serial is never overwritten ([`IntentOutcome::SerialTaken`]).
+    /// An idempotency key already claimed for a serial that was not
+    /// abandoned is left alone ([`IntentOutcome::KeyTaken`]); one whose
+    /// serial was abandoned (signing failed) is taken over, so a client's
+    /// retry after a transient failure can succeed.
+    fn record_intent(
+        &self,
+        serial: &Serial,
+        intent: Intent,
+        idempotency: Option<(&str, &str, [u8; 32])>,
+    ) -> Result<IntentOutcome, LedgerError>;
 
     /// Stores the signed certificate: `Intent → Issued`.
     fn record_issued(
@@ -627,6 +654,58 @@ impl SledLedger {
 }
 
 impl Ledger for SledLedger {
+    fn record_intent(
+        &self,
+        serial: &Serial,
+        intent: Intent,
+        idempotency: Option<(&str, &str, [u8; 32])>,
+    ) -> Result<IntentOutcome, LedgerError> {
+        let value = encode(&LedgerRecord::new_intent(intent))?;
+        let claim = match idempotency {
+            Some((ra, request_id, body_sha256)) => Some((
+                idempotency_key(ra, request_id),
+                encode(&IdempotencyEntry {
+                    body_sha256,
+                    serial: *serial,
+                })?,
+            )),
+            None => None,
+        };
+        let outcome = (&self.certificates, &self.idempotency).transaction(
+            |(certificates, idempotency)| {
+                let abort = ConflictableTransactionError::Abort;
+                if certificates.get(serial.as_bytes())?.is_some() {
+                    return Ok(IntentOutcome::SerialTaken);
+                }
+                if let Some((key, entry)) = &claim {
+                    if let Some(existing) = idempotency.get(key)? {
+                        let existing: IdempotencyEntry = serde_json::from_slice(&existing)
+                            .map_err(|e| abort(LedgerError::Corrupt(e.to_string())))?;
+                        let abandoned = match certificates.get(existing.serial.as_bytes())? {
+                            Some(bytes) => {
+                                decode_record(&existing.serial, &bytes)
+                                    .map_err(abort)?
+                                    .state
+                                    == RecordState::Abandoned
+                            }
+                            None => false,
+                        };
+                        if !abandoned {
+                            return Ok(IntentOutcome::KeyTaken(existing));
+                        }
+                    }
+                    idempotency.insert(key.as_slice(), entry.as_slice())?;
+                }
+                certificates.insert(&serial.as_bytes()[..], value.as_slice())?;
+                Ok(IntentOutcome::Recorded)
+            },
+        )?;
+        if outcome == IntentOutcome::Recorded {
+            self.make_durable()?;
+        }
+        Ok(outcome)
+    }
+
     fn reserve_serial(&self, intent: Intent) -> Result<Serial, LedgerError> {
         let value = encode(&LedgerRecord::new_intent(intent))?;
         for _ in 0..MAX_SERIAL_ATTEMPTS {
@@ -1043,6 +1122,44 @@ mod tests {
         assert!(matches!(err, LedgerError::NotFound(ref s) if *s == unknown.to_hex()));
         assert_eq!(err.code(), "not_found");
         assert_eq!(ledger.get(&unknown).expect("get"), None);
+    }
+
+    #[test]
+    fn record_intent_claims_keys_and_takes_over_abandoned_ones() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ledger = open(&dir);
+        let s1 = Serial::random().expect("rng");
+        let s2 = Serial::random().expect("rng");
+        let key = Some(("ra", "req-1", [7u8; 32]));
+        assert_eq!(
+            ledger.record_intent(&s1, intent("c"), key).expect("intent"),
+            IntentOutcome::Recorded
+        );
+        assert_eq!(
+            ledger.record_intent(&s1, intent("c"), None).expect("intent"),
+            IntentOutcome::SerialTaken
+        );
+        let first = IdempotencyEntry {
+            body_sha256: [7; 32],
+            serial: s1,
+        };
+        assert_eq!(
+            ledger.record_intent(&s2, intent("c"), key).expect("intent"),
+            IntentOutcome::KeyTaken(first)
+        );
+        // s2 was not recorded by the refused call.
+        assert_eq!(ledger.get(&s2).expect("get"), None);
+        ledger.record_abandoned(&s1, "token fault").expect("abandon");
+        assert_eq!(
+            ledger.record_intent(&s2, intent("c"), key).expect("intent"),
+            IntentOutcome::Recorded
+        );
+        let entry = ledger.idempotency_get("ra", "req-1").expect("get");
+        assert_eq!(entry.map(|e| e.serial), Some(s2));
+        assert_eq!(
+            ledger.get(&s1).expect("get").map(|r| r.state),
+            Some(RecordState::Abandoned)
+        );
     }
 
     #[test]
