@@ -51,6 +51,18 @@ pub struct Config {
     /// The certifiers (CA keys) this daemon signs with.
     #[serde(default, rename = "certifier")]
     pub certifiers: Vec<CertifierConfig>,
+    /// The mutual-TLS API; absent: the daemon serves only its control socket.
+    #[serde(default)]
+    pub api: Option<ApiConfig>,
+    /// CRL timing.
+    #[serde(default)]
+    pub crl: CrlConfig,
+    /// Issuance profiles.
+    #[serde(default, rename = "profile")]
+    pub profiles: Vec<ProfileConfig>,
+    /// The registration authorities allowed to call the API, with their grants.
+    #[serde(default, rename = "ra")]
+    pub ras: Vec<RaConfig>,
     /// Where the file was loaded from (not part of the TOML).
     #[serde(skip)]
     pub source: PathBuf,
@@ -112,6 +124,211 @@ pub struct CertifierConfig {
     /// Name of a systemd credential (under `$CREDENTIALS_DIRECTORY`) holding the PIN.
     #[serde(default)]
     pub pin_credential: Option<String>,
+    /// Profiles this certifier issues under; empty means every profile.
+    #[serde(default)]
+    pub profiles: Vec<String>,
+}
+
+/// The mutual-TLS API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Address to listen on (ignored when systemd passes a socket).
+    pub listen: std::net::SocketAddr,
+    /// PEM file with certd's TLS server certificate (and chain).
+    pub tls_certificate: PathBuf,
+    /// PEM file with its private key.
+    pub tls_key: PathBuf,
+    /// PEM file with the CA certificate(s) RA client certificates must chain to.
+    pub ra_trust_anchor: PathBuf,
+    /// Largest request body, in bytes.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    /// Most connections served at once; further ones wait in the backlog.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Seconds a client has to finish the TLS handshake.
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout_secs: u64,
+    /// Seconds a client has to send a request's headers.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout_secs: u64,
+    /// Seconds a request may take as a whole (body included).
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout_secs: u64,
+    /// Seconds an idle keep-alive connection is kept.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_secs: u64,
+}
+
+fn default_max_body() -> usize {
+    64 * 1024
+}
+fn default_max_connections() -> usize {
+    1024
+}
+fn default_handshake_timeout() -> u64 {
+    10
+}
+fn default_header_timeout() -> u64 {
+    10
+}
+fn default_request_timeout() -> u64 {
+    30
+}
+fn default_idle_timeout() -> u64 {
+    120
+}
+
+/// CRL timing, for every certifier.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrlConfig {
+    /// Hours between a CRL's thisUpdate and nextUpdate.
+    #[serde(default = "default_crl_validity")]
+    pub validity_hours: u32,
+    /// A new CRL is made when less than this many hours remain before nextUpdate.
+    #[serde(default = "default_crl_refresh")]
+    pub refresh_hours: u32,
+    /// Seconds to wait after a revocation so a burst of them makes one CRL.
+    #[serde(default = "default_crl_coalesce")]
+    pub coalesce_seconds: u64,
+}
+
+impl Default for CrlConfig {
+    fn default() -> Self {
+        CrlConfig {
+            validity_hours: default_crl_validity(),
+            refresh_hours: default_crl_refresh(),
+            coalesce_seconds: default_crl_coalesce(),
+        }
+    }
+}
+
+fn default_crl_validity() -> u32 {
+    24
+}
+fn default_crl_refresh() -> u32 {
+    12
+}
+fn default_crl_coalesce() -> u64 {
+    1
+}
+
+/// What a profile issues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProfileKind {
+    /// TLS server certificates (CA/Browser Forum TLS Baseline Requirements shape).
+    TlsServer,
+    /// TLS client certificates.
+    TlsClient,
+    /// Mailbox-validated S/MIME certificates (CA/Browser Forum S/MIME BR).
+    SmimeMailbox,
+}
+
+impl ProfileKind {
+    /// The name used in configuration and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProfileKind::TlsServer => "tls-server",
+            ProfileKind::TlsClient => "tls-client",
+            ProfileKind::SmimeMailbox => "smime-mailbox",
+        }
+    }
+}
+
+/// S/MIME BR certificate generations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmimeGeneration {
+    /// emailProtection only.
+    Strict,
+    /// emailProtection, and clientAuth allowed.
+    Multipurpose,
+}
+
+/// An issuance profile: everything about a certificate that is not the
+/// subscriber's names and key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileConfig {
+    /// Name used in requests.
+    pub name: String,
+    /// What it issues.
+    pub kind: ProfileKind,
+    /// Subscriber key types allowed (default: p256, p384, rsa2048, rsa3072, rsa4096).
+    #[serde(default = "default_key_types")]
+    pub key_types: Vec<crate::hsm::KeyType>,
+    /// Longest validity in days.
+    pub max_validity_days: u32,
+    /// certificatePolicies OIDs (the CA/B Forum reserved OID is added by kind).
+    #[serde(default)]
+    pub policy_oids: Vec<String>,
+    /// cRLDistributionPoints URL (http).
+    #[serde(default)]
+    pub crl_url: Option<String>,
+    /// authorityInfoAccess caIssuers URL (http).
+    #[serde(default)]
+    pub ca_issuers_url: Option<String>,
+    /// Whether requests must carry approval evidence.
+    #[serde(default)]
+    pub require_approval: bool,
+    /// tls-server/tls-client: whether iPAddress SANs are allowed.
+    #[serde(default)]
+    pub allow_ip: bool,
+    /// tls-server: whether `*.` wildcard names are allowed.
+    #[serde(default)]
+    pub allow_wildcard: bool,
+    /// smime-mailbox: strict or multipurpose.
+    #[serde(default)]
+    pub smime_generation: Option<SmimeGeneration>,
+}
+
+fn default_key_types() -> Vec<crate::hsm::KeyType> {
+    use crate::hsm::KeyType::*;
+    vec![P256, P384, Rsa2048, Rsa3072, Rsa4096]
+}
+
+/// A registration authority and what it may do.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RaConfig {
+    /// Name, recorded in the ledger and audit log.
+    pub name: String,
+    /// SHA-256 fingerprints (hex, colons allowed) of its client certificates.
+    pub fingerprints: Vec<String>,
+    /// Certifiers it may use.
+    pub certifiers: Vec<String>,
+    /// Profiles it may use.
+    pub profiles: Vec<String>,
+    /// DNS names it may request exactly.
+    #[serde(default)]
+    pub dns_names: Vec<String>,
+    /// DNS domains under which (and at which) it may request any name.
+    #[serde(default)]
+    pub dns_subtrees: Vec<String>,
+    /// Email domains it may request addresses at exactly.
+    #[serde(default)]
+    pub email_domains: Vec<String>,
+    /// Email domains at which, or under which, it may request addresses.
+    #[serde(default)]
+    pub email_subtrees: Vec<String>,
+    /// IP networks (CIDR) it may request addresses in.
+    #[serde(default)]
+    pub ip_networks: Vec<String>,
+    /// Longest validity in days for this RA (the profile's applies too).
+    #[serde(default)]
+    pub max_validity_days: Option<u32>,
+    /// Requests per minute; absent or 0: unlimited.
+    #[serde(default)]
+    pub rate_limit_per_minute: Option<u32>,
+    /// Whether it may revoke (the certificates it may see).
+    #[serde(default)]
+    pub may_revoke: bool,
+    /// Whether it may see every certificate, not only its own.
+    #[serde(default)]
+    pub read_all: bool,
 }
 
 impl CertifierConfig {
@@ -167,6 +384,11 @@ impl Config {
         fix(&mut self.daemon.state_dir);
         fix(&mut self.daemon.control_socket);
         fix(&mut self.hsm.module);
+        if let Some(api) = self.api.as_mut() {
+            fix(&mut api.tls_certificate);
+            fix(&mut api.tls_key);
+            fix(&mut api.ra_trust_anchor);
+        }
         for c in &mut self.certifiers {
             fix(&mut c.certificate);
             if let Some(p) = c.chain.as_mut() {
@@ -227,6 +449,137 @@ impl Config {
                 )));
             }
         }
+        self.check_policy()
+    }
+
+    fn check_policy(&self) -> Result<(), ConfigError> {
+        let mut names = std::collections::HashSet::new();
+        for p in &self.profiles {
+            if !valid_name(&p.name) || !names.insert(p.name.as_str()) {
+                return Err(self.invalid(format!(
+                    "profile name {:?} is invalid or used twice: use unique names of a-z, 0-9, '-', '_'",
+                    p.name
+                )));
+            }
+            if p.max_validity_days == 0 {
+                return Err(self.invalid(format!(
+                    "profile {:?}: max_validity_days must be at least 1",
+                    p.name
+                )));
+            }
+            if p.key_types.is_empty() {
+                return Err(self.invalid(format!("profile {:?}: key_types is empty", p.name)));
+            }
+            for oid in &p.policy_oids {
+                if oid.parse::<const_oid::ObjectIdentifier>().is_err() {
+                    return Err(self.invalid(format!(
+                        "profile {:?}: policy OID {oid:?} is not a dotted OID",
+                        p.name
+                    )));
+                }
+            }
+            for url in [&p.crl_url, &p.ca_issuers_url].into_iter().flatten() {
+                if !url.starts_with("http://") {
+                    return Err(self.invalid(format!(
+                        "profile {:?}: URL {url:?} must be plain http:// (RFC 5280 relying parties fetch it without TLS)",
+                        p.name
+                    )));
+                }
+            }
+            match (p.kind, p.smime_generation) {
+                (ProfileKind::SmimeMailbox, None) => {
+                    return Err(self.invalid(format!(
+                        "profile {:?}: smime_generation must be \"strict\" or \"multipurpose\"",
+                        p.name
+                    )))
+                }
+                (ProfileKind::TlsServer | ProfileKind::TlsClient, Some(_)) => {
+                    return Err(self.invalid(format!(
+                        "profile {:?}: smime_generation applies only to smime-mailbox profiles",
+                        p.name
+                    )))
+                }
+                _ => {}
+            }
+        }
+        for c in &self.certifiers {
+            for p in &c.profiles {
+                if !names.contains(p.as_str()) {
+                    return Err(self.invalid(format!(
+                        "certifier {:?} lists profile {p:?}, which is not defined",
+                        c.name
+                    )));
+                }
+            }
+        }
+        let mut ra_names = std::collections::HashSet::new();
+        let mut fingerprints = std::collections::HashSet::new();
+        for ra in &self.ras {
+            if !valid_name(&ra.name) || !ra_names.insert(ra.name.as_str()) {
+                return Err(self.invalid(format!(
+                    "RA name {:?} is invalid or used twice",
+                    ra.name
+                )));
+            }
+            if ra.fingerprints.is_empty() {
+                return Err(self.invalid(format!("RA {:?} has no fingerprints", ra.name)));
+            }
+            for f in &ra.fingerprints {
+                let norm = normalize_fingerprint(f).ok_or_else(|| {
+                    self.invalid(format!(
+                        "RA {:?}: fingerprint {f:?} is not a SHA-256 hex digest (64 hex digits, colons allowed)",
+                        ra.name
+                    ))
+                })?;
+                if !fingerprints.insert(norm) {
+                    return Err(self.invalid(format!(
+                        "RA {:?}: fingerprint {f:?} is listed for two RAs",
+                        ra.name
+                    )));
+                }
+            }
+            for c in &ra.certifiers {
+                if !self.certifiers.iter().any(|x| &x.name == c) {
+                    return Err(self.invalid(format!(
+                        "RA {:?} is granted certifier {c:?}, which is not defined",
+                        ra.name
+                    )));
+                }
+            }
+            for p in &ra.profiles {
+                if !names.contains(p.as_str()) {
+                    return Err(self.invalid(format!(
+                        "RA {:?} is granted profile {p:?}, which is not defined",
+                        ra.name
+                    )));
+                }
+            }
+            for d in ra
+                .dns_names
+                .iter()
+                .chain(&ra.dns_subtrees)
+                .chain(&ra.email_domains)
+                .chain(&ra.email_subtrees)
+            {
+                if d.is_empty() || d.starts_with('.') || d.ends_with('.') || d.to_ascii_lowercase() != *d {
+                    return Err(self.invalid(format!(
+                        "RA {:?}: domain {d:?} must be lower-case, without leading or trailing dots",
+                        ra.name
+                    )));
+                }
+            }
+            for n in &ra.ip_networks {
+                if crate::policy::IpNet::parse(n).is_none() {
+                    return Err(self.invalid(format!(
+                        "RA {:?}: {n:?} is not a CIDR network like 10.0.0.0/8",
+                        ra.name
+                    )));
+                }
+            }
+        }
+        if !self.ras.is_empty() && self.api.is_none() {
+            return Err(self.invalid("RAs are configured but there is no [api] section".into()));
+        }
         Ok(())
     }
 
@@ -253,6 +606,12 @@ pub fn valid_name(name: &str) -> bool {
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
         && !name.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Lower-case hex without separators, if `f` is a SHA-256 fingerprint.
+pub fn normalize_fingerprint(f: &str) -> Option<String> {
+    let hex: String = f.chars().filter(|c| *c != ':').collect::<String>().to_ascii_lowercase();
+    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then_some(hex)
 }
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {

@@ -17,3 +17,4 @@ pub mod secret;
 pub mod status;
 pub mod systemd;
 pub mod x509;
+pub mod policy;

@@ -1,0 +1,690 @@
+//! Policy: profiles, per-RA grants and name rules, as data plus pure
+//! functions over it. Nothing here touches the token, the ledger or the
+//! network, so every rule is testable on its own.
+
+use crate::config::{Config, ProfileConfig, ProfileKind, RaConfig};
+use certd_api::{ApiError, ErrorCode};
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+/// An IP network in CIDR form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl IpNet {
+    /// Parses `10.0.0.0/8` or `2001:db8::/32`.
+    pub fn parse(s: &str) -> Option<IpNet> {
+        let (a, p) = s.split_once('/')?;
+        let addr: IpAddr = a.parse().ok()?;
+        let prefix: u8 = p.parse().ok()?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        (prefix <= max).then_some(IpNet { addr, prefix })
+    }
+
+    /// Whether `ip` lies inside the network.
+    pub fn contains(&self, ip: &IpAddr) -> bool {
+        fn bits(a: &IpAddr) -> (u128, u32) {
+            match a {
+                IpAddr::V4(v) => (u128::from(u32::from(*v)), 32),
+                IpAddr::V6(v) => (u128::from(*v), 128),
+            }
+        }
+        let (net, width) = bits(&self.addr);
+        let (host, host_width) = bits(ip);
+        if width != host_width {
+            return false;
+        }
+        let shift = width - u32::from(self.prefix);
+        let mask = if shift >= 128 { 0 } else { u128::MAX << shift };
+        (net & mask) == (host & mask)
+    }
+}
+
+/// An RA's grant, ready for checks.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    /// The configuration it came from.
+    pub config: RaConfig,
+    ip_networks: Vec<IpNet>,
+}
+
+impl Grant {
+    /// The RA's name.
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// Whether the RA may request the DNS name `name` (already syntax-checked).
+    pub fn permits_dns(&self, name: &str) -> bool {
+        let base = name.strip_prefix("*.");
+        if base.is_none() && self.config.dns_names.iter().any(|n| n == name) {
+            return true;
+        }
+        let name = base.unwrap_or(name);
+        self.config.dns_subtrees.iter().any(|t| in_subtree(name, t))
+    }
+
+    /// Whether the RA may request the mailbox at `domain`.
+    pub fn permits_email_domain(&self, domain: &str) -> bool {
+        self.config.email_domains.iter().any(|d| d == domain)
+            || self.config.email_subtrees.iter().any(|t| in_subtree(domain, t))
+    }
+
+    /// Whether the RA may request the IP address.
+    pub fn permits_ip(&self, ip: &IpAddr) -> bool {
+        self.ip_networks.iter().any(|n| n.contains(ip))
+    }
+}
+
+fn in_subtree(name: &str, tree: &str) -> bool {
+    name == tree
+        || (name.len() > tree.len()
+            && name.ends_with(tree)
+            && name.as_bytes()[name.len() - tree.len() - 1] == b'.')
+}
+
+/// Profiles and grants, rebuilt on reload.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    profiles: HashMap<String, ProfileConfig>,
+    grants: Vec<Grant>,
+    by_fingerprint: HashMap<String, usize>,
+    certifier_profiles: HashMap<String, Vec<String>>,
+}
+
+impl Policy {
+    /// Builds the policy from a checked configuration.
+    pub fn from_config(config: &Config) -> Policy {
+        let mut by_fingerprint = HashMap::new();
+        let grants = config
+            .ras
+            .iter()
+            .enumerate()
+            .map(|(i, ra)| {
+                for f in &ra.fingerprints {
+                    if let Some(f) = crate::config::normalize_fingerprint(f) {
+                        by_fingerprint.insert(f, i);
+                    }
+                }
+                Grant {
+                    config: ra.clone(),
+                    ip_networks: ra.ip_networks.iter().filter_map(|n| IpNet::parse(n)).collect(),
+                }
+            })
+            .collect();
+        Policy {
+            profiles: config
+                .profiles
+                .iter()
+                .map(|p| (p.name.clone(), p.clone()))
+                .collect(),
+            grants,
+            by_fingerprint,
+            certifier_profiles: config
+                .certifiers
+                .iter()
+                .map(|c| (c.name.clone(), c.profiles.clone()))
+                .collect(),
+        }
+    }
+
+    /// The RA whose client certificate has this SHA-256 fingerprint.
+    pub fn grant_for_fingerprint(&self, fingerprint_hex: &str) -> Option<&Grant> {
+        self.by_fingerprint
+            .get(fingerprint_hex)
+            .and_then(|i| self.grants.get(*i))
+    }
+
+    /// Whether any RA has this fingerprint.
+    pub fn knows_fingerprint(&self, fingerprint_hex: &str) -> bool {
+        self.by_fingerprint.contains_key(fingerprint_hex)
+    }
+
+    /// A profile by name.
+    pub fn profile(&self, name: &str) -> Option<&ProfileConfig> {
+        self.profiles.get(name)
+    }
+
+    /// Whether `certifier` issues under `profile`.
+    pub fn certifier_offers(&self, certifier: &str, profile: &str) -> bool {
+        match self.certifier_profiles.get(certifier) {
+            Some(list) => list.is_empty() || list.iter().any(|p| p == profile),
+            None => false,
+        }
+    }
+
+    /// Picks and authorises the certifier and profile of a request.
+    pub fn authorize<'a>(
+        &'a self,
+        grant: &Grant,
+        certifier: Option<&str>,
+        profile: &str,
+    ) -> Result<(String, &'a ProfileConfig), ApiError> {
+        let p = self
+            .profiles
+            .get(profile)
+            .filter(|_| grant.config.profiles.iter().any(|g| g == profile))
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::ProfileNotPermitted,
+                    format!(
+                        "RA {:?} may not use profile {profile:?}; GET /v1/profiles lists the ones it may",
+                        grant.name()
+                    ),
+                )
+            })?;
+        let certifier = match certifier {
+            Some(c) => {
+                if !self.certifier_profiles.contains_key(c) {
+                    return Err(ApiError::new(
+                        ErrorCode::UnknownCertifier,
+                        format!("there is no certifier {c:?}"),
+                    ));
+                }
+                if !grant.config.certifiers.iter().any(|g| g == c) {
+                    return Err(ApiError::new(
+                        ErrorCode::CertifierNotPermitted,
+                        format!("RA {:?} may not use certifier {c:?}", grant.name()),
+                    ));
+                }
+                c.to_string()
+            }
+            None => {
+                let usable: Vec<&String> = grant
+                    .config
+                    .certifiers
+                    .iter()
+                    .filter(|c| self.certifier_offers(c, profile))
+                    .collect();
+                match usable.as_slice() {
+                    [one] => (*one).clone(),
+                    [] => {
+                        return Err(ApiError::new(
+                            ErrorCode::CertifierNotPermitted,
+                            format!(
+                                "none of the certifiers RA {:?} may use issues profile {profile:?}",
+                                grant.name()
+                            ),
+                        ))
+                    }
+                    _ => {
+                        return Err(ApiError::new(
+                            ErrorCode::BadRequest,
+                            format!(
+                                "several certifiers issue profile {profile:?}: name one in \"certifier\""
+                            ),
+                        ))
+                    }
+                }
+            }
+        };
+        if !self.certifier_offers(&certifier, profile) {
+            return Err(ApiError::new(
+                ErrorCode::ProfileNotPermitted,
+                format!("certifier {certifier:?} does not issue profile {profile:?}"),
+            ));
+        }
+        Ok((certifier, p))
+    }
+
+    /// The profiles an RA may use, with their certifiers.
+    pub fn profiles_for(&self, grant: &Grant) -> Vec<(&ProfileConfig, Vec<String>)> {
+        let mut out: Vec<_> = grant
+            .config
+            .profiles
+            .iter()
+            .filter_map(|name| self.profiles.get(name))
+            .map(|p| {
+                let certifiers = grant
+                    .config
+                    .certifiers
+                    .iter()
+                    .filter(|c| self.certifier_offers(c, &p.name))
+                    .cloned()
+                    .collect();
+                (p, certifiers)
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+        out
+    }
+}
+
+/// Subject attributes of the certificate to issue.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SubjectFields {
+    /// commonName.
+    pub cn: Option<String>,
+    /// organizationName.
+    pub o: Option<String>,
+    /// organizationalUnitName.
+    pub ou: Option<String>,
+    /// localityName.
+    pub l: Option<String>,
+    /// stateOrProvinceName.
+    pub st: Option<String>,
+    /// countryName.
+    pub c: Option<String>,
+    /// emailAddress.
+    pub email: Option<String>,
+}
+
+impl SubjectFields {
+    /// From the API's subject.
+    pub fn from_api(s: &certd_api::Subject) -> SubjectFields {
+        SubjectFields {
+            cn: s.common_name.clone(),
+            o: s.organization.clone(),
+            ou: s.organizational_unit.clone(),
+            l: s.locality.clone(),
+            st: s.state.clone(),
+            c: s.country.clone(),
+            email: s.email.clone(),
+        }
+    }
+
+    /// Whether no attribute is set.
+    pub fn is_empty(&self) -> bool {
+        *self == SubjectFields::default()
+    }
+}
+
+/// The names a certificate will carry.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Names {
+    /// Subject attributes.
+    pub subject: SubjectFields,
+    /// dNSName SANs.
+    pub dns: Vec<String>,
+    /// rfc822Name SANs.
+    pub emails: Vec<String>,
+    /// iPAddress SANs.
+    pub ips: Vec<IpAddr>,
+}
+
+fn refuse(message: String) -> ApiError {
+    ApiError::new(ErrorCode::NameNotPermitted, message)
+}
+
+/// Checks DNS name syntax: lower-case A-labels, LDH, no trailing dot, an
+/// optional leading `*.` only when wildcards are allowed.
+pub fn check_dns_name(name: &str, allow_wildcard: bool) -> Result<(), String> {
+    if name.is_empty() || name.len() > 253 {
+        return Err(format!("DNS name {name:?} must be 1 to 253 characters"));
+    }
+    if !name.is_ascii() {
+        return Err(format!(
+            "DNS name {name:?} is not ASCII: send internationalised names in A-label form (xn--...)"
+        ));
+    }
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Err(format!("DNS name {name:?} must be lower-case"));
+    }
+    if name.ends_with('.') {
+        return Err(format!("DNS name {name:?} must not end with a dot"));
+    }
+    let rest = match name.strip_prefix("*.") {
+        Some(rest) if allow_wildcard => rest,
+        Some(_) => return Err(format!("wildcard name {name:?} is not allowed by this profile")),
+        None => name,
+    };
+    let labels: Vec<&str> = rest.split('.').collect();
+    if labels.len() < 2 {
+        return Err(format!("DNS name {name:?} must be fully qualified (at least two labels)"));
+    }
+    for l in &labels {
+        if l.is_empty() || l.len() > 63 {
+            return Err(format!("DNS name {name:?} has an empty or over-long label"));
+        }
+        if l.starts_with('-') || l.ends_with('-') {
+            return Err(format!("DNS name {name:?}: labels must not start or end with '-'"));
+        }
+        if !l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+            return Err(format!(
+                "DNS name {name:?} may hold only a-z, 0-9 and '-' (and a leading '*.' wildcard where allowed)"
+            ));
+        }
+        if l.len() >= 4 && &l[2..4] == "--" && !l.starts_with("xn--") {
+            return Err(format!("DNS name {name:?}: label {l:?} has '--' in positions 3-4 but is not an A-label"));
+        }
+        if let Some(puny) = l.strip_prefix("xn--") {
+            let (_, result) = idna::domain_to_unicode(l);
+            if puny.is_empty() || result.is_err() {
+                return Err(format!("DNS name {name:?}: {l:?} is not a valid A-label"));
+            }
+        }
+    }
+    if labels
+        .last()
+        .is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(format!("{name:?} looks like an IP address: send it as an ip SAN"));
+    }
+    Ok(())
+}
+
+/// Checks a mailbox address (RFC 5321 dot-atom local part, DNS domain) and
+/// returns its domain.
+pub fn check_email(addr: &str) -> Result<&str, String> {
+    let (local, domain) = addr
+        .rsplit_once('@')
+        .ok_or_else(|| format!("email address {addr:?} has no '@'"))?;
+    if local.is_empty() || local.len() > 64 {
+        return Err(format!("email address {addr:?}: the local part must be 1 to 64 characters"));
+    }
+    const SPECIALS: &[u8] = b"!#$%&'*+-/=?^_`{|}~.";
+    if !local
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || SPECIALS.contains(&b))
+        || local.starts_with('.')
+        || local.ends_with('.')
+        || local.contains("..")
+    {
+        return Err(format!(
+            "email address {addr:?}: the local part must be a plain dot-atom (no quotes, spaces or non-ASCII)"
+        ));
+    }
+    check_dns_name(domain, false).map_err(|e| format!("email address {addr:?}: {e}"))?;
+    Ok(domain)
+}
+
+fn check_text(value: &str, what: &str, max: usize) -> Result<(), ApiError> {
+    let n = value.chars().count();
+    if n == 0 || n > max || value.chars().any(char::is_control) || value.trim() != value {
+        return Err(refuse(format!(
+            "subject {what} must be 1 to {max} characters, without control characters or surrounding spaces"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks the names against the profile's rules and the RA's namespaces.
+pub fn check_names(profile: &ProfileConfig, grant: &Grant, names: &Names) -> Result<(), ApiError> {
+    let s = &names.subject;
+    for (v, what, max) in [
+        (&s.cn, "commonName", 64),
+        (&s.o, "organizationName", 64),
+        (&s.ou, "organizationalUnitName", 64),
+        (&s.l, "localityName", 128),
+        (&s.st, "stateOrProvinceName", 128),
+    ] {
+        if let Some(v) = v {
+            check_text(v, what, max)?;
+        }
+    }
+    if let Some(c) = &s.c {
+        if c.len() != 2 || !c.bytes().all(|b| b.is_ascii_uppercase()) {
+            return Err(refuse(format!(
+                "subject countryName {c:?} must be two upper-case letters (ISO 3166-1)"
+            )));
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    for d in &names.dns {
+        check_dns_name(d, profile.allow_wildcard).map_err(refuse)?;
+        if !seen.insert(d.as_str()) {
+            return Err(refuse(format!("DNS name {d:?} is listed twice")));
+        }
+        if !grant.permits_dns(d) {
+            return Err(refuse(format!(
+                "DNS name {d:?} is outside the namespaces of RA {:?}",
+                grant.name()
+            )));
+        }
+    }
+    for e in names.emails.iter().chain(s.email.iter()) {
+        let domain = check_email(e).map_err(refuse)?;
+        if !grant.permits_email_domain(domain) {
+            return Err(refuse(format!(
+                "email address {e:?} is outside the email domains of RA {:?}",
+                grant.name()
+            )));
+        }
+    }
+    let mut seen_mail = std::collections::HashSet::new();
+    for e in &names.emails {
+        if !seen_mail.insert(e.to_ascii_lowercase()) {
+            return Err(refuse(format!("email address {e:?} is listed twice")));
+        }
+    }
+    for ip in &names.ips {
+        if !profile.allow_ip {
+            return Err(refuse(format!(
+                "profile {:?} does not allow IP address SANs",
+                profile.name
+            )));
+        }
+        if !grant.permits_ip(ip) {
+            return Err(refuse(format!(
+                "IP address {ip} is outside the networks of RA {:?}",
+                grant.name()
+            )));
+        }
+    }
+    match profile.kind {
+        ProfileKind::TlsServer => {
+            if !names.emails.is_empty() || s.email.is_some() {
+                return Err(refuse("tls-server certificates carry no email addresses".into()));
+            }
+            if names.dns.is_empty() && names.ips.is_empty() {
+                return Err(refuse(
+                    "a tls-server certificate needs at least one DNS or IP SAN".into(),
+                ));
+            }
+            if let Some(cn) = &s.cn {
+                let in_san = names.dns.iter().any(|d| d == cn)
+                    || names.ips.iter().any(|ip| ip.to_string() == *cn);
+                if !in_san {
+                    return Err(refuse(format!(
+                        "commonName {cn:?} must repeat one of the SANs (or be left out)"
+                    )));
+                }
+            }
+            if s.ou.is_some() {
+                return Err(refuse(
+                    "organizationalUnitName is not allowed in tls-server certificates (TLS BR 7.1.2.7.2)".into(),
+                ));
+            }
+            if s.o.is_some() && (s.c.is_none() || (s.l.is_none() && s.st.is_none())) {
+                return Err(refuse(
+                    "with organizationName, countryName and localityName or stateOrProvinceName are required".into(),
+                ));
+            }
+            if s.o.is_none() && (s.l.is_some() || s.st.is_some()) {
+                return Err(refuse(
+                    "localityName and stateOrProvinceName need organizationName".into(),
+                ));
+            }
+        }
+        ProfileKind::TlsClient => {
+            if s.cn.is_none() && names.dns.is_empty() && names.emails.is_empty() && names.ips.is_empty() {
+                return Err(refuse(
+                    "a tls-client certificate needs a commonName or at least one SAN".into(),
+                ));
+            }
+        }
+        ProfileKind::SmimeMailbox => {
+            if names.emails.is_empty() {
+                return Err(refuse(
+                    "an S/MIME certificate needs at least one email SAN".into(),
+                ));
+            }
+            if !names.dns.is_empty() || !names.ips.is_empty() {
+                return Err(refuse(
+                    "mailbox-validated S/MIME certificates carry only email SANs".into(),
+                ));
+            }
+            if s.o.is_some() || s.ou.is_some() || s.l.is_some() || s.st.is_some() || s.c.is_some() {
+                return Err(refuse(
+                    "a mailbox-validated S/MIME subject may hold only commonName and emailAddress".into(),
+                ));
+            }
+            let lower: Vec<String> = names.emails.iter().map(|e| e.to_ascii_lowercase()).collect();
+            for (what, v) in [("commonName", &s.cn), ("emailAddress", &s.email)] {
+                if let Some(v) = v {
+                    if !lower.contains(&v.to_ascii_lowercase()) {
+                        return Err(refuse(format!(
+                            "subject {what} {v:?} must be one of the certificate's email addresses"
+                        )));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant() -> Grant {
+        Grant {
+            config: RaConfig {
+                name: "ra".into(),
+                fingerprints: vec![],
+                certifiers: vec!["c".into()],
+                profiles: vec!["web".into()],
+                dns_names: vec!["exact.org".into()],
+                dns_subtrees: vec!["example.com".into()],
+                email_domains: vec!["mail.example.net".into()],
+                email_subtrees: vec!["example.com".into()],
+                ip_networks: vec!["192.0.2.0/24".into()],
+                max_validity_days: None,
+                rate_limit_per_minute: None,
+                may_revoke: false,
+                read_all: false,
+            },
+            ip_networks: vec![IpNet::parse("192.0.2.0/24").expect("net")],
+        }
+    }
+
+    fn profile(kind: ProfileKind) -> ProfileConfig {
+        ProfileConfig {
+            name: "web".into(),
+            kind,
+            key_types: vec![crate::hsm::KeyType::P256],
+            max_validity_days: 90,
+            policy_oids: vec![],
+            crl_url: None,
+            ca_issuers_url: None,
+            require_approval: false,
+            allow_ip: true,
+            allow_wildcard: false,
+            smime_generation: None,
+        }
+    }
+
+    #[test]
+    fn namespaces() {
+        let g = grant();
+        assert!(g.permits_dns("example.com"));
+        assert!(g.permits_dns("www.example.com"));
+        assert!(!g.permits_dns("badexample.com"));
+        assert!(!g.permits_dns("example.com.evil.org"));
+        assert!(g.permits_dns("exact.org"));
+        assert!(!g.permits_dns("www.exact.org"));
+        assert!(!g.permits_dns("*.exact.org"));
+        assert!(g.permits_dns("*.example.com"));
+        assert!(g.permits_email_domain("mail.example.net"));
+        assert!(!g.permits_email_domain("example.net"));
+        assert!(g.permits_email_domain("dept.example.com"));
+        assert!(g.permits_ip(&"192.0.2.7".parse().expect("ip")));
+        assert!(!g.permits_ip(&"192.0.3.7".parse().expect("ip")));
+        assert!(!g.permits_ip(&"2001:db8::1".parse().expect("ip")));
+    }
+
+    #[test]
+    fn dns_syntax() {
+        for ok in ["a.example.com", "xn--bcher-kva.example.com", "1-2.example.com"] {
+            assert!(check_dns_name(ok, false).is_ok(), "{ok}");
+        }
+        for bad in [
+            "Example.com",
+            "example.com.",
+            "bücher.example.com",
+            "-a.example.com",
+            "a_b.example.com",
+            "localhost",
+            "*.example.com",
+            "a..example.com",
+            "xn--.example.com",
+            "ab--c.example.com",
+            "192.0.2.1",
+        ] {
+            assert!(check_dns_name(bad, false).is_err(), "{bad}");
+        }
+        assert!(check_dns_name("*.example.com", true).is_ok());
+        assert!(check_dns_name("a.*.example.com", true).is_err());
+    }
+
+    #[test]
+    fn email_syntax() {
+        assert_eq!(check_email("a.b+c@example.com"), Ok("example.com"));
+        for bad in ["noat", "@example.com", "a@", "a b@example.com", "\"q\"@example.com", ".a@example.com", "a@Example.com"] {
+            assert!(check_email(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn tls_server_rules() {
+        let p = profile(ProfileKind::TlsServer);
+        let g = grant();
+        let mut n = Names {
+            dns: vec!["www.example.com".into()],
+            ..Default::default()
+        };
+        assert!(check_names(&p, &g, &n).is_ok());
+        n.subject.cn = Some("other.example.com".into());
+        assert_eq!(check_names(&p, &g, &n).map_err(|e| e.code), Err(ErrorCode::NameNotPermitted));
+        n.subject.cn = Some("www.example.com".into());
+        assert!(check_names(&p, &g, &n).is_ok());
+        n.emails = vec!["a@example.com".into()];
+        assert!(check_names(&p, &g, &n).is_err());
+        n.emails.clear();
+        n.dns.push("www.example.org".into());
+        assert!(check_names(&p, &g, &n).is_err());
+        n.dns.pop();
+        n.dns.push("www.example.com".into());
+        assert!(check_names(&p, &g, &n).is_err(), "duplicate");
+        let empty = Names::default();
+        assert!(check_names(&p, &g, &empty).is_err());
+    }
+
+    #[test]
+    fn smime_rules() {
+        let mut p = profile(ProfileKind::SmimeMailbox);
+        p.smime_generation = Some(crate::config::SmimeGeneration::Strict);
+        let g = grant();
+        let mut n = Names {
+            emails: vec!["alice@example.com".into()],
+            ..Default::default()
+        };
+        n.subject.email = Some("alice@example.com".into());
+        n.subject.cn = Some("alice@example.com".into());
+        assert!(check_names(&p, &g, &n).is_ok());
+        n.subject.cn = Some("Alice".into());
+        assert!(check_names(&p, &g, &n).is_err());
+        n.subject.cn = None;
+        n.subject.o = Some("Org".into());
+        assert!(check_names(&p, &g, &n).is_err());
+        n.subject.o = None;
+        n.emails = vec!["alice@example.org".into()];
+        n.subject.email = None;
+        assert!(check_names(&p, &g, &n).is_err());
+    }
+
+    #[test]
+    fn ipnet() {
+        let n = IpNet::parse("10.0.0.0/8").expect("net");
+        assert!(n.contains(&"10.1.2.3".parse().expect("ip")));
+        assert!(!n.contains(&"11.1.2.3".parse().expect("ip")));
+        let all = IpNet::parse("0.0.0.0/0").expect("net");
+        assert!(all.contains(&"1.2.3.4".parse().expect("ip")));
+        assert!(IpNet::parse("10.0.0.0/33").is_none());
+        assert!(IpNet::parse("10.0.0.0").is_none());
+    }
+}
