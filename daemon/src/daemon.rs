@@ -6,6 +6,8 @@ use crate::certifier::{Certifier, Certifiers, State};
 use crate::config::Config;
 use crate::control::{Request, Response, MAX_REQUEST};
 use crate::ledger::{Ledger, SledLedger};
+use crate::policy::{Grant, Policy};
+use certd_api::{ApiError, ErrorCode};
 use crate::status::{CertifierStatus, DaemonStatus};
 use crate::systemd;
 use serde_json::json;
@@ -115,7 +117,32 @@ pub struct Shared {
     pub ledger: Arc<dyn Ledger>,
     /// The audit log.
     pub audit: Arc<AuditLog>,
+    policy: arc_swap::ArcSwap<Policy>,
+    limiter: RateLimiter,
     started: Instant,
+}
+
+/// Per-RA token buckets.
+#[derive(Default)]
+struct RateLimiter {
+    buckets: std::sync::Mutex<std::collections::HashMap<String, (f64, Instant)>>,
+}
+
+impl RateLimiter {
+    fn take(&self, ra: &str, per_minute: u32) -> bool {
+        let capacity = f64::from(per_minute);
+        let mut b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let (tokens, last) = b.entry(ra.to_string()).or_insert((capacity, now));
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * capacity / 60.0).min(capacity);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 impl Shared {
@@ -125,6 +152,27 @@ impl Shared {
         self.audit.append(event).map(|_| ()).inspect_err(|e| {
             tracing::error!(error = %e, "cannot write the audit log");
         })
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.load_full()
+    }
+
+    /// Replaces the policy (profiles, RAs, grants) on reload.
+    pub fn set_policy(&self, policy: Policy) {
+        self.policy.store(Arc::new(policy));
+    }
+
+    /// Takes one request from the RA's rate budget.
+    pub fn rate_limit(&self, grant: &Grant) -> Result<(), ApiError> {
+        match grant.config.rate_limit_per_minute {
+            Some(n) if n > 0 && !self.limiter.take(grant.name(), n) => Err(ApiError::new(
+                ErrorCode::RateLimited,
+                format!("RA {:?} is over its limit of {n} requests per minute; retry later", grant.name()),
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// The daemon's status.
@@ -220,6 +268,8 @@ pub fn start(config: Config) -> Result<Arc<Shared>, DaemonError> {
         tracing::warn!(serial = %serial.to_hex(), "abandoned a serial reserved before the last stop");
     }
     let shared = Arc::new(Shared {
+        policy: arc_swap::ArcSwap::from_pointee(Policy::from_config(&config)),
+        limiter: RateLimiter::default(),
         config,
         certifiers,
         ledger,

@@ -187,6 +187,9 @@ pub struct Intent {
     pub profile: String,
     /// When the intent was formed, in Unix seconds.
     pub created: i64,
+    /// Approval and validation evidence the RA sent with the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<serde_json::Value>,
 }
 
 /// Where a serial is in its life. It only ever moves forward:
@@ -966,6 +969,7 @@ mod tests {
             tbs_sha256: [7; 32],
             profile: "tls-server".to_owned(),
             created: 1_700_000_000,
+            approval: None,
         }
     }
 

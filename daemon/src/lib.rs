@@ -18,3 +18,7 @@ pub mod status;
 pub mod systemd;
 pub mod x509;
 pub mod policy;
+pub mod csr;
+pub mod certgen;
+pub mod lint;
+pub mod issue;

@@ -153,12 +153,16 @@ fn check_len(v: &str, what: &str) -> Result<(), X509Error> {
 }
 
 /// Builds a Name with one attribute per RDN, countryName as
-/// PrintableString and everything else as UTF8String (RFC 5280 4.1.2.4).
+/// PrintableString, emailAddress as IA5String and everything else as
+/// UTF8String (RFC 5280 4.1.2.4).
 pub fn name_from(attrs: &[(ObjectIdentifier, &str)]) -> Result<Name, X509Error> {
     let mut seq = RdnSequence::default();
     for (oid, value) in attrs {
         let value = if *oid == rfc4519::COUNTRY_NAME {
             Any::encode_from(&PrintableStringRef::new(value).map_err(enc)?).map_err(enc)?
+        } else if *oid == const_oid::db::rfc2985::PKCS_9_AT_EMAIL_ADDRESS {
+            // PKCS #9: emailAddress is an IA5String.
+            Any::encode_from(&der::asn1::Ia5StringRef::new(value).map_err(enc)?).map_err(enc)?
         } else {
             Any::encode_from(&Utf8StringRef::new(value).map_err(enc)?).map_err(enc)?
         };

@@ -76,3 +76,53 @@ pub fn rsa_modulus_bits(key: &SubjectPublicKeyInfoOwned) -> Result<usize, String
     let lead = n.first().copied().unwrap_or(0);
     Ok(n.len() * 8 - lead.leading_zeros() as usize)
 }
+
+/// Verifies a signature made with an explicitly named algorithm (as in a
+/// CSR, where the subscriber chose it). Supported: ECDSA P-256 with SHA-256,
+/// ECDSA P-384 with SHA-384, RSA PKCS#1 v1.5 with SHA-256/384/512, Ed25519.
+pub fn verify_with_algorithm(
+    key: &SubjectPublicKeyInfoOwned,
+    key_type: KeyType,
+    algorithm: &spki::AlgorithmIdentifierOwned,
+    message: &[u8],
+    signature: &[u8],
+) -> Result<(), String> {
+    use const_oid::db::{rfc5912, rfc8410};
+    let oid = algorithm.oid;
+    let is_rsa = key_type.rsa_bits().is_some();
+    if is_rsa && oid != rfc5912::SHA_256_WITH_RSA_ENCRYPTION {
+        use rsa::pkcs8::DecodePublicKey;
+        use rsa::signature::Verifier;
+        let der = key.to_der().map_err(|e| format!("RSA public key: {e}"))?;
+        let pk = rsa::PublicKey::from_public_key_der(&der)
+            .map_err(|e| format!("RSA public key: {e}"))?;
+        let sig = rsa::pkcs1v15::Signature::try_from(signature)
+            .map_err(|e| format!("RSA signature: {e}"))?;
+        let bad = |_| "signature does not verify".to_string();
+        return if oid == rfc5912::SHA_384_WITH_RSA_ENCRYPTION {
+            rsa::pkcs1v15::VerifyingKey::<sha2::Sha384>::new(pk)
+                .verify(message, &sig)
+                .map_err(bad)
+        } else if oid == rfc5912::SHA_512_WITH_RSA_ENCRYPTION {
+            rsa::pkcs1v15::VerifyingKey::<sha2::Sha512>::new(pk)
+                .verify(message, &sig)
+                .map_err(bad)
+        } else {
+            Err(format!("signature algorithm {oid} is not supported for RSA keys"))
+        };
+    }
+    let expected = match key_type {
+        KeyType::P256 => rfc5912::ECDSA_WITH_SHA_256,
+        KeyType::P384 => rfc5912::ECDSA_WITH_SHA_384,
+        KeyType::Rsa2048 | KeyType::Rsa3072 | KeyType::Rsa4096 => {
+            rfc5912::SHA_256_WITH_RSA_ENCRYPTION
+        }
+        KeyType::Ed25519 => rfc8410::ID_ED_25519,
+    };
+    if oid != expected {
+        return Err(format!(
+            "signature algorithm {oid} does not go with a {key_type} key (expected {expected})"
+        ));
+    }
+    verify(key, key_type, message, signature)
+}

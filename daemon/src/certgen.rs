@@ -1,0 +1,371 @@
+//! Building subscriber certificates from the profile only.
+//!
+//! The to-be-signed certificate takes its extensions from the profile and
+//! its names from the checked request; nothing is copied from the CSR but
+//! the public key. Pure functions: time and serial come in as arguments.
+
+use crate::config::{ProfileConfig, ProfileKind, SmimeGeneration};
+use crate::hsm::KeyType;
+use crate::policy::Names;
+use crate::x509::{self, X509Error};
+use const_oid::db::{rfc2985, rfc4519, rfc5280};
+use const_oid::ObjectIdentifier;
+use der::asn1::{Ia5String, OctetString};
+use der::Decode;
+use spki::SubjectPublicKeyInfoOwned;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use x509_cert::builder::profile::BuilderProfile;
+use x509_cert::builder::CertificateBuilder;
+use x509_cert::certificate::TbsCertificate;
+use x509_cert::ext::pkix::crl::dp::DistributionPoint;
+use x509_cert::ext::pkix::name::{DistributionPointName, GeneralName};
+use x509_cert::ext::pkix::{
+    AccessDescription, AuthorityInfoAccessSyntax, AuthorityKeyIdentifier, BasicConstraints,
+    CertificatePolicies, CrlDistributionPoints, ExtendedKeyUsage, KeyUsage, KeyUsages,
+    SubjectAltName, SubjectKeyIdentifier,
+};
+use x509_cert::ext::pkix::certpolicy::PolicyInformation;
+use x509_cert::ext::Extension;
+use x509_cert::name::Name;
+use x509_cert::serial_number::SerialNumber;
+use x509_cert::time::{Time, Validity};
+use x509_cert::Certificate;
+
+/// CA/Browser Forum reserved policy OIDs.
+pub mod cabf {
+    use const_oid::ObjectIdentifier;
+    /// TLS BR domain validated.
+    pub const TLS_DV: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.23.140.1.2.1");
+    /// TLS BR organization validated.
+    pub const TLS_OV: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.23.140.1.2.2");
+    /// S/MIME BR mailbox-validated, multipurpose.
+    pub const SMIME_MAILBOX_MULTIPURPOSE: ObjectIdentifier =
+        ObjectIdentifier::new_unwrap("2.23.140.1.5.1.2");
+    /// S/MIME BR mailbox-validated, strict.
+    pub const SMIME_MAILBOX_STRICT: ObjectIdentifier =
+        ObjectIdentifier::new_unwrap("2.23.140.1.5.1.3");
+}
+
+/// The issuer side of a certificate: the certifier's certificate.
+#[derive(Debug, Clone)]
+pub struct IssuerInfo {
+    /// Issuer name, exactly as in the certifier's certificate.
+    pub name: Name,
+    /// The certifier's key identifier (its SKI, or computed from its key).
+    pub key_id: Vec<u8>,
+    /// The certifier's notAfter, Unix seconds.
+    pub not_after: i64,
+}
+
+impl IssuerInfo {
+    /// From the certifier's certificate.
+    pub fn of(cert: &Certificate) -> IssuerInfo {
+        let tbs = cert.tbs_certificate();
+        let key_id = match tbs.get_extension::<SubjectKeyIdentifier>() {
+            Ok(Some((_, ski))) => ski.0.as_bytes().to_vec(),
+            _ => x509::key_identifier(tbs.subject_public_key_info()),
+        };
+        IssuerInfo {
+            name: tbs.subject().clone(),
+            key_id,
+            not_after: unix(tbs.validity().not_after.to_system_time()),
+        }
+    }
+}
+
+fn unix(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        Err(_) => 0,
+    }
+}
+
+/// The validity a certificate gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ValidityChoice {
+    /// notBefore, Unix seconds.
+    pub not_before: i64,
+    /// notAfter, Unix seconds (inclusive, RFC 5280).
+    pub not_after: i64,
+    /// Whether a requested notAfter was reduced.
+    pub clamped: bool,
+}
+
+/// Chooses the validity: from `now`, at most `max_days` (RFC 5280 validity
+/// is inclusive, so the last second is `now + days·86400 − 1`), never past
+/// the issuer's own notAfter; a requested notAfter is honoured when shorter.
+pub fn choose_validity(
+    now: i64,
+    requested_not_after: Option<i64>,
+    max_days: u32,
+    issuer_not_after: i64,
+) -> Result<ValidityChoice, String> {
+    let limit = (now + i64::from(max_days) * 86_400 - 1).min(issuer_not_after);
+    if limit <= now {
+        return Err("the certifier's own certificate expires too soon to issue anything".into());
+    }
+    match requested_not_after {
+        Some(r) if r <= now => Err("the requested not_after is not in the future".into()),
+        Some(r) if r > limit => Ok(ValidityChoice {
+            not_before: now,
+            not_after: limit,
+            clamped: true,
+        }),
+        Some(r) => Ok(ValidityChoice {
+            not_before: now,
+            not_after: r,
+            clamped: false,
+        }),
+        None => Ok(ValidityChoice {
+            not_before: now,
+            not_after: limit,
+            clamped: false,
+        }),
+    }
+}
+
+fn time(secs: i64) -> Result<Time, X509Error> {
+    let t = UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0));
+    Time::try_from(t).map_err(|e| X509Error::Invalid(e.to_string()))
+}
+
+/// The subject Name of `names`, in the order C, ST, L, O, OU, CN, emailAddress.
+pub fn subject_name(names: &Names) -> Result<Name, X509Error> {
+    let s = &names.subject;
+    let mut attrs: Vec<(ObjectIdentifier, &str)> = Vec::new();
+    for (oid, v) in [
+        (rfc4519::C, &s.c),
+        (rfc4519::ST, &s.st),
+        (rfc4519::L, &s.l),
+        (rfc4519::O, &s.o),
+        (rfc4519::OU, &s.ou),
+        (rfc4519::CN, &s.cn),
+        (rfc2985::PKCS_9_AT_EMAIL_ADDRESS, &s.email),
+    ] {
+        if let Some(v) = v {
+            attrs.push((oid, v.as_str()));
+        }
+    }
+    x509::name_from(&attrs)
+}
+
+fn ia5(s: &str) -> Result<Ia5String, X509Error> {
+    Ia5String::new(s).map_err(|e| X509Error::Invalid(format!("{s:?}: {e}")))
+}
+
+/// The key usage a subscriber key gets under a profile.
+pub fn key_usage(kind: ProfileKind, key_type: KeyType) -> KeyUsage {
+    let rsa = key_type.rsa_bits().is_some();
+    let usage = match (kind, rsa) {
+        (ProfileKind::TlsServer | ProfileKind::SmimeMailbox, true) => {
+            KeyUsages::DigitalSignature | KeyUsages::KeyEncipherment
+        }
+        _ => KeyUsages::DigitalSignature.into(),
+    };
+    KeyUsage(usage)
+}
+
+/// The extended key usages of a profile.
+pub fn extended_key_usage(profile: &ProfileConfig) -> Vec<ObjectIdentifier> {
+    match (profile.kind, profile.smime_generation) {
+        (ProfileKind::TlsServer, _) => vec![rfc5280::ID_KP_SERVER_AUTH],
+        (ProfileKind::TlsClient, _) => vec![rfc5280::ID_KP_CLIENT_AUTH],
+        (ProfileKind::SmimeMailbox, Some(SmimeGeneration::Multipurpose)) => {
+            vec![rfc5280::ID_KP_EMAIL_PROTECTION, rfc5280::ID_KP_CLIENT_AUTH]
+        }
+        (ProfileKind::SmimeMailbox, _) => vec![rfc5280::ID_KP_EMAIL_PROTECTION],
+    }
+}
+
+/// The certificate policies of a profile for these names: the CA/B Forum
+/// reserved OID that applies, then the profile's own.
+pub fn policies(profile: &ProfileConfig, names: &Names) -> Vec<ObjectIdentifier> {
+    let mut out = Vec::new();
+    match profile.kind {
+        ProfileKind::TlsServer if names.subject.o.is_some() => out.push(cabf::TLS_OV),
+        ProfileKind::TlsServer => out.push(cabf::TLS_DV),
+        ProfileKind::SmimeMailbox => out.push(match profile.smime_generation {
+            Some(SmimeGeneration::Multipurpose) => cabf::SMIME_MAILBOX_MULTIPURPOSE,
+            _ => cabf::SMIME_MAILBOX_STRICT,
+        }),
+        ProfileKind::TlsClient => {}
+    }
+    for p in &profile.policy_oids {
+        if let Ok(oid) = p.parse::<ObjectIdentifier>() {
+            if !out.contains(&oid) {
+                out.push(oid);
+            }
+        }
+    }
+    out
+}
+
+/// The extensions of a subscriber certificate.
+pub fn extensions(
+    profile: &ProfileConfig,
+    issuer: &IssuerInfo,
+    key_type: KeyType,
+    names: &Names,
+) -> Result<Vec<Extension>, X509Error> {
+    let inv = |e: der::Error| X509Error::Invalid(e.to_string());
+    let mut exts = vec![
+        x509::extension(
+            &AuthorityKeyIdentifier {
+                key_identifier: Some(OctetString::new(issuer.key_id.clone()).map_err(inv)?),
+                ..Default::default()
+            },
+            false,
+        )?,
+        x509::extension(
+            &BasicConstraints {
+                ca: false,
+                path_len_constraint: None,
+            },
+            true,
+        )?,
+        x509::extension(&key_usage(profile.kind, key_type), true)?,
+        x509::extension(&ExtendedKeyUsage(extended_key_usage(profile)), false)?,
+    ];
+    let mut san = Vec::new();
+    for d in &names.dns {
+        san.push(GeneralName::DnsName(ia5(d)?));
+    }
+    for ip in &names.ips {
+        san.push(GeneralName::from(*ip));
+    }
+    for e in &names.emails {
+        san.push(GeneralName::Rfc822Name(ia5(e)?));
+    }
+    if !san.is_empty() {
+        // RFC 5280 4.2.1.6: critical when the subject is empty.
+        exts.push(x509::extension(
+            &SubjectAltName(san),
+            names.subject.is_empty(),
+        )?);
+    }
+    let pols = policies(profile, names);
+    if !pols.is_empty() {
+        exts.push(x509::extension(
+            &CertificatePolicies(
+                pols.into_iter()
+                    .map(|policy_identifier| PolicyInformation {
+                        policy_identifier,
+                        policy_qualifiers: None,
+                    })
+                    .collect(),
+            ),
+            false,
+        )?);
+    }
+    if let Some(url) = &profile.crl_url {
+        exts.push(x509::extension(
+            &CrlDistributionPoints(vec![DistributionPoint {
+                distribution_point: Some(DistributionPointName::FullName(vec![
+                    GeneralName::UniformResourceIdentifier(ia5(url)?),
+                ])),
+                reasons: None,
+                crl_issuer: None,
+            }]),
+            false,
+        )?);
+    }
+    if let Some(url) = &profile.ca_issuers_url {
+        exts.push(x509::extension(
+            &AuthorityInfoAccessSyntax(vec![AccessDescription {
+                access_method: rfc5280::ID_AD_CA_ISSUERS,
+                access_location: GeneralName::UniformResourceIdentifier(ia5(url)?),
+            }]),
+            false,
+        )?);
+    }
+    Ok(exts)
+}
+
+/// A fixed set of names and extensions, as the builder wants them.
+pub struct FixedProfile {
+    subject: Name,
+    issuer: Name,
+    extensions: Vec<Extension>,
+}
+
+impl BuilderProfile for FixedProfile {
+    fn get_issuer(&self, _subject: &Name) -> Name {
+        self.issuer.clone()
+    }
+    fn get_subject(&self) -> Name {
+        self.subject.clone()
+    }
+    fn build_extensions(
+        &self,
+        _spk: spki::SubjectPublicKeyInfoRef<'_>,
+        _issuer_spk: spki::SubjectPublicKeyInfoRef<'_>,
+        _tbs: &TbsCertificate,
+    ) -> x509_cert::builder::Result<Vec<Extension>> {
+        Ok(self.extensions.clone())
+    }
+}
+
+/// Everything that goes into one subscriber certificate.
+pub struct LeafSpec<'a> {
+    /// The profile.
+    pub profile: &'a ProfileConfig,
+    /// The issuer.
+    pub issuer: &'a IssuerInfo,
+    /// The subscriber key.
+    pub spki: &'a SubjectPublicKeyInfoOwned,
+    /// Its type.
+    pub key_type: KeyType,
+    /// Checked names.
+    pub names: &'a Names,
+    /// Validity.
+    pub validity: ValidityChoice,
+    /// Serial bytes (positive).
+    pub serial: &'a [u8],
+}
+
+/// A certificate builder loaded with a subscriber certificate.
+pub fn leaf_builder(spec: &LeafSpec<'_>) -> Result<CertificateBuilder<FixedProfile>, X509Error> {
+    let subject = subject_name(spec.names)?;
+    let profile = FixedProfile {
+        subject,
+        issuer: spec.issuer.name.clone(),
+        extensions: extensions(spec.profile, spec.issuer, spec.key_type, spec.names)?,
+    };
+    let validity = Validity::new(time(spec.validity.not_before)?, time(spec.validity.not_after)?);
+    let serial =
+        SerialNumber::new(spec.serial).map_err(|e| X509Error::Invalid(e.to_string()))?;
+    CertificateBuilder::new(profile, serial, validity, spec.spki.clone())
+        .map_err(|e| X509Error::Invalid(e.to_string()))
+}
+
+/// Decodes TBS bytes back (for lint and hashing).
+pub fn decode_tbs(bytes: &[u8]) -> Result<TbsCertificate, X509Error> {
+    TbsCertificate::from_der(bytes).map_err(|e| X509Error::Invalid(e.to_string()))
+}
+
+/// Unix seconds of an X.509 time.
+pub fn unix_of(t: &Time) -> i64 {
+    unix(t.to_system_time())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validity_is_clamped_inclusive_and_bounded_by_issuer() {
+        let now = 1_000_000;
+        let v = choose_validity(now, None, 10, i64::MAX).expect("ok");
+        assert_eq!(v.not_after - v.not_before + 1, 10 * 86_400);
+        assert!(!v.clamped);
+        let v = choose_validity(now, Some(now + 100 * 86_400), 10, i64::MAX).expect("ok");
+        assert!(v.clamped);
+        assert_eq!(v.not_after, now + 10 * 86_400 - 1);
+        let v = choose_validity(now, Some(now + 3600), 10, i64::MAX).expect("ok");
+        assert_eq!(v.not_after, now + 3600);
+        let v = choose_validity(now, None, 10, now + 50).expect("ok");
+        assert_eq!(v.not_after, now + 50);
+        assert!(choose_validity(now, Some(now - 1), 10, i64::MAX).is_err());
+        assert!(choose_validity(now, None, 10, now).is_err());
+    }
+}

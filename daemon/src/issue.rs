@@ -1,0 +1,450 @@
+//! The issuance pipeline, in the order of the design document:
+//! authorise, idempotency, CSR, names, build from the profile, lint,
+//! durable intent, sign and verify, store, audit, respond.
+//!
+//! Everything here is blocking (token and ledger I/O); the HTTP layer runs
+//! it on the blocking pool.
+
+use crate::audit::AuditEvent;
+use crate::certgen::{self, IssuerInfo, LeafSpec};
+use crate::certifier::Certifier;
+use crate::csr;
+use crate::daemon::Shared;
+use crate::hsm::HsmError;
+use crate::ledger::{Intent, IntentOutcome, LedgerError, LedgerRecord, RecordState, Serial};
+use crate::lint::{self, LintContext};
+use crate::policy::{self, Grant, Names, SubjectFields};
+use crate::x509::{self, X509Error};
+use certd_api::{ApiError, ErrorCode, IssueRequest, IssueResponse};
+use der::{Decode, Encode, EncodePem};
+use serde_json::json;
+use sha2::Digest;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+use x509_cert::builder::Builder;
+use x509_cert::Certificate;
+
+/// Maps ledger errors to API errors.
+pub fn ledger_error(e: LedgerError) -> ApiError {
+    match e {
+        LedgerError::Storage(_) => ApiError::new(ErrorCode::LedgerUnavailable, e.to_string()),
+        other => ApiError::new(ErrorCode::Internal, other.to_string()),
+    }
+}
+
+/// Maps HSM errors to API errors.
+pub fn hsm_error(e: &HsmError) -> ApiError {
+    let code = match e {
+        HsmError::Locked => ErrorCode::CertifierLocked,
+        HsmError::BadSignature => ErrorCode::Internal,
+        _ => ErrorCode::CertifierUnavailable,
+    };
+    let message = match e {
+        HsmError::Locked => {
+            "the certifier is locked: an operator must run `certd activate`".to_string()
+        }
+        other => other.to_string(),
+    };
+    ApiError::new(code, message)
+}
+
+fn x509_error(e: X509Error) -> ApiError {
+    match e {
+        X509Error::Hsm(h) => hsm_error(&h),
+        X509Error::Invalid(m) => ApiError::new(ErrorCode::BadRequest, m),
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// RFC 3339 text of Unix seconds.
+pub fn rfc3339(secs: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(secs)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+fn parse_rfc3339(s: &str) -> Result<i64, ApiError> {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map(|t| t.unix_timestamp())
+        .map_err(|e| {
+            ApiError::new(
+                ErrorCode::BadValidity,
+                format!("not_after {s:?} is not an RFC 3339 time: {e}"),
+            )
+        })
+}
+
+/// A request's identity in the idempotency store: SHA-256 of its
+/// canonical JSON (so formatting differences are not conflicts).
+pub fn request_digest(req: &IssueRequest) -> [u8; 32] {
+    let canonical = serde_json::to_vec(req).unwrap_or_default();
+    sha2::Sha256::digest(canonical).into()
+}
+
+fn check_request_id(id: &str) -> Result<(), ApiError> {
+    if id.is_empty() || id.len() > 128 || !id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            "request_id must be 1 to 128 printable ASCII characters without spaces",
+        ));
+    }
+    Ok(())
+}
+
+/// PEM of a DER certificate.
+pub fn cert_pem(der: &[u8]) -> String {
+    der::pem::encode_string("CERTIFICATE", der::pem::LineEnding::LF, der).unwrap_or_default()
+}
+
+/// The chain returned with certificates of `certifier`: its own
+/// certificate, then the chain above it.
+pub fn chain_pems(certifier: &Certifier) -> Vec<String> {
+    std::iter::once(&certifier.certificate)
+        .chain(certifier.chain.iter())
+        .filter_map(|c| c.to_pem(der::pem::LineEnding::LF).ok())
+        .collect()
+}
+
+fn response_from_record(
+    shared: &Shared,
+    serial: &Serial,
+    record: &LedgerRecord,
+) -> Result<IssueResponse, ApiError> {
+    let der = record.certificate_der.as_deref().ok_or_else(|| {
+        ApiError::new(ErrorCode::Internal, "ledger record has no certificate")
+    })?;
+    let cert = Certificate::from_der(der)
+        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("stored certificate: {e}")))?;
+    let validity = cert.tbs_certificate().validity();
+    let chain = shared
+        .certifiers
+        .find(Some(&record.intent.certifier))
+        .map(|c| chain_pems(&c))
+        .unwrap_or_default();
+    Ok(IssueResponse {
+        serial: serial.to_hex(),
+        certificate: cert_pem(der),
+        chain,
+        not_before: rfc3339(certgen::unix_of(&validity.not_before)),
+        not_after: rfc3339(certgen::unix_of(&validity.not_after)),
+        not_after_clamped: false,
+        replayed: true,
+    })
+}
+
+/// Answers a repeated request_id: the original certificate, a conflict,
+/// or "in progress".
+fn replay(
+    shared: &Shared,
+    entry: &crate::ledger::IdempotencyEntry,
+    digest: &[u8; 32],
+) -> Result<Option<IssueResponse>, ApiError> {
+    if &entry.body_sha256 != digest {
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            "this request_id was used before with a different request; use a new request_id",
+        ));
+    }
+    let record = shared.ledger.get(&entry.serial).map_err(ledger_error)?;
+    match record {
+        Some(r) if matches!(r.state, RecordState::Issued | RecordState::Revoked) => {
+            response_from_record(shared, &entry.serial, &r).map(Some)
+        }
+        Some(r) if r.state == RecordState::Intent => Err(ApiError::new(
+            ErrorCode::InProgress,
+            "the original request with this request_id is still being signed; retry shortly",
+        )),
+        // Abandoned (signing failed): go on and try again.
+        _ => Ok(None),
+    }
+}
+
+/// Runs the whole pipeline for one request from RA `grant`.
+pub fn issue(shared: &Shared, grant: &Grant, req: &IssueRequest) -> Result<IssueResponse, ApiError> {
+    check_request_id(&req.request_id)?;
+    check_ip_syntax(req)?;
+    let policy = shared.policy();
+    let (certifier_name, profile) =
+        policy.authorize(grant, req.certifier.as_deref(), &req.profile)?;
+    shared.rate_limit(grant)?;
+    let digest = request_digest(req);
+    if let Some(entry) = shared
+        .ledger
+        .idempotency_get(grant.name(), &req.request_id)
+        .map_err(ledger_error)?
+    {
+        if let Some(resp) = replay(shared, &entry, &digest)? {
+            return Ok(resp);
+        }
+    }
+    let certifier = shared
+        .certifiers
+        .find(Some(&certifier_name))
+        .map_err(|e| ApiError::new(ErrorCode::UnknownCertifier, e.to_string()))?;
+    // Fail fast while locked; checked again when signing.
+    certifier.signer().map_err(|e| hsm_error(&e))?;
+    if profile.require_approval
+        && req
+            .approval
+            .as_ref()
+            .is_none_or(|a| a.approved_by.is_empty() || a.validations.is_empty())
+    {
+        return Err(ApiError::new(
+            ErrorCode::ApprovalRequired,
+            format!(
+                "profile {:?} requires approval evidence: approval.approved_by and approval.validations",
+                profile.name
+            ),
+        ));
+    }
+
+    let checked = csr::check_csr(
+        &req.csr,
+        &profile.key_types,
+        certifier.certificate.tbs_certificate().subject_public_key_info(),
+    )?;
+    let names = requested_names(req, &checked.names, profile.kind);
+    policy::check_names(profile, grant, &names)?;
+
+    let issuer = IssuerInfo::of(&certifier.certificate);
+    let requested = req.not_after.as_deref().map(parse_rfc3339).transpose()?;
+    let max_days = grant
+        .config
+        .max_validity_days
+        .map_or(profile.max_validity_days, |g| g.min(profile.max_validity_days));
+    let now = now_unix();
+    let validity = certgen::choose_validity(now, requested, max_days, issuer.not_after)
+        .map_err(|m| ApiError::new(ErrorCode::BadValidity, m))?;
+
+    let signer = certifier.signer().map_err(|e| hsm_error(&e))?;
+    let lint_ctx = LintContext {
+        profile,
+        issuer: &issuer,
+        certifier_key: certifier.key_type,
+    };
+    let approval = req
+        .approval
+        .as_ref()
+        .and_then(|a| serde_json::to_value(a).ok());
+    // A 127-bit random serial collides with essentially zero probability;
+    // the ledger still checks, and a collision just draws again.
+    for _ in 0..4 {
+        let serial = Serial::random().map_err(ledger_error)?;
+        let mut builder = certgen::leaf_builder(&LeafSpec {
+            profile,
+            issuer: &issuer,
+            spki: &checked.spki,
+            key_type: checked.key_type,
+            names: &names,
+            validity,
+            serial: serial.as_bytes(),
+        })
+        .map_err(x509_error)?;
+        let key = x509::TokenKeyRef::of(signer.as_ref());
+        let tbs = builder
+            .finalize(&key)
+            .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+        let findings = lint::lint_tbs_der(&tbs, &lint_ctx);
+        if !findings.is_empty() {
+            return Err(ApiError::new(
+                ErrorCode::LintFailed,
+                format!("pre-issuance lint refused the certificate: {}", findings.join("; ")),
+            ));
+        }
+        let tbs_sha256: [u8; 32] = sha2::Sha256::digest(&tbs).into();
+        let intent = Intent {
+            certifier: certifier_name.clone(),
+            ra: grant.name().to_string(),
+            request_id: Some(req.request_id.clone()),
+            tbs_sha256,
+            profile: profile.name.clone(),
+            created: now,
+            approval: approval.clone(),
+        };
+        let outcome = shared
+            .ledger
+            .record_intent(
+                &serial,
+                intent,
+                Some((grant.name(), &req.request_id, digest)),
+            )
+            .map_err(ledger_error)?;
+        match outcome {
+            IntentOutcome::Recorded => {}
+            IntentOutcome::SerialTaken => continue,
+            IntentOutcome::KeyTaken(entry) => {
+                return match replay(shared, &entry, &digest)? {
+                    Some(resp) => Ok(resp),
+                    None => Err(ApiError::new(
+                        ErrorCode::InProgress,
+                        "a concurrent request with this request_id is being processed; retry shortly",
+                    )),
+                };
+            }
+        }
+        shared
+            .audit(
+                AuditEvent::new("issuance_intent", grant.name())
+                    .certifier(certifier_name.clone())
+                    .detail(json!({
+                        "serial": serial.to_hex(),
+                        "request_id": req.request_id,
+                        "profile": profile.name,
+                        "tbs_sha256": hex::encode(tbs_sha256),
+                    })),
+            )
+            .map_err(|e| abandon(shared, &serial, ApiError::new(ErrorCode::AuditUnavailable, e.to_string())))?;
+        return sign_and_store(
+            shared,
+            grant,
+            req,
+            &certifier,
+            signer.as_ref(),
+            builder,
+            &tbs,
+            serial,
+            validity,
+        );
+    }
+    Err(ApiError::new(
+        ErrorCode::Internal,
+        "could not draw an unused serial number",
+    ))
+}
+
+/// Burns the serial after a failure between intent and signature.
+fn abandon(shared: &Shared, serial: &Serial, err: ApiError) -> ApiError {
+    if let Err(e) = shared.ledger.record_abandoned(serial, &err.message) {
+        tracing::error!(serial = %serial.to_hex(), error = %e, "cannot mark the serial abandoned; it stays an intent and is abandoned at the next start");
+    }
+    err
+}
+
+#[allow(clippy::too_many_arguments)]
+fn sign_and_store(
+    shared: &Shared,
+    grant: &Grant,
+    req: &IssueRequest,
+    certifier: &Arc<Certifier>,
+    signer: &(dyn crate::hsm::Signer + Send + Sync),
+    builder: x509_cert::builder::CertificateBuilder<certgen::FixedProfile>,
+    tbs: &[u8],
+    serial: Serial,
+    validity: certgen::ValidityChoice,
+) -> Result<IssueResponse, ApiError> {
+    let signature = match crate::hsm::sign_checked(signer, tbs) {
+        Ok(s) => s,
+        Err(e) => {
+            if matches!(e, HsmError::Unavailable(_) | HsmError::Pkcs11 { .. }) {
+                certifier.report_fault(&e.to_string());
+            }
+            let api = hsm_error(&e);
+            let _ = shared.audit(
+                AuditEvent::new("issuance_failed", grant.name())
+                    .certifier(certifier.name().to_string())
+                    .detail(json!({"serial": serial.to_hex(), "code": api.code.as_str(), "message": api.message})),
+            );
+            return Err(abandon(shared, &serial, api));
+        }
+    };
+    let key = x509::TokenKeyRef::of(signer);
+    let bits = der::asn1::BitString::from_bytes(&signature)
+        .map_err(|e| abandon(shared, &serial, ApiError::new(ErrorCode::Internal, e.to_string())))?;
+    let cert = builder
+        .assemble(bits, &key)
+        .map_err(|e| abandon(shared, &serial, ApiError::new(ErrorCode::Internal, e.to_string())))?;
+    let der = cert
+        .to_der()
+        .map_err(|e| abandon(shared, &serial, ApiError::new(ErrorCode::Internal, e.to_string())))?;
+    shared
+        .ledger
+        .record_issued(&serial, &der, validity.not_after)
+        .map_err(ledger_error)?;
+    let subject = cert.tbs_certificate().subject().to_string();
+    shared
+        .audit(
+            AuditEvent::new("issued", grant.name())
+                .certifier(certifier.name().to_string())
+                .detail(json!({
+                    "serial": serial.to_hex(),
+                    "request_id": req.request_id,
+                    "profile": req.profile,
+                    "subject": subject,
+                    "not_after": rfc3339(validity.not_after),
+                })),
+        )
+        .map_err(|e| ApiError::new(ErrorCode::AuditUnavailable, e.to_string()))?;
+    Ok(IssueResponse {
+        serial: serial.to_hex(),
+        certificate: cert_pem(&der),
+        chain: chain_pems(certifier),
+        not_before: rfc3339(validity.not_before),
+        not_after: rfc3339(validity.not_after),
+        not_after_clamped: validity.clamped,
+        replayed: false,
+    })
+}
+
+/// The names to certify: the RA's subject and SANs where given, else the
+/// CSR's. A tls-server CSR that names its host only in the commonName gets
+/// it as a SAN, and an S/MIME CSR with only emailAddress gets that as SAN.
+pub fn requested_names(
+    req: &IssueRequest,
+    from_csr: &Names,
+    kind: crate::config::ProfileKind,
+) -> Names {
+    use crate::config::ProfileKind;
+    let subject = req
+        .subject
+        .as_ref()
+        .map(SubjectFields::from_api)
+        .unwrap_or_else(|| from_csr.subject.clone());
+    let mut names = match &req.san {
+        Some(san) => Names {
+            subject,
+            dns: san.dns.clone(),
+            emails: san.email.clone(),
+            ips: san
+                .ip
+                .iter()
+                .filter_map(|s| s.parse().ok())
+                .collect(),
+        },
+        None => Names {
+            subject,
+            ..from_csr.clone()
+        },
+    };
+    if names.dns.is_empty() && names.ips.is_empty() && names.emails.is_empty() {
+        match (kind, &names.subject.cn, &names.subject.email) {
+            (ProfileKind::TlsServer, Some(cn), _) => names.dns.push(cn.clone()),
+            (ProfileKind::SmimeMailbox, _, Some(e)) => names.emails.push(e.clone()),
+            _ => {}
+        }
+    }
+    names
+}
+
+/// Checks that every IP SAN in the request parses (done before names are
+/// built, so a bad address is a clear error rather than silently dropped).
+pub fn check_ip_syntax(req: &IssueRequest) -> Result<(), ApiError> {
+    if let Some(san) = &req.san {
+        for ip in &san.ip {
+            if ip.parse::<std::net::IpAddr>().is_err() {
+                return Err(ApiError::new(
+                    ErrorCode::NameNotPermitted,
+                    format!("{ip:?} is not an IPv4 or IPv6 address"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
