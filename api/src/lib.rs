@@ -8,7 +8,7 @@
 pub mod client;
 pub mod error;
 
-pub use client::{ClientConfig, ClientError, CertdClient};
+pub use client::{CertdClient, ClientConfig, ClientError};
 pub use error::{ApiError, ErrorCode};
 
 use serde::{Deserialize, Serialize};

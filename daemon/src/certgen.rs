@@ -17,6 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use x509_cert::builder::profile::BuilderProfile;
 use x509_cert::builder::CertificateBuilder;
 use x509_cert::certificate::TbsCertificate;
+use x509_cert::ext::pkix::certpolicy::PolicyInformation;
 use x509_cert::ext::pkix::crl::dp::DistributionPoint;
 use x509_cert::ext::pkix::name::{DistributionPointName, GeneralName};
 use x509_cert::ext::pkix::{
@@ -24,7 +25,6 @@ use x509_cert::ext::pkix::{
     CertificatePolicies, CrlDistributionPoints, ExtendedKeyUsage, KeyUsage, KeyUsages,
     SubjectAltName, SubjectKeyIdentifier,
 };
-use x509_cert::ext::pkix::certpolicy::PolicyInformation;
 use x509_cert::ext::Extension;
 use x509_cert::name::Name;
 use x509_cert::serial_number::SerialNumber;
@@ -331,9 +331,11 @@ pub fn leaf_builder(spec: &LeafSpec<'_>) -> Result<CertificateBuilder<FixedProfi
         issuer: spec.issuer.name.clone(),
         extensions: extensions(spec.profile, spec.issuer, spec.key_type, spec.names)?,
     };
-    let validity = Validity::new(time(spec.validity.not_before)?, time(spec.validity.not_after)?);
-    let serial =
-        SerialNumber::new(spec.serial).map_err(|e| X509Error::Invalid(e.to_string()))?;
+    let validity = Validity::new(
+        time(spec.validity.not_before)?,
+        time(spec.validity.not_after)?,
+    );
+    let serial = SerialNumber::new(spec.serial).map_err(|e| X509Error::Invalid(e.to_string()))?;
     CertificateBuilder::new(profile, serial, validity, spec.spki.clone())
         .map_err(|e| X509Error::Invalid(e.to_string()))
 }

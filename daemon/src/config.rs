@@ -516,10 +516,7 @@ impl Config {
         let mut fingerprints = std::collections::HashSet::new();
         for ra in &self.ras {
             if !valid_name(&ra.name) || !ra_names.insert(ra.name.as_str()) {
-                return Err(self.invalid(format!(
-                    "RA name {:?} is invalid or used twice",
-                    ra.name
-                )));
+                return Err(self.invalid(format!("RA name {:?} is invalid or used twice", ra.name)));
             }
             if ra.fingerprints.is_empty() {
                 return Err(self.invalid(format!("RA {:?} has no fingerprints", ra.name)));
@@ -561,7 +558,11 @@ impl Config {
                 .chain(&ra.email_domains)
                 .chain(&ra.email_subtrees)
             {
-                if d.is_empty() || d.starts_with('.') || d.ends_with('.') || d.to_ascii_lowercase() != *d {
+                if d.is_empty()
+                    || d.starts_with('.')
+                    || d.ends_with('.')
+                    || d.to_ascii_lowercase() != *d
+                {
                     return Err(self.invalid(format!(
                         "RA {:?}: domain {d:?} must be lower-case, without leading or trailing dots",
                         ra.name
@@ -610,7 +611,11 @@ pub fn valid_name(name: &str) -> bool {
 
 /// Lower-case hex without separators, if `f` is a SHA-256 fingerprint.
 pub fn normalize_fingerprint(f: &str) -> Option<String> {
-    let hex: String = f.chars().filter(|c| *c != ':').collect::<String>().to_ascii_lowercase();
+    let hex: String = f
+        .chars()
+        .filter(|c| *c != ':')
+        .collect::<String>()
+        .to_ascii_lowercase();
     (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then_some(hex)
 }
 

@@ -31,6 +31,8 @@ pub enum Request {
     },
     /// Report state.
     Status,
+    /// Reload profiles, RAs and grants from the configuration file.
+    Reload,
 }
 
 /// The wire form of a request; the PIN field wipes itself when dropped.
@@ -47,6 +49,7 @@ enum Wire {
         certifier: Option<String>,
     },
     Status {},
+    Reload {},
 }
 
 impl Request {
@@ -62,6 +65,7 @@ impl Request {
                 certifier: certifier.clone(),
             },
             Request::Status => Wire::Status {},
+            Request::Reload => Wire::Reload {},
         };
         let mut out = Zeroizing::new(Vec::with_capacity(256));
         // Serialising these plain structs into memory cannot fail.
@@ -80,6 +84,7 @@ impl Request {
             },
             Wire::Deactivate { certifier } => Request::Deactivate { certifier },
             Wire::Status {} => Request::Status,
+            Wire::Reload {} => Request::Reload,
         })
     }
 }

@@ -45,7 +45,8 @@ pub fn check_csr(
     certifier_key: &SubjectPublicKeyInfoOwned,
 ) -> Result<CheckedCsr, ApiError> {
     let der = decode_pem(pem)?;
-    let csr = CertReq::from_der(&der).map_err(|e| bad(format!("the CSR is not valid DER PKCS#10: {e}")))?;
+    let csr = CertReq::from_der(&der)
+        .map_err(|e| bad(format!("the CSR is not valid DER PKCS#10: {e}")))?;
     // Strict DER: re-encoding must give the same bytes.
     match csr.to_der() {
         Ok(re) if re == der => {}
@@ -133,7 +134,9 @@ pub fn check_key(
         }
         let size = verify::rsa_modulus_bits(spki).map_err(bad)?;
         if size < 2048 {
-            return Err(weak(format!("RSA keys must have at least 2048 bits, this has {size}")));
+            return Err(weak(format!(
+                "RSA keys must have at least 2048 bits, this has {size}"
+            )));
         }
         if pk.modulus.as_bytes().last().is_some_and(|b| b & 1 == 0) {
             return Err(weak("RSA modulus is even"));

@@ -7,9 +7,9 @@ use crate::config::Config;
 use crate::control::{Request, Response, MAX_REQUEST};
 use crate::ledger::{Ledger, SledLedger};
 use crate::policy::{Grant, Policy};
-use certd_api::{ApiError, ErrorCode};
 use crate::status::{CertifierStatus, DaemonStatus};
 use crate::systemd;
+use certd_api::{ApiError, ErrorCode};
 use serde_json::json;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -117,6 +117,8 @@ pub struct Shared {
     pub ledger: Arc<dyn Ledger>,
     /// The audit log.
     pub audit: Arc<AuditLog>,
+    /// CRLs.
+    pub crl: crate::crl::CrlStore,
     policy: arc_swap::ArcSwap<Policy>,
     limiter: RateLimiter,
     started: Instant,
@@ -134,7 +136,8 @@ impl RateLimiter {
         let mut b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         let (tokens, last) = b.entry(ra.to_string()).or_insert((capacity, now));
-        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * capacity / 60.0).min(capacity);
+        *tokens =
+            (*tokens + now.duration_since(*last).as_secs_f64() * capacity / 60.0).min(capacity);
         *last = now;
         if *tokens >= 1.0 {
             *tokens -= 1.0;
@@ -169,7 +172,10 @@ impl Shared {
         match grant.config.rate_limit_per_minute {
             Some(n) if n > 0 && !self.limiter.take(grant.name(), n) => Err(ApiError::new(
                 ErrorCode::RateLimited,
-                format!("RA {:?} is over its limit of {n} requests per minute; retry later", grant.name()),
+                format!(
+                    "RA {:?} is over its limit of {n} requests per minute; retry later",
+                    grant.name()
+                ),
             )),
             _ => Ok(()),
         }
@@ -211,7 +217,7 @@ impl Shared {
             certificates_issued: stats.issued,
             certificates_revoked: stats.revoked,
             last_serial: stats.last_serial.map(|s| s.to_hex()),
-            crl_number: None,
+            crl_number: self.ledger.current_crl_number(c.name()).ok().flatten(),
         }
     }
 
@@ -267,7 +273,12 @@ pub fn start(config: Config) -> Result<Arc<Shared>, DaemonError> {
         )?;
         tracing::warn!(serial = %serial.to_hex(), "abandoned a serial reserved before the last stop");
     }
+    let crl = crate::crl::CrlStore::open(&state_dir, certifiers.all()).map_err(io(format!(
+        "opening the CRL store in {}",
+        state_dir.display()
+    )))?;
     let shared = Arc::new(Shared {
+        crl,
         policy: arc_swap::ArcSwap::from_pointee(Policy::from_config(&config)),
         limiter: RateLimiter::default(),
         config,
@@ -327,9 +338,64 @@ pub fn run(config_path: &Path) -> Result<(), DaemonError> {
     rt.block_on(serve(shared))
 }
 
+/// The API listener: the socket systemd passed (`LISTEN_FDS`), else a
+/// fresh one on `api.listen`.
+fn api_listener(api: &crate::config::ApiConfig) -> Result<tokio::net::TcpListener, DaemonError> {
+    let mut fds = listenfd::ListenFd::from_env();
+    let std_listener = match fds
+        .take_tcp_listener(0)
+        .map_err(io("taking the socket passed by systemd"))?
+    {
+        Some(l) => l,
+        None => std::net::TcpListener::bind(api.listen)
+            .map_err(io(format!("binding the API to {}", api.listen)))?,
+    };
+    std_listener
+        .set_nonblocking(true)
+        .map_err(io("configuring the API socket"))?;
+    tokio::net::TcpListener::from_std(std_listener).map_err(io("registering the API socket"))
+}
+
+/// Re-reads the configuration and swaps in its profiles, RAs and grants.
+/// Other sections take effect at the next start. In-flight requests finish
+/// under the policy they started with.
+pub fn reload(shared: &Shared) -> Result<String, String> {
+    let result = Config::load(&shared.config.source).map_err(|e| e.to_string());
+    match result {
+        Ok(new) => {
+            let policy = Policy::from_config(&new);
+            shared.set_policy(policy);
+            let _ = shared.audit(AuditEvent::new("config_reloaded", "certd").detail(json!({
+                "path": new.source.display().to_string(),
+                "ras": new.ras.iter().map(|r| &r.name).collect::<Vec<_>>(),
+                "profiles": new.profiles.iter().map(|p| &p.name).collect::<Vec<_>>(),
+            })));
+            tracing::info!("configuration reloaded: profiles, RAs and grants updated");
+            Ok(format!(
+                "reloaded {}: {} profiles, {} RAs (daemon, hsm, api and certifier settings apply at the next start)",
+                new.source.display(),
+                new.profiles.len(),
+                new.ras.len()
+            ))
+        }
+        Err(e) => {
+            let _ = shared
+                .audit(AuditEvent::new("reload_refused", "certd").detail(json!({"error": e})));
+            tracing::error!(error = %e, "reload refused; the previous configuration stays in force");
+            Err(e)
+        }
+    }
+}
+
 async fn serve(shared: Arc<Shared>) -> Result<(), DaemonError> {
     let socket_path = shared.config.daemon.control_socket.clone();
     let listener = bind_control_socket(&shared)?;
+    if let Some(api) = shared.config.api.clone() {
+        let tls = crate::server::tls_config(&shared, &api)?;
+        let tcp = api_listener(&api)?;
+        tracing::info!(address = %tcp.local_addr().map(|a| a.to_string()).unwrap_or_default(), "API listening");
+        tokio::spawn(crate::server::serve(shared.clone(), tcp, tls));
+    }
     systemd::notify_ready(&shared.systemd_status());
     tracing::info!(socket = %socket_path.display(), "certd ready");
     if let Some(interval) = systemd::watchdog_interval() {
@@ -342,9 +408,14 @@ async fn serve(shared: Arc<Shared>) -> Result<(), DaemonError> {
         });
     }
     tokio::spawn(probe_loop(shared.clone()));
+    for c in shared.certifiers.all() {
+        tokio::spawn(crate::crl::keep_fresh(shared.clone(), c.clone()));
+    }
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(io("installing the SIGTERM handler"))?;
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(io("installing the SIGHUP handler"))?;
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -359,6 +430,10 @@ async fn serve(shared: Arc<Shared>) -> Result<(), DaemonError> {
                 Err(e) => tracing::warn!(error = %e, "accepting on the control socket failed"),
             },
             _ = term.recv() => break,
+            _ = hup.recv() => {
+                let s2 = shared.clone();
+                let _ = tokio::task::spawn_blocking(move || reload(&s2)).await;
+            }
             _ = tokio::signal::ctrl_c() => break,
         }
     }
@@ -456,6 +531,14 @@ use tokio::io::AsyncReadExt;
 
 async fn dispatch(shared: &Arc<Shared>, actor: &str, req: Request) -> Response {
     match req {
+        Request::Reload => {
+            let s2 = shared.clone();
+            match tokio::task::spawn_blocking(move || reload(&s2)).await {
+                Ok(Ok(msg)) => Response::ok(msg),
+                Ok(Err(e)) => Response::error("bad_config", e),
+                Err(e) => Response::error("internal", e.to_string()),
+            }
+        }
         Request::Status => Response {
             ok: true,
             status: Some(shared.status()),

@@ -67,7 +67,10 @@ pub fn now_unix() -> i64 {
 pub fn rfc3339(secs: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(secs)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_default()
 }
 
@@ -118,9 +121,10 @@ fn response_from_record(
     serial: &Serial,
     record: &LedgerRecord,
 ) -> Result<IssueResponse, ApiError> {
-    let der = record.certificate_der.as_deref().ok_or_else(|| {
-        ApiError::new(ErrorCode::Internal, "ledger record has no certificate")
-    })?;
+    let der = record
+        .certificate_der
+        .as_deref()
+        .ok_or_else(|| ApiError::new(ErrorCode::Internal, "ledger record has no certificate"))?;
     let cert = Certificate::from_der(der)
         .map_err(|e| ApiError::new(ErrorCode::Internal, format!("stored certificate: {e}")))?;
     let validity = cert.tbs_certificate().validity();
@@ -168,7 +172,11 @@ fn replay(
 }
 
 /// Runs the whole pipeline for one request from RA `grant`.
-pub fn issue(shared: &Shared, grant: &Grant, req: &IssueRequest) -> Result<IssueResponse, ApiError> {
+pub fn issue(
+    shared: &Shared,
+    grant: &Grant,
+    req: &IssueRequest,
+) -> Result<IssueResponse, ApiError> {
     check_request_id(&req.request_id)?;
     check_ip_syntax(req)?;
     let policy = shared.policy();
@@ -209,7 +217,10 @@ pub fn issue(shared: &Shared, grant: &Grant, req: &IssueRequest) -> Result<Issue
     let checked = csr::check_csr(
         &req.csr,
         &profile.key_types,
-        certifier.certificate.tbs_certificate().subject_public_key_info(),
+        certifier
+            .certificate
+            .tbs_certificate()
+            .subject_public_key_info(),
     )?;
     let names = requested_names(req, &checked.names, profile.kind);
     policy::check_names(profile, grant, &names)?;
@@ -219,7 +230,9 @@ pub fn issue(shared: &Shared, grant: &Grant, req: &IssueRequest) -> Result<Issue
     let max_days = grant
         .config
         .max_validity_days
-        .map_or(profile.max_validity_days, |g| g.min(profile.max_validity_days));
+        .map_or(profile.max_validity_days, |g| {
+            g.min(profile.max_validity_days)
+        });
     let now = now_unix();
     let validity = certgen::choose_validity(now, requested, max_days, issuer.not_after)
         .map_err(|m| ApiError::new(ErrorCode::BadValidity, m))?;
@@ -256,7 +269,10 @@ pub fn issue(shared: &Shared, grant: &Grant, req: &IssueRequest) -> Result<Issue
         if !findings.is_empty() {
             return Err(ApiError::new(
                 ErrorCode::LintFailed,
-                format!("pre-issuance lint refused the certificate: {}", findings.join("; ")),
+                format!(
+                    "pre-issuance lint refused the certificate: {}",
+                    findings.join("; ")
+                ),
             ));
         }
         let tbs_sha256: [u8; 32] = sha2::Sha256::digest(&tbs).into();
@@ -301,7 +317,13 @@ pub fn issue(shared: &Shared, grant: &Grant, req: &IssueRequest) -> Result<Issue
                         "tbs_sha256": hex::encode(tbs_sha256),
                     })),
             )
-            .map_err(|e| abandon(shared, &serial, ApiError::new(ErrorCode::AuditUnavailable, e.to_string())))?;
+            .map_err(|e| {
+                abandon(
+                    shared,
+                    &serial,
+                    ApiError::new(ErrorCode::AuditUnavailable, e.to_string()),
+                )
+            })?;
         return sign_and_store(
             shared,
             grant,
@@ -356,14 +378,27 @@ fn sign_and_store(
         }
     };
     let key = x509::TokenKeyRef::of(signer);
-    let bits = der::asn1::BitString::from_bytes(&signature)
-        .map_err(|e| abandon(shared, &serial, ApiError::new(ErrorCode::Internal, e.to_string())))?;
-    let cert = builder
-        .assemble(bits, &key)
-        .map_err(|e| abandon(shared, &serial, ApiError::new(ErrorCode::Internal, e.to_string())))?;
-    let der = cert
-        .to_der()
-        .map_err(|e| abandon(shared, &serial, ApiError::new(ErrorCode::Internal, e.to_string())))?;
+    let bits = der::asn1::BitString::from_bytes(&signature).map_err(|e| {
+        abandon(
+            shared,
+            &serial,
+            ApiError::new(ErrorCode::Internal, e.to_string()),
+        )
+    })?;
+    let cert = builder.assemble(bits, &key).map_err(|e| {
+        abandon(
+            shared,
+            &serial,
+            ApiError::new(ErrorCode::Internal, e.to_string()),
+        )
+    })?;
+    let der = cert.to_der().map_err(|e| {
+        abandon(
+            shared,
+            &serial,
+            ApiError::new(ErrorCode::Internal, e.to_string()),
+        )
+    })?;
     shared
         .ledger
         .record_issued(&serial, &der, validity.not_after)
@@ -412,11 +447,7 @@ pub fn requested_names(
             subject,
             dns: san.dns.clone(),
             emails: san.email.clone(),
-            ips: san
-                .ip
-                .iter()
-                .filter_map(|s| s.parse().ok())
-                .collect(),
+            ips: san.ip.iter().filter_map(|s| s.parse().ok()).collect(),
         },
         None => Names {
             subject,

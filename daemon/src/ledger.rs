@@ -277,6 +277,18 @@ pub enum PutOutcome {
     Exists(IdempotencyEntry),
 }
 
+/// One revoked certificate, as a CRL lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokedEntry {
+    /// Its serial.
+    pub serial: Serial,
+    /// When it was revoked, Unix seconds.
+    pub revoked_at: i64,
+    /// RFC 5280 CRLReason code.
+    pub reason: u8,
+}
+
 /// Result of [`Ledger::record_intent`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IntentOutcome {
@@ -438,6 +450,9 @@ pub trait Ledger: Send + Sync {
     /// `None` if the certifier has never had one (for status displays).
     fn current_crl_number(&self, certifier: &str) -> Result<Option<u64>, LedgerError>;
 
+    /// Every revoked certificate of a certifier, in serial order (the CRL).
+    fn revoked_entries(&self, certifier: &str) -> Result<Vec<RevokedEntry>, LedgerError>;
+
     /// All records, optionally only those of one certifier, in serial order.
     fn iter_records(
         &self,
@@ -580,6 +595,11 @@ impl<E: Clone> GroupCommit<E> {
 const CERTIFICATES_TREE: &str = "certificates";
 const IDEMPOTENCY_TREE: &str = "idempotency";
 const META_TREE: &str = "meta";
+const REVOKED_TREE: &str = "revoked";
+
+fn revoked_key(certifier: &str, serial: &Serial) -> Vec<u8> {
+    [certifier.as_bytes(), &[0u8], serial.as_bytes()].concat()
+}
 
 /// The embedded ledger on sled.
 ///
@@ -588,6 +608,7 @@ const META_TREE: &str = "meta";
 /// (per-certifier counters and CRL numbers).
 pub struct SledLedger {
     db: sled::Db,
+    revoked: sled::Tree,
     certificates: sled::Tree,
     idempotency: sled::Tree,
     meta: sled::Tree,
@@ -603,6 +624,7 @@ impl SledLedger {
             certificates: db.open_tree(CERTIFICATES_TREE)?,
             idempotency: db.open_tree(IDEMPOTENCY_TREE)?,
             meta: db.open_tree(META_TREE)?,
+            revoked: db.open_tree(REVOKED_TREE)?,
             db,
             commit: GroupCommit::new(),
         })
@@ -627,36 +649,62 @@ impl SledLedger {
         change: impl Fn(&mut LedgerRecord),
         count: impl Fn(&mut CertifierStats),
     ) -> Result<(), LedgerError> {
-        (&self.certificates, &self.meta).transaction(|(certificates, meta)| {
-            let abort = ConflictableTransactionError::Abort;
-            let Some(bytes) = certificates.get(serial.as_bytes())? else {
-                return Err(abort(LedgerError::NotFound(serial.to_hex())));
-            };
-            let mut record = decode_record(serial, &bytes).map_err(abort)?;
-            if record.state != expected {
-                return Err(abort(LedgerError::InvalidState {
-                    serial: serial.to_hex(),
-                    expected,
-                    found: record.state,
-                }));
-            }
-            change(&mut record);
-            certificates.insert(&serial.as_bytes()[..], encode(&record).map_err(abort)?)?;
+        (&self.certificates, &self.meta, &self.revoked).transaction(
+            |(certificates, meta, revoked)| {
+                let abort = ConflictableTransactionError::Abort;
+                let Some(bytes) = certificates.get(serial.as_bytes())? else {
+                    return Err(abort(LedgerError::NotFound(serial.to_hex())));
+                };
+                let mut record = decode_record(serial, &bytes).map_err(abort)?;
+                if record.state != expected {
+                    return Err(abort(LedgerError::InvalidState {
+                        serial: serial.to_hex(),
+                        expected,
+                        found: record.state,
+                    }));
+                }
+                change(&mut record);
+                certificates.insert(&serial.as_bytes()[..], encode(&record).map_err(abort)?)?;
 
-            let key = stats_key(&record.intent.certifier);
-            let mut stats = match meta.get(&key)? {
-                Some(bytes) => decode_stats(&bytes).map_err(abort)?,
-                None => CertifierStats::default(),
-            };
-            count(&mut stats);
-            meta.insert(key, encode(&stats).map_err(abort)?)?;
-            Ok(())
-        })?;
+                let key = stats_key(&record.intent.certifier);
+                let mut stats = match meta.get(&key)? {
+                    Some(bytes) => decode_stats(&bytes).map_err(abort)?,
+                    None => CertifierStats::default(),
+                };
+                count(&mut stats);
+                meta.insert(key, encode(&stats).map_err(abort)?)?;
+                if record.state == RecordState::Revoked {
+                    // The per-certifier index the CRL is built from, so a CRL
+                    // costs the number of revocations, not of certificates.
+                    let entry = RevokedEntry {
+                        serial: *serial,
+                        revoked_at: record.revoked_at.unwrap_or_default(),
+                        reason: record.revocation_reason.unwrap_or_default(),
+                    };
+                    revoked.insert(
+                        revoked_key(&record.intent.certifier, serial),
+                        encode(&entry).map_err(abort)?,
+                    )?;
+                }
+                Ok(())
+            },
+        )?;
         self.make_durable()
     }
 }
 
 impl Ledger for SledLedger {
+    fn revoked_entries(&self, certifier: &str) -> Result<Vec<RevokedEntry>, LedgerError> {
+        let prefix = [certifier.as_bytes(), &[0u8]].concat();
+        self.revoked
+            .scan_prefix(prefix)
+            .map(|kv| {
+                let (_, v) = kv?;
+                serde_json::from_slice(&v).map_err(|e| LedgerError::Corrupt(e.to_string()))
+            })
+            .collect()
+    }
+
     fn record_intent(
         &self,
         serial: &Serial,
@@ -1129,6 +1177,31 @@ mod tests {
     }
 
     #[test]
+    fn revocations_are_indexed_per_certifier() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ledger = open(&dir);
+        let mut revoked = Vec::new();
+        for (i, certifier) in ["a", "b", "a", "a"].into_iter().enumerate() {
+            let serial = ledger.reserve_serial(intent(certifier)).expect("reserve");
+            ledger.record_issued(&serial, b"der", 1).expect("issue");
+            if i != 3 {
+                ledger
+                    .record_revoked(&serial, 1, 100 + i as i64)
+                    .expect("revoke");
+                revoked.push((certifier, serial));
+            }
+        }
+        let a = ledger.revoked_entries("a").expect("entries");
+        assert_eq!(a.len(), 2);
+        for e in &a {
+            assert!(revoked.contains(&("a", e.serial)));
+            assert_eq!(e.reason, 1);
+        }
+        assert_eq!(ledger.revoked_entries("b").expect("entries").len(), 1);
+        assert!(ledger.revoked_entries("c").expect("entries").is_empty());
+    }
+
+    #[test]
     fn record_intent_claims_keys_and_takes_over_abandoned_ones() {
         let dir = tempfile::tempdir().expect("tempdir");
         let ledger = open(&dir);
@@ -1140,7 +1213,9 @@ mod tests {
             IntentOutcome::Recorded
         );
         assert_eq!(
-            ledger.record_intent(&s1, intent("c"), None).expect("intent"),
+            ledger
+                .record_intent(&s1, intent("c"), None)
+                .expect("intent"),
             IntentOutcome::SerialTaken
         );
         let first = IdempotencyEntry {
@@ -1153,7 +1228,9 @@ mod tests {
         );
         // s2 was not recorded by the refused call.
         assert_eq!(ledger.get(&s2).expect("get"), None);
-        ledger.record_abandoned(&s1, "token fault").expect("abandon");
+        ledger
+            .record_abandoned(&s1, "token fault")
+            .expect("abandon");
         assert_eq!(
             ledger.record_intent(&s2, intent("c"), key).expect("intent"),
             IntentOutcome::Recorded

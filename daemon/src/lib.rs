@@ -7,18 +7,20 @@
 
 pub mod audit;
 pub mod ceremony;
+pub mod certgen;
 pub mod certifier;
 pub mod config;
 pub mod control;
+pub mod crl;
+pub mod csr;
 pub mod daemon;
 pub mod hsm;
+pub mod issue;
 pub mod ledger;
+pub mod lint;
+pub mod policy;
 pub mod secret;
+pub mod server;
 pub mod status;
 pub mod systemd;
 pub mod x509;
-pub mod policy;
-pub mod csr;
-pub mod certgen;
-pub mod lint;
-pub mod issue;

@@ -14,12 +14,12 @@ use const_oid::AssociatedOid;
 use der::Decode;
 use std::collections::HashSet;
 use x509_cert::certificate::{TbsCertificate, Version};
+use x509_cert::ext::pkix::name::DistributionPointName;
 use x509_cert::ext::pkix::name::GeneralName;
 use x509_cert::ext::pkix::{
     AuthorityInfoAccessSyntax, AuthorityKeyIdentifier, BasicConstraints, CertificatePolicies,
     CrlDistributionPoints, ExtendedKeyUsage, KeyUsage, KeyUsages, SubjectAltName,
 };
-use x509_cert::ext::pkix::name::DistributionPointName;
 
 /// What the lint needs besides the TBS itself.
 pub struct LintContext<'a> {
@@ -92,7 +92,9 @@ pub fn lint(tbs: &TbsCertificate, ctx: &LintContext<'_>) -> Vec<String> {
     }
     match KeyType::of_spki(tbs.subject_public_key_info()) {
         Ok(k) if profile.key_types.contains(&k) => {}
-        Ok(k) => f.push(format!("{k} subscriber keys are not allowed by the profile")),
+        Ok(k) => f.push(format!(
+            "{k} subscriber keys are not allowed by the profile"
+        )),
         Err(e) => f.push(format!("subscriber key: {e}")),
     }
 
@@ -113,7 +115,10 @@ pub fn lint(tbs: &TbsCertificate, ctx: &LintContext<'_>) -> Vec<String> {
             f.push(format!("extension {} appears twice", e.extn_id));
         }
         if !allowed.contains(&e.extn_id) {
-            f.push(format!("extension {} is not part of any profile", e.extn_id));
+            f.push(format!(
+                "extension {} is not part of any profile",
+                e.extn_id
+            ));
         }
     }
 
@@ -122,7 +127,10 @@ pub fn lint(tbs: &TbsCertificate, ctx: &LintContext<'_>) -> Vec<String> {
             if aki.key_identifier.as_ref().map(|k| k.as_bytes())
                 == Some(ctx.issuer.key_id.as_slice())
                 && aki.authority_cert_issuer.is_none() => {}
-        Some(_) => f.push("authorityKeyIdentifier must be non-critical and hold the certifier's key id only".into()),
+        Some(_) => f.push(
+            "authorityKeyIdentifier must be non-critical and hold the certifier's key id only"
+                .into(),
+        ),
         None => f.push("authorityKeyIdentifier is missing".into()),
     }
     match extension::<BasicConstraints>(tbs, &mut f, "basicConstraints") {
@@ -155,7 +163,10 @@ pub fn lint(tbs: &TbsCertificate, ctx: &LintContext<'_>) -> Vec<String> {
         Some((false, eku)) => {
             let want = certgen::extended_key_usage(profile);
             if eku.0 != want {
-                f.push(format!("extKeyUsage {:?} is not the profile's {:?}", eku.0, want));
+                f.push(format!(
+                    "extKeyUsage {:?} is not the profile's {:?}",
+                    eku.0, want
+                ));
             }
         }
         Some((true, _)) => f.push("extKeyUsage must not be critical".into()),

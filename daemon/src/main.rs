@@ -42,6 +42,8 @@ enum Command {
     Deactivate(CertifierArg),
     /// Show the daemon's and every certifier's state.
     Status(StatusArgs),
+    /// Reload profiles, RAs and grants without dropping requests (like SIGHUP).
+    Reload(SocketArgs),
     /// Check the hash chain of the audit log.
     VerifyAudit(VerifyAuditArgs),
 }
@@ -277,6 +279,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 print!("{}", status.render());
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Reload(a) => {
+            let reply = control::call(&a.path()?, &Request::Reload)?;
+            println!("{}", reply.message.unwrap_or_else(|| "reloaded".into()));
             Ok(ExitCode::SUCCESS)
         }
         Command::VerifyAudit(a) => verify_audit(a),

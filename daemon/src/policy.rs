@@ -70,7 +70,11 @@ impl Grant {
     /// Whether the RA may request the mailbox at `domain`.
     pub fn permits_email_domain(&self, domain: &str) -> bool {
         self.config.email_domains.iter().any(|d| d == domain)
-            || self.config.email_subtrees.iter().any(|t| in_subtree(domain, t))
+            || self
+                .config
+                .email_subtrees
+                .iter()
+                .any(|t| in_subtree(domain, t))
     }
 
     /// Whether the RA may request the IP address.
@@ -111,7 +115,11 @@ impl Policy {
                 }
                 Grant {
                     config: ra.clone(),
-                    ip_networks: ra.ip_networks.iter().filter_map(|n| IpNet::parse(n)).collect(),
+                    ip_networks: ra
+                        .ip_networks
+                        .iter()
+                        .filter_map(|n| IpNet::parse(n))
+                        .collect(),
                 }
             })
             .collect();
@@ -328,27 +336,40 @@ pub fn check_dns_name(name: &str, allow_wildcard: bool) -> Result<(), String> {
     }
     let rest = match name.strip_prefix("*.") {
         Some(rest) if allow_wildcard => rest,
-        Some(_) => return Err(format!("wildcard name {name:?} is not allowed by this profile")),
+        Some(_) => {
+            return Err(format!(
+                "wildcard name {name:?} is not allowed by this profile"
+            ))
+        }
         None => name,
     };
     let labels: Vec<&str> = rest.split('.').collect();
     if labels.len() < 2 {
-        return Err(format!("DNS name {name:?} must be fully qualified (at least two labels)"));
+        return Err(format!(
+            "DNS name {name:?} must be fully qualified (at least two labels)"
+        ));
     }
     for l in &labels {
         if l.is_empty() || l.len() > 63 {
             return Err(format!("DNS name {name:?} has an empty or over-long label"));
         }
         if l.starts_with('-') || l.ends_with('-') {
-            return Err(format!("DNS name {name:?}: labels must not start or end with '-'"));
+            return Err(format!(
+                "DNS name {name:?}: labels must not start or end with '-'"
+            ));
         }
-        if !l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+        if !l
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
             return Err(format!(
                 "DNS name {name:?} may hold only a-z, 0-9 and '-' (and a leading '*.' wildcard where allowed)"
             ));
         }
         if l.len() >= 4 && &l[2..4] == "--" && !l.starts_with("xn--") {
-            return Err(format!("DNS name {name:?}: label {l:?} has '--' in positions 3-4 but is not an A-label"));
+            return Err(format!(
+                "DNS name {name:?}: label {l:?} has '--' in positions 3-4 but is not an A-label"
+            ));
         }
         if let Some(puny) = l.strip_prefix("xn--") {
             let (_, result) = idna::domain_to_unicode(l);
@@ -361,7 +382,9 @@ pub fn check_dns_name(name: &str, allow_wildcard: bool) -> Result<(), String> {
         .last()
         .is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit()))
     {
-        return Err(format!("{name:?} looks like an IP address: send it as an ip SAN"));
+        return Err(format!(
+            "{name:?} looks like an IP address: send it as an ip SAN"
+        ));
     }
     Ok(())
 }
@@ -373,7 +396,9 @@ pub fn check_email(addr: &str) -> Result<&str, String> {
         .rsplit_once('@')
         .ok_or_else(|| format!("email address {addr:?} has no '@'"))?;
     if local.is_empty() || local.len() > 64 {
-        return Err(format!("email address {addr:?}: the local part must be 1 to 64 characters"));
+        return Err(format!(
+            "email address {addr:?}: the local part must be 1 to 64 characters"
+        ));
     }
     const SPECIALS: &[u8] = b"!#$%&'*+-/=?^_`{|}~.";
     if !local
@@ -467,7 +492,9 @@ pub fn check_names(profile: &ProfileConfig, grant: &Grant, names: &Names) -> Res
     match profile.kind {
         ProfileKind::TlsServer => {
             if !names.emails.is_empty() || s.email.is_some() {
-                return Err(refuse("tls-server certificates carry no email addresses".into()));
+                return Err(refuse(
+                    "tls-server certificates carry no email addresses".into(),
+                ));
             }
             if names.dns.is_empty() && names.ips.is_empty() {
                 return Err(refuse(
@@ -500,7 +527,11 @@ pub fn check_names(profile: &ProfileConfig, grant: &Grant, names: &Names) -> Res
             }
         }
         ProfileKind::TlsClient => {
-            if s.cn.is_none() && names.dns.is_empty() && names.emails.is_empty() && names.ips.is_empty() {
+            if s.cn.is_none()
+                && names.dns.is_empty()
+                && names.emails.is_empty()
+                && names.ips.is_empty()
+            {
                 return Err(refuse(
                     "a tls-client certificate needs a commonName or at least one SAN".into(),
                 ));
@@ -519,10 +550,15 @@ pub fn check_names(profile: &ProfileConfig, grant: &Grant, names: &Names) -> Res
             }
             if s.o.is_some() || s.ou.is_some() || s.l.is_some() || s.st.is_some() || s.c.is_some() {
                 return Err(refuse(
-                    "a mailbox-validated S/MIME subject may hold only commonName and emailAddress".into(),
+                    "a mailbox-validated S/MIME subject may hold only commonName and emailAddress"
+                        .into(),
                 ));
             }
-            let lower: Vec<String> = names.emails.iter().map(|e| e.to_ascii_lowercase()).collect();
+            let lower: Vec<String> = names
+                .emails
+                .iter()
+                .map(|e| e.to_ascii_lowercase())
+                .collect();
             for (what, v) in [("commonName", &s.cn), ("emailAddress", &s.email)] {
                 if let Some(v) = v {
                     if !lower.contains(&v.to_ascii_lowercase()) {
@@ -599,7 +635,11 @@ mod tests {
 
     #[test]
     fn dns_syntax() {
-        for ok in ["a.example.com", "xn--bcher-kva.example.com", "1-2.example.com"] {
+        for ok in [
+            "a.example.com",
+            "xn--bcher-kva.example.com",
+            "1-2.example.com",
+        ] {
             assert!(check_dns_name(ok, false).is_ok(), "{ok}");
         }
         for bad in [
@@ -624,7 +664,15 @@ mod tests {
     #[test]
     fn email_syntax() {
         assert_eq!(check_email("a.b+c@example.com"), Ok("example.com"));
-        for bad in ["noat", "@example.com", "a@", "a b@example.com", "\"q\"@example.com", ".a@example.com", "a@Example.com"] {
+        for bad in [
+            "noat",
+            "@example.com",
+            "a@",
+            "a b@example.com",
+            "\"q\"@example.com",
+            ".a@example.com",
+            "a@Example.com",
+        ] {
             assert!(check_email(bad).is_err(), "{bad}");
         }
     }
@@ -639,7 +687,10 @@ mod tests {
         };
         assert!(check_names(&p, &g, &n).is_ok());
         n.subject.cn = Some("other.example.com".into());
-        assert_eq!(check_names(&p, &g, &n).map_err(|e| e.code), Err(ErrorCode::NameNotPermitted));
+        assert_eq!(
+            check_names(&p, &g, &n).map_err(|e| e.code),
+            Err(ErrorCode::NameNotPermitted)
+        );
         n.subject.cn = Some("www.example.com".into());
         assert!(check_names(&p, &g, &n).is_ok());
         n.emails = vec!["a@example.com".into()];

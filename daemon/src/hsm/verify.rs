@@ -108,7 +108,9 @@ pub fn verify_with_algorithm(
                 .verify(message, &sig)
                 .map_err(bad)
         } else {
-            Err(format!("signature algorithm {oid} is not supported for RSA keys"))
+            Err(format!(
+                "signature algorithm {oid} is not supported for RSA keys"
+            ))
         };
     }
     let expected = match key_type {

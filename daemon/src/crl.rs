@@ -1,0 +1,284 @@
+//! Certificate revocation lists: one per certifier, signed in the token,
+//! with a monotonic CRL number (durable before signing), made on a schedule
+//! before nextUpdate and shortly after revocations (a burst of revocations
+//! makes one CRL).
+
+use crate::audit::AuditEvent;
+use crate::certgen::IssuerInfo;
+use crate::certifier::Certifier;
+use crate::daemon::Shared;
+use crate::issue::{hsm_error, ledger_error, now_unix};
+use certd_api::{ApiError, ErrorCode};
+use der::asn1::{BitString, OctetString, Uint};
+use der::{Decode, Encode};
+use serde_json::json;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, UNIX_EPOCH};
+use x509_cert::crl::{CertificateList, RevokedCert, TbsCertList};
+use x509_cert::ext::pkix::crl::CrlReason;
+use x509_cert::ext::pkix::{AuthorityKeyIdentifier, CrlNumber};
+use x509_cert::serial_number::SerialNumber;
+use x509_cert::time::Time;
+
+/// A CRL as issued.
+#[derive(Debug, Clone)]
+pub struct CrlState {
+    /// DER of the CertificateList.
+    pub der: Arc<Vec<u8>>,
+    /// Its CRL number.
+    pub number: u64,
+    /// thisUpdate, Unix seconds.
+    pub this_update: i64,
+    /// nextUpdate, Unix seconds.
+    pub next_update: i64,
+}
+
+/// The current CRL of every certifier and the triggers for new ones.
+pub struct CrlStore {
+    dir: PathBuf,
+    current: Mutex<HashMap<String, CrlState>>,
+    triggers: HashMap<String, Arc<tokio::sync::Notify>>,
+}
+
+fn reason(code: u8) -> Option<CrlReason> {
+    Some(match code {
+        1 => CrlReason::KeyCompromise,
+        2 => CrlReason::CaCompromise,
+        3 => CrlReason::AffiliationChanged,
+        4 => CrlReason::Superseded,
+        5 => CrlReason::CessationOfOperation,
+        9 => CrlReason::PrivilegeWithdrawn,
+        _ => return None,
+    })
+}
+
+fn time(secs: i64) -> Result<Time, ApiError> {
+    Time::try_from(UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0)))
+        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(ErrorCode::Internal, e.to_string())
+}
+
+/// Reads number and times back from a CRL's DER.
+pub fn describe(der: &[u8]) -> Option<CrlState> {
+    let crl = CertificateList::<x509_cert::certificate::Rfc5280>::from_der(der).ok()?;
+    let tbs = &crl.tbs_cert_list;
+    let number = tbs
+        .crl_extensions
+        .as_ref()?
+        .iter()
+        .find(|e| e.extn_id == const_oid::db::rfc5280::ID_CE_CRL_NUMBER)
+        .and_then(|e| CrlNumber::from_der(e.extn_value.as_bytes()).ok())
+        .and_then(|n| {
+            let b = n.0.as_bytes();
+            (b.len() <= 8).then(|| b.iter().fold(0u64, |a, x| (a << 8) | u64::from(*x)))
+        })?;
+    Some(CrlState {
+        der: Arc::new(der.to_vec()),
+        number,
+        this_update: crate::certgen::unix_of(&tbs.this_update),
+        next_update: crate::certgen::unix_of(tbs.next_update.as_ref()?),
+    })
+}
+
+impl CrlStore {
+    /// Loads the CRLs kept in `state_dir/crl` for these certifiers.
+    pub fn open(state_dir: &Path, certifiers: &[Arc<Certifier>]) -> std::io::Result<CrlStore> {
+        let dir = state_dir.join("crl");
+        std::fs::create_dir_all(&dir)?;
+        let mut current = HashMap::new();
+        let mut triggers = HashMap::new();
+        for c in certifiers {
+            triggers.insert(c.name().to_string(), Arc::new(tokio::sync::Notify::new()));
+            if let Ok(der) = std::fs::read(dir.join(format!("{}.crl", c.name()))) {
+                if let Some(state) = describe(&der) {
+                    current.insert(c.name().to_string(), state);
+                }
+            }
+        }
+        Ok(CrlStore {
+            dir,
+            current: Mutex::new(current),
+            triggers,
+        })
+    }
+
+    /// The current CRL of a certifier.
+    pub fn current(&self, certifier: &str) -> Option<CrlState> {
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(certifier)
+            .cloned()
+    }
+
+    /// Asks for a new CRL soon (after a revocation).
+    pub fn trigger(&self, certifier: &str) {
+        if let Some(n) = self.triggers.get(certifier) {
+            n.notify_one();
+        }
+    }
+
+    fn trigger_of(&self, certifier: &str) -> Option<Arc<tokio::sync::Notify>> {
+        self.triggers.get(certifier).cloned()
+    }
+
+    fn install(&self, certifier: &str, state: CrlState) -> std::io::Result<()> {
+        let path = self.dir.join(format!("{certifier}.crl"));
+        let tmp = self.dir.join(format!(".{certifier}.crl.tmp"));
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&state.der)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, &path)?;
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(certifier.to_string(), state);
+        Ok(())
+    }
+}
+
+/// Makes, signs, verifies, stores and audits a new CRL for `certifier`.
+pub fn generate(shared: &Shared, certifier: &Certifier) -> Result<CrlState, ApiError> {
+    let signer = certifier.signer().map_err(|e| hsm_error(&e))?;
+    let name = certifier.name();
+    let entries = shared.ledger.revoked_entries(name).map_err(ledger_error)?;
+    // Durable before signing: a crash after this never reuses the number.
+    let number = shared.ledger.next_crl_number(name).map_err(ledger_error)?;
+    let issuer = IssuerInfo::of(&certifier.certificate);
+    let now = now_unix();
+    let next = now + i64::from(shared.config.crl.validity_hours) * 3600;
+    let mut revoked: Vec<RevokedCert> = Vec::with_capacity(entries.len());
+    for e in &entries {
+        let crl_entry_extensions = match reason(e.reason) {
+            Some(r) => Some(vec![crate::x509::extension(&r, false).map_err(internal)?]),
+            None => None,
+        };
+        revoked.push(RevokedCert {
+            serial_number: SerialNumber::new(e.serial.as_bytes()).map_err(internal)?,
+            revocation_date: time(e.revoked_at)?,
+            crl_entry_extensions,
+        });
+    }
+    let tbs = TbsCertList {
+        version: x509_cert::Version::V2,
+        signature: certifier.key_type.signature_algorithm(),
+        issuer: issuer.name.clone(),
+        this_update: time(now)?,
+        next_update: Some(time(next)?),
+        revoked_certificates: (!revoked.is_empty()).then_some(revoked),
+        crl_extensions: Some(vec![
+            crate::x509::extension(
+                &AuthorityKeyIdentifier {
+                    key_identifier: Some(
+                        OctetString::new(issuer.key_id.clone()).map_err(internal)?,
+                    ),
+                    ..Default::default()
+                },
+                false,
+            )
+            .map_err(internal)?,
+            crate::x509::extension(
+                &CrlNumber(Uint::new(&number.to_be_bytes()).map_err(internal)?),
+                false,
+            )
+            .map_err(internal)?,
+        ]),
+    };
+    let tbs_der = tbs.to_der().map_err(internal)?;
+    let signature = crate::hsm::sign_checked(signer.as_ref(), &tbs_der).map_err(|e| {
+        if matches!(e, crate::hsm::HsmError::Unavailable(_)) {
+            certifier.report_fault(&e.to_string());
+        }
+        hsm_error(&e)
+    })?;
+    let crl = CertificateList {
+        tbs_cert_list: tbs,
+        signature_algorithm: certifier.key_type.signature_algorithm(),
+        signature: BitString::from_bytes(&signature).map_err(internal)?,
+    };
+    let der = crl.to_der().map_err(internal)?;
+    let state = CrlState {
+        der: Arc::new(der),
+        number,
+        this_update: now,
+        next_update: next,
+    };
+    shared.crl.install(name, state.clone()).map_err(|e| {
+        ApiError::new(
+            ErrorCode::LedgerUnavailable,
+            format!("storing the CRL: {e}"),
+        )
+    })?;
+    shared
+        .audit(
+            AuditEvent::new("crl_issued", "certd")
+                .certifier(name.to_string())
+                .detail(json!({"crl_number": number, "entries": entries.len(), "next_update": crate::issue::rfc3339(next)})),
+        )
+        .map_err(|e| ApiError::new(ErrorCode::AuditUnavailable, e.to_string()))?;
+    Ok(state)
+}
+
+/// Keeps one certifier's CRL fresh: regenerates `refresh_hours` before
+/// nextUpdate, and `coalesce_seconds` after the first of a burst of
+/// revocations. Waits while the certifier is locked.
+pub async fn keep_fresh(shared: Arc<Shared>, certifier: Arc<Certifier>) {
+    let Some(trigger) = shared.crl.trigger_of(certifier.name()) else {
+        return;
+    };
+    let refresh = i64::from(shared.config.crl.refresh_hours) * 3600;
+    let coalesce = Duration::from_secs(shared.config.crl.coalesce_seconds);
+    let mut pending = false;
+    loop {
+        let due_in = match shared.crl.current(certifier.name()) {
+            Some(s) if !pending => Duration::from_secs(
+                u64::try_from(s.next_update - refresh - now_unix()).unwrap_or(0),
+            ),
+            _ => Duration::ZERO,
+        };
+        if !due_in.is_zero() {
+            tokio::select! {
+                _ = tokio::time::sleep(due_in) => {}
+                _ = trigger.notified() => {
+                    pending = true;
+                    tokio::time::sleep(coalesce).await;
+                }
+            }
+        }
+        if certifier.signer().is_err() {
+            // Locked or unavailable: look again shortly.
+            tokio::select! {
+                _ = tokio::time::sleep(crate::daemon::PROBE_INTERVAL) => {}
+                _ = trigger.notified() => { pending = true; }
+            }
+            continue;
+        }
+        let (s2, c2) = (shared.clone(), certifier.clone());
+        match tokio::task::spawn_blocking(move || generate(&s2, &c2)).await {
+            Ok(Ok(state)) => {
+                pending = false;
+                tracing::info!(
+                    certifier = certifier.name(),
+                    number = state.number,
+                    "CRL issued"
+                );
+            }
+            Ok(Err(e)) => {
+                tracing::error!(certifier = certifier.name(), error = %e, "CRL generation failed; retrying");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "CRL task failed");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,885 @@
+//! The API: HTTPS with mandatory client certificates (rustls), HTTP/1.1
+//! and HTTP/2 (hyper), routes (axum).
+//!
+//! A client certificate must chain to the RA trust anchor **and** have its
+//! SHA-256 fingerprint on the allowlist; anything else fails the handshake.
+//! The RA identity is looked up again for every request, so a reload that
+//! removes an RA takes effect on open connections too.
+
+use crate::audit::AuditEvent;
+use crate::certgen;
+use crate::config::ApiConfig;
+use crate::daemon::{DaemonError, Shared};
+use crate::issue::{self, ledger_error, rfc3339};
+use crate::ledger::{LedgerRecord, RecordState, Serial};
+use crate::policy::Grant;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Router};
+use certd_api::{
+    ApiError, CertStatus, CertificateInfo, CertificateList, CertifierHealth, ErrorCode, Health,
+    IssueRequest, ProfileInfo, RevokeRequest,
+};
+use der::Decode;
+use http_body_util::BodyExt;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::WebPkiClientVerifier;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use sha2::Digest;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use x509_cert::ext::pkix::name::GeneralName;
+use x509_cert::ext::pkix::SubjectAltName;
+use x509_cert::Certificate;
+
+/// Checks the chain with webpki, then the fingerprint against the
+/// allowlist in the current policy.
+struct AllowlistVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for AllowlistVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AllowlistVerifier")
+    }
+}
+
+/// Lower-case hex SHA-256 of a DER certificate.
+pub fn fingerprint(der: &[u8]) -> String {
+    hex::encode(sha2::Sha256::digest(der))
+}
+
+impl ClientCertVerifier for AllowlistVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        if self
+            .shared
+            .policy()
+            .knows_fingerprint(&fingerprint(end_entity))
+        {
+            Ok(verified)
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+fn missing(what: String) -> DaemonError {
+    DaemonError::Missing(what)
+}
+
+/// The TLS configuration of the API.
+pub fn tls_config(
+    shared: &Arc<Shared>,
+    api: &ApiConfig,
+) -> Result<Arc<rustls::ServerConfig>, DaemonError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let read_certs =
+        |path: &std::path::Path, what: &str| -> Result<Vec<CertificateDer<'static>>, DaemonError> {
+            let certs: Vec<_> = CertificateDer::pem_file_iter(path)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| missing(format!("api.{what} {}: {e}", path.display())))?;
+            if certs.is_empty() {
+                return Err(missing(format!(
+                    "api.{what} {} holds no certificate",
+                    path.display()
+                )));
+            }
+            Ok(certs)
+        };
+    let chain = read_certs(&api.tls_certificate, "tls_certificate")?;
+    let key = PrivateKeyDer::from_pem_file(&api.tls_key)
+        .map_err(|e| missing(format!("api.tls_key {}: {e}", api.tls_key.display())))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in read_certs(&api.ra_trust_anchor, "ra_trust_anchor")? {
+        roots
+            .add(ca)
+            .map_err(|e| missing(format!("api.ra_trust_anchor: {e}")))?;
+    }
+    let inner = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| missing(format!("api.ra_trust_anchor: {e}")))?;
+    let verifier = Arc::new(AllowlistVerifier {
+        inner,
+        shared: shared.clone(),
+    });
+    // TLS 1.3, and TLS 1.2 only with the provider's ECDHE + AEAD suites.
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| missing(format!("TLS: {e}")))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| {
+            missing(format!(
+                "api.tls_certificate and api.tls_key do not fit together: {e}"
+            ))
+        })?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Who is on the other end of a connection.
+#[derive(Clone)]
+struct Peer {
+    fingerprint: String,
+    addr: SocketAddr,
+}
+
+/// Audits handshake refusals, at most this many a minute (then one summary),
+/// so unauthenticated clients cannot fill the disk through the audit log.
+const MAX_TLS_REFUSALS_AUDITED_PER_MINUTE: u64 = 60;
+
+struct RefusalBudget {
+    window: AtomicU64,
+    count: AtomicU64,
+}
+
+impl RefusalBudget {
+    fn allow(&self) -> (bool, u64) {
+        let minute = crate::issue::now_unix() as u64 / 60;
+        if self.window.swap(minute, Ordering::Relaxed) != minute {
+            let dropped = self
+                .count
+                .swap(0, Ordering::Relaxed)
+                .saturating_sub(MAX_TLS_REFUSALS_AUDITED_PER_MINUTE);
+            self.count.fetch_add(1, Ordering::Relaxed);
+            return (true, dropped);
+        }
+        let n = self.count.fetch_add(1, Ordering::Relaxed);
+        (n < MAX_TLS_REFUSALS_AUDITED_PER_MINUTE, 0)
+    }
+}
+
+/// Serves the API on `listener` until the process ends.
+pub async fn serve(
+    shared: Arc<Shared>,
+    listener: tokio::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+) {
+    let Some(api) = shared.config.api.clone() else {
+        return;
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let router = router(shared.clone(), api.max_body_bytes);
+    let slots = Arc::new(tokio::sync::Semaphore::new(api.max_connections));
+    let budget = Arc::new(RefusalBudget {
+        window: AtomicU64::new(0),
+        count: AtomicU64::new(0),
+    });
+    let handshake_timeout = Duration::from_secs(api.handshake_timeout_secs);
+    let header_timeout = Duration::from_secs(api.header_timeout_secs);
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let (tcp, addr) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let (acceptor, router, shared, budget) = (
+            acceptor.clone(),
+            router.clone(),
+            shared.clone(),
+            budget.clone(),
+        );
+        tokio::spawn(async move {
+            let _permit = permit;
+            let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return refuse_handshake(&shared, &budget, addr, &e.to_string()),
+                Err(_) => return refuse_handshake(&shared, &budget, addr, "handshake timed out"),
+            };
+            let fingerprint = match stream.get_ref().1.peer_certificates() {
+                Some([leaf, ..]) => fingerprint(leaf),
+                _ => return refuse_handshake(&shared, &budget, addr, "no client certificate"),
+            };
+            let svc = router.layer(Extension(Peer { fingerprint, addr }));
+            let mut builder =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            builder
+                .http1()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .keep_alive(true);
+            builder
+                .http2()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .max_concurrent_streams(64)
+                .keep_alive_interval(Some(Duration::from_secs(30)));
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let service = hyper_util::service::TowerToHyperService::new(svc);
+            if let Err(e) = builder.serve_connection(io, service).await {
+                tracing::debug!(peer = %addr, error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
+
+fn refuse_handshake(shared: &Shared, budget: &RefusalBudget, addr: SocketAddr, reason: &str) {
+    tracing::info!(peer = %addr, reason, "TLS handshake refused");
+    let (audit, dropped) = budget.allow();
+    if dropped > 0 {
+        let _ = shared.audit(
+            AuditEvent::new("tls_refused_suppressed", "certd")
+                .detail(json!({"count": dropped, "note": "handshake refusals over the per-minute audit budget"})),
+        );
+    }
+    if audit {
+        let _ = shared.audit(
+            AuditEvent::new("tls_refused", format!("peer:{addr}"))
+                .detail(json!({"reason": reason})),
+        );
+    }
+}
+
+fn router(shared: Arc<Shared>, max_body: usize) -> Router {
+    Router::new()
+        .route("/v1/certificates", post(issue_handler).get(list_handler))
+        .route("/v1/certificates/{serial}", get(get_handler))
+        .route("/v1/certificates/{serial}/revoke", post(revoke_handler))
+        .route("/v1/certifiers/{name}/crl", get(crl_handler))
+        .route("/v1/profiles", get(profiles_handler))
+        .route("/v1/health", get(health_handler))
+        .fallback(no_such_endpoint)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(Extension(BodyLimit(max_body)))
+        .with_state(shared)
+}
+
+#[derive(Clone, Copy)]
+struct BodyLimit(usize);
+
+/// An API answer: JSON body or error; errors are audited.
+struct Reply(Result<(StatusCode, Vec<u8>, &'static str), ApiError>);
+
+impl IntoResponse for Reply {
+    fn into_response(self) -> Response {
+        match self.0 {
+            Ok((status, body, content_type)) => {
+                (status, [(header::CONTENT_TYPE, content_type)], body).into_response()
+            }
+            Err(e) => error_response(&e),
+        }
+    }
+}
+
+fn error_response(e: &ApiError) -> Response {
+    let status =
+        StatusCode::from_u16(e.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = serde_json::to_vec(&e.body()).unwrap_or_default();
+    let mut resp = (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
+    if e.code.is_transient() && status.as_u16() >= 500 {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    }
+    resp
+}
+
+fn json_ok<T: serde::Serialize>(
+    status: StatusCode,
+    v: &T,
+) -> Result<(StatusCode, Vec<u8>, &'static str), ApiError> {
+    serde_json::to_vec(v)
+        .map(|b| (status, b, "application/json"))
+        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))
+}
+
+/// Looks up the RA for this request and audits refusals.
+fn grant_of(shared: &Shared, peer: &Peer) -> Result<Grant, ApiError> {
+    shared
+        .policy()
+        .grant_for_fingerprint(&peer.fingerprint)
+        .cloned()
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::NotAuthorized,
+                "this client certificate is no longer on certd's allowlist",
+            )
+        })
+}
+
+fn audit_refusal(shared: &Shared, actor: &str, method: &Method, uri: &Uri, e: &ApiError) {
+    let _ = shared.audit(AuditEvent::new("refused", actor).detail(json!({
+        "method": method.as_str(),
+        "path": uri.path(),
+        "code": e.code.as_str(),
+        "message": e.message,
+    })));
+}
+
+/// Runs `f` with the request's RA on the blocking pool and audits a refusal.
+async fn with_grant<F>(shared: Arc<Shared>, peer: Peer, method: Method, uri: Uri, f: F) -> Reply
+where
+    F: FnOnce(&Shared, &Grant) -> Result<(StatusCode, Vec<u8>, &'static str), ApiError>
+        + Send
+        + 'static,
+{
+    let s2 = shared.clone();
+    let p2 = peer.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let grant = grant_of(&s2, &p2).map_err(|e| (format!("peer:{}", p2.addr), e))?;
+        f(&s2, &grant).map_err(|e| (grant.name().to_string(), e))
+    })
+    .await;
+    match result {
+        Ok(Ok(ok)) => Reply(Ok(ok)),
+        Ok(Err((actor, e))) => {
+            audit_refusal(&shared, &actor, &method, &uri, &e);
+            Reply(Err(e))
+        }
+        Err(e) => Reply(Err(ApiError::new(
+            ErrorCode::Internal,
+            format!("request task failed: {e}"),
+        ))),
+    }
+}
+
+async fn read_json<T: DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<T, ApiError> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !ct
+        .split(';')
+        .next()
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+    {
+        return Err(ApiError::new(
+            ErrorCode::UnsupportedMediaType,
+            "send the body as application/json",
+        ));
+    }
+    let limited = http_body_util::Limited::new(body, limit);
+    let bytes = match limited.collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            return Err(ApiError::new(
+                ErrorCode::BodyTooLarge,
+                format!("the body is larger than {limit} bytes"),
+            ))
+        }
+        Err(e) => {
+            return Err(ApiError::new(
+                ErrorCode::BadRequest,
+                format!("reading the body: {e}"),
+            ))
+        }
+    };
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("invalid request body: {e}")))
+}
+
+/// A request as the handlers see it.
+struct Call {
+    shared: Arc<Shared>,
+    peer: Peer,
+    method: Method,
+    uri: Uri,
+}
+
+/// Reads the body, then runs `f`; a body error is audited like any refusal.
+async fn with_body<T, F>(call: Call, headers: HeaderMap, body: Body, limit: usize, f: F) -> Reply
+where
+    T: DeserializeOwned + Send + 'static,
+    F: FnOnce(&Shared, &Grant, T) -> Result<(StatusCode, Vec<u8>, &'static str), ApiError>
+        + Send
+        + 'static,
+{
+    let Call {
+        shared,
+        peer,
+        method,
+        uri,
+    } = call;
+    match read_json::<T>(&headers, body, limit).await {
+        Ok(v) => with_grant(shared, peer, method, uri, move |s, g| f(s, g, v)).await,
+        Err(e) => {
+            let actor = grant_of(&shared, &peer)
+                .map(|g| g.name().to_string())
+                .unwrap_or_else(|_| format!("peer:{}", peer.addr));
+            audit_refusal(&shared, &actor, &method, &uri, &e);
+            Reply(Err(e))
+        }
+    }
+}
+
+async fn issue_handler(
+    State(shared): State<Arc<Shared>>,
+    Extension(peer): Extension<Peer>,
+    Extension(BodyLimit(limit)): Extension<BodyLimit>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Reply {
+    let call = Call {
+        shared,
+        peer,
+        method,
+        uri,
+    };
+    with_body(call, headers, body, limit, |s, g, req: IssueRequest| {
+        let resp = issue::issue(s, g, &req)?;
+        let status = if resp.replayed {
+            StatusCode::OK
+        } else {
+            StatusCode::CREATED
+        };
+        json_ok(status, &resp)
+    })
+    .await
+}
+
+fn parse_serial(s: &str) -> Result<Serial, ApiError> {
+    Serial::from_hex(&s.to_ascii_lowercase()).map_err(|_| {
+        ApiError::new(
+            ErrorCode::NotFound,
+            format!("no certificate with serial {s:?}"),
+        )
+    })
+}
+
+fn visible(grant: &Grant, record: &LedgerRecord) -> bool {
+    grant.config.read_all || record.intent.ra == grant.name()
+}
+
+/// The API's view of a ledger record (issued or revoked only).
+pub fn certificate_info(serial: &Serial, record: &LedgerRecord) -> Option<CertificateInfo> {
+    let status = match record.state {
+        RecordState::Issued => CertStatus::Valid,
+        RecordState::Revoked => CertStatus::Revoked,
+        _ => return None,
+    };
+    let der = record.certificate_der.as_deref()?;
+    let cert = Certificate::from_der(der).ok()?;
+    let tbs = cert.tbs_certificate();
+    let mut emails = Vec::new();
+    let mut dns = Vec::new();
+    if let Ok(Some((_, san))) = tbs.get_extension::<SubjectAltName>() {
+        for gn in san.0 {
+            match gn {
+                GeneralName::Rfc822Name(e) => emails.push(e.as_str().to_string()),
+                GeneralName::DnsName(d) => dns.push(d.as_str().to_string()),
+                _ => {}
+            }
+        }
+    }
+    Some(CertificateInfo {
+        serial: serial.to_hex(),
+        status,
+        certifier: record.intent.certifier.clone(),
+        profile: record.intent.profile.clone(),
+        ra: record.intent.ra.clone(),
+        subject: tbs.subject().to_string(),
+        emails,
+        dns,
+        not_before: rfc3339(certgen::unix_of(&tbs.validity().not_before)),
+        not_after: rfc3339(certgen::unix_of(&tbs.validity().not_after)),
+        certificate: issue::cert_pem(der),
+        revoked_at: record.revoked_at.map(rfc3339),
+        revocation_reason: record
+            .revocation_reason
+            .and_then(certd_api::reason_name)
+            .map(str::to_string),
+    })
+}
+
+fn lookup(
+    shared: &Shared,
+    grant: &Grant,
+    serial: &str,
+) -> Result<(Serial, LedgerRecord), ApiError> {
+    let serial = parse_serial(serial)?;
+    let not_found = || {
+        ApiError::new(
+            ErrorCode::NotFound,
+            format!("no certificate with serial {}", serial.to_hex()),
+        )
+    };
+    let record = shared
+        .ledger
+        .get(&serial)
+        .map_err(ledger_error)?
+        .ok_or_else(not_found)?;
+    if !visible(grant, &record)
+        || !matches!(record.state, RecordState::Issued | RecordState::Revoked)
+    {
+        return Err(not_found());
+    }
+    Ok((serial, record))
+}
+
+async fn get_handler(
+    State(shared): State<Arc<Shared>>,
+    Extension(peer): Extension<Peer>,
+    Path(serial): Path<String>,
+    method: Method,
+    uri: Uri,
+) -> Reply {
+    with_grant(shared, peer, method, uri, move |s, g| {
+        let (serial, record) = lookup(s, g, &serial)?;
+        let info = certificate_info(&serial, &record).ok_or_else(|| {
+            ApiError::new(ErrorCode::Internal, "stored certificate does not decode")
+        })?;
+        json_ok(StatusCode::OK, &info)
+    })
+    .await
+}
+
+async fn revoke_handler(
+    State(shared): State<Arc<Shared>>,
+    Extension(peer): Extension<Peer>,
+    Extension(BodyLimit(limit)): Extension<BodyLimit>,
+    Path(serial): Path<String>,
+    (method, uri, headers): (Method, Uri, HeaderMap),
+    body: Body,
+) -> Reply {
+    let call = Call {
+        shared,
+        peer,
+        method,
+        uri,
+    };
+    with_body(
+        call,
+        headers,
+        body,
+        limit,
+        move |s, g, req: RevokeRequest| {
+            if !g.config.may_revoke {
+                return Err(ApiError::new(
+                    ErrorCode::NotAuthorized,
+                    format!("RA {:?} may not revoke certificates", g.name()),
+                ));
+            }
+            let code = certd_api::reason_code(&req.reason).ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::BadRequest,
+                    format!(
+                        "unknown revocation reason {:?}; use one of: {}",
+                        req.reason,
+                        certd_api::REVOCATION_REASONS
+                            .iter()
+                            .map(|(n, _)| *n)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                )
+            })?;
+            let (serial, record) = lookup(s, g, &serial)?;
+            if record.state == RecordState::Revoked {
+                return Err(ApiError::new(
+                    ErrorCode::AlreadyRevoked,
+                    format!("{} is already revoked", serial.to_hex()),
+                ));
+            }
+            let now = issue::now_unix();
+            s.ledger
+                .record_revoked(&serial, code, now)
+                .map_err(|e| match e {
+                    crate::ledger::LedgerError::InvalidState { .. } => ApiError::new(
+                        ErrorCode::AlreadyRevoked,
+                        format!("{} is already revoked", serial.to_hex()),
+                    ),
+                    other => ledger_error(other),
+                })?;
+            s.audit(
+                AuditEvent::new("revoked", g.name())
+                    .certifier(record.intent.certifier.clone())
+                    .detail(json!({"serial": serial.to_hex(), "reason": req.reason})),
+            )
+            .map_err(|e| ApiError::new(ErrorCode::AuditUnavailable, e.to_string()))?;
+            s.crl.trigger(&record.intent.certifier);
+            let record = s
+                .ledger
+                .get(&serial)
+                .map_err(ledger_error)?
+                .ok_or_else(|| ApiError::new(ErrorCode::Internal, "record vanished"))?;
+            let info = certificate_info(&serial, &record).ok_or_else(|| {
+                ApiError::new(ErrorCode::Internal, "stored certificate does not decode")
+            })?;
+            json_ok(StatusCode::OK, &info)
+        },
+    )
+    .await
+}
+
+/// Filters of the listing endpoint.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    status: Option<String>,
+    profile: Option<String>,
+    certifier: Option<String>,
+    subject: Option<String>,
+    email: Option<String>,
+    dns: Option<String>,
+    ra: Option<String>,
+    expires_before: Option<String>,
+    expires_after: Option<String>,
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn list_handler(
+    State(shared): State<Arc<Shared>>,
+    Extension(peer): Extension<Peer>,
+    method: Method,
+    uri: Uri,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Reply {
+    let q = match query {
+        Ok(Query(q)) => q,
+        Err(e) => {
+            let err = ApiError::new(ErrorCode::BadRequest, format!("query: {e}"));
+            audit_refusal(&shared, &format!("peer:{}", peer.addr), &method, &uri, &err);
+            return Reply(Err(err));
+        }
+    };
+    with_grant(shared, peer, method, uri, move |s, g| {
+        let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+        let status = match q.status.as_deref() {
+            None => None,
+            Some("valid") => Some(CertStatus::Valid),
+            Some("revoked") => Some(CertStatus::Revoked),
+            Some(other) => {
+                return Err(ApiError::new(
+                    ErrorCode::BadRequest,
+                    format!("status {other:?}: use valid or revoked"),
+                ))
+            }
+        };
+        let parse_time = |v: &Option<String>| -> Result<Option<String>, ApiError> {
+            v.as_ref()
+                .map(|t| {
+                    time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                        .map(|d| rfc3339(d.unix_timestamp()))
+                        .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("{t:?}: {e}")))
+                })
+                .transpose()
+        };
+        let (before, after_t) = (
+            parse_time(&q.expires_before)?,
+            parse_time(&q.expires_after)?,
+        );
+        let cursor = q.after.as_deref().map(parse_serial).transpose()?;
+        let mut items = Vec::new();
+        let mut next = None;
+        for (serial, record) in s
+            .ledger
+            .iter_records(q.certifier.as_deref())
+            .map_err(ledger_error)?
+        {
+            if cursor.is_some_and(|c| serial.as_bytes() <= c.as_bytes()) || !visible(g, &record) {
+                continue;
+            }
+            let Some(info) = certificate_info(&serial, &record) else {
+                continue;
+            };
+            let keep = status.is_none_or(|st| st == info.status)
+                && q.profile.as_ref().is_none_or(|p| *p == info.profile)
+                && q.ra.as_ref().is_none_or(|r| *r == info.ra)
+                && q.subject
+                    .as_ref()
+                    .is_none_or(|t| info.subject.contains(t.as_str()))
+                && q.email
+                    .as_ref()
+                    .is_none_or(|e| info.emails.iter().any(|x| x.eq_ignore_ascii_case(e)))
+                && q.dns
+                    .as_ref()
+                    .is_none_or(|d| info.dns.iter().any(|x| x == d))
+                && before.as_ref().is_none_or(|b| info.not_after < *b)
+                && after_t.as_ref().is_none_or(|a| info.not_after > *a);
+            if !keep {
+                continue;
+            }
+            if items.len() == limit {
+                next = items.last().map(|i: &CertificateInfo| i.serial.clone());
+                break;
+            }
+            items.push(info);
+        }
+        json_ok(StatusCode::OK, &CertificateList { items, next })
+    })
+    .await
+}
+
+async fn crl_handler(
+    State(shared): State<Arc<Shared>>,
+    Extension(peer): Extension<Peer>,
+    Path(name): Path<String>,
+    method: Method,
+    uri: Uri,
+) -> Reply {
+    with_grant(shared, peer, method, uri, move |s, _g| {
+        let certifier = s.certifiers.find(Some(&name)).map_err(|_| {
+            ApiError::new(
+                ErrorCode::UnknownCertifier,
+                format!("there is no certifier {name:?}"),
+            )
+        })?;
+        let state = match s.crl.current(certifier.name()) {
+            Some(st) if st.next_update > issue::now_unix() => st,
+            _ => crate::crl::generate(s, &certifier)?,
+        };
+        Ok((StatusCode::OK, state.der.to_vec(), "application/pkix-crl"))
+    })
+    .await
+}
+
+async fn profiles_handler(
+    State(shared): State<Arc<Shared>>,
+    Extension(peer): Extension<Peer>,
+    method: Method,
+    uri: Uri,
+) -> Reply {
+    with_grant(shared, peer, method, uri, |s, g| {
+        let list: Vec<ProfileInfo> = s
+            .policy()
+            .profiles_for(g)
+            .into_iter()
+            .map(|(p, certifiers)| ProfileInfo {
+                name: p.name.clone(),
+                kind: p.kind.as_str().to_string(),
+                certifiers,
+                key_types: p.key_types.iter().map(|k| k.to_string()).collect(),
+                max_validity_days: g
+                    .config
+                    .max_validity_days
+                    .map_or(p.max_validity_days, |m| m.min(p.max_validity_days)),
+                requires_approval: p.require_approval,
+            })
+            .collect();
+        json_ok(StatusCode::OK, &list)
+    })
+    .await
+}
+
+async fn health_handler(
+    State(shared): State<Arc<Shared>>,
+    Extension(peer): Extension<Peer>,
+    method: Method,
+    uri: Uri,
+) -> Reply {
+    with_grant(shared, peer, method, uri, |s, _g| {
+        let certifiers: Vec<CertifierHealth> = s
+            .certifiers
+            .all()
+            .iter()
+            .map(|c| {
+                let state = c.state();
+                CertifierHealth {
+                    name: c.name().to_string(),
+                    state: state.name().to_string(),
+                    reason: match state {
+                        crate::certifier::State::Unavailable(r) => Some(r),
+                        _ => None,
+                    },
+                }
+            })
+            .collect();
+        let status = if certifiers.iter().all(|c| c.state == "active") {
+            "ok"
+        } else {
+            "degraded"
+        };
+        json_ok(
+            StatusCode::OK,
+            &Health {
+                status: status.into(),
+                certifiers,
+            },
+        )
+    })
+    .await
+}
+
+async fn no_such_endpoint(
+    State(shared): State<Arc<Shared>>,
+    Extension(peer): Extension<Peer>,
+    method: Method,
+    uri: Uri,
+) -> Reply {
+    let path = uri.path().to_string();
+    with_grant(shared, peer, method, uri, move |_, _| {
+        Err(ApiError::new(
+            ErrorCode::NoSuchEndpoint,
+            format!("no endpoint {path}; see the API reference"),
+        ))
+    })
+    .await
+}
+
+async fn method_not_allowed(
+    State(shared): State<Arc<Shared>>,
+    Extension(peer): Extension<Peer>,
+    method: Method,
+    uri: Uri,
+) -> Reply {
+    let m = method.to_string();
+    with_grant(shared, peer, method, uri, move |_, _| {
+        Err(ApiError::new(
+            ErrorCode::MethodNotAllowed,
+            format!("{m} is not allowed here"),
+        ))
+    })
+    .await
+}
