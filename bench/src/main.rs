@@ -236,6 +236,8 @@ fn main() -> Result<()> {
         println!("{rate}");
         return Ok(());
     }
+    // Taken before ./demo builds the workspace, which may replace this binary.
+    let me = std::env::current_exe()?;
     let tmp = tempfile::tempdir()?;
     let dir = args.dir.clone().unwrap_or_else(|| tmp.path().join("ca"));
     let root = repo_root();
@@ -257,7 +259,7 @@ fn main() -> Result<()> {
     for sessions in [1, 2] {
         // SoftHSM finds its tokens through SOFTHSM2_CONF at C_Initialize, so
         // the raw measurement runs in a child that has it in its environment.
-        let out = Command::new(std::env::current_exe()?)
+        let out = Command::new(&me)
             .args([
                 "--raw-sign",
                 &sessions.to_string(),
