@@ -53,7 +53,9 @@ impl Token {
     /// they then share one `conf`.
     pub fn create(dir: &Path, label: &str) -> Token {
         assert!(
-            Path::new(SOFTHSM_MODULE).is_file() && on_path("softhsm2-util") && on_path("pkcs11-tool"),
+            Path::new(SOFTHSM_MODULE).is_file()
+                && on_path("softhsm2-util")
+                && on_path("pkcs11-tool"),
             "SoftHSM2 is missing ({SOFTHSM_MODULE}, softhsm2-util, pkcs11-tool): \
              run ./test, which installs it (apt-get install softhsm2 opensc)"
         );

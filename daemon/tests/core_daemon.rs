@@ -1,0 +1,544 @@
+//! End-to-end tests of the running daemon: `certd run` against a real
+//! SoftHSM token, driven through its control socket with the `certd`
+//! console commands; status, activation, the audit log, systemd
+//! notification and restarts.
+#![forbid(unsafe_code)]
+
+use certd_e2e::{run, write_secret, CertdConfig, CertdInstance, CertifierSpec, CmdOutput, Token};
+use serde_json::Value;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+
+const CERTD: &str = env!("CARGO_BIN_EXE_certd");
+
+/// A token holding two certifier keys, `root` and `issuing`, each with a
+/// self-signed certificate made by `certd init-ca`.
+struct Keys {
+    dir: TempDir,
+    token: Token,
+    root_pem: PathBuf,
+    issuing_pem: PathBuf,
+}
+
+impl Keys {
+    fn new() -> Keys {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let token = Token::create(dir.path(), "daemon");
+        let mut pems = Vec::new();
+        for label in ["root", "issuing"] {
+            let pem = dir.path().join(format!("{label}.pem"));
+            run(token
+                .command(CERTD)
+                .args([
+                    "init-ca",
+                    "--token-label",
+                    &token.label,
+                    "--key-label",
+                    label,
+                ])
+                .arg("--pin-file")
+                .arg(&token.pin_file)
+                .args(["--cn", &format!("e2e {label}"), "--cert-out"])
+                .arg(&pem))
+            .assert_success();
+            pems.push(pem);
+        }
+        let issuing_pem = pems.pop().expect("two certificates");
+        let root_pem = pems.pop().expect("two certificates");
+        Keys {
+            dir,
+            token,
+            root_pem,
+            issuing_pem,
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `root` (#1) and `issuing` (#2), both without a PIN file.
+    fn specs(&self) -> Vec<CertifierSpec> {
+        vec![
+            CertifierSpec::new("root", &self.token, "root", &self.root_pem),
+            CertifierSpec::new("issuing", &self.token, "issuing", &self.issuing_pem),
+        ]
+    }
+
+    fn config(&self, specs: &[CertifierSpec]) -> CertdConfig {
+        CertdConfig::write(self.path(), &self.token.module, specs)
+    }
+
+    fn start(&self, config: &CertdConfig) -> CertdInstance {
+        CertdInstance::start(Path::new(CERTD), config, &self.token, &[])
+    }
+
+    /// A PIN file holding a wrong PIN.
+    fn wrong_pin(&self) -> PathBuf {
+        let path = self.path().join("wrong.pin");
+        if !path.exists() {
+            write_secret(&path, &format!("{}-typo", self.token.pin));
+        }
+        path
+    }
+}
+
+fn activate(d: &CertdInstance, certifier: &str, pin_file: &Path) -> CmdOutput {
+    let pin = pin_file.to_str().expect("a UTF-8 path");
+    d.ctl(&["activate", certifier, "--pin-file", pin])
+}
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+fn audit_lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad audit line {l}: {e}")))
+        .collect()
+}
+
+#[test]
+fn status_json_shows_both_certifiers_locked_with_every_field() {
+    let keys = Keys::new();
+    let d = keys.start(&keys.config(&keys.specs()));
+    let status = d.status();
+    assert_eq!(status["version"], env!("CARGO_PKG_VERSION"), "{status:#}");
+    assert!(status["uptime_seconds"].is_u64(), "{status:#}");
+    assert_eq!(status["pid"], d.pid(), "{status:#}");
+    let certifiers = status["certifiers"].as_array().expect("a list");
+    assert_eq!(certifiers.len(), 2, "{status:#}");
+    for (i, (c, name)) in certifiers.iter().zip(["root", "issuing"]).enumerate() {
+        assert_eq!(c["number"], i + 1, "{c:#}");
+        assert_eq!(c["name"], name, "{c:#}");
+        assert!(
+            c["subject"]
+                .as_str()
+                .is_some_and(|s| s.contains(&format!("CN=e2e {name}"))),
+            "{c:#}"
+        );
+        assert_eq!(c["key_type"], "p256", "{c:#}");
+        assert_eq!(c["key_label"], name, "{c:#}");
+        assert_eq!(c["token_label"], "daemon", "{c:#}");
+        assert_eq!(c["state"], "locked", "{c:#}");
+        assert_eq!(c["certificates_issued"], 0, "{c:#}");
+        assert!(c["last_serial"].is_null(), "{c:#}");
+        assert!(
+            c.as_object().is_some_and(|o| o.contains_key("crl_number")),
+            "{c:#}"
+        );
+        assert!(
+            c["not_after"].as_str().is_some_and(|s| !s.is_empty()),
+            "{c:#}"
+        );
+    }
+    // Only the daemon's own user (and root) may reach the socket and state.
+    assert_eq!(mode(&d.config.control_socket), 0o600);
+    assert_eq!(mode(&d.config.state_dir), 0o700);
+    assert_eq!(mode(&d.config.audit_log()), 0o600);
+    let human = d.ctl(&["status"]);
+    human.assert_success();
+    assert!(human.stdout.contains("#1 root  LOCKED"), "{human}");
+    assert!(human.stdout.contains("#2 issuing  LOCKED"), "{human}");
+}
+
+#[test]
+fn activation_checks_the_pin_even_when_the_token_is_already_logged_in() {
+    let keys = Keys::new();
+    let d = keys.start(&keys.config(&keys.specs()));
+    let (right, wrong) = (&keys.token.pin_file, &keys.wrong_pin());
+
+    activate(&d, "1", wrong).assert_refused("pin_incorrect");
+    assert_eq!(d.state_of("root"), "locked");
+    activate(&d, "1", right).assert_success();
+    assert_eq!(d.state_of("root"), "active");
+
+    // The token is logged in now and would take any PIN: certd must still
+    // refuse a wrong one for the second certifier on it.
+    activate(&d, "2", wrong).assert_refused("pin_incorrect");
+    assert_eq!(d.state_of("issuing"), "locked");
+    assert_eq!(d.state_of("root"), "active");
+    activate(&d, "2", right).assert_success();
+    assert_eq!(d.state_of("issuing"), "active");
+
+    d.ctl(&["deactivate", "1"]).assert_success();
+    assert_eq!(d.state_of("root"), "locked");
+    assert_eq!(d.state_of("issuing"), "active");
+    activate(&d, "1", wrong).assert_refused("pin_incorrect");
+    assert_eq!(d.state_of("root"), "locked");
+
+    // With no certifier active the token checks the PIN itself again.
+    d.ctl(&["deactivate", "2"]).assert_success();
+    assert_eq!(d.state_of("issuing"), "locked");
+    activate(&d, "2", wrong).assert_refused("pin_incorrect");
+    activate(&d, "1", wrong).assert_refused("pin_incorrect");
+    assert_eq!(d.state_of("root"), "locked");
+    assert_eq!(d.state_of("issuing"), "locked");
+}
+
+#[test]
+fn certifiers_are_chosen_by_name_or_number_and_unknown_ones_are_refused() {
+    let keys = Keys::new();
+    let d = keys.start(&keys.config(&keys.specs()));
+    let pin = &keys.token.pin_file;
+
+    let out = activate(&d, "issuing", pin);
+    out.assert_success();
+    assert!(out.stdout.contains("#2 issuing is active"), "{out}");
+    assert_eq!(d.state_of("issuing"), "active");
+    assert_eq!(d.state_of("root"), "locked");
+    d.ctl(&["deactivate", "2"]).assert_success();
+    assert_eq!(d.state_of("issuing"), "locked");
+
+    activate(&d, "1", pin).assert_success();
+    assert_eq!(d.state_of("root"), "active");
+    d.ctl(&["deactivate", "root"]).assert_success();
+    assert_eq!(d.state_of("root"), "locked");
+
+    activate(&d, "3", pin).assert_refused("unknown_certifier");
+    activate(&d, "no-such", pin).assert_refused("unknown_certifier");
+    d.ctl(&["deactivate", "no-such"])
+        .assert_refused("unknown_certifier");
+    let pin = pin.to_str().expect("a UTF-8 path");
+    d.ctl(&["activate", "--pin-file", pin])
+        .assert_refused("certifier_required");
+    assert_eq!(d.state_of("root"), "locked");
+    assert_eq!(d.state_of("issuing"), "locked");
+}
+
+#[test]
+fn a_certifier_with_a_pin_file_starts_active() {
+    let keys = Keys::new();
+    let mut specs = keys.specs();
+    specs[0] = specs[0].clone().with_pin_file(&keys.token.pin_file);
+    // The token is logged in by root when issuing's wrong PIN is tried.
+    specs[1] = specs[1].clone().with_pin_file(&keys.wrong_pin());
+    let config = keys.config(&specs);
+    let d = keys.start(&config);
+    assert_eq!(d.state_of("root"), "active");
+    assert_eq!(d.state_of("issuing"), "locked");
+
+    let audit = audit_lines(&config.audit_log());
+    assert!(
+        audit
+            .iter()
+            .any(|e| e["kind"] == "activated" && e["certifier"] == "root" && e["actor"] == "certd"),
+        "{audit:#?}"
+    );
+    assert!(
+        audit.iter().any(|e| e["kind"] == "activation_refused"
+            && e["certifier"] == "issuing"
+            && e["detail"]["code"] == "pin_incorrect"),
+        "{audit:#?}"
+    );
+}
+
+#[test]
+fn a_certificate_of_another_key_refuses_activation() {
+    let keys = Keys::new();
+    let mut specs = keys.specs();
+    specs[0].certificate = keys.issuing_pem.clone();
+    specs[1].certificate = keys.root_pem.clone();
+    let d = keys.start(&keys.config(&specs));
+    let pin = &keys.token.pin_file;
+    activate(&d, "root", pin).assert_refused("key_mismatch");
+    activate(&d, "issuing", pin).assert_refused("key_mismatch");
+    assert_eq!(d.state_of("root"), "locked");
+    assert_eq!(d.state_of("issuing"), "locked");
+}
+
+/// The line number `certd verify-audit` names as broken, if any.
+fn broken_line(out: &CmdOutput) -> Option<u64> {
+    let rest = &out.stdout[out.stdout.find("BROKEN at line ")? + "BROKEN at line ".len()..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+fn verify_file(file: &Path) -> CmdOutput {
+    run(certd_e2e::clean_env(&mut std::process::Command::new(CERTD))
+        .arg("verify-audit")
+        .arg("--file")
+        .arg(file))
+}
+
+#[test]
+fn audit_log_records_control_actions_and_locates_tampering() {
+    let keys = Keys::new();
+    let config = keys.config(&keys.specs());
+    let mut d = keys.start(&config);
+    activate(&d, "root", &keys.wrong_pin()).assert_refused("pin_incorrect");
+    activate(&d, "root", &keys.token.pin_file).assert_success();
+    activate(&d, "issuing", &keys.token.pin_file).assert_success();
+    d.ctl(&["deactivate", "issuing"]).assert_success();
+    d.ctl(&["deactivate", "root"]).assert_success();
+    assert!(d.terminate().success(), "{}", d.log());
+
+    let log = config.audit_log();
+    let entries = audit_lines(&log);
+    let kinds: Vec<&str> = entries.iter().filter_map(|e| e["kind"].as_str()).collect();
+    for kind in [
+        "config_loaded",
+        "activated",
+        "activation_refused",
+        "deactivated",
+        "stopped",
+    ] {
+        assert!(kinds.contains(&kind), "no {kind} entry in {kinds:?}");
+    }
+    let out = d.ctl(&["verify-audit"]);
+    out.assert_success();
+    let n = entries.len();
+    assert!(
+        out.stdout.contains(&format!("OK, {n} entries")),
+        "{n} entries expected\n{out}"
+    );
+
+    let text = std::fs::read_to_string(&log).expect("the audit log");
+    let lines: Vec<&str> = text.lines().collect();
+    let middle = n / 2; // 0-based index of a line with lines on both sides
+    assert!(middle >= 1 && middle + 1 < n, "too few entries: {n}");
+    let tampered = |name: &str, edit: &dyn Fn(&mut Vec<String>)| {
+        let mut copy: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+        edit(&mut copy);
+        let path = keys.path().join(name);
+        std::fs::write(&path, copy.join("\n") + "\n").expect("write the copy");
+        path
+    };
+
+    let edited = tampered("edited.log", &|l| {
+        l[middle] = l[middle].replacen("\"actor\":\"", "\"actor\":\"mallory ", 1);
+    });
+    let deleted = tampered("deleted.log", &|l| {
+        l.remove(middle);
+    });
+    let swapped = tampered("swapped.log", &|l| l.swap(middle, middle + 1));
+    for path in [edited, deleted, swapped] {
+        let out = verify_file(&path);
+        out.assert_code(1);
+        assert_eq!(
+            broken_line(&out),
+            Some(middle as u64 + 1),
+            "{}\n{out}",
+            path.display()
+        );
+    }
+    // The original is untouched and still verifies.
+    verify_file(&log).assert_success();
+}
+
+/// Receives notification datagrams until one satisfies `want`, or panics
+/// at `deadline` listing what did arrive.
+fn receive_until(
+    sock: &UnixDatagram,
+    deadline: Instant,
+    seen: &mut Vec<String>,
+    want: impl Fn(&str) -> bool,
+) -> String {
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "no matching notification; got {seen:#?}");
+        sock.set_read_timeout(Some(left))
+            .expect("set a receive timeout");
+        match sock.recv(&mut buf) {
+            Ok(n) => {
+                let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+                seen.push(msg.clone());
+                if want(&msg) {
+                    return msg;
+                }
+            }
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                continue
+            }
+            Err(e) => panic!("receiving notifications: {e}"),
+        }
+    }
+}
+
+fn status_line(msg: &str) -> Option<&str> {
+    msg.lines().find_map(|l| l.strip_prefix("STATUS="))
+}
+
+#[test]
+fn systemd_hears_ready_status_watchdog_and_stopping() {
+    let keys = Keys::new();
+    let config = keys.config(&keys.specs()[..1]);
+    let notify_path = keys.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&notify_path).expect("bind the notify socket");
+    let mut d = CertdInstance::start(
+        Path::new(CERTD),
+        &config,
+        &keys.token,
+        &[
+            ("NOTIFY_SOCKET", notify_path.as_os_str()),
+            ("WATCHDOG_USEC", "200000".as_ref()),
+        ],
+    );
+    let mut seen = Vec::new();
+    let ready = receive_until(
+        &sock,
+        Instant::now() + Duration::from_secs(10),
+        &mut seen,
+        |m| m.lines().any(|l| l == "READY=1"),
+    );
+    assert_eq!(status_line(&ready), Some("root: locked"), "{ready:?}");
+
+    let watchdog_deadline = Instant::now() + Duration::from_secs(2);
+    for _ in 0..2 {
+        receive_until(&sock, watchdog_deadline, &mut seen, |m| {
+            m.lines().any(|l| l == "WATCHDOG=1")
+        });
+    }
+
+    activate(&d, "root", &keys.token.pin_file).assert_success();
+    receive_until(
+        &sock,
+        Instant::now() + Duration::from_secs(5),
+        &mut seen,
+        |m| status_line(m).is_some_and(|s| s.contains("root: active")),
+    );
+
+    assert!(d.terminate().success(), "{}", d.log());
+    receive_until(
+        &sock,
+        Instant::now() + Duration::from_secs(5),
+        &mut seen,
+        |m| m.lines().any(|l| l == "STOPPING=1"),
+    );
+}
+
+#[test]
+fn a_restart_continues_the_audit_chain_and_reopens_the_ledger() {
+    let keys = Keys::new();
+    let mut specs = keys.specs();
+    specs[0] = specs[0].clone().with_pin_file(&keys.token.pin_file);
+    let config = keys.config(&specs);
+    let pin = &keys.token.pin_file;
+
+    let mut first = keys.start(&config);
+    activate(&first, "issuing", pin).assert_success();
+    first.ctl(&["deactivate", "issuing"]).assert_success();
+    assert!(first.terminate().success(), "{}", first.log());
+    let before = audit_lines(&config.audit_log());
+    assert_eq!(
+        before.last().map(|e| e["kind"].clone()),
+        Some("stopped".into())
+    );
+    drop(first);
+
+    let mut second = keys.start(&config);
+    let status = second.status();
+    assert_ne!(status["pid"], Value::Null);
+    assert_eq!(second.state_of("root"), "active", "{status:#}");
+    assert_eq!(second.state_of("issuing"), "locked", "{status:#}");
+    assert_eq!(
+        status["certifiers"][0]["certificates_issued"], 0,
+        "{status:#}"
+    );
+    activate(&second, "issuing", pin).assert_success();
+    assert!(second.terminate().success(), "{}", second.log());
+
+    let after = audit_lines(&config.audit_log());
+    assert!(after.len() > before.len() + 1, "{after:#?}");
+    assert_eq!(&after[..before.len()], &before[..], "history is kept");
+    for (i, e) in after.iter().enumerate() {
+        assert_eq!(e["seq"], i + 1, "seq runs on without gaps: {e}");
+    }
+    let resumed = &after[before.len()];
+    assert_eq!(resumed["kind"], "config_loaded", "{resumed}");
+    assert_eq!(
+        resumed["prev"],
+        before[before.len() - 1]["hash"],
+        "{resumed}"
+    );
+    let out = second.ctl(&["verify-audit"]);
+    out.assert_success();
+    assert!(
+        out.stdout.contains(&format!("OK, {} entries", after.len())),
+        "{out}"
+    );
+    assert!(config.state_dir.join("ledger").is_dir());
+
+    // A third start still finds everything in order.
+    let third = keys.start(&config);
+    assert_eq!(third.state_of("root"), "active");
+}
+
+#[test]
+fn a_second_daemon_on_the_same_state_refuses_to_start_and_breaks_nothing() {
+    let keys = Keys::new();
+    let config = keys.config(&keys.specs());
+    let mut first = keys.start(&config);
+
+    let mut second = certd_e2e::clean_env(&mut std::process::Command::new(CERTD))
+        .arg("run")
+        .arg("--config")
+        .arg(&config.path)
+        .env("SOFTHSM2_CONF", &keys.token.conf)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start a second certd");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = second.try_wait().expect("poll the second certd") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = second.kill();
+            let _ = second.wait();
+            panic!("a second certd on the same state directory kept running");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    if let Some(mut e) = second.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut stderr);
+    }
+    assert!(!status.success(), "{stderr}");
+
+    // The first daemon still answers, and its audit chain still holds.
+    activate(&first, "root", &keys.token.pin_file).assert_success();
+    assert_eq!(first.state_of("root"), "active");
+    assert!(first.terminate().success(), "{}", first.log());
+    first.ctl(&["verify-audit"]).assert_success();
+    assert_eq!(
+        audit_lines(&config.audit_log())
+            .iter()
+            .filter(|e| e["kind"] == "config_loaded")
+            .count(),
+        1,
+        "the refused daemon wrote nothing to the audit log"
+    );
+}
+
+#[test]
+fn a_killed_daemon_restarts_over_its_stale_socket() {
+    let keys = Keys::new();
+    let config = keys.config(&keys.specs());
+    let first = keys.start(&config);
+    activate(&first, "root", &keys.token.pin_file).assert_success();
+    // Dropping kills with SIGKILL: no clean-up, the socket file stays.
+    drop(first);
+    assert!(config.control_socket.exists(), "the stale socket is left");
+
+    let second = keys.start(&config);
+    assert_eq!(second.state_of("root"), "locked", "a restart starts locked");
+    activate(&second, "root", &keys.token.pin_file).assert_success();
+    second.ctl(&["verify-audit"]).assert_success();
+}
