@@ -256,6 +256,9 @@ impl Certifier {
 #[derive(Debug)]
 pub struct Certifiers {
     list: Vec<Arc<Certifier>>,
+    /// Serialises activations and deactivations: PKCS#11 logins are per
+    /// token, so two at once could log a token out under the other.
+    transitions: std::sync::Mutex<()>,
 }
 
 impl Certifiers {
@@ -300,7 +303,10 @@ impl Certifiers {
                 }),
             }));
         }
-        Ok(Certifiers { list })
+        Ok(Certifiers {
+            list,
+            transitions: std::sync::Mutex::new(()),
+        })
     }
 
     /// All certifiers in number order.
@@ -333,22 +339,34 @@ impl Certifiers {
     /// When another certifier on the same token is active, the token is
     /// already logged in and would accept any PIN, so the PIN is compared
     /// with the one that logged it in instead; otherwise the token checks it.
-    pub fn activate(&self, certifier: &Certifier, pin: SecretString) -> Result<(), HsmError> {
+    ///
+    /// Returns `false` when the certifier was already active (the PIN is
+    /// still checked, against the one it is logged in with).
+    pub fn activate(&self, certifier: &Certifier, pin: SecretString) -> Result<bool, HsmError> {
+        let _serial = self.transitions.lock().unwrap_or_else(|p| p.into_inner());
+        let wrong = || HsmError::PinIncorrect(certifier.config.token_label.clone());
+        if certifier.state() == State::Active {
+            return match certifier.pin_matches(&pin) {
+                Some(true) => Ok(false),
+                _ => Err(wrong()),
+            };
+        }
         let sibling = self.list.iter().find(|c| {
             c.number != certifier.number
                 && c.config.token_label == certifier.config.token_label
                 && c.state() == State::Active
         });
         match sibling.and_then(|s| s.pin_matches(&pin)) {
-            Some(true) => certifier.activate(pin, false),
-            Some(false) => Err(HsmError::PinIncorrect(certifier.config.token_label.clone())),
-            None => certifier.activate(pin, true),
+            Some(true) => certifier.activate(pin, false).map(|()| true),
+            Some(false) => Err(wrong()),
+            None => certifier.activate(pin, true).map(|()| true),
         }
     }
 
     /// Locks `certifier`; logs its token out only when no other active
     /// certifier shares the token (PKCS#11 logins are per token).
     pub fn deactivate(&self, certifier: &Certifier) -> Result<(), HsmError> {
+        let _serial = self.transitions.lock().unwrap_or_else(|p| p.into_inner());
         let shared = self.list.iter().any(|c| {
             c.number != certifier.number
                 && c.config.token_label == certifier.config.token_label

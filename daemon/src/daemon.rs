@@ -119,6 +119,8 @@ pub struct Shared {
     pub audit: Arc<AuditLog>,
     /// CRLs.
     pub crl: crate::crl::CrlStore,
+    /// Held for the daemon's lifetime: one daemon per state directory.
+    _lock: std::fs::File,
     policy: arc_swap::ArcSwap<Policy>,
     limiter: RateLimiter,
     started: Instant,
@@ -244,6 +246,19 @@ pub fn start(config: Config) -> Result<Arc<Shared>, DaemonError> {
         .map_err(io(format!("creating state_dir {}", state_dir.display())))?;
     std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o700))
         .map_err(io(format!("securing state_dir {}", state_dir.display())))?;
+    let lock_path = state_dir.join("lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io(format!("opening {}", lock_path.display())))?;
+    if lock.try_lock().is_err() {
+        return Err(DaemonError::Missing(format!(
+            "another certd is running with state_dir {}: stop it first (one daemon per ledger)",
+            state_dir.display()
+        )));
+    }
     let ledger: Arc<dyn Ledger> = Arc::new(SledLedger::open(&ledger_path(&state_dir))?);
     let audit = Arc::new(AuditLog::open(&audit_path(&state_dir))?);
     let certifiers = Certifiers::load(&config)?;
@@ -278,6 +293,7 @@ pub fn start(config: Config) -> Result<Arc<Shared>, DaemonError> {
         state_dir.display()
     )))?;
     let shared = Arc::new(Shared {
+        _lock: lock,
         crl,
         policy: arc_swap::ArcSwap::from_pointee(Policy::from_config(&config)),
         limiter: RateLimiter::default(),
@@ -305,7 +321,7 @@ pub fn start(config: Config) -> Result<Arc<Shared>, DaemonError> {
                     .map_err(|e| (e.code().to_string(), e.to_string()))
             });
         match result {
-            Ok(()) => {
+            Ok(_) => {
                 tracing::info!(certifier = c.name(), "activated from PIN file");
                 shared.audit(
                     AuditEvent::new("activated", "certd")
@@ -549,13 +565,6 @@ async fn dispatch(shared: &Arc<Shared>, actor: &str, req: Request) -> Response {
                 Ok(c) => c,
                 Err(e) => return Response::error(e.code(), e.to_string()),
             };
-            if c.state() == State::Active {
-                return Response::ok(format!(
-                    "certifier #{} {} is already active",
-                    c.number,
-                    c.name()
-                ));
-            }
             let (shared2, c2) = (shared.clone(), c.clone());
             let result =
                 tokio::task::spawn_blocking(move || shared2.certifiers.activate(&c2, pin)).await;
@@ -565,8 +574,15 @@ async fn dispatch(shared: &Arc<Shared>, actor: &str, req: Request) -> Response {
                     return Response::error("internal", format!("activation task failed: {e}"))
                 }
             };
+            if let Ok(false) = result {
+                return Response::ok(format!(
+                    "certifier #{} {} is already active",
+                    c.number,
+                    c.name()
+                ));
+            }
             let event = match &result {
-                Ok(()) => AuditEvent::new("activated", actor).certifier(c.name().to_string()),
+                Ok(_) => AuditEvent::new("activated", actor).certifier(c.name().to_string()),
                 Err(e) => AuditEvent::new("activation_refused", actor)
                     .certifier(c.name().to_string())
                     .detail(json!({"code": e.code(), "message": e.to_string()})),
@@ -583,7 +599,7 @@ async fn dispatch(shared: &Arc<Shared>, actor: &str, req: Request) -> Response {
             }
             systemd::notify_status(&shared.systemd_status());
             match result {
-                Ok(()) => {
+                Ok(_) => {
                     tracing::info!(certifier = c.name(), %actor, "activated");
                     Response::ok(format!("certifier #{} {} is active", c.number, c.name()))
                 }

@@ -161,6 +161,12 @@ fn activation_checks_the_pin_even_when_the_token_is_already_logged_in() {
     assert_eq!(d.state_of("root"), "locked");
     activate(&d, "1", right).assert_success();
     assert_eq!(d.state_of("root"), "active");
+    // Activating an active certifier still checks the PIN.
+    activate(&d, "1", wrong).assert_refused("pin_incorrect");
+    let again = activate(&d, "1", right);
+    again.assert_success();
+    assert!(again.stdout.contains("already active"), "{again}");
+    assert_eq!(d.state_of("root"), "active");
 
     // The token is logged in now and would take any PIN: certd must still
     // refuse a wrong one for the second certifier on it.
@@ -511,6 +517,7 @@ fn a_second_daemon_on_the_same_state_refuses_to_start_and_breaks_nothing() {
         let _ = e.read_to_string(&mut stderr);
     }
     assert!(!status.success(), "{stderr}");
+    assert!(stderr.contains("another certd is running"), "{stderr}");
 
     // The first daemon still answers, and its audit chain still holds.
     activate(&first, "root", &keys.token.pin_file).assert_success();

@@ -6,7 +6,7 @@
 //! child: the running test binary itself, re-entered through the test named
 //! [`INSPECTOR_TEST`]. Every test binary that calls [`inspect`] defines it:
 //!
-//! ```ignore
+//! ```text
 //! #[test]
 //! fn pkcs11_inspector() {
 //!     if certd_e2e::pkcs11::serve_if_child() {
