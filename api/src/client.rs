@@ -152,12 +152,17 @@ impl CertdClient {
             )));
         }
         let tls = tls_config(config)?;
+        let mut http = HttpConnector::new();
+        // Requests are small and latency-bound: no Nagle delay.
+        http.set_nodelay(true);
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(config.timeout));
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_only()
             .enable_http1()
             .enable_http2()
-            .build();
+            .wrap_connector(http);
         let http = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);

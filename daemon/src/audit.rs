@@ -318,6 +318,16 @@ impl AuditLog {
 
     /// Appends `event` and returns the written entry once it is durable.
     pub fn append(&self, event: AuditEvent) -> Result<AuditRecord, AuditError> {
+        let (record, ticket) = self.append_deferred(event)?;
+        self.make_durable(ticket)?;
+        Ok(record)
+    }
+
+    /// Writes an entry without waiting for it to reach the disk; returns
+    /// the ticket to pass to [`AuditLog::make_durable`]. A later durable
+    /// append covers it too (tickets are ordered), so a pipeline can defer
+    /// the wait for an entry whose fact is already durable elsewhere.
+    pub fn append_deferred(&self, event: AuditEvent) -> Result<(AuditRecord, u64), AuditError> {
         if !event.detail.is_object() {
             return Err(AuditError::DetailNotObject);
         }
@@ -363,7 +373,11 @@ impl AuditLog {
             chain.hash.clone_from(&record.hash);
             (record, self.commit.ticket())
         };
+        Ok((record, ticket))
+    }
 
+    /// Waits until every entry up to `ticket` is on disk.
+    pub fn make_durable(&self, ticket: u64) -> Result<(), AuditError> {
         let synced = self
             .commit
             .durable(ticket, || self.sync_handle.sync_data().map_err(Arc::new));
@@ -376,7 +390,7 @@ impl AuditLog {
                 .get_or_insert_with(|| format!("sync failed: {error}"));
             return Err(AuditError::Sync(error));
         }
-        Ok(record)
+        Ok(())
     }
 
     /// `seq` of the last entry written (0 for an empty log).

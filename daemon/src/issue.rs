@@ -306,8 +306,11 @@ pub fn issue(
                 };
             }
         }
+        // The intent is durable in the ledger already; its audit entry
+        // becomes durable with the issuance entry that follows it.
         shared
-            .audit(
+            .audit
+            .append_deferred(
                 AuditEvent::new("issuance_intent", grant.name())
                     .certifier(certifier_name.clone())
                     .detail(json!({

@@ -10,11 +10,12 @@
 //! (PostgreSQL) can later replace the embedded [`SledLedger`] without the
 //! issuance pipeline noticing.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{mpsc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -613,6 +614,275 @@ pub struct SledLedger {
     idempotency: sled::Tree,
     meta: sled::Tree,
     commit: GroupCommit<sled::Error>,
+    /// `None` only while dropping.
+    writer: Option<mpsc::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for SledLedger {
+    fn drop(&mut self) {
+        // Closing the channel ends the writer; joining it releases its
+        // handles on the database, so the ledger can be opened again.
+        self.writer.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The largest number of changes one writer round applies and flushes.
+const MAX_BATCH: usize = 512;
+
+/// A change to the ledger, applied by the writer thread.
+enum Op {
+    Intent {
+        serial: Serial,
+        value: Vec<u8>,
+        claim: Option<(Vec<u8>, Vec<u8>)>,
+    },
+    Transition {
+        serial: Serial,
+        expected: RecordState,
+        change: Change,
+    },
+    NextCrl {
+        certifier: String,
+    },
+}
+
+enum Change {
+    Issued {
+        der: Vec<u8>,
+        not_after: i64,
+        at: i64,
+    },
+    Abandoned {
+        reason: String,
+    },
+    Revoked {
+        reason: u8,
+        at: i64,
+    },
+}
+
+/// What a change came to; refusals (wrong state, unknown serial) are
+/// results of their own change only, never of the whole round.
+enum Outcome {
+    Intent(IntentOutcome),
+    Transition(Result<(), LedgerError>),
+    Crl(u64),
+}
+
+struct Job {
+    op: Op,
+    reply: mpsc::SyncSender<Result<Outcome, LedgerError>>,
+}
+
+struct Trees {
+    db: sled::Db,
+    certificates: sled::Tree,
+    idempotency: sled::Tree,
+    meta: sled::Tree,
+    revoked: sled::Tree,
+}
+
+type Tx<'a> = &'a sled::transaction::TransactionalTree;
+type Abortable<T> = Result<T, ConflictableTransactionError<LedgerError>>;
+
+impl Trees {
+    /// The writer thread: takes every change waiting, applies them in one
+    /// transaction (counters updated once per round), flushes once, and
+    /// answers each. Concurrent issuances thus share both the transaction
+    /// and the fsync, and never conflict with each other.
+    fn run(self, jobs: mpsc::Receiver<Job>) {
+        while let Ok(first) = jobs.recv() {
+            let mut round = vec![first];
+            while round.len() < MAX_BATCH {
+                match jobs.try_recv() {
+                    Ok(j) => round.push(j),
+                    Err(_) => break,
+                }
+            }
+            let applied = (
+                &self.certificates,
+                &self.idempotency,
+                &self.meta,
+                &self.revoked,
+            )
+                .transaction(|(c, i, m, r)| {
+                    let mut stats: HashMap<String, CertifierStats> = HashMap::new();
+                    let mut outcomes = Vec::with_capacity(round.len());
+                    for job in &round {
+                        outcomes.push(apply(&job.op, c, i, m, r, &mut stats)?);
+                    }
+                    for (certifier, st) in &stats {
+                        m.insert(
+                            stats_key(certifier),
+                            encode(st).map_err(ConflictableTransactionError::Abort)?,
+                        )?;
+                    }
+                    Ok(outcomes)
+                });
+            match applied {
+                Ok(outcomes) => match self.db.flush() {
+                    Ok(_) => {
+                        for (job, outcome) in round.into_iter().zip(outcomes) {
+                            let _ = job.reply.send(Ok(outcome));
+                        }
+                    }
+                    Err(e) => {
+                        for job in round {
+                            let _ = job.reply.send(Err(LedgerError::Storage(e.clone())));
+                        }
+                    }
+                },
+                Err(e) => {
+                    let e = LedgerError::from(e);
+                    let message = e.to_string();
+                    let storage = match e {
+                        LedgerError::Storage(s) => Some(s),
+                        _ => None,
+                    };
+                    for job in round {
+                        let err = match &storage {
+                            Some(s) => LedgerError::Storage(s.clone()),
+                            None => LedgerError::Corrupt(message.clone()),
+                        };
+                        let _ = job.reply.send(Err(err));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn load_stats<'s>(
+    meta: Tx<'_>,
+    stats: &'s mut HashMap<String, CertifierStats>,
+    certifier: &str,
+) -> Abortable<&'s mut CertifierStats> {
+    if !stats.contains_key(certifier) {
+        let current = match meta.get(stats_key(certifier))? {
+            Some(bytes) => decode_stats(&bytes).map_err(ConflictableTransactionError::Abort)?,
+            None => CertifierStats::default(),
+        };
+        stats.insert(certifier.to_string(), current);
+    }
+    stats
+        .get_mut(certifier)
+        .ok_or(ConflictableTransactionError::Abort(LedgerError::Corrupt(
+            "counter vanished".into(),
+        )))
+}
+
+fn apply(
+    op: &Op,
+    certificates: Tx<'_>,
+    idempotency: Tx<'_>,
+    meta: Tx<'_>,
+    revoked: Tx<'_>,
+    stats: &mut HashMap<String, CertifierStats>,
+) -> Abortable<Outcome> {
+    let abort = ConflictableTransactionError::Abort;
+    match op {
+        Op::Intent {
+            serial,
+            value,
+            claim,
+        } => {
+            if certificates.get(serial.as_bytes())?.is_some() {
+                return Ok(Outcome::Intent(IntentOutcome::SerialTaken));
+            }
+            if let Some((key, entry)) = claim {
+                if let Some(existing) = idempotency.get(key)? {
+                    let existing = decode_idempotency(&existing).map_err(abort)?;
+                    let abandoned = match certificates.get(existing.serial.as_bytes())? {
+                        Some(bytes) => {
+                            decode_record(&existing.serial, &bytes)
+                                .map_err(abort)?
+                                .state
+                                == RecordState::Abandoned
+                        }
+                        None => false,
+                    };
+                    if !abandoned {
+                        return Ok(Outcome::Intent(IntentOutcome::KeyTaken(existing)));
+                    }
+                }
+                idempotency.insert(key.as_slice(), entry.as_slice())?;
+            }
+            certificates.insert(&serial.as_bytes()[..], value.as_slice())?;
+            Ok(Outcome::Intent(IntentOutcome::Recorded))
+        }
+        Op::Transition {
+            serial,
+            expected,
+            change,
+        } => {
+            let Some(bytes) = certificates.get(serial.as_bytes())? else {
+                return Ok(Outcome::Transition(Err(LedgerError::NotFound(
+                    serial.to_hex(),
+                ))));
+            };
+            let mut record = decode_record(serial, &bytes).map_err(abort)?;
+            if record.state != *expected {
+                return Ok(Outcome::Transition(Err(LedgerError::InvalidState {
+                    serial: serial.to_hex(),
+                    expected: *expected,
+                    found: record.state,
+                })));
+            }
+            let certifier = record.intent.certifier.clone();
+            match change {
+                Change::Issued { der, not_after, at } => {
+                    record.state = RecordState::Issued;
+                    record.certificate_der = Some(der.clone());
+                    record.not_after = Some(*not_after);
+                    record.issued_at = Some(*at);
+                    let st = load_stats(meta, stats, &certifier)?;
+                    st.issued += 1;
+                    st.last_serial = Some(*serial);
+                }
+                Change::Abandoned { reason } => {
+                    record.state = RecordState::Abandoned;
+                    record.abandoned_reason = Some(reason.clone());
+                }
+                Change::Revoked { reason, at } => {
+                    record.state = RecordState::Revoked;
+                    record.revoked_at = Some(*at);
+                    record.revocation_reason = Some(*reason);
+                    load_stats(meta, stats, &certifier)?.revoked += 1;
+                    // The per-certifier index the CRL is built from, so a CRL
+                    // costs the number of revocations, not of certificates.
+                    let entry = RevokedEntry {
+                        serial: *serial,
+                        revoked_at: *at,
+                        reason: *reason,
+                    };
+                    revoked.insert(
+                        revoked_key(&certifier, serial),
+                        encode(&entry).map_err(abort)?,
+                    )?;
+                }
+            }
+            certificates.insert(&serial.as_bytes()[..], encode(&record).map_err(abort)?)?;
+            Ok(Outcome::Transition(Ok(())))
+        }
+        Op::NextCrl { certifier } => {
+            let key = crl_number_key(certifier);
+            let current = match meta.get(&key)? {
+                Some(bytes) => decode_crl_number(certifier, &bytes).map_err(abort)?,
+                None => 0,
+            };
+            let next = current.checked_add(1).ok_or_else(|| {
+                abort(LedgerError::Corrupt(format!(
+                    "CRL number of certifier {certifier:?} is exhausted"
+                )))
+            })?;
+            meta.insert(&key[..], &next.to_be_bytes()[..])?;
+            Ok(Outcome::Crl(next))
+        }
+    }
 }
 
 impl SledLedger {
@@ -620,14 +890,58 @@ impl SledLedger {
     /// a second process opening it gets [`LedgerError::Storage`].
     pub fn open(dir: &Path) -> Result<Self, LedgerError> {
         let db = sled::Config::new().path(dir).open()?;
-        Ok(Self {
+        let trees = Trees {
             certificates: db.open_tree(CERTIFICATES_TREE)?,
             idempotency: db.open_tree(IDEMPOTENCY_TREE)?,
             meta: db.open_tree(META_TREE)?,
             revoked: db.open_tree(REVOKED_TREE)?,
+            db: db.clone(),
+        };
+        let (tx, rx) = mpsc::channel();
+        let ledger = Self {
+            certificates: trees.certificates.clone(),
+            idempotency: trees.idempotency.clone(),
+            meta: trees.meta.clone(),
+            revoked: trees.revoked.clone(),
             db,
             commit: GroupCommit::new(),
-        })
+            writer: Some(tx),
+            thread: Some(
+                std::thread::Builder::new()
+                    .name("ledger-writer".into())
+                    .spawn(move || trees.run(rx))
+                    .map_err(|e| LedgerError::Storage(sled::Error::Io(e)))?,
+            ),
+        };
+        Ok(ledger)
+    }
+
+    /// Hands a change to the writer thread and waits until it is durable.
+    fn submit(&self, op: Op) -> Result<Outcome, LedgerError> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        let stopped = || LedgerError::Corrupt("the ledger writer has stopped".into());
+        self.writer
+            .as_ref()
+            .ok_or_else(stopped)?
+            .send(Job { op, reply })
+            .map_err(|_| stopped())?;
+        answer.recv().map_err(|_| stopped())?
+    }
+
+    fn transition(
+        &self,
+        serial: &Serial,
+        expected: RecordState,
+        change: Change,
+    ) -> Result<(), LedgerError> {
+        match self.submit(Op::Transition {
+            serial: *serial,
+            expected,
+            change,
+        })? {
+            Outcome::Transition(r) => r,
+            _ => Err(LedgerError::Corrupt("unexpected writer answer".into())),
+        }
     }
 
     /// Makes every write completed so far durable, sharing the flush with
@@ -637,59 +951,6 @@ impl SledLedger {
         self.commit
             .durable(ticket, || self.db.flush().map(|_| ()))
             .map_err(LedgerError::Storage)
-    }
-
-    /// Moves one record from `expected` to its next state inside a
-    /// transaction, applying `change` and adjusting the certifier's
-    /// counters with `count` in the same transaction.
-    fn transition(
-        &self,
-        serial: &Serial,
-        expected: RecordState,
-        change: impl Fn(&mut LedgerRecord),
-        count: impl Fn(&mut CertifierStats),
-    ) -> Result<(), LedgerError> {
-        (&self.certificates, &self.meta, &self.revoked).transaction(
-            |(certificates, meta, revoked)| {
-                let abort = ConflictableTransactionError::Abort;
-                let Some(bytes) = certificates.get(serial.as_bytes())? else {
-                    return Err(abort(LedgerError::NotFound(serial.to_hex())));
-                };
-                let mut record = decode_record(serial, &bytes).map_err(abort)?;
-                if record.state != expected {
-                    return Err(abort(LedgerError::InvalidState {
-                        serial: serial.to_hex(),
-                        expected,
-                        found: record.state,
-                    }));
-                }
-                change(&mut record);
-                certificates.insert(&serial.as_bytes()[..], encode(&record).map_err(abort)?)?;
-
-                let key = stats_key(&record.intent.certifier);
-                let mut stats = match meta.get(&key)? {
-                    Some(bytes) => decode_stats(&bytes).map_err(abort)?,
-                    None => CertifierStats::default(),
-                };
-                count(&mut stats);
-                meta.insert(key, encode(&stats).map_err(abort)?)?;
-                if record.state == RecordState::Revoked {
-                    // The per-certifier index the CRL is built from, so a CRL
-                    // costs the number of revocations, not of certificates.
-                    let entry = RevokedEntry {
-                        serial: *serial,
-                        revoked_at: record.revoked_at.unwrap_or_default(),
-                        reason: record.revocation_reason.unwrap_or_default(),
-                    };
-                    revoked.insert(
-                        revoked_key(&record.intent.certifier, serial),
-                        encode(&entry).map_err(abort)?,
-                    )?;
-                }
-                Ok(())
-            },
-        )?;
-        self.make_durable()
     }
 }
 
@@ -722,39 +983,14 @@ impl Ledger for SledLedger {
             )),
             None => None,
         };
-        let outcome = (&self.certificates, &self.idempotency).transaction(
-            |(certificates, idempotency)| {
-                let abort = ConflictableTransactionError::Abort;
-                if certificates.get(serial.as_bytes())?.is_some() {
-                    return Ok(IntentOutcome::SerialTaken);
-                }
-                if let Some((key, entry)) = &claim {
-                    if let Some(existing) = idempotency.get(key)? {
-                        let existing: IdempotencyEntry = serde_json::from_slice(&existing)
-                            .map_err(|e| abort(LedgerError::Corrupt(e.to_string())))?;
-                        let abandoned = match certificates.get(existing.serial.as_bytes())? {
-                            Some(bytes) => {
-                                decode_record(&existing.serial, &bytes)
-                                    .map_err(abort)?
-                                    .state
-                                    == RecordState::Abandoned
-                            }
-                            None => false,
-                        };
-                        if !abandoned {
-                            return Ok(IntentOutcome::KeyTaken(existing));
-                        }
-                    }
-                    idempotency.insert(key.as_slice(), entry.as_slice())?;
-                }
-                certificates.insert(&serial.as_bytes()[..], value.as_slice())?;
-                Ok(IntentOutcome::Recorded)
-            },
-        )?;
-        if outcome == IntentOutcome::Recorded {
-            self.make_durable()?;
+        match self.submit(Op::Intent {
+            serial: *serial,
+            value,
+            claim,
+        })? {
+            Outcome::Intent(o) => Ok(o),
+            _ => Err(LedgerError::Corrupt("unexpected writer answer".into())),
         }
-        Ok(outcome)
     }
 
     fn reserve_serial(&self, intent: Intent) -> Result<Serial, LedgerError> {
@@ -785,19 +1021,13 @@ impl Ledger for SledLedger {
         certificate_der: &[u8],
         not_after: i64,
     ) -> Result<(), LedgerError> {
-        let now = unix_now();
         self.transition(
             serial,
             RecordState::Intent,
-            |record| {
-                record.state = RecordState::Issued;
-                record.certificate_der = Some(certificate_der.to_vec());
-                record.not_after = Some(not_after);
-                record.issued_at = Some(now);
-            },
-            |stats| {
-                stats.issued += 1;
-                stats.last_serial = Some(*serial);
+            Change::Issued {
+                der: certificate_der.to_vec(),
+                not_after,
+                at: unix_now(),
             },
         )
     }
@@ -806,11 +1036,9 @@ impl Ledger for SledLedger {
         self.transition(
             serial,
             RecordState::Intent,
-            |record| {
-                record.state = RecordState::Abandoned;
-                record.abandoned_reason = Some(reason.to_owned());
+            Change::Abandoned {
+                reason: reason.to_owned(),
             },
-            |_| {},
         )
     }
 
@@ -823,12 +1051,10 @@ impl Ledger for SledLedger {
         self.transition(
             serial,
             RecordState::Issued,
-            |record| {
-                record.state = RecordState::Revoked;
-                record.revoked_at = Some(revoked_at);
-                record.revocation_reason = Some(reason_code);
+            Change::Revoked {
+                reason: reason_code,
+                at: revoked_at,
             },
-            |stats| stats.revoked += 1,
         )
     }
 
@@ -889,23 +1115,12 @@ impl Ledger for SledLedger {
     }
 
     fn next_crl_number(&self, certifier: &str) -> Result<u64, LedgerError> {
-        let key = crl_number_key(certifier);
-        let number = self.meta.transaction(|meta| {
-            let abort = ConflictableTransactionError::Abort;
-            let current = match meta.get(&key)? {
-                Some(bytes) => decode_crl_number(certifier, &bytes).map_err(abort)?,
-                None => 0,
-            };
-            let next = current.checked_add(1).ok_or_else(|| {
-                abort(LedgerError::Corrupt(format!(
-                    "CRL number of certifier {certifier:?} is exhausted"
-                )))
-            })?;
-            meta.insert(&key[..], &next.to_be_bytes()[..])?;
-            Ok(next)
-        })?;
-        self.make_durable()?;
-        Ok(number)
+        match self.submit(Op::NextCrl {
+            certifier: certifier.to_string(),
+        })? {
+            Outcome::Crl(n) => Ok(n),
+            _ => Err(LedgerError::Corrupt("unexpected writer answer".into())),
+        }
     }
 
     fn current_crl_number(&self, certifier: &str) -> Result<Option<u64>, LedgerError> {
