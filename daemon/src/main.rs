@@ -12,6 +12,11 @@ use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+/// Many threads allocate small buffers per request (TLS records, JSON,
+/// DER); mimalloc's per-thread heaps avoid glibc malloc's lock contention.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const DEFAULT_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 
 #[derive(Parser)]
