@@ -363,6 +363,70 @@ impl Certifiers {
         }
     }
 
+    /// Whether any certifier is unavailable but holds a PIN, i.e. would come
+    /// back by itself once the token answers again.
+    pub fn awaiting_token(&self) -> bool {
+        self.list.iter().any(|c| {
+            let live = c.live.read().unwrap_or_else(|p| p.into_inner());
+            matches!(live.state, State::Unavailable(_)) && live.pin.is_some()
+        })
+    }
+
+    /// Re-initialises the PKCS#11 module (so it rescans its slots) and logs
+    /// every certifier that holds a PIN back in. Signers are taken out of
+    /// service first, and in-flight operations are given a few seconds to
+    /// finish, so no session of the old generation is used afterwards.
+    /// Returns each certifier's new state.
+    pub fn reinitialize_module(&self) -> Result<Vec<(String, State)>, HsmError> {
+        let _serial = self.transitions.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(first) = self.list.first() else {
+            return Ok(Vec::new());
+        };
+        let mut held = Vec::new();
+        for c in &self.list {
+            let mut live = c.live.write().unwrap_or_else(|p| p.into_inner());
+            if let Some(s) = live.signer.take() {
+                held.push(s);
+            }
+            if live.state == State::Active {
+                live.state =
+                    State::Unavailable("the PKCS#11 module is being re-initialised".into());
+            }
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while held.iter().any(|s| Arc::strong_count(s) > 1) && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        drop(held);
+        Module::open(&first.module)?.reinitialize()?;
+        let mut out = Vec::new();
+        for c in &self.list {
+            let pin = c.live.read().unwrap_or_else(|p| p.into_inner()).pin.clone();
+            let Some(pin) = pin else { continue };
+            let state = match c.open_signer(&pin, false) {
+                Ok(s) => {
+                    let mut live = c.live.write().unwrap_or_else(|p| p.into_inner());
+                    live.signer = Some(Arc::new(s));
+                    live.state = State::Active;
+                    State::Active
+                }
+                Err(HsmError::PinIncorrect(_) | HsmError::PinLocked(_)) => {
+                    let _ = c.lock(false);
+                    State::Locked
+                }
+                Err(e) => {
+                    let reason = e.to_string();
+                    c.live.write().unwrap_or_else(|p| p.into_inner()).state =
+                        State::Unavailable(reason.clone());
+                    State::Unavailable(reason)
+                }
+            };
+            out.push((c.name().to_string(), state));
+        }
+        Ok(out)
+    }
+
     /// Locks `certifier`; logs its token out only when no other active
     /// certifier shares the token (PKCS#11 logins are per token).
     pub fn deactivate(&self, certifier: &Certifier) -> Result<(), HsmError> {

@@ -632,10 +632,41 @@ async fn dispatch(shared: &Arc<Shared>, actor: &str, req: Request) -> Response {
     }
 }
 
+/// How often at most the PKCS#11 module is re-initialised to find a
+/// token that went away.
+pub const REINIT_INTERVAL: Duration = Duration::from_secs(5);
+
 async fn probe_loop(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(PROBE_INTERVAL);
+    let mut last_reinit: Option<Instant> = None;
     loop {
         tick.tick().await;
+        if shared.certifiers.awaiting_token()
+            && last_reinit.is_none_or(|t| t.elapsed() >= REINIT_INTERVAL)
+        {
+            last_reinit = Some(Instant::now());
+            let s2 = shared.clone();
+            match tokio::task::spawn_blocking(move || s2.certifiers.reinitialize_module()).await {
+                Ok(Ok(states)) => {
+                    for (name, state) in states {
+                        if state == State::Active {
+                            tracing::info!(certifier = %name, "token is back: certifier active again");
+                            let _ = shared.audit(
+                                AuditEvent::new("certifier_state", "certd")
+                                    .certifier(name)
+                                    .detail(json!({"state": "active", "reason": "token available again"})),
+                            );
+                        }
+                    }
+                    systemd::notify_status(&shared.systemd_status());
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "re-initialising the PKCS#11 module failed")
+                }
+                Err(e) => tracing::warn!(error = %e, "re-initialisation task failed"),
+            }
+            continue;
+        }
         for c in shared.certifiers.all() {
             let c2 = c.clone();
             let changed = match tokio::task::spawn_blocking(move || c2.probe()).await {

@@ -29,7 +29,8 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 /// A loaded and initialised PKCS#11 library.
 #[derive(Debug)]
 pub struct Module {
-    ctx: Pkcs11,
+    /// Replaced by [`Module::reinitialize`]; readers take a clone.
+    ctx: std::sync::RwLock<Pkcs11>,
     path: PathBuf,
 }
 
@@ -105,7 +106,7 @@ impl Module {
             Err(e) => return Err(module_err(e.to_string())),
         }
         let m = Arc::new(Module {
-            ctx,
+            ctx: std::sync::RwLock::new(ctx),
             path: path.to_path_buf(),
         });
         reg.insert(path.to_path_buf(), m.clone());
@@ -117,14 +118,38 @@ impl Module {
         &self.path
     }
 
+    fn ctx(&self) -> Pkcs11 {
+        self.ctx.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Finalises and initialises the library again, so it rescans its
+    /// slots: SoftHSM, like many modules, does not notice a token that went
+    /// away and came back otherwise. Every session of the old generation
+    /// must be closed first (the caller drops its signers).
+    pub fn reinitialize(&self) -> Result<(), HsmError> {
+        let mut ctx = self.ctx.write().unwrap_or_else(|p| p.into_inner());
+        let module_err = |reason: String| HsmError::Module {
+            module: self.path.display().to_string(),
+            reason,
+        };
+        let _ = ctx.clone().finalize();
+        let fresh = Pkcs11::new(&self.path).map_err(|e| module_err(e.to_string()))?;
+        match fresh.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+            Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+            Err(e) => return Err(module_err(e.to_string())),
+        }
+        *ctx = fresh;
+        Ok(())
+    }
+
     /// Finds the slot holding the initialised token labelled `label`.
     pub fn find_slot(&self, label: &str) -> Result<Slot, HsmError> {
-        let slots = self
-            .ctx
+        let ctx = self.ctx();
+        let slots = ctx
             .get_slots_with_initialized_token()
             .map_err(|e| ck_err("C_GetSlotList", e))?;
         for slot in slots {
-            let info = match self.ctx.get_token_info(slot) {
+            let info = match ctx.get_token_info(slot) {
                 Ok(i) => i,
                 Err(_) => continue,
             };
@@ -140,7 +165,7 @@ impl Module {
 
     /// Opens a read-write session on `slot`.
     pub fn open_session(&self, slot: Slot) -> Result<Session, HsmError> {
-        self.ctx
+        self.ctx()
             .open_rw_session(slot)
             .map_err(|e| ck_err("C_OpenSession", e))
     }
