@@ -242,14 +242,15 @@ pub struct CertifierHealth {
 }
 
 /// RFC 5280 CRLReason names and codes accepted for revocation.
-pub const REVOCATION_REASONS: [(&str, u8); 7] = [
+/// `caCompromise` and `certificateHold` are not accepted: they do not
+/// apply to subscriber certificates (TLS BR 7.2.2, RFC 5280 5.3.1).
+pub const REVOCATION_REASONS: [(&str, u8); 6] = [
     ("unspecified", 0),
     ("keyCompromise", 1),
     ("affiliationChanged", 3),
     ("superseded", 4),
     ("cessationOfOperation", 5),
     ("privilegeWithdrawn", 9),
-    ("caCompromise", 2),
 ];
 
 /// The code of a reason name.
@@ -289,6 +290,7 @@ mod tests {
             assert_eq!(reason_name(code), Some(name));
         }
         assert_eq!(reason_code("certificateHold"), None);
+        assert_eq!(reason_code("caCompromise"), None);
         assert_eq!(reason_code("removeFromCRL"), None);
     }
 }

@@ -201,8 +201,21 @@ pub fn lint(tbs: &TbsCertificate, ctx: &LintContext<'_>) -> Vec<String> {
                     }
                     GeneralName::IpAddress(o) => {
                         ips += 1;
-                        if o.as_bytes().len() != 4 && o.as_bytes().len() != 16 {
-                            f.push("iPAddress SAN must be 4 or 16 octets".into());
+                        let b = o.as_bytes();
+                        let ip = match b.len() {
+                            4 => <[u8; 4]>::try_from(b).ok().map(std::net::IpAddr::from),
+                            16 => <[u8; 16]>::try_from(b).ok().map(std::net::IpAddr::from),
+                            _ => None,
+                        };
+                        match ip {
+                            None => f.push("iPAddress SAN must be 4 or 16 octets".into()),
+                            Some(ip)
+                                if profile.kind == ProfileKind::TlsServer
+                                    && policy::is_reserved_ip(&ip) =>
+                            {
+                                f.push(format!("iPAddress {ip} is reserved"));
+                            }
+                            Some(_) => {}
                         }
                     }
                     _ => f.push("subjectAltName holds a name type no profile issues".into()),

@@ -83,6 +83,46 @@ impl Grant {
     }
 }
 
+/// IANA special-purpose and reserved ranges (RFC 6890 and successors),
+/// which publicly-trusted TLS certificates must not name.
+pub fn is_reserved_ip(ip: &IpAddr) -> bool {
+    const RESERVED: &[&str] = &[
+        "0.0.0.0/8",
+        "10.0.0.0/8",
+        "100.64.0.0/10",
+        "127.0.0.0/8",
+        "169.254.0.0/16",
+        "172.16.0.0/12",
+        "192.0.0.0/24",
+        "192.0.2.0/24",
+        "192.88.99.0/24",
+        "192.168.0.0/16",
+        "198.18.0.0/15",
+        "198.51.100.0/24",
+        "203.0.113.0/24",
+        "224.0.0.0/4",
+        "240.0.0.0/4",
+        "::/128",
+        "::1/128",
+        "::ffff:0:0/96",
+        "64:ff9b::/96",
+        "64:ff9b:1::/48",
+        "100::/64",
+        "2001::/23",
+        "2001:db8::/32",
+        "2002::/16",
+        "3fff::/20",
+        "5f00::/16",
+        "fc00::/7",
+        "fe80::/10",
+        "ff00::/8",
+    ];
+    RESERVED
+        .iter()
+        .filter_map(|n| IpNet::parse(n))
+        .any(|n| n.contains(ip))
+}
+
 fn in_subtree(name: &str, tree: &str) -> bool {
     name == tree
         || (name.len() > tree.len()
@@ -488,6 +528,11 @@ pub fn check_names(profile: &ProfileConfig, grant: &Grant, names: &Names) -> Res
                 grant.name()
             )));
         }
+        if profile.kind == ProfileKind::TlsServer && is_reserved_ip(ip) {
+            return Err(refuse(format!(
+                "IP address {ip} is reserved or private (IANA special-purpose); tls-server certificates may not carry it (TLS BR 7.1.2.7.12)"
+            )));
+        }
     }
     match profile.kind {
         ProfileKind::TlsServer => {
@@ -726,6 +771,24 @@ mod tests {
         n.emails = vec!["alice@example.org".into()];
         n.subject.email = None;
         assert!(check_names(&p, &g, &n).is_err());
+    }
+
+    #[test]
+    fn reserved_addresses() {
+        for r in [
+            "10.1.2.3",
+            "192.0.2.7",
+            "127.0.0.1",
+            "::1",
+            "fe80::1",
+            "2001:db8::5",
+            "100.64.1.1",
+        ] {
+            assert!(is_reserved_ip(&r.parse().expect("ip")), "{r}");
+        }
+        for p in ["8.8.8.8", "1.1.1.1", "2606:4700::1111"] {
+            assert!(!is_reserved_ip(&p.parse().expect("ip")), "{p}");
+        }
     }
 
     #[test]

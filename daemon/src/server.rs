@@ -690,7 +690,10 @@ async fn list_handler(
         Ok(Query(q)) => q,
         Err(e) => {
             let err = ApiError::new(ErrorCode::BadRequest, format!("query: {e}"));
-            audit_refusal(&shared, &format!("peer:{}", peer.addr), &method, &uri, &err);
+            let actor = grant_of(&shared, &peer)
+                .map(|g| g.name().to_string())
+                .unwrap_or_else(|_| format!("peer:{}", peer.addr));
+            audit_refusal(&shared, &actor, &method, &uri, &err);
             return Reply(Err(err));
         }
     };

@@ -2,8 +2,10 @@
 //!
 //! It starts real things and nothing else: a SoftHSM2 token in a temporary
 //! directory ([`Token`]), the real binaries of the workspace ([`bin`],
-//! [`CertdInstance`]), and a PKCS#11 inspector that reads a token back
-//! through `cryptoki` ([`pkcs11`]).
+//! [`CertdInstance`]), a PKCS#11 inspector that reads a token back
+//! through `cryptoki` ([`pkcs11`]), and a CA with its mutual-TLS API seen
+//! from the outside ([`api`]: RA credentials, the RA client, `curl`, CSRs,
+//! pkilint).
 //!
 //! SoftHSM finds its tokens through `SOFTHSM2_CONF`. Tests never set it on
 //! their own process (the environment is shared by every test thread);
@@ -11,6 +13,7 @@
 //! PKCS#11 inspector runs in a child process of its own.
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod certd;
 pub mod pkcs11;
 pub mod process;

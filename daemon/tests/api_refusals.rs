@@ -1,0 +1,465 @@
+//! The bad-input corpus: malformed and hostile requests sent to the real
+//! `certd` over mutual TLS, each expecting the exact error code and HTTP
+//! status of the README's table. Afterwards the daemon still serves, only
+//! the good requests were signed, every refusal is in the audit log, and
+//! the log's hash chain verifies.
+#![forbid(unsafe_code)]
+
+use certd_api::ErrorCode;
+use certd_e2e::api::{make_csr, make_key, pem_encode, ApiCaBuilder, ApiDaemon, Csr, KeyAlg};
+use serde_json::{json, Value};
+use std::path::Path;
+use tempfile::TempDir;
+
+const CERTD: &str = env!("CARGO_BIN_EXE_certd");
+
+const CONFIG: &str = r#"
+[[profile]]
+name = "tls-server"
+kind = "tls-server"
+max_validity_days = 90
+
+[[profile]]
+name = "tls-server-ip"
+kind = "tls-server"
+max_validity_days = 90
+allow_ip = true
+
+[[profile]]
+name = "tls-p256"
+kind = "tls-server"
+max_validity_days = 90
+key_types = ["p256"]
+
+[[profile]]
+name = "tls-client"
+kind = "tls-client"
+max_validity_days = 365
+
+[[profile]]
+name = "smime"
+kind = "smime-mailbox"
+smime_generation = "strict"
+max_validity_days = 365
+
+[[profile]]
+name = "tls-approved"
+kind = "tls-server"
+max_validity_days = 90
+require_approval = true
+
+[[profile]]
+name = "tls-secret"
+kind = "tls-server"
+max_validity_days = 90
+"#;
+
+const MAIN: &str = r#"
+certifiers = ["ca"]
+profiles = ["tls-server", "tls-server-ip", "tls-p256", "tls-client", "smime", "tls-approved"]
+dns_subtrees = ["example.com"]
+email_subtrees = ["example.com"]
+ip_networks = ["192.0.2.0/24"]
+may_revoke = true
+"#;
+
+const LIMITED: &str = r#"
+certifiers = ["ca"]
+profiles = ["tls-server"]
+dns_subtrees = ["example.com"]
+rate_limit_per_minute = 3
+"#;
+
+const READONLY: &str = r#"
+certifiers = ["ca"]
+profiles = ["tls-server"]
+dns_subtrees = ["example.com"]
+"#;
+
+/// Two p256 certifiers (`ca-other` granted to nobody), seven profiles
+/// and three RAs: `ra-main`, `ra-limited` (3 requests a minute) and
+/// `ra-readonly` (may not revoke).
+fn start(dir: &Path) -> ApiDaemon {
+    ApiCaBuilder::new(dir, Path::new(CERTD))
+        .certifier("ca", "p256")
+        .certifier("ca-other", "p256")
+        .toml(CONFIG)
+        .ra("ra-main", MAIN)
+        .ra("ra-limited", LIMITED)
+        .ra("ra-readonly", READONLY)
+        .build()
+        .start()
+}
+
+/// An error code and the HTTP status that goes with it.
+type Expect = (&'static str, u16);
+
+// The README's table, for the codes the corpus expects.
+const BAD_CSR: Expect = ("bad_csr", 400);
+const WEAK_KEY: Expect = ("weak_key", 400);
+const KEY_NOT_PERMITTED: Expect = ("key_not_permitted", 400);
+const BODY_TOO_LARGE: Expect = ("body_too_large", 413);
+const BAD_REQUEST: Expect = ("bad_request", 400);
+const UNSUPPORTED_MEDIA_TYPE: Expect = ("unsupported_media_type", 415);
+const NAME_NOT_PERMITTED: Expect = ("name_not_permitted", 403);
+const BAD_VALIDITY: Expect = ("bad_validity", 400);
+const PROFILE_NOT_PERMITTED: Expect = ("profile_not_permitted", 403);
+const UNKNOWN_CERTIFIER: Expect = ("unknown_certifier", 404);
+const CERTIFIER_NOT_PERMITTED: Expect = ("certifier_not_permitted", 403);
+const APPROVAL_REQUIRED: Expect = ("approval_required", 403);
+const RATE_LIMITED: Expect = ("rate_limited", 429);
+const NOT_FOUND: Expect = ("not_found", 404);
+const NOT_AUTHORIZED: Expect = ("not_authorized", 403);
+const NO_SUCH_ENDPOINT: Expect = ("no_such_endpoint", 404);
+const METHOD_NOT_ALLOWED: Expect = ("method_not_allowed", 405);
+
+/// What one case sends.
+enum Call {
+    /// `POST /v1/certificates` with this JSON.
+    Issue(Value),
+    /// Anything else.
+    Raw {
+        method: &'static str,
+        path: String,
+        /// `Some((content type or None for no header, body))`.
+        body: Option<(Option<&'static str>, Vec<u8>)>,
+    },
+}
+
+struct Case {
+    name: &'static str,
+    ra: &'static str,
+    call: Call,
+    code: &'static str,
+    status: u16,
+}
+
+/// Subscriber requests of every kind the corpus needs.
+struct Fixtures {
+    good: Csr,
+    p384: Csr,
+    rsa1024: Csr,
+    rsa_e3: Csr,
+    secp256k1: Csr,
+    brainpool: Csr,
+    ed25519: Csr,
+    empty_subject: Csr,
+    odd_attribute: Csr,
+    root_pem: String,
+}
+
+impl Fixtures {
+    fn make(dir: &Path, root: &Path) -> Fixtures {
+        let csr = |name: &str, alg: KeyAlg, subject: &str| {
+            let key = make_key(dir, name, alg);
+            make_csr(dir, name, &key, subject, &[])
+        };
+        let www = "/CN=www.example.com";
+        let p256 = make_key(dir, "good", KeyAlg::P256);
+        Fixtures {
+            good: make_csr(dir, "good", &p256, www, &["DNS:www.example.com"]),
+            empty_subject: make_csr(dir, "empty", &p256, "/", &[]),
+            odd_attribute: make_csr(
+                dir,
+                "odd",
+                &p256,
+                "/CN=www.example.com/serialNumber=42",
+                &[],
+            ),
+            p384: csr("p384", KeyAlg::P384, www),
+            rsa1024: csr("rsa1024", KeyAlg::Rsa1024, www),
+            rsa_e3: csr("rsa-e3", KeyAlg::RsaExponent3, www),
+            secp256k1: csr("secp256k1", KeyAlg::Secp256k1, www),
+            brainpool: csr("brainpool", KeyAlg::BrainpoolP256r1, www),
+            ed25519: csr("ed25519", KeyAlg::Ed25519, www),
+            root_pem: std::fs::read_to_string(root).expect("the certifier's certificate"),
+        }
+    }
+}
+
+/// A good tls-server request for www.example.com, changed by `f`.
+fn issue(n: &mut u32, good: &Csr, f: impl FnOnce(&mut Value)) -> Call {
+    *n += 1;
+    let mut v = json!({
+        "request_id": format!("case-{n}"),
+        "profile": "tls-server",
+        "csr": good.pem,
+        "san": {"dns": ["www.example.com"]},
+    });
+    f(&mut v);
+    Call::Issue(v)
+}
+
+fn raw(method: &'static str, path: &str, body: Option<(Option<&'static str>, Vec<u8>)>) -> Call {
+    Call::Raw {
+        method,
+        path: path.to_string(),
+        body,
+    }
+}
+
+fn json_body(v: Value) -> Option<(Option<&'static str>, Vec<u8>)> {
+    Some((Some("application/json"), v.to_string().into_bytes()))
+}
+
+#[rustfmt::skip]
+fn cases(fx: &Fixtures, serial: &str) -> Vec<Case> {
+    let n = &mut 0;
+    let good = &fx.good;
+    let case = |name, ra, call, (code, status): Expect| Case {
+        name,
+        ra,
+        call,
+        code,
+        status,
+    };
+    let main = "ra-main";
+    let csr = |pem: String| move |v: &mut Value| v["csr"] = json!(pem);
+    let truncated = pem_encode("CERTIFICATE REQUEST", &good.der[..good.der.len() / 2]);
+    let mut flipped = good.der.clone();
+    if let Some(last) = flipped.last_mut() {
+        *last ^= 0x01;
+    }
+    let bad_signature = pem_encode("CERTIFICATE REQUEST", &flipped);
+    let mut trailing = good.der.clone();
+    trailing.extend_from_slice(&[0x05, 0x00]);
+    let trailing = pem_encode("CERTIFICATE REQUEST", &trailing);
+    let garbage = "-----BEGIN CERTIFICATE REQUEST-----\nThis is not base64 at all!\n-----END CERTIFICATE REQUEST-----\n";
+    let revoke = |s: &str| format!("/v1/certificates/{s}/revoke");
+    let reason = |r: &str| json_body(json!({ "reason": r }));
+    let mut huge = br#"{"request_id":"huge","profile":"tls-server","csr":""#.to_vec();
+    huge.resize(10 * 1024 * 1024, b'A');
+    huge.extend_from_slice(br#""}"#);
+    let nested = "[".repeat(10_000).into_bytes();
+    vec![
+        // The CSR.
+        case("truncated DER CSR", main, issue(n, good, csr(truncated)), BAD_CSR),
+        case("CERTIFICATE PEM label", main, issue(n, good, csr(fx.root_pem.clone())), BAD_CSR),
+        case("garbage inside the PEM armour", main, issue(n, good, csr(garbage.into())), BAD_CSR),
+        case("not PEM at all", main, issue(n, good, csr("hello".into())), BAD_CSR),
+        case("CSR signature with a flipped byte", main, issue(n, good, csr(bad_signature)), BAD_CSR),
+        case("trailing bytes after the CSR", main, issue(n, good, csr(trailing)), BAD_CSR),
+        case("RSA-1024 key", main, issue(n, good, csr(fx.rsa1024.pem.clone())), WEAK_KEY),
+        case("RSA exponent 3", main, issue(n, good, csr(fx.rsa_e3.pem.clone())), WEAK_KEY),
+        case("secp256k1 key", main, issue(n, good, csr(fx.secp256k1.pem.clone())), WEAK_KEY),
+        case("brainpoolP256r1 key", main, issue(n, good, csr(fx.brainpool.pem.clone())), WEAK_KEY),
+        case("Ed25519 key on a profile without it", main, issue(n, good, csr(fx.ed25519.pem.clone())), KEY_NOT_PERMITTED),
+        case("P-384 key on a P-256-only profile", main, issue(n, good, |v| { v["csr"] = json!(fx.p384.pem); v["profile"] = json!("tls-p256"); }), KEY_NOT_PERMITTED),
+        // The body.
+        case("10 MB body", main, raw("POST", "/v1/certificates", Some((Some("application/json"), huge))), BODY_TOO_LARGE),
+        case("10000 nested arrays", main, raw("POST", "/v1/certificates", Some((Some("application/json"), nested))), BAD_REQUEST),
+        case("not JSON", main, raw("POST", "/v1/certificates", Some((Some("application/json"), b"hello".to_vec()))), BAD_REQUEST),
+        case("empty body", main, raw("POST", "/v1/certificates", Some((Some("application/json"), Vec::new()))), BAD_REQUEST),
+        case("unknown field", main, issue(n, good, |v| v["validity_days"] = json!(30)), BAD_REQUEST),
+        case("unknown SAN type", main, issue(n, good, |v| v["san"]["uri"] = json!(["https://example.com/"])), BAD_REQUEST),
+        case("missing csr", main, issue(n, good, |v| { if let Some(o) = v.as_object_mut() { o.remove("csr"); } }), BAD_REQUEST),
+        case("request_id of the wrong type", main, issue(n, good, |v| v["request_id"] = json!(5)), BAD_REQUEST),
+        case("text/plain body", main, raw("POST", "/v1/certificates", Some((Some("text/plain"), b"{}".to_vec()))), UNSUPPORTED_MEDIA_TYPE),
+        case("no Content-Type", main, raw("POST", "/v1/certificates", Some((None, b"{}".to_vec()))), UNSUPPORTED_MEDIA_TYPE),
+        case("application/jsonx", main, raw("POST", "/v1/certificates", Some((Some("application/jsonx"), b"{}".to_vec()))), UNSUPPORTED_MEDIA_TYPE),
+        // Names.
+        case("DNS name outside the namespace", main, issue(n, good, |v| v["san"]["dns"] = json!(["www.example.org"])), NAME_NOT_PERMITTED),
+        case("IP SAN on a profile without IPs", main, issue(n, good, |v| v["san"]["ip"] = json!(["192.0.2.10"])), NAME_NOT_PERMITTED),
+        case("IP outside the RA's networks", main, issue(n, good, |v| { v["profile"] = json!("tls-server-ip"); v["san"]["ip"] = json!(["198.51.100.7"]); }), NAME_NOT_PERMITTED),
+        case("malformed IP", main, issue(n, good, |v| v["san"]["ip"] = json!(["999.0.2.1"])), NAME_NOT_PERMITTED),
+        case("wildcard where not allowed", main, issue(n, good, |v| v["san"]["dns"] = json!(["*.example.com"])), NAME_NOT_PERMITTED),
+        case("upper-case DNS name", main, issue(n, good, |v| v["san"]["dns"] = json!(["WWW.example.com"])), NAME_NOT_PERMITTED),
+        case("U-label IDN", main, issue(n, good, |v| v["san"]["dns"] = json!(["bücher.example.com"])), NAME_NOT_PERMITTED),
+        case("trailing dot", main, issue(n, good, |v| v["san"]["dns"] = json!(["www.example.com."])), NAME_NOT_PERMITTED),
+        case("empty subject and no SAN", main, issue(n, good, |v| { v["profile"] = json!("tls-client"); v["csr"] = json!(fx.empty_subject.pem); if let Some(o) = v.as_object_mut() { o.remove("san"); } }), NAME_NOT_PERMITTED),
+        case("commonName not among the SANs", main, issue(n, good, |v| { v["subject"] = json!({"common_name": "other.example.com"}) }), NAME_NOT_PERMITTED),
+        case("email SAN on tls-server", main, issue(n, good, |v| v["san"]["email"] = json!(["a@example.com"])), NAME_NOT_PERMITTED),
+        case("OU on tls-server", main, issue(n, good, |v| { v["subject"] = json!({"common_name": "www.example.com", "organizational_unit": "IT"}) }), NAME_NOT_PERMITTED),
+        case("DNS SAN on S/MIME", main, issue(n, good, |v| { v["profile"] = json!("smime"); v["san"] = json!({"email": ["alice@example.com"], "dns": ["www.example.com"]}); }), NAME_NOT_PERMITTED),
+        case("mailbox outside the email domains", main, issue(n, good, |v| { v["profile"] = json!("smime"); v["san"] = json!({"email": ["alice@example.org"]}); }), NAME_NOT_PERMITTED),
+        case("unsupported subject attribute in the CSR", main, issue(n, good, |v| v["csr"] = json!(fx.odd_attribute.pem)), NAME_NOT_PERMITTED),
+        // Validity.
+        case("not_after in the past", main, issue(n, good, |v| v["not_after"] = json!("2020-01-01T00:00:00Z")), BAD_VALIDITY),
+        case("not_after not a time", main, issue(n, good, |v| v["not_after"] = json!("next tuesday")), BAD_VALIDITY),
+        case("not_after month 13", main, issue(n, good, |v| v["not_after"] = json!("2027-13-01T00:00:00Z")), BAD_VALIDITY),
+        // Grants.
+        case("profile not granted", main, issue(n, good, |v| v["profile"] = json!("tls-secret")), PROFILE_NOT_PERMITTED),
+        case("unknown profile", main, issue(n, good, |v| v["profile"] = json!("no-such-profile")), PROFILE_NOT_PERMITTED),
+        case("unknown certifier", main, issue(n, good, |v| v["certifier"] = json!("no-such-ca")), UNKNOWN_CERTIFIER),
+        case("certifier not granted", main, issue(n, good, |v| v["certifier"] = json!("ca-other")), CERTIFIER_NOT_PERMITTED),
+        case("empty request_id", main, issue(n, good, |v| v["request_id"] = json!("")), BAD_REQUEST),
+        case("200-character request_id", main, issue(n, good, |v| v["request_id"] = json!("x".repeat(200))), BAD_REQUEST),
+        case("request_id with spaces", main, issue(n, good, |v| v["request_id"] = json!("order 4711")), BAD_REQUEST),
+        case("non-ASCII request_id", main, issue(n, good, |v| v["request_id"] = json!("bestellung-ü")), BAD_REQUEST),
+        case("approval missing", main, issue(n, good, |v| v["profile"] = json!("tls-approved")), APPROVAL_REQUIRED),
+        case("approval without validations", main, issue(n, good, |v| { v["profile"] = json!("tls-approved"); v["approval"] = json!({"approved_by": ["officer-1"], "validations": []}); }), APPROVAL_REQUIRED),
+        case("over the rate limit", "ra-limited", issue(n, good, |_| {}), RATE_LIMITED),
+        // Other endpoints.
+        case("revoke an unknown serial", main, raw("POST", &revoke("0123456789abcdef0123456789abcdef"), reason("keyCompromise")), NOT_FOUND),
+        case("revoke without the right", "ra-readonly", raw("POST", &revoke(serial), reason("keyCompromise")), NOT_AUTHORIZED),
+        case("revoke with an unknown reason", main, raw("POST", &revoke(serial), reason("certificateHold")), BAD_REQUEST),
+        case("revoke without a reason", main, raw("POST", &revoke(serial), json_body(json!({}))), BAD_REQUEST),
+        case("revoke as text/plain", main, raw("POST", &revoke(serial), Some((Some("text/plain"), b"keyCompromise".to_vec()))), UNSUPPORTED_MEDIA_TYPE),
+        case("another RA's certificate", "ra-readonly", raw("GET", &format!("/v1/certificates/{serial}"), None), NOT_FOUND),
+        case("serial that is not hex", main, raw("GET", "/v1/certificates/zz", None), NOT_FOUND),
+        case("unknown list filter", main, raw("GET", "/v1/certificates?colour=red", None), BAD_REQUEST),
+        case("unknown status filter", main, raw("GET", "/v1/certificates?status=expired", None), BAD_REQUEST),
+        case("CRL of an unknown certifier", main, raw("GET", "/v1/certifiers/no-such-ca/crl", None), UNKNOWN_CERTIFIER),
+        case("unknown path", main, raw("GET", "/v1/nothing-here", None), NO_SUCH_ENDPOINT),
+        case("root path", main, raw("GET", "/", None), NO_SUCH_ENDPOINT),
+        case("DELETE /v1/certificates", main, raw("DELETE", "/v1/certificates", None), METHOD_NOT_ALLOWED),
+        case("POST /v1/health", main, raw("POST", "/v1/health", json_body(json!({}))), METHOD_NOT_ALLOWED),
+        case("GET on revoke", main, raw("GET", &revoke(serial), None), METHOD_NOT_ALLOWED),
+    ]
+}
+
+fn good_request(d: &ApiDaemon, ra: &str, id: &str, csr: &Csr) -> String {
+    let reply = d
+        .curl(ra, "POST", "/v1/certificates")
+        .json(&json!({
+            "request_id": id,
+            "profile": "tls-server",
+            "csr": csr.pem,
+            "san": {"dns": ["www.example.com"]},
+        }))
+        .send();
+    assert_eq!(reply.status, 201, "{ra} {id}: {reply}\n{}", d.log());
+    reply.json()["serial"]
+        .as_str()
+        .expect("a serial")
+        .to_string()
+}
+
+fn tempdir() -> TempDir {
+    tempfile::tempdir().expect("a temporary directory")
+}
+
+#[test]
+fn every_hostile_request_gets_its_documented_error_and_nothing_else_changes() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let d = start(dir);
+    let fx = Fixtures::make(dir, d.ca.certifier_pem("ca"));
+
+    // The good requests around the corpus: one certificate to revoke, and
+    // the limited RA's whole budget.
+    let serial = good_request(&d, "ra-main", "good-1", &fx.good);
+    for i in 0..3 {
+        good_request(&d, "ra-limited", &format!("budget-{i}"), &fx.good);
+    }
+    let good_before = 4;
+    assert_eq!(d.issued("ca"), good_before);
+
+    let cases = cases(&fx, &serial);
+    assert!(cases.len() >= 25, "{} cases", cases.len());
+    let mut failures = Vec::new();
+    for c in &cases {
+        let reply = match &c.call {
+            Call::Issue(v) => d.curl(c.ra, "POST", "/v1/certificates").json(v).send(),
+            Call::Raw { method, path, body } => {
+                let mut curl = d.curl(c.ra, method, path);
+                if let Some((ct, bytes)) = body {
+                    // HTTP/1.1: curl reports an early 413 reliably there.
+                    curl = curl.arg("--http1.1").body(*ct, bytes);
+                }
+                curl.send()
+            }
+        };
+        let code = reply.error_code();
+        let message_ok = reply.json()["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty());
+        if reply.status != c.status
+            || code.as_deref() != Some(c.code)
+            || reply.content_type != "application/json"
+            || !message_ok
+        {
+            failures.push(format!(
+                "{}: expected {} {}, got {reply}",
+                c.name, c.status, c.code
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases answered wrongly:\n{}\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n"),
+        d.log()
+    );
+
+    // The 10 MB body over HTTP/2, with the RA client (curl 7.88 drops an
+    // early HTTP/2 answer to a body it is still sending; hyper does not).
+    let huge = certd_api::IssueRequest {
+        request_id: "huge-h2".into(),
+        certifier: None,
+        profile: "tls-server".into(),
+        csr: "A".repeat(10 * 1024 * 1024),
+        subject: None,
+        san: None,
+        not_after: None,
+        approval: None,
+    };
+    match d.block_on(d.client("ra-main").issue(&huge)) {
+        Err(certd_api::ClientError::Api(e)) if e.code == ErrorCode::BodyTooLarge => {}
+        other => panic!("10 MB over HTTP/2: expected body_too_large, got {other:?}"),
+    }
+
+    // Still serving, and only the good requests were signed.
+    good_request(&d, "ra-main", "good-2", &fx.good);
+    assert_eq!(d.issued("ca"), good_before + 1);
+    assert_eq!(d.issued("ca-other"), 0);
+    assert_eq!(d.audit_of("issued").len() as u64, good_before + 1);
+    let info = d
+        .block_on(d.client("ra-main").get(&serial))
+        .expect("the first certificate");
+    assert_eq!(info.status, certd_api::CertStatus::Valid, "nothing revoked");
+
+    // One audit entry per refusal, in order, with its code.
+    let refused: Vec<Value> = d.audit_of("refused");
+    let got: Vec<&str> = refused
+        .iter()
+        .map(|e| e["detail"]["code"].as_str().unwrap_or("?"))
+        .collect();
+    let want: Vec<&str> = cases
+        .iter()
+        .map(|c| c.code)
+        .chain(["body_too_large"])
+        .collect();
+    assert_eq!(got, want, "refused audit entries");
+    d.verify_audit();
+}
+
+#[test]
+fn refusals_are_audited_under_the_ra_that_made_them() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let d = start(dir);
+    let requests = [
+        ("GET", "/v1/nothing-here", None),
+        ("POST", "/v1/certificates", Some("{")),
+        ("GET", "/v1/certificates?status=expired", None),
+        ("GET", "/v1/certificates?colour=red", None),
+    ];
+    for (method, path, body) in requests {
+        let mut curl = d.curl("ra-main", method, path);
+        if let Some(b) = body {
+            curl = curl.body(Some("application/json"), b.as_bytes());
+        }
+        let reply = curl.send();
+        assert!(reply.answered() && reply.status >= 400, "{reply}");
+    }
+    let refused = d.audit_of("refused");
+    assert_eq!(refused.len(), requests.len(), "{refused:#?}");
+    let wrong: Vec<String> = refused
+        .iter()
+        .filter(|e| e["actor"] != "ra-main")
+        .map(|e| {
+            format!(
+                "{} {} → actor {}",
+                e["detail"]["method"], e["detail"]["path"], e["actor"]
+            )
+        })
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "refusals of RA ra-main audited under another actor:\n{}",
+        wrong.join("\n")
+    );
+}
