@@ -214,6 +214,17 @@ async fn e2e(
     }
 }
 
+/// CPU time (user + system) a process has used so far, from /proc.
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at ')'.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of stat; here indices 11 and 12.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 struct Daemon(Child);
 
 impl Drop for Daemon {
@@ -346,10 +357,20 @@ fn main() -> Result<()> {
     }
     println!("  end-to-end issuance over mTLS (durable ledger and audit log, every check on):");
     println!(
-        "  {:>11} {:>10} {:>10} {:>10} {:>8} {:>14} {:>14}",
-        "concurrency", "certs/s", "p50 ms", "p99 ms", "errors", "vs raw 1 sess", "vs raw best"
+        "  {:>11} {:>10} {:>10} {:>10} {:>8} {:>14} {:>14} {:>14} {:>14}",
+        "concurrency",
+        "certs/s",
+        "p50 ms",
+        "p99 ms",
+        "errors",
+        "vs raw 1 sess",
+        "vs raw best",
+        "certd CPU/cert",
+        "client CPU/cert"
     );
+    let certd_pid = _daemon.0.id().to_string();
     for c in &args.concurrency {
+        let (d0, b0) = (cpu_seconds(&certd_pid), cpu_seconds("self"));
         let st = rt.block_on(e2e(
             client.clone(),
             csrs.clone(),
@@ -357,17 +378,20 @@ fn main() -> Result<()> {
             dur,
             &format!("{run_id}-c{c}"),
         ));
+        let (d1, b1) = (cpu_seconds(&certd_pid), cpu_seconds("self"));
+        let per = |cpu: f64| cpu / st.count.max(1) as f64 * 1e6;
         println!(
-            "  {:>11} {:>10.0} {:>10.2} {:>10.2} {:>8} {:>13.2}x {:>13.2}x",
+            "  {:>11} {:>10.0} {:>10.2} {:>10.2} {:>8} {:>13.2}x {:>13.2}x {:>12.0}us {:>12.0}us",
             c,
             st.rate,
             st.p50.as_secs_f64() * 1e3,
             st.p99.as_secs_f64() * 1e3,
             st.errors,
             st.rate / one_raw,
-            st.rate / best_raw
+            st.rate / best_raw,
+            per(d1 - d0),
+            per(b1 - b0)
         );
-        let _ = st.count;
     }
     Ok(())
 }
