@@ -5,6 +5,7 @@
 //! A failed ceremony leaves nothing behind: generated key objects are
 //! destroyed and output files are written only at the very end, by rename.
 
+use crate::certgen::FixedProfile;
 use crate::hsm::pkcs11::{self, Module};
 use crate::hsm::{HsmError, KeyType, Signer};
 use crate::x509::{self, SubjectSpec, X509Error};
@@ -15,14 +16,11 @@ use secrecy::SecretString;
 use spki::SubjectPublicKeyInfoOwned;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
-use x509_cert::builder::profile::BuilderProfile;
 use x509_cert::builder::{CertificateBuilder, RequestBuilder};
-use x509_cert::certificate::TbsCertificate;
 use x509_cert::ext::pkix::{
     AuthorityKeyIdentifier, BasicConstraints, KeyUsage, KeyUsages, SubjectKeyIdentifier,
 };
 use x509_cert::ext::Extension;
-use x509_cert::name::Name;
 use x509_cert::serial_number::SerialNumber;
 use x509_cert::time::{Time, Validity};
 use x509_cert::Certificate;
@@ -146,30 +144,6 @@ impl Signer for CeremonySigner<'_> {
     }
 }
 
-/// The extensions of a CA certificate, fixed up front.
-struct CaProfile {
-    subject: Name,
-    issuer: Name,
-    extensions: Vec<Extension>,
-}
-
-impl BuilderProfile for CaProfile {
-    fn get_issuer(&self, _subject: &Name) -> Name {
-        self.issuer.clone()
-    }
-    fn get_subject(&self) -> Name {
-        self.subject.clone()
-    }
-    fn build_extensions(
-        &self,
-        _spk: spki::SubjectPublicKeyInfoRef<'_>,
-        _issuer_spk: spki::SubjectPublicKeyInfoRef<'_>,
-        _tbs: &TbsCertificate,
-    ) -> x509_cert::builder::Result<Vec<Extension>> {
-        Ok(self.extensions.clone())
-    }
-}
-
 fn ca_extensions(
     spki: &SubjectPublicKeyInfoOwned,
     path_len: Option<u8>,
@@ -282,11 +256,11 @@ pub fn init_ca(req: &InitCa) -> Result<InitCaResult, CeremonyError> {
             );
             let serial = SerialNumber::new(&x509::random_serial(16)?)
                 .map_err(|e| X509Error::Invalid(e.to_string()))?;
-            let profile = CaProfile {
-                subject: subject.clone(),
-                issuer: subject,
-                extensions: ca_extensions(&spki, req.path_len)?,
-            };
+            let profile = FixedProfile::new(
+                subject.clone(),
+                subject,
+                ca_extensions(&spki, req.path_len)?,
+            );
             let builder = CertificateBuilder::new(profile, serial, validity, spki.clone())
                 .map_err(|e| X509Error::Invalid(e.to_string()))?;
             let cert = x509::build_signed(builder, &signer)?;

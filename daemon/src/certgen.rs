@@ -288,6 +288,17 @@ pub struct FixedProfile {
     extensions: Vec<Extension>,
 }
 
+impl FixedProfile {
+    /// A profile that always yields these names and extensions.
+    pub fn new(subject: Name, issuer: Name, extensions: Vec<Extension>) -> Self {
+        FixedProfile {
+            subject,
+            issuer,
+            extensions,
+        }
+    }
+}
+
 impl BuilderProfile for FixedProfile {
     fn get_issuer(&self, _subject: &Name) -> Name {
         self.issuer.clone()
@@ -326,11 +337,11 @@ pub struct LeafSpec<'a> {
 /// A certificate builder loaded with a subscriber certificate.
 pub fn leaf_builder(spec: &LeafSpec<'_>) -> Result<CertificateBuilder<FixedProfile>, X509Error> {
     let subject = subject_name(spec.names)?;
-    let profile = FixedProfile {
+    let profile = FixedProfile::new(
         subject,
-        issuer: spec.issuer.name.clone(),
-        extensions: extensions(spec.profile, spec.issuer, spec.key_type, spec.names)?,
-    };
+        spec.issuer.name.clone(),
+        extensions(spec.profile, spec.issuer, spec.key_type, spec.names)?,
+    );
     let validity = Validity::new(
         time(spec.validity.not_before)?,
         time(spec.validity.not_after)?,
