@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod error;
+pub mod names;
 
 pub use client::{CertdClient, ClientConfig, ClientError};
 pub use error::{ApiError, ErrorCode};
