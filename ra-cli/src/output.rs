@@ -1,0 +1,191 @@
+//! Certificate output formats and atomic file writes.
+//!
+//! Every file ra-cli writes goes to a temporary file in the same directory
+//! first and is renamed into place only when complete, so an interrupted
+//! write leaves nothing under the final name. Leftover temporaries
+//! (`.tmp-*`) of a killed run are removed by the next one.
+
+use crate::error::Error;
+use cms::cert::CertificateChoices;
+use cms::content_info::{CmsVersion, ContentInfo};
+use cms::signed_data::{CertificateSet, EncapsulatedContentInfo, SignedData, SignerInfos};
+use der::asn1::SetOfVec;
+use der::{Decode, Encode};
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::str::FromStr;
+
+/// Prefix of temporary files.
+pub const TEMP_PREFIX: &str = ".tmp-";
+
+/// File mode of certificates and reports.
+pub const MODE_PUBLIC: u32 = 0o644;
+/// File mode of PKCS#12 files, encrypted keys and password lists.
+pub const MODE_SECRET: u32 = 0o600;
+
+/// Output format of `ra-cli issue`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// PEM: the certificate, then its chain.
+    Pem,
+    /// DER: the certificate alone.
+    Der,
+    /// PKCS#7 certs-only (`.p7b`, DER): the certificate and its chain.
+    P7b,
+    /// PKCS#12 with the generated key, the certificate and its chain.
+    P12,
+}
+
+impl FromStr for Format {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "pem" => Ok(Format::Pem),
+            "der" => Ok(Format::Der),
+            "p7b" => Ok(Format::P7b),
+            "p12" => Ok(Format::P12),
+            _ => Err(format!("unknown format {s:?}: use pem, der, p7b or p12")),
+        }
+    }
+}
+
+/// DER of a PEM certificate.
+pub fn pem_to_der(pem: &str) -> Result<Vec<u8>, Error> {
+    let (label, der) = der::pem::decode_vec(pem.trim().as_bytes())
+        .map_err(|e| Error::Crypto(format!("certificate from certd: {e}")))?;
+    if label != "CERTIFICATE" {
+        return Err(Error::Crypto(format!(
+            "certificate from certd has PEM label {label:?}"
+        )));
+    }
+    Ok(der)
+}
+
+/// The certificate followed by its chain, PEM, each ending in a newline.
+pub fn pem_bundle(leaf: &str, chain: &[String]) -> String {
+    let mut out = String::new();
+    for c in std::iter::once(leaf).chain(chain.iter().map(String::as_str)) {
+        out.push_str(c.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// A degenerate PKCS#7 / CMS SignedData holding only certificates (RFC
+/// 5652 §5; what `openssl crl2pkcs7 -nocrl` writes), DER.
+pub fn p7b(certs: &[Vec<u8>]) -> Result<Vec<u8>, Error> {
+    let err = |e: der::Error| Error::Crypto(format!("PKCS#7: {e}"));
+    let mut set = SetOfVec::new();
+    for c in certs {
+        let cert = x509_cert::Certificate::from_der(c).map_err(err)?;
+        set.insert(CertificateChoices::Certificate(cert))
+            .map_err(err)?;
+    }
+    let signed = SignedData {
+        version: CmsVersion::V1,
+        digest_algorithms: SetOfVec::new(),
+        encap_content_info: EncapsulatedContentInfo {
+            econtent_type: const_oid::db::rfc5911::ID_DATA,
+            econtent: None,
+        },
+        certificates: Some(CertificateSet(set)),
+        crls: None,
+        signer_infos: SignerInfos(SetOfVec::new()),
+    };
+    let info = ContentInfo {
+        content_type: const_oid::db::rfc5911::ID_SIGNED_DATA,
+        content: der::Any::encode_from(&signed).map_err(err)?,
+    };
+    info.to_der().map_err(err)
+}
+
+/// Writes `bytes` to `path` atomically (temporary file, then rename) with
+/// permissions `mode`. With `durable`, the data is flushed to disk before
+/// the rename.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32, durable: bool) -> Result<(), Error> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let out_err = |e: std::io::Error| Error::Output {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(TEMP_PREFIX)
+        .tempfile_in(dir)
+        .map_err(out_err)?;
+    // tempfile creates 0600; widen only what is meant to be public.
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(out_err)?;
+    tmp.write_all(bytes).map_err(out_err)?;
+    if durable {
+        tmp.as_file().sync_data().map_err(out_err)?;
+    }
+    tmp.persist(path).map_err(|e| out_err(e.error))?;
+    Ok(())
+}
+
+/// Removes temporary files a killed run left in `dir`.
+pub fn remove_stale_temps(dir: &Path) -> Result<usize, Error> {
+    let mut n = 0;
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+            std::fs::remove_file(entry.path()).map_err(|e| Error::io(entry.path(), e))?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Flushes a directory's entries (renames) to disk.
+pub fn sync_dir(dir: &Path) -> Result<(), Error> {
+    std::fs::File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Error::io(dir, e))
+}
+
+/// Reads a secret (password) from a file: the first line, without its line
+/// ending. Refuses empty secrets.
+pub fn read_secret_file(path: &Path) -> Result<zeroize::Zeroizing<String>, Error> {
+    let text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(path)
+            .map_err(|e| Error::Usage(format!("{}: {e}", path.display())))?,
+    );
+    let line = text.lines().next().unwrap_or("");
+    if line.is_empty() {
+        return Err(Error::Usage(format!(
+            "{}: the password file is empty",
+            path.display()
+        )));
+    }
+    Ok(zeroize::Zeroizing::new(line.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_replaces_and_sets_mode() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("x.pem");
+        write_atomic(&p, b"one", MODE_PUBLIC, false).expect("write");
+        write_atomic(&p, b"two", MODE_SECRET, true).expect("write");
+        assert_eq!(std::fs::read(&p).expect("read"), b"two");
+        let mode = std::fs::metadata(&p).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode, MODE_SECRET);
+        std::fs::write(dir.path().join(".tmp-abc"), b"partial").expect("write");
+        assert_eq!(remove_stale_temps(dir.path()).expect("clean"), 1);
+        assert!(p.exists());
+    }
+
+    #[test]
+    fn formats_parse() {
+        assert_eq!("p7b".parse::<Format>(), Ok(Format::P7b));
+        assert!("pfx".parse::<Format>().is_err());
+    }
+}

@@ -1,0 +1,592 @@
+//! End-to-end tests of `ra-cli batch issue` against a real certd (real
+//! SoftHSM token, real mutual TLS): mixed rows with a bad one (dry run,
+//! refusal, `--skip-invalid`), PKCS#12 files opened by `openssl pkcs12`,
+//! every kind of bad input, and a batch killed part-way and re-run.
+#![forbid(unsafe_code)]
+
+mod common;
+
+use common::{openssl, openssl_csr, read_csv, wait_for, Ca};
+use std::collections::HashSet;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+fn serials(ca: &Ca) -> Vec<String> {
+    let l = ca.ra(&["--json", "list"]);
+    l.ok();
+    l.json()
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|i| i["serial"].as_str().expect("serial").to_string())
+        .collect()
+}
+
+fn files(dir: &Path, suffix: &str) -> usize {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(suffix))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn mixed_rows_dry_run_skip_invalid_and_pkcs12() {
+    let ca = Ca::start(true);
+    let work = ca.scratch("work");
+    openssl_csr(
+        &work,
+        "carol",
+        "/CN=carol@example.com",
+        Some("email:carol@example.com"),
+    );
+    let input = work.join("people.csv");
+    std::fs::write(
+        &input,
+        "email,common_name,organizational_unit,dns,csr\n\
+         alice@example.com,,,,\n\
+         Bob@Example.com,bob@example.com,,,\n\
+         not-an-address,,,,\n\
+         carol@example.com,,,,carol.csr\n\
+         dave@example.com,dave@example.com,,,\n",
+    )
+    .expect("csv");
+    let out = work.join("out");
+
+    // Dry run: the bad row by its line, nothing written, exit 1.
+    let d = ca.ra(&["batch", "issue", "--input", &s(&input), "--dry-run"]);
+    d.code(1).stderr_has("line 4:").stderr_has("not-an-address");
+    assert!(d.stderr.contains("5 row(s), 4 valid, 1 invalid"), "{d}");
+    let j = ca.ra(&[
+        "--json",
+        "batch",
+        "issue",
+        "--input",
+        &s(&input),
+        "--dry-run",
+    ]);
+    assert_eq!(j.json()["invalid"][0]["line"], 4, "{j}");
+
+    // Without --skip-invalid nothing is issued.
+    ca.ra(&["batch", "issue", "--input", &s(&input), "--out", &s(&out)])
+        .code(1)
+        .stderr_has("nothing was issued");
+    assert!(serials(&ca).is_empty());
+    assert!(!out.join("alice@example.com.pem").exists());
+
+    // --skip-invalid issues the rest; the bad row is reported as skipped.
+    let r = ca.ra(&[
+        "--json",
+        "batch",
+        "issue",
+        "--input",
+        &s(&input),
+        "--out",
+        &s(&out),
+        "--skip-invalid",
+        "--jobs",
+        "3",
+    ]);
+    r.code(1);
+    let sum = r.json();
+    assert_eq!(
+        (
+            sum["issued"].as_u64(),
+            sum["skipped"].as_u64(),
+            sum["failed"].as_u64()
+        ),
+        (Some(4), Some(1), Some(0)),
+        "{r}"
+    );
+    let report = read_csv(&out.join("report.csv"));
+    let status: Vec<(&str, &str)> = report
+        .iter()
+        .map(|l| (l["line"].as_str(), l["status"].as_str()))
+        .collect();
+    assert_eq!(
+        status,
+        vec![
+            ("2", "issued"),
+            ("3", "issued"),
+            ("4", "skipped"),
+            ("5", "issued"),
+            ("6", "issued")
+        ]
+    );
+    assert_eq!(report[2]["error_code"], "invalid_row");
+    assert_eq!(report[1]["email"], "Bob@example.com");
+    let ledger: HashSet<String> = serials(&ca).into_iter().collect();
+    assert_eq!(ledger.len(), 4);
+    for l in report.iter().filter(|l| l["status"] == "issued") {
+        assert!(ledger.contains(&l["serial"]), "{:?}", l);
+    }
+
+    // Certificates verify; the CSR row has no PKCS#12; the others open
+    // with their generated passwords and hold key + chain.
+    for e in [
+        "alice@example.com",
+        "bob@example.com",
+        "carol@example.com",
+        "dave@example.com",
+    ] {
+        openssl(&[
+            "verify",
+            "-CAfile",
+            &ca.ca_cert(),
+            &s(&out.join(format!("{e}.pem"))),
+        ])
+        .ok();
+    }
+    assert!(!out.join("carol@example.com.p12").exists());
+    let pw_path = out.join("passwords.csv");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&pw_path).expect("pw").permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    let passwords = read_csv(&pw_path);
+    assert_eq!(passwords.len(), 3, "{passwords:?}");
+    for p in &passwords {
+        let pw = work.join("one.pw");
+        std::fs::write(&pw, &p["password"]).expect("pw");
+        let p12 = s(&out.join(&p["file"]));
+        let pass = format!("file:{}", s(&pw));
+        openssl(&["pkcs12", "-info", "-noout", "-in", &p12, "-passin", &pass])
+            .ok()
+            .stderr_has("AES-256-CBC");
+        let dump = openssl(&["pkcs12", "-in", &p12, "-passin", &pass, "-nodes"]);
+        dump.ok();
+        assert!(dump.stdout.contains("BEGIN PRIVATE KEY"), "{dump}");
+        assert_eq!(
+            dump.stdout.matches("BEGIN CERTIFICATE").count(),
+            2,
+            "leaf + root\n{dump}"
+        );
+        assert!(
+            dump.stdout.to_ascii_lowercase().contains(&format!(
+                "friendlyname: {}",
+                p["email"].to_ascii_lowercase()
+            )),
+            "{dump}"
+        );
+        // The key in the file belongs to the certificate in it.
+        let key = openssl(&[
+            "pkcs12", "-in", &p12, "-passin", &pass, "-nodes", "-nocerts",
+        ]);
+        let cert = openssl(&[
+            "pkcs12", "-in", &p12, "-passin", &pass, "-nokeys", "-clcerts",
+        ]);
+        std::fs::write(work.join("k.pem"), &key.stdout).expect("k");
+        std::fs::write(work.join("c.pem"), &cert.stdout).expect("c");
+        let kp = openssl(&["pkey", "-in", &s(&work.join("k.pem")), "-pubout"]);
+        let cp = openssl(&["x509", "-in", &s(&work.join("c.pem")), "-noout", "-pubkey"]);
+        assert_eq!(kp.stdout, cp.stdout);
+    }
+    // Nothing unencrypted: no private key PEM anywhere in the output.
+    for e in std::fs::read_dir(&out).expect("out").flatten() {
+        let bytes = std::fs::read(e.path()).expect("read");
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains("BEGIN PRIVATE KEY"),
+            "{:?}",
+            e.path()
+        );
+    }
+
+    // Re-running issues nothing new.
+    let again = ca.ra(&[
+        "--json",
+        "batch",
+        "issue",
+        "--input",
+        &s(&input),
+        "--out",
+        &s(&out),
+        "--skip-invalid",
+    ]);
+    assert_eq!(again.json()["already_issued"], 4, "{again}");
+    assert_eq!(again.json()["issued"], 0);
+    assert_eq!(serials(&ca).len(), 4);
+
+    // A TLS client batch with names and one password for all; the
+    // validity is clamped and the report says so.
+    let clients = work.join("clients.csv");
+    std::fs::write(
+        &clients,
+        "email,common_name,organizational_unit,dns,phone\n\
+         erin@example.com,Erin Example,Finance,,123\n\
+         frank@example.com,Frank Example,,frank.example.com,456\n",
+    )
+    .expect("csv");
+    std::fs::write(work.join("batch.pw"), "s3cret batch\n").expect("pw");
+    let out2 = work.join("out2");
+    ca.ra(&[
+        "batch",
+        "issue",
+        "--input",
+        &s(&clients),
+        "--out",
+        &s(&out2),
+        "--profile",
+        "tls-client",
+    ])
+    .code(2)
+    .stderr_has("phone");
+    let r = ca.ra(&[
+        "batch",
+        "issue",
+        "--input",
+        &s(&clients),
+        "--out",
+        &s(&out2),
+        "--profile",
+        "tls-client",
+        "--ignore-unknown-columns",
+        "--p12-password-file",
+        &s(&work.join("batch.pw")),
+        "--days",
+        "3000",
+        "--key-type",
+        "p384",
+        "--progress",
+        "plain",
+    ]);
+    r.ok();
+    assert!(r.stdout.contains("issued 2"), "{r}");
+    let report = read_csv(&out2.join("report.csv"));
+    assert!(
+        report.iter().all(|l| l["not_after_clamped"] == "true"),
+        "{report:?}"
+    );
+    assert!(!out2.join("passwords.csv").exists());
+    let pass = format!("file:{}", s(&work.join("batch.pw")));
+    let dump = openssl(&[
+        "pkcs12",
+        "-in",
+        &s(&out2.join("erin@example.com.p12")),
+        "-passin",
+        &pass,
+        "-nokeys",
+        "-clcerts",
+    ]);
+    dump.ok();
+    assert!(
+        dump.stdout.contains("CN=Erin Example") || dump.stdout.contains("CN = Erin Example"),
+        "{dump}"
+    );
+    assert!(dump.stdout.contains("Finance"), "{dump}");
+}
+
+#[test]
+fn bad_input_is_reported_clearly() {
+    let ca = Ca::start(true);
+    let work = ca.scratch("work");
+    let csv = |name: &str, text: &str| {
+        let p = work.join(name);
+        std::fs::write(&p, text).expect("csv");
+        s(&p)
+    };
+    let out = s(&work.join("out"));
+    let batch = |input: &str, extra: &[&str]| {
+        let mut a = vec!["batch", "issue", "--input", input, "--out", &out];
+        a.extend_from_slice(extra);
+        ca.ra(&a)
+    };
+
+    // File-level problems: exit 2.
+    batch(&csv("empty.csv", ""), &[])
+        .code(2)
+        .stderr_has("is empty");
+    batch(
+        &csv("noheader.csv", "alice@example.com,alice@example.com\n"),
+        &[],
+    )
+    .code(2)
+    .stderr_has("not a header");
+    batch(
+        &csv("nocn.csv", "email,name\na@example.com,A\n"),
+        &["--ignore-unknown-columns"],
+    )
+    .code(2)
+    .stderr_has("no common_name column");
+    batch(&csv("onlyheader.csv", "email,common_name\n"), &[])
+        .code(2)
+        .stderr_has("no rows");
+    batch(&s(&work.join("nonexistent.csv")), &[])
+        .code(2)
+        .stderr_has("nonexistent.csv");
+
+    // Row problems, each with its line: exit 1, nothing issued.
+    openssl_csr(&work, "good", "/CN=gina@example.com", None);
+    openssl_csr(&work, "mismatch", "/CN=someone-else@example.com", None);
+    std::fs::create_dir_all(work.join("adir.csr")).expect("dir");
+    let rows = csv(
+        "rows.csv",
+        "email,common_name,csr\n\
+         gina@example.com,,good.csr\n\
+         GINA@example.com,,\n\
+         hal@@example.com,,\n\
+         ivy@exa mple.com,,\n\
+         jo@example.com,,missing.csr\n\
+         kim@example.com,,adir.csr\n\
+         lee@example.com,,mismatch.csr\n\
+         mo@example.com,Mo Person,\n\
+         ok@example.com,,\n",
+    );
+    let d = ca.ra(&["batch", "issue", "--input", &rows, "--dry-run"]);
+    d.code(1);
+    for (line, what) in [
+        (3, "duplicate email GINA@example.com: already on line 2"),
+        (4, "hal@@example.com"),
+        (5, "ivy@exa mple.com"),
+        (6, "does not exist"),
+        (7, "cannot be read"),
+        (8, "does not match this row"),
+        (9, "only the email"),
+    ] {
+        assert!(
+            d.stderr.contains(&format!("line {line}: ")),
+            "line {line}\n{d}"
+        );
+        let l = d
+            .stderr
+            .lines()
+            .find(|l| l.starts_with(&format!("line {line}: ")))
+            .unwrap_or_default();
+        assert!(l.contains(what), "line {line} should say {what:?}: {l}");
+    }
+    assert!(
+        !d.stderr.contains("line 2:") && !d.stderr.contains("line 10:"),
+        "{d}"
+    );
+    batch(&rows, &[]).code(1).stderr_has("nothing was issued");
+    assert!(!work.join("out").exists());
+
+    // DNS names are checked for host profiles.
+    let hosts = csv(
+        "hosts.csv",
+        "email,common_name,dns\nops@example.com,www.example.com,www.example.com;api.example.com\nops2@example.com,,bad_name.example.com\nops3@example.com,,\n",
+    );
+    let d = ca.ra(&[
+        "batch",
+        "issue",
+        "--input",
+        &hosts,
+        "--profile",
+        "tls-server",
+        "--dry-run",
+    ]);
+    d.code(1)
+        .stderr_has("line 3: DNS name \"bad_name.example.com\"")
+        .stderr_has("line 4: ");
+
+    // Output directory not writable (a file is in the way).
+    let good = csv("good.csv", "email,common_name\nok@example.com,\n");
+    std::fs::write(work.join("blocker"), "x").expect("file");
+    ca.ra(&[
+        "batch",
+        "issue",
+        "--input",
+        &good,
+        "--out",
+        &s(&work.join("blocker/out")),
+    ])
+    .code(2)
+    .stderr_has("cannot create the output directory");
+
+    // Unknown profile, key type the run cannot use: usage errors.
+    batch(&good, &["--profile", "nope"])
+        .code(2)
+        .stderr_has("not one this RA may use");
+    batch(&good, &["--expires", "2001-01-01"])
+        .code(2)
+        .stderr_has("past");
+
+    // certd down.
+    let port = common::free_port();
+    let down = ca.config_variant(
+        "down.toml",
+        &ca.env["CERTD_URL"],
+        &format!("https://127.0.0.1:{port}"),
+    );
+    ca.ra_with(&down, &["batch", "issue", "--input", &good, "--out", &out])
+        .code(1)
+        .stderr_has("cannot reach certd");
+    // A dry run still checks the syntax without certd.
+    ca.ra_with(&down, &["batch", "issue", "--input", &rows, "--dry-run"])
+        .code(1)
+        .stderr_has("line 4: ")
+        .stderr_has("syntax only");
+
+    // Credential not on the allowlist.
+    let (cert, key) = ca.stranger_credential();
+    let tls_dir = Path::new(&ca.env["CERTD_TLS_CA"])
+        .parent()
+        .expect("tls")
+        .display()
+        .to_string();
+    let text = std::fs::read_to_string(&ca.config).expect("config");
+    let stranger = work.join("stranger.toml");
+    std::fs::write(
+        &stranger,
+        text.replace(&format!("{tls_dir}/ra-cli.pem"), &s(&cert))
+            .replace(&format!("{tls_dir}/ra-cli.key"), &s(&key)),
+    )
+    .expect("write");
+    ca.ra_with(
+        &stranger,
+        &["batch", "issue", "--input", &good, "--out", &out],
+    )
+    .code(1)
+    .stderr_has("allowlist");
+
+    // certd locked: refused before anything is sent.
+    ca.deactivate();
+    ca.ra(&["batch", "issue", "--input", &good, "--out", &out])
+        .code(1)
+        .stderr_has("certifier_locked");
+    assert_eq!(files(&work.join("out"), ".pem"), 0);
+    ca.activate();
+    assert!(
+        serials(&ca).is_empty(),
+        "nothing was issued by any of the above"
+    );
+
+    // A journal of another batch is not mixed up with this one.
+    ca.ra(&["batch", "issue", "--input", &good, "--out", &out])
+        .ok();
+    let other = csv(
+        "other.csv",
+        "email,common_name\nok@example.com,\nnew@example.com,\n",
+    );
+    ca.ra(&["batch", "issue", "--input", &other, "--out", &out])
+        .code(2)
+        .stderr_has("holds another batch");
+    assert_eq!(serials(&ca).len(), 1);
+}
+
+#[test]
+fn killed_batch_resumes_without_duplicates() {
+    const ROWS: usize = 200;
+    let ca = Ca::start(true);
+    let work = ca.scratch("work");
+    let input = work.join("many.csv");
+    let mut text = String::from("email,common_name\n");
+    for i in 0..ROWS {
+        text.push_str(&format!("user{i:04}@example.com,\n"));
+    }
+    std::fs::write(&input, text).expect("csv");
+    let out = work.join("out");
+    let args = |extra: &[&str]| {
+        let mut a: Vec<String> = [
+            "--config",
+            &s(&ca.config),
+            "batch",
+            "issue",
+            "--input",
+            &s(&input),
+            "--out",
+            &s(&out),
+            "--jobs",
+            "4",
+            "--p12-iterations",
+            "1000",
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect();
+        a.extend(extra.iter().map(|x| x.to_string()));
+        a
+    };
+    let mut child = Command::new(common::RA_CLI)
+        .args(args(&["--progress", "off"]))
+        .env_remove("RA_CLI_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start ra-cli");
+    let journal = out.join("journal.jsonl");
+    let issued_lines = || {
+        std::fs::read_to_string(&journal)
+            .map(|t| t.matches("\"event\":\"issued\"").count())
+            .unwrap_or(0)
+    };
+    wait_for(
+        Duration::from_secs(60),
+        "the journal to show progress",
+        || issued_lines() >= 15,
+    );
+    child.kill().expect("SIGKILL");
+    let status = child.wait().expect("wait");
+    assert!(
+        status.code().is_none(),
+        "killed by a signal, not finished: {status}"
+    );
+    let before = issued_lines();
+    assert!(before < ROWS, "killed part-way ({before} issued)");
+    let requested = std::fs::read_to_string(&journal)
+        .expect("journal")
+        .matches("\"event\":\"requested\"")
+        .count();
+    assert!(requested >= before);
+
+    let r = common::run(
+        Command::new(common::RA_CLI)
+            .args(args(&["--progress", "plain"]))
+            .env_remove("RA_CLI_CONFIG"),
+    );
+    r.ok();
+    assert!(
+        r.stdout
+            .contains(&format!("issued {ROWS} ({before} by earlier runs)")),
+        "{r}"
+    );
+
+    // certd's ledger: exactly one certificate per row.
+    let all = serials(&ca);
+    assert_eq!(all.len(), ROWS, "no row issued twice");
+    let unique: HashSet<&String> = all.iter().collect();
+    assert_eq!(unique.len(), ROWS);
+    let report = read_csv(&out.join("report.csv"));
+    assert_eq!(report.len(), ROWS);
+    let reported: HashSet<&str> = report.iter().map(|l| l["serial"].as_str()).collect();
+    assert_eq!(reported.len(), ROWS);
+    assert!(report
+        .iter()
+        .all(|l| l["status"] == "issued" && unique.contains(&l["serial"])));
+    assert_eq!(files(&out, ".p12"), ROWS);
+    assert_eq!(files(&out, ".pem"), ROWS);
+    assert_eq!(files(&out, ".tmp"), 0);
+    assert!(std::fs::read_dir(&out)
+        .expect("out")
+        .flatten()
+        .all(|e| !e.file_name().to_string_lossy().starts_with(".tmp-")));
+    let passwords = read_csv(&out.join("passwords.csv"));
+    assert_eq!(
+        passwords.len(),
+        ROWS,
+        "one password per row after compaction"
+    );
+    // Rows in flight at the kill were finished with the key journaled
+    // before the kill: their PKCS#12 opens with the first password.
+    for p in passwords.iter().step_by(37) {
+        let pw = work.join("p.pw");
+        std::fs::write(&pw, &p["password"]).expect("pw");
+        openssl(&[
+            "pkcs12",
+            "-in",
+            &s(&out.join(&p["file"])),
+            "-passin",
+            &format!("file:{}", s(&pw)),
+            "-nodes",
+            "-nocerts",
+        ])
+        .ok();
+    }
+}
