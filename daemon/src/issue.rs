@@ -120,6 +120,7 @@ fn response_from_record(
     shared: &Shared,
     serial: &Serial,
     record: &LedgerRecord,
+    requested_not_after: Option<i64>,
 ) -> Result<IssueResponse, ApiError> {
     let der = record
         .certificate_der
@@ -128,6 +129,7 @@ fn response_from_record(
     let cert = Certificate::from_der(der)
         .map_err(|e| ApiError::new(ErrorCode::Internal, format!("stored certificate: {e}")))?;
     let validity = cert.tbs_certificate().validity();
+    let not_after = certgen::unix_of(&validity.not_after);
     let chain = shared
         .certifiers
         .find(Some(&record.intent.certifier))
@@ -138,8 +140,9 @@ fn response_from_record(
         certificate: cert_pem(der),
         chain,
         not_before: rfc3339(certgen::unix_of(&validity.not_before)),
-        not_after: rfc3339(certgen::unix_of(&validity.not_after)),
-        not_after_clamped: false,
+        not_after: rfc3339(not_after),
+        // The same request asked for the same not_after the first time.
+        not_after_clamped: requested_not_after.is_some_and(|r| r > not_after),
         replayed: true,
     })
 }
@@ -150,6 +153,7 @@ fn replay(
     shared: &Shared,
     entry: &crate::ledger::IdempotencyEntry,
     digest: &[u8; 32],
+    req: &IssueRequest,
 ) -> Result<Option<IssueResponse>, ApiError> {
     if &entry.body_sha256 != digest {
         return Err(ApiError::new(
@@ -160,7 +164,8 @@ fn replay(
     let record = shared.ledger.get(&entry.serial).map_err(ledger_error)?;
     match record {
         Some(r) if matches!(r.state, RecordState::Issued | RecordState::Revoked) => {
-            response_from_record(shared, &entry.serial, &r).map(Some)
+            let requested = req.not_after.as_deref().and_then(|t| parse_rfc3339(t).ok());
+            response_from_record(shared, &entry.serial, &r, requested).map(Some)
         }
         Some(r) if r.state == RecordState::Intent => Err(ApiError::new(
             ErrorCode::InProgress,
@@ -189,7 +194,7 @@ pub fn issue(
         .idempotency_get(grant.name(), &req.request_id)
         .map_err(ledger_error)?
     {
-        if let Some(resp) = replay(shared, &entry, &digest)? {
+        if let Some(resp) = replay(shared, &entry, &digest, req)? {
             return Ok(resp);
         }
     }
@@ -297,7 +302,7 @@ pub fn issue(
             IntentOutcome::Recorded => {}
             IntentOutcome::SerialTaken => continue,
             IntentOutcome::KeyTaken(entry) => {
-                return match replay(shared, &entry, &digest)? {
+                return match replay(shared, &entry, &digest, req)? {
                     Some(resp) => Ok(resp),
                     None => Err(ApiError::new(
                         ErrorCode::InProgress,

@@ -386,53 +386,11 @@ fn check_text(value: &str, what: &str, max: usize) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks DNS name syntax as certd does: LDH labels, at least two, no
-/// trailing dot, A-labels for internationalised names, an optional leading
-/// `*.`. Expects lower case.
+/// Checks DNS name syntax exactly as certd does (the rules live in
+/// `certd_api::names`); a leading `*.` passes here and is left to the
+/// profile, which certd checks.
 pub fn check_dns_name(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > 253 {
-        return Err(format!("DNS name {name:?} must be 1 to 253 characters"));
-    }
-    if !name.is_ascii() {
-        return Err(format!(
-            "DNS name {name:?} is not ASCII: write internationalised names as A-labels (xn--...)"
-        ));
-    }
-    if name.ends_with('.') {
-        return Err(format!("DNS name {name:?} must not end with a dot"));
-    }
-    let rest = name.strip_prefix("*.").unwrap_or(name);
-    let labels: Vec<&str> = rest.split('.').collect();
-    if labels.len() < 2 {
-        return Err(format!(
-            "DNS name {name:?} must be fully qualified (at least two labels)"
-        ));
-    }
-    for l in &labels {
-        if l.is_empty() || l.len() > 63 {
-            return Err(format!("DNS name {name:?} has an empty or over-long label"));
-        }
-        if l.starts_with('-') || l.ends_with('-') {
-            return Err(format!(
-                "DNS name {name:?}: labels must not start or end with '-'"
-            ));
-        }
-        if !l
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        {
-            return Err(format!(
-                "DNS name {name:?} may hold only a-z, 0-9, '-' and '.'"
-            ));
-        }
-    }
-    if labels
-        .last()
-        .is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit()))
-    {
-        return Err(format!("{name:?} is an IP address, not a DNS name"));
-    }
-    Ok(())
+    certd_api::names::check_dns_name(name, true)
 }
 
 /// Checks an email address (RFC 5321 dot-atom local part, DNS domain) and
@@ -441,30 +399,9 @@ pub fn normalize_email(addr: &str) -> Result<String, String> {
     let (local, domain) = addr
         .rsplit_once('@')
         .ok_or_else(|| format!("email {addr:?} is not an email address (no '@')"))?;
-    if local.is_empty() || local.len() > 64 {
-        return Err(format!(
-            "email {addr:?}: the part before '@' must be 1 to 64 characters"
-        ));
-    }
-    const SPECIALS: &[u8] = b"!#$%&'*+-/=?^_`{|}~.";
-    if !local
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || SPECIALS.contains(&b))
-        || local.starts_with('.')
-        || local.ends_with('.')
-        || local.contains("..")
-    {
-        return Err(format!(
-            "email {addr:?}: the part before '@' may hold only letters, digits, dots and \
-             !#$%&'*+-/=?^_`{{|}}~ (no spaces, quotes or non-ASCII)"
-        ));
-    }
-    let domain = domain.to_ascii_lowercase();
-    if domain.starts_with("*.") {
-        return Err(format!("email {addr:?}: the domain must not be a wildcard"));
-    }
-    check_dns_name(&domain).map_err(|e| format!("email {addr:?}: {e}"))?;
-    Ok(format!("{local}@{domain}"))
+    let normalized = format!("{local}@{}", domain.to_ascii_lowercase());
+    certd_api::names::check_email(&normalized)?;
+    Ok(normalized)
 }
 
 /// Checks one row against the rules; returns the row and, when it names
