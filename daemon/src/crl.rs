@@ -236,7 +236,9 @@ pub async fn keep_fresh(shared: Arc<Shared>, certifier: Arc<Certifier>) {
     };
     let refresh = i64::from(shared.config.crl.refresh_hours) * 3600;
     let coalesce = Duration::from_secs(shared.config.crl.coalesce_seconds);
-    let mut pending = false;
+    // A CRL saved before a restart may lack revocations acknowledged just
+    // before it stopped: make a fresh one as soon as the certifier is active.
+    let mut pending = true;
     loop {
         let due_in = match shared.crl.current(certifier.name()) {
             Some(s) if !pending => Duration::from_secs(
