@@ -1,0 +1,899 @@
+//! Crash consistency: certd is killed with SIGKILL at random moments while
+//! clients issue concurrently, while they revoke, and right after a burst of
+//! revocations (while the CRL is being made). After every restart:
+//!
+//! - certd is READY (systemd notification) in under a second;
+//! - every certificate a client received is in the ledger, byte for byte
+//!   (`GET /v1/certificates/{serial}` and the paged listing);
+//! - no serial appears twice, `certificates_issued` and
+//!   `certificates_revoked` in `certd status --json` match the ledger;
+//! - every ledger certificate is signed by the certifier (checked with
+//!   `ring`, and once more at the end with `openssl verify`);
+//! - every acknowledged revocation is recorded, and the served CRL lists
+//!   every revoked serial, is signed by the certifier, and its number never
+//!   goes back;
+//! - `certd verify-audit` passes, every ledger certificate has its `issued`
+//!   audit entry, and no `request_id` has two certificates (requests whose
+//!   answer was lost in the kill are retried with the same `request_id`).
+//!
+//! Violations are collected rather than stopping at the first, so one run
+//! reports everything it found. The kill moments come from a xorshift
+//! generator on a fixed seed (printed; override with `CERTD_FAULT_SEED`).
+//! `CERTD_LONG_TESTS=1` runs 100 rounds instead of 20 (about 10 minutes; the
+//! whole ledger is then compared every 25th round and after the last, since
+//! listing it costs the square of its size).
+#![forbid(unsafe_code)]
+
+use certd_api::{CertStatus, CertdClient, ClientConfig, ClientError, ErrorCode, IssueRequest};
+use certd_e2e::api::normalize_serial;
+use der::{DecodePem, Encode};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use x509_cert::Certificate;
+
+const CERTD: &str = env!("CARGO_BIN_EXE_certd");
+const DEFAULT_SEED: u64 = 0x5eed_c0de_2026_0001;
+/// Concurrent issuing clients.
+const ISSUERS: usize = 8;
+/// Concurrent revoking clients in revocation rounds.
+const REVOKERS: usize = 4;
+/// How long certd may take from exec to `READY=1`.
+const READY_LIMIT: Duration = Duration::from_secs(1);
+/// How long a CRL may take to list every revocation after a restart:
+/// `crl.coalesce_seconds` (1 in the demo) plus signing, with slack.
+const CRL_DEADLINE: Duration = Duration::from_millis(2500);
+
+/// xorshift64*: small, seeded, reproducible.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Uniform-enough in `lo..=hi`.
+    fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo + 1)
+    }
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the daemon crate sits in the workspace")
+        .to_path_buf()
+}
+
+/// The variables `./demo` wrote to `demo.env`.
+fn demo_env(dir: &Path) -> HashMap<String, String> {
+    std::fs::read_to_string(dir.join("demo.env"))
+        .expect("demo.env")
+        .lines()
+        .filter_map(|l| l.strip_prefix("export "))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
+        .collect()
+}
+
+fn setup_demo(dir: &Path) -> HashMap<String, String> {
+    let port = certd_e2e::api::free_port();
+    let out = certd_e2e::run(
+        certd_e2e::clean_env(&mut Command::new(repo().join("demo")))
+            .args(["--setup-only", "--debug-build", "--port", &port.to_string()])
+            .arg("--dir")
+            .arg(dir),
+    );
+    out.assert_success();
+    demo_env(dir)
+}
+
+/// A running `certd run`, killed and reaped on drop.
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts certd with `NOTIFY_SOCKET` and returns it with the time from
+/// exec to `READY=1`.
+fn start(
+    env: &HashMap<String, String>,
+    notify: &UnixDatagram,
+    notify_path: &Path,
+    log: &Path,
+) -> (Daemon, Duration) {
+    let mut buf = [0u8; 4096];
+    notify
+        .set_nonblocking(true)
+        .expect("non-blocking notify socket");
+    while notify.recv(&mut buf).is_ok() {}
+    notify
+        .set_nonblocking(false)
+        .expect("blocking notify socket");
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("certd log");
+    let began = Instant::now();
+    let child = certd_e2e::clean_env(&mut Command::new(CERTD))
+        .args(["run", "--config", &env["CERTD_CONFIG"]])
+        .env("SOFTHSM2_CONF", &env["SOFTHSM2_CONF"])
+        .env("NOTIFY_SOCKET", notify_path)
+        .env("CERTD_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log_file)
+        .spawn()
+        .expect("certd starts");
+    let mut daemon = Daemon(child);
+    loop {
+        assert!(
+            began.elapsed() < Duration::from_secs(15),
+            "certd sent no READY=1 within 15 s\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        if let Ok(Some(status)) = daemon.0.try_wait() {
+            panic!(
+                "certd exited ({status}) before READY\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        notify
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("notify timeout");
+        if let Ok(n) = notify.recv(&mut buf) {
+            if String::from_utf8_lossy(&buf[..n])
+                .lines()
+                .any(|l| l == "READY=1")
+            {
+                return (daemon, began.elapsed());
+            }
+        }
+    }
+}
+
+fn certd_cmd(env: &HashMap<String, String>, args: &[&str]) -> certd_e2e::CmdOutput {
+    certd_e2e::run(
+        certd_e2e::clean_env(&mut Command::new(CERTD))
+            .env("SOFTHSM2_CONF", &env["SOFTHSM2_CONF"])
+            .args(args),
+    )
+}
+
+fn client(env: &HashMap<String, String>) -> CertdClient {
+    CertdClient::new(&ClientConfig {
+        url: env["CERTD_URL"].clone(),
+        client_cert: PathBuf::from(&env["RA_CLIENT_CERT"]),
+        client_key: PathBuf::from(&env["RA_CLIENT_KEY"]),
+        server_ca: PathBuf::from(&env["CERTD_TLS_CA"]),
+        timeout: Duration::from_secs(20),
+    })
+    .expect("RA client")
+}
+
+/// Verifies `der` (a certificate or CRL's signed part and signature) with
+/// the certifier's P-256 key.
+fn signed_by_root(root: &Certificate, tbs: &[u8], signature: &[u8]) -> bool {
+    let key = root
+        .tbs_certificate()
+        .subject_public_key_info()
+        .subject_public_key
+        .raw_bytes();
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_ASN1, key)
+        .verify(tbs, signature)
+        .is_ok()
+}
+
+/// What one round's clients got back.
+#[derive(Default)]
+struct Outcomes {
+    issued: Vec<(String, String)>,
+    lost: Vec<IssueRequest>,
+    revoked: Vec<String>,
+    revoke_lost: usize,
+    unexpected: Vec<String>,
+    requests: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Kind {
+    /// Kill during concurrent issuance.
+    Issue,
+    /// Kill while revocations run alongside issuance.
+    Revoke,
+    /// A burst of revocations, then a kill 0-1.5 s later (CRL coalescing
+    /// is 1 s, so the CRL is being made around then).
+    CrlBurst,
+}
+
+async fn issuer(
+    client: CertdClient,
+    csrs: Arc<Vec<String>>,
+    stop: Arc<AtomicBool>,
+    prefix: String,
+    out: Arc<Mutex<Outcomes>>,
+) {
+    let mut n = 0usize;
+    while !stop.load(Ordering::SeqCst) {
+        let req = IssueRequest {
+            request_id: format!("{prefix}-{n}"),
+            certifier: None,
+            profile: "tls-server".into(),
+            csr: csrs[n % csrs.len()].clone(),
+            subject: None,
+            san: None,
+            not_after: None,
+            approval: None,
+        };
+        n += 1;
+        let result = client.issue(&req).await;
+        let mut o = out.lock().unwrap_or_else(|p| p.into_inner());
+        o.requests += 1;
+        match result {
+            Ok(resp) => o.issued.push((resp.serial, resp.certificate)),
+            Err(ClientError::Transport(_)) => o.lost.push(req),
+            Err(e) => o.unexpected.push(format!("issue {}: {e}", req.request_id)),
+        }
+    }
+}
+
+async fn revoker(
+    client: CertdClient,
+    targets: Arc<Mutex<Vec<(String, &'static str)>>>,
+    stop: Arc<AtomicBool>,
+    out: Arc<Mutex<Outcomes>>,
+) {
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let Some((serial, reason)) = targets.lock().unwrap_or_else(|p| p.into_inner()).pop() else {
+            return;
+        };
+        let result = client.revoke(&serial, reason).await;
+        let mut o = out.lock().unwrap_or_else(|p| p.into_inner());
+        o.requests += 1;
+        match result {
+            Ok(_) => o.revoked.push(serial),
+            Err(ClientError::Api(e)) if e.code == ErrorCode::AlreadyRevoked => {
+                o.revoked.push(serial)
+            }
+            Err(ClientError::Transport(_)) => o.revoke_lost += 1,
+            Err(e) => o.unexpected.push(format!("revoke {serial}: {e}")),
+        }
+    }
+}
+
+/// What the test knows, accumulated over all rounds.
+struct Known {
+    root: Certificate,
+    /// Serial → PEM of every certificate a client received.
+    received: BTreeMap<String, String>,
+    /// Serials whose revocation was acknowledged.
+    revoked: BTreeSet<String>,
+    /// Serials whose signature was checked already.
+    verified: HashSet<String>,
+    /// Serials received in the latest round (looked up one by one).
+    fresh: Vec<String>,
+    /// Serials whose revocation was acknowledged in the latest round.
+    fresh_revoked: Vec<String>,
+    /// Highest CRL number seen, with its DER.
+    crl: Option<(u64, Vec<u8>)>,
+    /// Serials a client got in a direct answer (not through a retry).
+    direct: BTreeSet<String>,
+    /// The revoked serials a CRL was last found stale for.
+    stale_crl_for: Option<BTreeSet<String>>,
+    /// Serials already reported as missing from the audit log.
+    unaudited: BTreeSet<String>,
+    failures: Vec<String>,
+}
+
+impl Known {
+    fn fail(&mut self, round: usize, what: String) {
+        eprintln!("round {round}: VIOLATION: {what}");
+        self.failures.push(format!("round {round}: {what}"));
+    }
+}
+
+/// Every certificate in the ledger: serial → (status, PEM).
+async fn ledger(client: &CertdClient) -> Result<Vec<(String, CertStatus, String)>, ClientError> {
+    let mut all = Vec::new();
+    let mut after = String::new();
+    loop {
+        let page = client.list(&format!("limit=1000{after}")).await?;
+        all.extend(
+            page.items
+                .into_iter()
+                .map(|i| (i.serial, i.status, i.certificate)),
+        );
+        match page.next {
+            Some(n) => after = format!("&after={n}"),
+            None => return Ok(all),
+        }
+    }
+}
+
+fn check(
+    round: usize,
+    rt: &tokio::runtime::Runtime,
+    env: &HashMap<String, String>,
+    audit_log: &Path,
+    known: &mut Known,
+    full: bool,
+) {
+    let client = client(env);
+    // The latest round's certificates and revocations, one by one.
+    for serial in &known.fresh.clone() {
+        match rt.block_on(client.get(serial)) {
+            Ok(info) if info.certificate == known.received[serial] => {}
+            Ok(_) => known.fail(round, format!("GET {serial} returns another certificate")),
+            Err(e) => known.fail(round, format!("GET {serial}: {e}")),
+        }
+    }
+    known.fresh.clear();
+    for serial in std::mem::take(&mut known.fresh_revoked) {
+        match rt.block_on(client.get(&serial)) {
+            Ok(info) if info.status == CertStatus::Revoked => {}
+            other => known.fail(
+                round,
+                format!("revocation of {serial} was acknowledged, GET says {other:?}"),
+            ),
+        }
+    }
+    // The whole ledger: every round of the short run, every 25th of the
+    // long one (a full listing costs the square of the ledger's size).
+    if !full {
+        return;
+    }
+    let listed = rt.block_on(ledger(&client)).expect("list the ledger");
+    let mut in_ledger: BTreeMap<String, (CertStatus, String)> = BTreeMap::new();
+    for (serial, status, pem) in listed {
+        if in_ledger.insert(serial.clone(), (status, pem)).is_some() {
+            known.fail(round, format!("serial {serial} is listed twice"));
+        }
+    }
+    // Every certificate a client received is there, identical.
+    let received: Vec<(String, String)> = known
+        .received
+        .iter()
+        .map(|(s, p)| (s.clone(), p.clone()))
+        .collect();
+    for (serial, pem) in &received {
+        match in_ledger.get(serial) {
+            None => known.fail(
+                round,
+                format!("certificate {serial} was handed out but is not in the ledger"),
+            ),
+            Some((_, p)) if p != pem => known.fail(
+                round,
+                format!("certificate {serial} in the ledger differs from the one handed out"),
+            ),
+            Some(_) => {}
+        }
+    }
+    for serial in &known.revoked.clone() {
+        if !matches!(in_ledger.get(serial), Some((CertStatus::Revoked, _))) {
+            known.fail(
+                round,
+                format!("revocation of {serial} was acknowledged but the ledger says otherwise"),
+            );
+        }
+    }
+    // Counters match the ledger.
+    let status = certd_cmd(
+        env,
+        &["status", "--json", "--socket", &env["CERTD_CONTROL_SOCKET"]],
+    );
+    status.assert_success();
+    let status: serde_json::Value = serde_json::from_str(&status.stdout).expect("status JSON");
+    let issued = status["certifiers"][0]["certificates_issued"].as_u64();
+    let revoked_count = status["certifiers"][0]["certificates_revoked"].as_u64();
+    let ledger_revoked = in_ledger
+        .values()
+        .filter(|(s, _)| *s == CertStatus::Revoked)
+        .count() as u64;
+    if issued != Some(in_ledger.len() as u64) {
+        known.fail(
+            round,
+            format!(
+                "certificates_issued is {issued:?}, the ledger lists {}",
+                in_ledger.len()
+            ),
+        );
+    }
+    if revoked_count != Some(ledger_revoked) {
+        known.fail(
+            round,
+            format!("certificates_revoked is {revoked_count:?}, the ledger lists {ledger_revoked}"),
+        );
+    }
+    // Every ledger certificate is signed by the certifier, under its serial.
+    for (serial, (_, pem)) in &in_ledger {
+        if known.verified.contains(serial) {
+            continue;
+        }
+        let ok = Certificate::from_pem(pem.as_bytes()).ok().is_some_and(|c| {
+            let tbs = c.tbs_certificate();
+            normalize_serial(&hex::encode(tbs.serial_number().as_bytes()))
+                == normalize_serial(serial)
+                && tbs.issuer() == known.root.tbs_certificate().subject()
+                && tbs
+                    .to_der()
+                    .is_ok_and(|t| signed_by_root(&known.root, &t, c.signature().raw_bytes()))
+        });
+        if ok {
+            known.verified.insert(serial.clone());
+        } else {
+            known.fail(
+                round,
+                format!("ledger certificate {serial} is not signed by the certifier"),
+            );
+        }
+    }
+    // The audit chain verifies and agrees with the ledger.
+    let verify = certd_cmd(env, &["verify-audit", "--config", &env["CERTD_CONFIG"]]);
+    if !verify.status.success() {
+        known.fail(round, format!("verify-audit failed\n{verify}"));
+    }
+    // serial → request_id, from `issued` entries, and from the
+    // `issuance_intent` entries written before every signature.
+    let mut audited: HashMap<String, String> = HashMap::new();
+    let mut intended: HashMap<String, String> = HashMap::new();
+    let mut kinds: HashMap<String, Vec<String>> = HashMap::new();
+    for line in std::fs::read_to_string(audit_log)
+        .expect("audit log")
+        .lines()
+    {
+        let Ok(e) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let Some(serial) = e["detail"]["serial"].as_str() else {
+            continue;
+        };
+        let kind = e["kind"].as_str().unwrap_or_default();
+        kinds
+            .entry(serial.to_string())
+            .or_default()
+            .push(kind.to_string());
+        let request = e["detail"]["request_id"].as_str().unwrap_or_default();
+        let into = match kind {
+            "issued" => &mut audited,
+            "issuance_intent" => &mut intended,
+            _ => continue,
+        };
+        into.insert(serial.to_string(), request.to_string());
+    }
+    // One request_id, at most one certificate in the ledger.
+    let mut by_request: HashMap<&str, BTreeSet<&str>> = HashMap::new();
+    for serial in in_ledger.keys() {
+        if let Some(r) = audited.get(serial).or_else(|| intended.get(serial)) {
+            by_request.entry(r).or_default().insert(serial);
+        }
+    }
+    let mut twice: Vec<String> = by_request
+        .iter()
+        .filter(|(_, serials)| serials.len() > 1)
+        .map(|(r, serials)| {
+            format!(
+                "request_id {r} has {} certificates: {serials:?}",
+                serials.len()
+            )
+        })
+        .collect();
+    twice.sort();
+    for t in twice {
+        known.fail(round, t);
+    }
+    for serial in in_ledger.keys() {
+        if !audited.contains_key(serial) && known.unaudited.insert(serial.clone()) {
+            let how = if known.direct.contains(serial) {
+                "answered to its client"
+            } else {
+                "its answer was lost in the kill"
+            };
+            known.fail(
+                round,
+                format!(
+                    "ledger certificate {serial} ({how}) \
+                     has no `issued` audit entry; the audit log has only {:?} for it",
+                    kinds.get(serial).cloned().unwrap_or_default()
+                ),
+            );
+        }
+    }
+    for serial in audited.keys() {
+        if !in_ledger.contains_key(serial) {
+            known.fail(
+                round,
+                format!("audit says {serial} was issued but the ledger does not list it"),
+            );
+        }
+    }
+    // The CRL lists every revoked serial (after at most the coalescing
+    // delay), is signed by the certifier, and its number never goes back.
+    let want: BTreeSet<String> = in_ledger
+        .iter()
+        .filter(|(_, (s, _))| *s == CertStatus::Revoked)
+        .map(|(serial, _)| normalize_serial(serial))
+        .collect();
+    if want.is_empty() {
+        return;
+    }
+    // A CRL already found stale for exactly these revocations is checked
+    // once more without waiting out the deadline again.
+    let deadline = if known.stale_crl_for.as_ref() == Some(&want) {
+        Instant::now()
+    } else {
+        Instant::now() + CRL_DEADLINE
+    };
+    loop {
+        let der = match rt.block_on(client.crl(&env["CERTIFIER"])) {
+            Ok(d) => d,
+            Err(e) => {
+                known.fail(round, format!("GET the CRL: {e}"));
+                return;
+            }
+        };
+        let Ok(crl) = <x509_cert::crl::CertificateList as der::Decode>::from_der(&der) else {
+            known.fail(round, "the CRL does not decode".into());
+            return;
+        };
+        let number = crl
+            .tbs_cert_list
+            .crl_extensions
+            .iter()
+            .flatten()
+            .find(|e| e.extn_id == const_oid::db::rfc5280::ID_CE_CRL_NUMBER)
+            .map(|e| {
+                e.extn_value
+                    .as_bytes()
+                    .iter()
+                    .skip(2)
+                    .fold(0u64, |a, b| (a << 8) | u64::from(*b))
+            })
+            .unwrap_or(0);
+        let signed = crl
+            .tbs_cert_list
+            .to_der()
+            .is_ok_and(|t| signed_by_root(&known.root, &t, crl.signature.raw_bytes()));
+        if !signed {
+            known.fail(
+                round,
+                format!("CRL {number} is not signed by the certifier"),
+            );
+        }
+        if let Some((last, last_der)) = &known.crl {
+            if number < *last || (number == *last && *last_der != der) {
+                known.fail(
+                    round,
+                    format!("CRL number went from {last} to {number} (or was reused)"),
+                );
+            }
+        }
+        if known.crl.as_ref().is_none_or(|(n, _)| number >= *n) {
+            known.crl = Some((number, der.clone()));
+        }
+        let listed: BTreeSet<String> = crl
+            .tbs_cert_list
+            .revoked_certificates
+            .iter()
+            .flatten()
+            .map(|r| normalize_serial(&hex::encode(r.serial_number.as_bytes())))
+            .collect();
+        let missing: Vec<&String> = want.difference(&listed).collect();
+        if missing.is_empty() {
+            return;
+        }
+        if Instant::now() >= deadline {
+            known.stale_crl_for = Some(want.clone());
+            known.fail(
+                round,
+                format!(
+                    "{CRL_DEADLINE:?} after the restart the served CRL (number {number}) still \
+                     lacks {} of {} revoked serials, e.g. {}",
+                    missing.len(),
+                    want.len(),
+                    missing[0]
+                ),
+            );
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// `openssl verify` of every certificate at once, as an independent check
+/// of the `ring` verification.
+fn openssl_verify_all(dir: &Path, root: &str, received: &BTreeMap<String, String>) -> usize {
+    let out_dir = dir.join("verify");
+    std::fs::create_dir_all(&out_dir).expect("verify dir");
+    let files: Vec<PathBuf> = received
+        .iter()
+        .map(|(serial, pem)| {
+            let f = out_dir.join(format!("{serial}.pem"));
+            std::fs::write(&f, pem).expect("write certificate");
+            f
+        })
+        .collect();
+    let mut ok = 0;
+    for chunk in files.chunks(500) {
+        let out = certd_e2e::run(
+            certd_e2e::clean_env(&mut Command::new("openssl"))
+                .args(["verify", "-CAfile", root])
+                .args(chunk),
+        );
+        out.assert_success();
+        ok += out.stdout.lines().filter(|l| l.ends_with(": OK")).count();
+    }
+    ok
+}
+
+#[test]
+fn sigkill_under_load_loses_nothing_and_reuses_no_serial() {
+    let long = std::env::var_os("CERTD_LONG_TESTS").is_some_and(|v| v == "1");
+    let rounds = if long { 100 } else { 20 };
+    let seed = std::env::var("CERTD_FAULT_SEED")
+        .ok()
+        .and_then(|s| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok())
+        .unwrap_or(DEFAULT_SEED);
+    println!("fault_crash: seed 0x{seed:x} (CERTD_FAULT_SEED), {rounds} rounds");
+    let mut rng = Rng(seed | 1);
+    let began = Instant::now();
+
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("ca");
+    let env = setup_demo(&dir);
+    let root_pem = std::fs::read_to_string(&env["CA_CERT"]).expect("root certificate");
+    let root = Certificate::from_pem(root_pem.as_bytes()).expect("root decodes");
+    let audit_log = PathBuf::from(&env["CERTD_CONFIG"])
+        .parent()
+        .expect("config dir")
+        .join("state/audit.log");
+    let csrs: Arc<Vec<String>> = Arc::new(
+        (0..4)
+            .map(|i| {
+                let key = certd_e2e::api::make_key(
+                    &dir,
+                    &format!("sub{i}"),
+                    certd_e2e::api::KeyAlg::P256,
+                );
+                certd_e2e::api::make_csr(
+                    &dir,
+                    &format!("sub{i}"),
+                    &key,
+                    &format!("/CN=host{i}.example.com"),
+                    &[],
+                )
+                .pem
+            })
+            .collect(),
+    );
+    let notify_path = dir.join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).expect("bind the notify socket");
+    let log = dir.join("certd.log");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+
+    let mut known = Known {
+        root,
+        received: BTreeMap::new(),
+        revoked: BTreeSet::new(),
+        verified: HashSet::new(),
+        fresh: Vec::new(),
+        fresh_revoked: Vec::new(),
+        crl: None,
+        unaudited: BTreeSet::new(),
+        stale_crl_for: None,
+        direct: BTreeSet::new(),
+        failures: Vec::new(),
+    };
+    let mut lost: Vec<IssueRequest> = Vec::new();
+    let (mut kills, mut requests, mut retried, mut replayed) = (0usize, 0usize, 0usize, 0usize);
+    let mut ready_times = Vec::new();
+    let mut kinds_seen: HashMap<&'static str, usize> = HashMap::new();
+
+    for round in 0..=rounds {
+        let round_began = Instant::now();
+        let (mut daemon, ready) = start(&env, &notify, &notify_path, &log);
+        ready_times.push(ready);
+        if ready >= READY_LIMIT {
+            known.fail(
+                round,
+                format!("READY=1 took {ready:?} (limit {READY_LIMIT:?})"),
+            );
+        }
+        let act = certd_cmd(
+            &env,
+            &[
+                "activate",
+                "--socket",
+                &env["CERTD_CONTROL_SOCKET"],
+                "--pin-file",
+                &env["PIN_FILE"],
+            ],
+        );
+        act.assert_success();
+
+        // Requests whose answer was lost in the last kill, again with the
+        // same request_id: the original certificate (replayed) or, if it
+        // was never signed, a new one.
+        let c = client(&env);
+        for req in lost.drain(..) {
+            retried += 1;
+            requests += 1;
+            match rt.block_on(c.issue(&req)) {
+                Ok(resp) => {
+                    replayed += usize::from(resp.replayed);
+                    if let Some(old) = known.received.get(&resp.serial) {
+                        if *old != resp.certificate {
+                            known.fail(round, format!("replay of {} differs", resp.serial));
+                        }
+                    }
+                    known.fresh.push(resp.serial.clone());
+                    known.received.insert(resp.serial, resp.certificate);
+                }
+                Err(e) => known.fail(round, format!("retry of {}: {e}", req.request_id)),
+            }
+        }
+        let check_began = Instant::now();
+        if round > 0 {
+            let full = !long || round % 25 == 0 || round == rounds;
+            check(round, &rt, &env, &audit_log, &mut known, full);
+        }
+        let check_took = check_began.elapsed();
+        if round == rounds {
+            break;
+        }
+
+        let kind = match round % 4 {
+            _ if round < 2 => Kind::Issue,
+            1 => Kind::Revoke,
+            3 => Kind::CrlBurst,
+            _ => Kind::Issue,
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let out = Arc::new(Mutex::new(Outcomes::default()));
+        let mut tasks = Vec::new();
+        for t in 0..ISSUERS {
+            tasks.push(rt.spawn(issuer(
+                c.clone(),
+                csrs.clone(),
+                stop.clone(),
+                format!("crash-{seed:x}-r{round}-t{t}"),
+                out.clone(),
+            )));
+        }
+        let reasons = ["keyCompromise", "superseded", "cessationOfOperation"];
+        let valid: Vec<String> = known
+            .received
+            .keys()
+            .filter(|s| !known.revoked.contains(*s))
+            .cloned()
+            .collect();
+        let mut targets = Vec::new();
+        if kind != Kind::Issue {
+            let want = if kind == Kind::Revoke {
+                rng.range(30, 80)
+            } else {
+                rng.range(10, 30)
+            } as usize;
+            for _ in 0..want.min(valid.len()) {
+                let s = valid[rng.range(0, valid.len() as u64 - 1) as usize].clone();
+                if !targets.iter().any(|(t, _)| *t == s) {
+                    targets.push((s, reasons[rng.range(0, 2) as usize]));
+                }
+            }
+        }
+        let targets = Arc::new(Mutex::new(targets));
+        let revoke_stop = Arc::new(AtomicBool::new(false));
+        let mut revokers: Vec<_> = (0..if kind == Kind::Issue { 0 } else { REVOKERS })
+            .map(|_| {
+                rt.spawn(revoker(
+                    c.clone(),
+                    targets.clone(),
+                    revoke_stop.clone(),
+                    out.clone(),
+                ))
+            })
+            .collect();
+        let delay = match kind {
+            Kind::Issue | Kind::Revoke => Duration::from_millis(rng.range(50, 400)),
+            Kind::CrlBurst => {
+                // The whole burst is acknowledged, then the kill lands
+                // while the coalesced CRL is due or being signed.
+                for r in revokers.drain(..) {
+                    let _ = rt.block_on(r);
+                }
+                Duration::from_millis(rng.range(0, 1500))
+            }
+        };
+        std::thread::sleep(delay);
+        stop.store(true, Ordering::SeqCst);
+        revoke_stop.store(true, Ordering::SeqCst);
+        daemon.0.kill().expect("SIGKILL certd");
+        let _ = daemon.0.wait();
+        kills += 1;
+        *kinds_seen
+            .entry(match kind {
+                Kind::Issue => "issue",
+                Kind::Revoke => "revoke",
+                Kind::CrlBurst => "crl",
+            })
+            .or_default() += 1;
+        for t in tasks.into_iter().chain(revokers) {
+            let _ = rt.block_on(t);
+        }
+        let o = std::mem::take(&mut *out.lock().unwrap_or_else(|p| p.into_inner()));
+        requests += o.requests;
+        for u in &o.unexpected {
+            known.fail(round, format!("unexpected answer: {u}"));
+        }
+        println!(
+            "round {round:3}: {kind:?}, {:5} certificates, READY {:4} ms, checks {:4} ms, killed after {:4} ms: {} issued, {} lost, {} revoked, {} revocations lost, {:.1} s",
+            known.received.len(),
+            ready.as_millis(),
+            check_took.as_millis(),
+            delay.as_millis(),
+            o.issued.len(),
+            o.lost.len(),
+            o.revoked.len(),
+            o.revoke_lost,
+            round_began.elapsed().as_secs_f64()
+        );
+        for (serial, pem) in o.issued {
+            known.fresh.push(serial.clone());
+            known.direct.insert(serial.clone());
+            if known.received.insert(serial.clone(), pem).is_some() {
+                known.fail(round, format!("serial {serial} was handed out twice"));
+            }
+        }
+        known.fresh_revoked.extend(o.revoked.iter().cloned());
+        known.revoked.extend(o.revoked);
+        lost = o.lost;
+    }
+
+    let openssl_ok = openssl_verify_all(&dir, &env["CA_CERT"], &known.received);
+    if openssl_ok != known.received.len() {
+        known.fail(
+            rounds,
+            format!(
+                "openssl verify accepted {openssl_ok} of {} certificates",
+                known.received.len()
+            ),
+        );
+    }
+    let max_ready = ready_times.iter().max().copied().unwrap_or_default();
+    println!(
+        "fault_crash: seed 0x{seed:x}: {kills} SIGKILLs survived ({kinds_seen:?}), {requests} requests driven, \
+         {} certificates received and found in the ledger, {} revocations acknowledged, \
+         {retried} lost answers retried ({replayed} replayed), READY max {} ms, {} violations, {:.1} s",
+        known.received.len(),
+        known.revoked.len(),
+        max_ready.as_millis(),
+        known.failures.len(),
+        began.elapsed().as_secs_f64()
+    );
+    assert!(
+        known.failures.is_empty(),
+        "{} violations (seed 0x{seed:x}):\n{}",
+        known.failures.len(),
+        known.failures.join("\n")
+    );
+}
