@@ -17,6 +17,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
+use std::ops::ControlFlow;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -484,6 +485,50 @@ pub fn verify(path: &Path) -> Result<VerifyReport, AuditError> {
     })
 }
 
+/// Hands the entries of the log at `path` to `visit`, newest first, until it
+/// answers `Break`. Reads the file backwards in blocks, so looking at the
+/// last entries costs what they weigh, not what the log weighs. Lines that
+/// are not entries are passed over ([`verify`] reports them).
+pub fn scan_back(
+    path: &Path,
+    mut visit: impl FnMut(AuditRecord) -> ControlFlow<()>,
+) -> Result<(), AuditError> {
+    const BLOCK: u64 = 256 * 1024;
+    let read_error = |source| AuditError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let file = File::open(path).map_err(read_error)?;
+    let mut end = file.metadata().map_err(read_error)?.len();
+    // The start of the line that begins in an earlier block.
+    let mut carry: Vec<u8> = Vec::new();
+    loop {
+        let start = end.saturating_sub(BLOCK);
+        let mut block = vec![0u8; usize::try_from(end - start).unwrap_or(0)];
+        file.read_exact_at(&mut block, start).map_err(read_error)?;
+        block.extend_from_slice(&carry);
+        let mut lines: Vec<&[u8]> = block.split(|b| *b == b'\n').collect();
+        // Unless the block starts the file, its first line is incomplete.
+        let first = if start > 0 {
+            lines.remove(0).to_vec()
+        } else {
+            Vec::new()
+        };
+        for line in lines.into_iter().rev() {
+            if let Ok(record) = serde_json::from_slice::<AuditRecord>(line) {
+                if visit(record).is_break() {
+                    return Ok(());
+                }
+            }
+        }
+        if start == 0 {
+            return Ok(());
+        }
+        carry = first;
+        end = start;
+    }
+}
+
 /// The `seq` of a line that is JSON but not a valid entry, to help the
 /// operator find it.
 fn seq_hint(content: &[u8]) -> Option<u64> {
@@ -756,6 +801,30 @@ mod tests {
         assert_eq!(next.prev, last.hash);
         assert!(verify(&path).expect("verify").is_ok());
         assert_eq!(verify(&path).expect("verify").entries, 4);
+    }
+
+    #[test]
+    fn scan_back_reads_newest_first_across_blocks() {
+        // About 250 bytes per entry: several read blocks.
+        let (_dir, path) = log_with(3_000);
+        let mut seqs = Vec::new();
+        scan_back(&path, |r| {
+            seqs.push(r.seq);
+            ControlFlow::Continue(())
+        })
+        .expect("scan");
+        assert_eq!(seqs, (1..=3_000).rev().collect::<Vec<u64>>());
+        let mut few = Vec::new();
+        scan_back(&path, |r| {
+            few.push(r.seq);
+            if few.len() == 5 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .expect("scan");
+        assert_eq!(few, vec![3_000, 2_999, 2_998, 2_997, 2_996]);
     }
 
     #[test]

@@ -261,6 +261,9 @@ pub fn start(config: Config) -> Result<Arc<Shared>, DaemonError> {
     }
     let ledger: Arc<dyn Ledger> = Arc::new(SledLedger::open(&ledger_path(&state_dir))?);
     let audit = Arc::new(AuditLog::open(&audit_path(&state_dir))?);
+    // Before this start's own `config_loaded` entry: recovery looks back
+    // to the previous one.
+    crate::recovery::recover_interrupted(ledger.as_ref(), &audit)?;
     let certifiers = Certifiers::load(&config)?;
     let config_sha256 = std::fs::read(&config.source)
         .map(|b| {
@@ -268,26 +271,14 @@ pub fn start(config: Config) -> Result<Arc<Shared>, DaemonError> {
             hex::encode(sha2::Sha256::digest(b))
         })
         .unwrap_or_default();
-    audit.append(AuditEvent::new("config_loaded", "certd").detail(json!({
-        "path": config.source.display().to_string(),
-        "sha256": config_sha256,
-        "certifiers": config.certifiers.iter().map(|c| &c.name).collect::<Vec<_>>(),
-        "version": env!("CARGO_PKG_VERSION"),
-    })))?;
-    // Serials reserved before a crash were never released to anyone: burn
-    // them so they can never be used again.
-    for (serial, record) in ledger.pending_intents()? {
-        ledger.record_abandoned(
-            &serial,
-            "interrupted: the daemon stopped before signing completed",
-        )?;
-        audit.append(
-            AuditEvent::new("intent_abandoned", "certd")
-                .certifier(record.intent.certifier.clone())
-                .detail(json!({"serial": serial.to_hex(), "ra": record.intent.ra, "reason": "recovered after restart"})),
-        )?;
-        tracing::warn!(serial = %serial.to_hex(), "abandoned a serial reserved before the last stop");
-    }
+    audit.append(
+        AuditEvent::new(crate::recovery::START_KIND, "certd").detail(json!({
+            "path": config.source.display().to_string(),
+            "sha256": config_sha256,
+            "certifiers": config.certifiers.iter().map(|c| &c.name).collect::<Vec<_>>(),
+            "version": env!("CARGO_PKG_VERSION"),
+        })),
+    )?;
     let crl = crate::crl::CrlStore::open(&state_dir, certifiers.all()).map_err(io(format!(
         "opening the CRL store in {}",
         state_dir.display()

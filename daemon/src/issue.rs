@@ -15,6 +15,7 @@ use crate::ledger::{Intent, IntentOutcome, LedgerError, LedgerRecord, RecordStat
 use crate::lint::{self, LintContext};
 use crate::policy::{self, Grant, Names, SubjectFields};
 use crate::x509::{self, X509Error};
+use base64::Engine;
 use certd_api::{ApiError, ErrorCode, IssueRequest, IssueResponse};
 use der::{Decode, Encode, EncodePem};
 use serde_json::json;
@@ -407,24 +408,35 @@ fn sign_and_store(
             ApiError::new(ErrorCode::Internal, e.to_string()),
         )
     })?;
+    // The audit entry, with the certificate, is durable before the ledger
+    // stores it: a crash in between leaves an intent that start-up
+    // completes from this entry (see `recovery`), so the ledger never
+    // holds a certificate the audit log does not.
+    let subject = cert.tbs_certificate().subject().to_string();
+    if let Err(e) = shared.audit(
+        AuditEvent::new("issued", grant.name())
+            .certifier(certifier.name().to_string())
+            .detail(json!({
+                "serial": serial.to_hex(),
+                "request_id": req.request_id,
+                "profile": req.profile,
+                "subject": subject,
+                "not_after": rfc3339(validity.not_after),
+                "certificate": base64::engine::general_purpose::STANDARD.encode(&der),
+            })),
+    ) {
+        return Err(abandon(
+            shared,
+            &serial,
+            ApiError::new(ErrorCode::AuditUnavailable, e.to_string()),
+        ));
+    }
+    // On failure the serial stays an intent: the certificate is signed and
+    // audited but not released; the next start completes the record.
     shared
         .ledger
         .record_issued(&serial, &der, validity.not_after)
         .map_err(ledger_error)?;
-    let subject = cert.tbs_certificate().subject().to_string();
-    shared
-        .audit(
-            AuditEvent::new("issued", grant.name())
-                .certifier(certifier.name().to_string())
-                .detail(json!({
-                    "serial": serial.to_hex(),
-                    "request_id": req.request_id,
-                    "profile": req.profile,
-                    "subject": subject,
-                    "not_after": rfc3339(validity.not_after),
-                })),
-        )
-        .map_err(|e| ApiError::new(ErrorCode::AuditUnavailable, e.to_string()))?;
     Ok(IssueResponse {
         serial: serial.to_hex(),
         certificate: cert_pem(&der),

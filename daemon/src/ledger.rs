@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::ops::ControlFlow;
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -454,11 +455,14 @@ pub trait Ledger: Send + Sync {
     /// Every revoked certificate of a certifier, in serial order (the CRL).
     fn revoked_entries(&self, certifier: &str) -> Result<Vec<RevokedEntry>, LedgerError>;
 
-    /// All records, optionally only those of one certifier, in serial order.
-    fn iter_records(
+    /// Hands every record with a serial above `after` (all when `None`) to
+    /// `visit`, in serial order, until it answers `Break`. A page of a
+    /// listing thus reads only what it shows and what it skips.
+    fn visit_records(
         &self,
-        certifier: Option<&str>,
-    ) -> Result<Vec<(Serial, LedgerRecord)>, LedgerError>;
+        after: Option<&Serial>,
+        visit: &mut dyn FnMut(Serial, LedgerRecord) -> ControlFlow<()>,
+    ) -> Result<(), LedgerError>;
 }
 
 /// Group commit: many writers share one expensive sync (`fsync`, sled
@@ -690,6 +694,26 @@ type Tx<'a> = &'a sled::transaction::TransactionalTree;
 type Abortable<T> = Result<T, ConflictableTransactionError<LedgerError>>;
 
 impl Trees {
+    /// Builds the pending-intent index of a ledger written before it
+    /// existed: one full read, once.
+    fn build_pending_index(&self) -> Result<(), LedgerError> {
+        if self.meta.get(PENDING_INDEX_KEY)?.is_some() {
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        for item in self.certificates.iter() {
+            let (key, value) = item?;
+            let serial = serial_of_key(&key)?;
+            if decode_record(&serial, &value)?.state == RecordState::Intent {
+                batch.insert(pending_key(&serial), &[][..]);
+            }
+        }
+        batch.insert(PENDING_INDEX_KEY, &[1u8][..]);
+        self.meta.apply_batch(batch)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
     /// The writer thread: takes every change waiting, applies them in one
     /// transaction (counters updated once per round), flushes once, and
     /// answers each. Concurrent issuances thus share both the transaction
@@ -812,6 +836,7 @@ fn apply(
                 idempotency.insert(key.as_slice(), entry.as_slice())?;
             }
             certificates.insert(&serial.as_bytes()[..], value.as_slice())?;
+            meta.insert(pending_key(serial), &[][..])?;
             Ok(Outcome::Intent(IntentOutcome::Recorded))
         }
         Op::Transition {
@@ -833,6 +858,9 @@ fn apply(
                 })));
             }
             let certifier = record.intent.certifier.clone();
+            if record.state == RecordState::Intent {
+                meta.remove(pending_key(serial))?;
+            }
             match change {
                 Change::Issued { der, not_after, at } => {
                     record.state = RecordState::Issued;
@@ -897,6 +925,7 @@ impl SledLedger {
             revoked: db.open_tree(REVOKED_TREE)?,
             db: db.clone(),
         };
+        trees.build_pending_index()?;
         let (tx, rx) = mpsc::channel();
         let ledger = Self {
             certificates: trees.certificates.clone(),
@@ -994,20 +1023,11 @@ impl Ledger for SledLedger {
     }
 
     fn reserve_serial(&self, intent: Intent) -> Result<Serial, LedgerError> {
-        let value = encode(&LedgerRecord::new_intent(intent))?;
         for _ in 0..MAX_SERIAL_ATTEMPTS {
             let serial = Serial::random()?;
-            let swapped = self.certificates.compare_and_swap(
-                serial.as_bytes(),
-                None::<&[u8]>,
-                Some(value.clone()),
-            )?;
-            match swapped {
-                Ok(()) => {
-                    self.make_durable()?;
-                    return Ok(serial);
-                }
-                Err(_) => {
+            match self.record_intent(&serial, intent.clone(), None)? {
+                IntentOutcome::Recorded => return Ok(serial),
+                _ => {
                     tracing::warn!(serial = %serial, "random serial collided with an existing one");
                 }
             }
@@ -1066,7 +1086,23 @@ impl Ledger for SledLedger {
     }
 
     fn pending_intents(&self) -> Result<Vec<(Serial, LedgerRecord)>, LedgerError> {
-        self.scan(|record| record.state == RecordState::Intent)
+        let mut out = Vec::new();
+        for item in self.meta.scan_prefix(PENDING_PREFIX) {
+            let (key, _) = item?;
+            let serial = serial_of_key(&key[PENDING_PREFIX.len()..])?;
+            match self.get(&serial)? {
+                Some(record) if record.state == RecordState::Intent => out.push((serial, record)),
+                // The index and the record change in one transaction, so
+                // this cannot happen short of damage.
+                other => {
+                    return Err(LedgerError::Corrupt(format!(
+                        "pending index lists {serial} but its record is {:?}",
+                        other.map(|r| r.state)
+                    )))
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn idempotency_get(
@@ -1130,38 +1166,39 @@ impl Ledger for SledLedger {
             .transpose()
     }
 
-    fn iter_records(
+    fn visit_records(
         &self,
-        certifier: Option<&str>,
-    ) -> Result<Vec<(Serial, LedgerRecord)>, LedgerError> {
-        self.scan(|record| certifier.is_none_or(|c| record.intent.certifier == c))
+        after: Option<&Serial>,
+        visit: &mut dyn FnMut(Serial, LedgerRecord) -> ControlFlow<()>,
+    ) -> Result<(), LedgerError> {
+        let range = match after {
+            Some(s) => self.certificates.range((
+                std::ops::Bound::Excluded(s.as_bytes().to_vec()),
+                std::ops::Bound::Unbounded,
+            )),
+            None => self.certificates.iter(),
+        };
+        for item in range {
+            let (key, value) = item?;
+            let serial = serial_of_key(&key)?;
+            let record = decode_record(&serial, &value)?;
+            if visit(serial, record).is_break() {
+                break;
+            }
+        }
+        Ok(())
     }
 }
 
-impl SledLedger {
-    fn scan(
-        &self,
-        keep: impl Fn(&LedgerRecord) -> bool,
-    ) -> Result<Vec<(Serial, LedgerRecord)>, LedgerError> {
-        let mut out = Vec::new();
-        for item in self.certificates.iter() {
-            let (key, value) = item?;
-            let bytes: [u8; SERIAL_LEN] = key.as_ref().try_into().map_err(|_| {
-                LedgerError::Corrupt(format!(
-                    "certificate key {} is not a serial",
-                    hex::encode(&key)
-                ))
-            })?;
-            let serial = Serial::from_bytes(bytes).map_err(|e| {
-                LedgerError::Corrupt(format!("certificate key {}: {e}", hex::encode(bytes)))
-            })?;
-            let record = decode_record(&serial, &value)?;
-            if keep(&record) {
-                out.push((serial, record));
-            }
-        }
-        Ok(out)
-    }
+fn serial_of_key(key: &[u8]) -> Result<Serial, LedgerError> {
+    let bytes: [u8; SERIAL_LEN] = key.try_into().map_err(|_| {
+        LedgerError::Corrupt(format!(
+            "certificate key {} is not a serial",
+            hex::encode(key)
+        ))
+    })?;
+    Serial::from_bytes(bytes)
+        .map_err(|e| LedgerError::Corrupt(format!("certificate key {}: {e}", hex::encode(bytes))))
 }
 
 fn unix_now() -> i64 {
@@ -1216,6 +1253,18 @@ fn stats_key(certifier: &str) -> Vec<u8> {
 
 fn crl_number_key(certifier: &str) -> Vec<u8> {
     [b"crl_number/".as_slice(), certifier.as_bytes()].concat()
+}
+
+/// Marks a serial in state [`RecordState::Intent`], so that start-up finds
+/// the interrupted ones without reading every record.
+const PENDING_PREFIX: &[u8] = b"pending/";
+
+/// Set once the pending index covers every intent (ledgers written before
+/// the index existed get it built once, at open).
+const PENDING_INDEX_KEY: &[u8] = b"index/pending";
+
+fn pending_key(serial: &Serial) -> Vec<u8> {
+    [PENDING_PREFIX, serial.as_bytes().as_slice()].concat()
 }
 
 #[cfg(test)]
@@ -1295,6 +1344,31 @@ mod tests {
     }
 
     #[test]
+    fn pending_index_is_built_for_ledgers_without_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ledger = open(&dir);
+        let a = ledger.reserve_serial(intent("ca1")).expect("reserve");
+        let b = ledger.reserve_serial(intent("ca1")).expect("reserve");
+        ledger.record_issued(&b, b"der-b", 2_000).expect("issue b");
+        // What a ledger written before the index existed looks like.
+        for key in [pending_key(&a), PENDING_INDEX_KEY.to_vec()] {
+            ledger.meta.remove(key).expect("remove");
+        }
+        ledger.db.flush().expect("flush");
+        drop(ledger);
+        let ledger = open(&dir);
+        let pending: Vec<Serial> = ledger
+            .pending_intents()
+            .expect("pending")
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
+        assert_eq!(pending, vec![a]);
+        ledger.record_abandoned(&a, "test").expect("abandon");
+        assert!(ledger.pending_intents().expect("pending").is_empty());
+    }
+
+    #[test]
     fn lifecycle_and_counters() {
         let dir = tempfile::tempdir().expect("tempdir");
         let ledger = open(&dir);
@@ -1328,8 +1402,28 @@ mod tests {
             CertifierStats::default()
         );
 
-        assert_eq!(ledger.iter_records(Some("ca1")).expect("iter").len(), 2);
-        assert_eq!(ledger.iter_records(None).expect("iter").len(), 3);
+        let mut all = Vec::new();
+        ledger
+            .visit_records(None, &mut |serial, _| {
+                all.push(serial);
+                ControlFlow::Continue(())
+            })
+            .expect("visit");
+        let mut sorted = vec![a, b, other];
+        sorted.sort();
+        assert_eq!(all, sorted, "every record, in serial order");
+        let mut rest = Vec::new();
+        ledger
+            .visit_records(Some(&sorted[0]), &mut |serial, _| {
+                rest.push(serial);
+                ControlFlow::Break(())
+            })
+            .expect("visit");
+        assert_eq!(
+            rest,
+            vec![sorted[1]],
+            "starts after the cursor, stops on Break"
+        );
         let pending = ledger.pending_intents().expect("pending");
         assert_eq!(pending.len(), 1);
         assert_eq!(pending[0].0, other);

@@ -19,6 +19,7 @@ pub mod issue;
 pub mod ledger;
 pub mod lint;
 pub mod policy;
+pub mod recovery;
 pub mod secret;
 pub mod server;
 pub mod status;

@@ -33,6 +33,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 use sha2::Digest;
 use std::net::SocketAddr;
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -726,16 +727,16 @@ async fn list_handler(
         let cursor = q.after.as_deref().map(parse_serial).transpose()?;
         let mut items = Vec::new();
         let mut next = None;
-        for (serial, record) in s
-            .ledger
-            .iter_records(q.certifier.as_deref())
-            .map_err(ledger_error)?
-        {
-            if cursor.is_some_and(|c| serial.as_bytes() <= c.as_bytes()) || !visible(g, &record) {
-                continue;
+        let mut visit = |serial: Serial, record: LedgerRecord| {
+            if !visible(g, &record)
+                || q.certifier
+                    .as_ref()
+                    .is_some_and(|c| *c != record.intent.certifier)
+            {
+                return ControlFlow::Continue(());
             }
             let Some(info) = certificate_info(&serial, &record) else {
-                continue;
+                return ControlFlow::Continue(());
             };
             let keep = status.is_none_or(|st| st == info.status)
                 && q.profile.as_ref().is_none_or(|p| *p == info.profile)
@@ -752,14 +753,18 @@ async fn list_handler(
                 && before.as_ref().is_none_or(|b| info.not_after < *b)
                 && after_t.as_ref().is_none_or(|a| info.not_after > *a);
             if !keep {
-                continue;
+                return ControlFlow::Continue(());
             }
             if items.len() == limit {
                 next = items.last().map(|i: &CertificateInfo| i.serial.clone());
-                break;
+                return ControlFlow::Break(());
             }
             items.push(info);
-        }
+            ControlFlow::Continue(())
+        };
+        s.ledger
+            .visit_records(cursor.as_ref(), &mut visit)
+            .map_err(ledger_error)?;
         json_ok(StatusCode::OK, &CertificateList { items, next })
     })
     .await

@@ -1,0 +1,229 @@
+//! Start-up recovery of issuances a stop interrupted.
+//!
+//! An issuance makes three things durable, in this order: the intent (in
+//! the ledger), the `issued` audit entry carrying the signed certificate,
+//! and the certificate in the ledger. A crash can leave an intent with or
+//! without its `issued` entry. With it, the certificate was signed and
+//! audited (and perhaps even answered, if only the ledger write was lost),
+//! so the ledger is completed from the audit entry; without it, nothing was
+//! ever released, and the serial is burned. Either way the ledger and the
+//! audit log agree afterwards, and no serial is ever used twice.
+
+use crate::audit::{self, AuditEvent, AuditLog, AuditRecord};
+use crate::daemon::DaemonError;
+use crate::ledger::{Ledger, LedgerRecord, Serial};
+use base64::Engine;
+use der::{Decode, Encode};
+use serde_json::json;
+use sha2::Digest;
+use std::collections::HashMap;
+use std::ops::ControlFlow;
+use x509_cert::Certificate;
+
+/// What start-up recovery did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Recovered {
+    /// Intents completed from their `issued` audit entry.
+    pub completed: Vec<Serial>,
+    /// Intents burned: never signed, or signed but never audited.
+    pub abandoned: Vec<Serial>,
+}
+
+/// The kind of entry every start writes first; the intents a start finds
+/// were all made after the previous start wrote it, so the search of the
+/// audit log stops there.
+pub const START_KIND: &str = "config_loaded";
+
+/// Resolves every intent left pending by the last stop. Runs before the
+/// start writes its own [`START_KIND`] entry.
+pub fn recover_interrupted(ledger: &dyn Ledger, log: &AuditLog) -> Result<Recovered, DaemonError> {
+    let pending = ledger.pending_intents()?;
+    let mut done = Recovered::default();
+    if pending.is_empty() {
+        return Ok(done);
+    }
+    let mut open: HashMap<String, LedgerRecord> = pending
+        .iter()
+        .map(|(s, r)| (s.to_hex(), r.clone()))
+        .collect();
+    let mut signed: HashMap<String, Vec<u8>> = HashMap::new();
+    audit::scan_back(log.path(), |entry| {
+        if entry.kind == START_KIND {
+            return ControlFlow::Break(());
+        }
+        let Some(serial) = entry.detail["serial"].as_str() else {
+            return ControlFlow::Continue(());
+        };
+        let Some(record) = open.get(serial) else {
+            return ControlFlow::Continue(());
+        };
+        match entry.kind.as_str() {
+            "issued" => {
+                if let Some(der) = certificate_of(&entry, record) {
+                    signed.insert(serial.to_string(), der);
+                    open.remove(serial);
+                }
+            }
+            // Written before signing: nothing older can be about it.
+            "issuance_intent" => {
+                open.remove(serial);
+            }
+            _ => {}
+        }
+        if open.is_empty() {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    })?;
+
+    let mut last_ticket = None;
+    for (serial, record) in pending {
+        let event = match signed.remove(&serial.to_hex()) {
+            Some(der) => {
+                let not_after = Certificate::from_der(&der)
+                    .map(|c| crate::certgen::unix_of(&c.tbs_certificate().validity().not_after))
+                    .unwrap_or_default();
+                ledger.record_issued(&serial, &der, not_after)?;
+                tracing::warn!(serial = %serial.to_hex(), "completed an issuance interrupted by the last stop");
+                done.completed.push(serial);
+                AuditEvent::new("issuance_completed", "certd")
+                    .certifier(record.intent.certifier.clone())
+                    .detail(json!({
+                        "serial": serial.to_hex(),
+                        "ra": record.intent.ra,
+                        "reason": "signed and audited before the last stop; stored from the audit log",
+                    }))
+            }
+            None => {
+                ledger.record_abandoned(
+                    &serial,
+                    "interrupted: the daemon stopped before signing completed",
+                )?;
+                tracing::warn!(serial = %serial.to_hex(), "abandoned a serial reserved before the last stop");
+                done.abandoned.push(serial);
+                AuditEvent::new("intent_abandoned", "certd")
+                    .certifier(record.intent.certifier.clone())
+                    .detail(json!({
+                        "serial": serial.to_hex(),
+                        "ra": record.intent.ra,
+                        "reason": "recovered after restart",
+                    }))
+            }
+        };
+        last_ticket = Some(log.append_deferred(event)?.1);
+    }
+    if let Some(ticket) = last_ticket {
+        log.make_durable(ticket)?;
+    }
+    Ok(done)
+}
+
+/// The certificate an `issued` entry carries, if it is the one `record`
+/// intended (same TBSCertificate, so same serial, names, key and validity).
+fn certificate_of(entry: &AuditRecord, record: &LedgerRecord) -> Option<Vec<u8>> {
+    let text = entry.detail["certificate"].as_str()?;
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .ok()?;
+    let cert = Certificate::from_der(&der).ok()?;
+    let tbs = cert.tbs_certificate().to_der().ok()?;
+    let digest: [u8; 32] = sha2::Sha256::digest(&tbs).into();
+    (digest == record.intent.tbs_sha256).then_some(der)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::{Intent, RecordState, SledLedger};
+
+    /// A self-signed certificate made by openssl, as DER.
+    fn some_certificate(dir: &std::path::Path) -> Vec<u8> {
+        let out = dir.join("c.der");
+        let status = std::process::Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+            .args(["ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=t"])
+            .args(["-days", "1", "-outform", "DER", "-keyout"])
+            .arg(dir.join("k.pem"))
+            .arg("-out")
+            .arg(&out)
+            .output()
+            .expect("run openssl");
+        assert!(status.status.success(), "{status:?}");
+        std::fs::read(out).expect("read certificate")
+    }
+
+    fn intent(tbs_sha256: [u8; 32]) -> Intent {
+        Intent {
+            certifier: "ca1".into(),
+            ra: "ra1".into(),
+            request_id: None,
+            tbs_sha256,
+            profile: "p".into(),
+            created: 0,
+            approval: None,
+        }
+    }
+
+    fn event(kind: &str, serial: &Serial, certificate: Option<&[u8]>) -> AuditEvent {
+        let mut detail = json!({ "serial": serial.to_hex() });
+        if let Some(der) = certificate {
+            detail["certificate"] = base64::engine::general_purpose::STANDARD.encode(der).into();
+        }
+        AuditEvent::new(kind, "ra1").detail(detail)
+    }
+
+    #[test]
+    fn audited_intents_are_completed_and_the_rest_abandoned() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let der = some_certificate(dir.path());
+        let tbs = Certificate::from_der(&der)
+            .expect("parse")
+            .tbs_certificate()
+            .to_der()
+            .expect("tbs");
+        let digest: [u8; 32] = sha2::Sha256::digest(&tbs).into();
+        let ledger = SledLedger::open(&dir.path().join("ledger")).expect("ledger");
+        let log = AuditLog::open(&dir.path().join("audit.log")).expect("audit");
+        // Before the previous start: must not be looked at.
+        let stale = ledger.reserve_serial(intent(digest)).expect("reserve");
+        log.append(event("issued", &stale, Some(&der)))
+            .expect("append");
+        log.append(AuditEvent::new(START_KIND, "certd"))
+            .expect("append");
+        // Signed and audited, ledger write lost.
+        let audited = ledger.reserve_serial(intent(digest)).expect("reserve");
+        log.append(event("issuance_intent", &audited, None))
+            .expect("append");
+        // Intent only.
+        let unsigned = ledger.reserve_serial(intent(digest)).expect("reserve");
+        log.append(event("issuance_intent", &unsigned, None))
+            .expect("append");
+        // An `issued` entry whose certificate is not the intended one.
+        let mismatch = ledger.reserve_serial(intent([7; 32])).expect("reserve");
+        log.append(event("issuance_intent", &mismatch, None))
+            .expect("append");
+        log.append(event("issued", &mismatch, Some(&der)))
+            .expect("append");
+        log.append(event("issued", &audited, Some(&der)))
+            .expect("append");
+
+        let done = recover_interrupted(&ledger, &log).expect("recover");
+        assert_eq!(done.completed, vec![audited]);
+        let mut abandoned = done.abandoned.clone();
+        abandoned.sort();
+        let mut want = vec![stale, unsigned, mismatch];
+        want.sort();
+        assert_eq!(abandoned, want);
+        let record = ledger.get(&audited).expect("get").expect("present");
+        assert_eq!(record.state, RecordState::Issued);
+        assert_eq!(record.certificate_der.as_deref(), Some(der.as_slice()));
+        assert!(ledger.pending_intents().expect("pending").is_empty());
+        assert!(audit::verify(log.path()).expect("verify").is_ok());
+        // Nothing left to do the second time.
+        assert_eq!(
+            recover_interrupted(&ledger, &log).expect("recover"),
+            Recovered::default()
+        );
+    }
+}
