@@ -96,6 +96,13 @@ codes! {
     UnsupportedMediaType = ("unsupported_media_type", 415, false),
     /// A fault inside certd; the message says what happened.
     Internal = ("internal", 500, true),
+    /// The request (headers and body) did not arrive within
+    /// `api.request_timeout_secs`; send it again, faster.
+    RequestTimeout = ("request_timeout", 408, true),
+    /// The certifier's token returned a signature that does not verify
+    /// under the certifier's key; nothing was released, the serial is
+    /// burned. Repeated, it means a faulty HSM: tell the CA operators.
+    CertifierFault = ("certifier_fault", 503, true),
 }
 
 impl fmt::Display for ErrorCode {
@@ -186,6 +193,8 @@ mod tests {
             ("method_not_allowed", 405),
             ("unsupported_media_type", 415),
             ("internal", 500),
+            ("request_timeout", 408),
+            ("certifier_fault", 503),
         ];
         assert_eq!(ErrorCode::ALL.len(), pinned.len());
         for (code, (name, status)) in ErrorCode::ALL.iter().zip(pinned) {

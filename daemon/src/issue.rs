@@ -37,7 +37,7 @@ pub fn ledger_error(e: LedgerError) -> ApiError {
 pub fn hsm_error(e: &HsmError) -> ApiError {
     let code = match e {
         HsmError::Locked => ErrorCode::CertifierLocked,
-        HsmError::BadSignature => ErrorCode::Internal,
+        HsmError::BadSignature => ErrorCode::CertifierFault,
         _ => ErrorCode::CertifierUnavailable,
     };
     let message = match e {

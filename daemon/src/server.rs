@@ -207,7 +207,13 @@ pub async fn serve(
         return;
     };
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let router = router(shared.clone(), api.max_body_bytes);
+    let router = router(
+        shared.clone(),
+        BodyLimit {
+            bytes: api.max_body_bytes,
+            within: Duration::from_secs(api.request_timeout_secs),
+        },
+    );
     let slots = Arc::new(tokio::sync::Semaphore::new(api.max_connections));
     let budget = Arc::new(RefusalBudget {
         window: AtomicU64::new(0),
@@ -215,6 +221,7 @@ pub async fn serve(
     });
     let handshake_timeout = Duration::from_secs(api.handshake_timeout_secs);
     let header_timeout = Duration::from_secs(api.header_timeout_secs);
+    let idle_timeout = Duration::from_secs(api.idle_timeout_secs);
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
@@ -258,12 +265,104 @@ pub async fn serve(
                 .timer(hyper_util::rt::TokioTimer::new())
                 .max_concurrent_streams(64)
                 .keep_alive_interval(Some(Duration::from_secs(30)));
+            let activity = Arc::new(Activity::new());
+            let svc = svc.layer(Extension(activity.clone()));
             let io = hyper_util::rt::TokioIo::new(stream);
             let service = hyper_util::service::TowerToHyperService::new(svc);
-            if let Err(e) = builder.serve_connection(io, service).await {
-                tracing::debug!(peer = %addr, error = %e, "connection ended with an error");
+            let conn = builder.serve_connection(io, service);
+            tokio::pin!(conn);
+            let mut tick = tokio::time::interval(ACTIVITY_CHECK);
+            let mut closing: Option<tokio::time::Instant> = None;
+            loop {
+                tokio::select! {
+                    ended = conn.as_mut() => {
+                        if let Err(e) = ended {
+                            tracing::debug!(peer = %addr, error = %e, "connection ended with an error");
+                        }
+                        break;
+                    }
+                    _ = tick.tick() => match closing {
+                        // Asked to close and did not: cut it.
+                        Some(since) if since.elapsed() > CLOSE_GRACE => break,
+                        Some(_) => {}
+                        None if activity.idle_for() > idle_timeout => {
+                            tracing::debug!(peer = %addr, "closing an idle connection");
+                            conn.as_mut().graceful_shutdown();
+                            closing = Some(tokio::time::Instant::now());
+                        }
+                        None => {}
+                    },
+                }
             }
         });
+    }
+}
+
+/// How often a connection's idleness is looked at.
+const ACTIVITY_CHECK: Duration = Duration::from_millis(250);
+/// How long an idle connection asked to close may take before it is cut.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// One connection's requests in flight and when it last did something, so
+/// that a connection holding a slot without using it is closed after
+/// `api.idle_timeout_secs` — whether it never sent a byte, trickles its
+/// headers, or sits between requests.
+struct Activity {
+    in_flight: AtomicU64,
+    /// Milliseconds after `epoch` of the last request start or end.
+    last: AtomicU64,
+    epoch: std::time::Instant,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            in_flight: AtomicU64::new(0),
+            last: AtomicU64::new(0),
+            epoch: std::time::Instant::now(),
+        }
+    }
+
+    fn touch(&self) {
+        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(now, Ordering::Relaxed);
+    }
+
+    /// How long nothing has been in flight (zero while a request is).
+    fn idle_for(&self) -> Duration {
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            return Duration::ZERO;
+        }
+        let last = Duration::from_millis(self.last.load(Ordering::Relaxed));
+        self.epoch.elapsed().saturating_sub(last)
+    }
+}
+
+/// Counts a request in flight from its start until its answer is ready
+/// (or it is dropped).
+async fn track_activity(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let _in_flight = req
+        .extensions()
+        .get::<Arc<Activity>>()
+        .cloned()
+        .map(InFlight::new);
+    next.run(req).await
+}
+
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn new(activity: Arc<Activity>) -> Self {
+        activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        activity.touch();
+        Self(activity)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -284,7 +383,7 @@ fn refuse_handshake(shared: &Shared, budget: &RefusalBudget, addr: SocketAddr, r
     }
 }
 
-fn router(shared: Arc<Shared>, max_body: usize) -> Router {
+fn router(shared: Arc<Shared>, limit: BodyLimit) -> Router {
     Router::new()
         .route("/v1/certificates", post(issue_handler).get(list_handler))
         .route("/v1/certificates/{serial}", get(get_handler))
@@ -294,12 +393,17 @@ fn router(shared: Arc<Shared>, max_body: usize) -> Router {
         .route("/v1/health", get(health_handler))
         .fallback(no_such_endpoint)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(Extension(BodyLimit(max_body)))
+        .layer(Extension(limit))
+        .layer(axum::middleware::from_fn(track_activity))
         .with_state(shared)
 }
 
+/// How large a request body may be, and how long it may take to arrive.
 #[derive(Clone, Copy)]
-struct BodyLimit(usize);
+struct BodyLimit {
+    bytes: usize,
+    within: Duration,
+}
 
 /// An API answer: JSON body or error; errors are audited.
 struct Reply(Result<(StatusCode, Vec<u8>, &'static str), ApiError>);
@@ -389,7 +493,7 @@ where
 async fn read_json<T: DeserializeOwned>(
     headers: &HeaderMap,
     body: Body,
-    limit: usize,
+    limit: BodyLimit,
 ) -> Result<T, ApiError> {
     let ct = headers
         .get(header::CONTENT_TYPE)
@@ -405,8 +509,17 @@ async fn read_json<T: DeserializeOwned>(
             "send the body as application/json",
         ));
     }
-    let limited = http_body_util::Limited::new(body, limit);
-    let bytes = match limited.collect().await {
+    let limited = http_body_util::Limited::new(body, limit.bytes);
+    let Ok(collected) = tokio::time::timeout(limit.within, limited.collect()).await else {
+        return Err(ApiError::new(
+            ErrorCode::RequestTimeout,
+            format!(
+                "the body did not arrive within {} s (api.request_timeout_secs); send it again",
+                limit.within.as_secs()
+            ),
+        ));
+    };
+    let bytes = match collected {
         Ok(c) => c.to_bytes(),
         Err(e)
             if e.downcast_ref::<http_body_util::LengthLimitError>()
@@ -414,7 +527,7 @@ async fn read_json<T: DeserializeOwned>(
         {
             return Err(ApiError::new(
                 ErrorCode::BodyTooLarge,
-                format!("the body is larger than {limit} bytes"),
+                format!("the body is larger than {} bytes", limit.bytes),
             ))
         }
         Err(e) => {
@@ -437,7 +550,13 @@ struct Call {
 }
 
 /// Reads the body, then runs `f`; a body error is audited like any refusal.
-async fn with_body<T, F>(call: Call, headers: HeaderMap, body: Body, limit: usize, f: F) -> Reply
+async fn with_body<T, F>(
+    call: Call,
+    headers: HeaderMap,
+    body: Body,
+    limit: BodyLimit,
+    f: F,
+) -> Reply
 where
     T: DeserializeOwned + Send + 'static,
     F: FnOnce(&Shared, &Grant, T) -> Result<(StatusCode, Vec<u8>, &'static str), ApiError>
@@ -465,7 +584,7 @@ where
 async fn issue_handler(
     State(shared): State<Arc<Shared>>,
     Extension(peer): Extension<Peer>,
-    Extension(BodyLimit(limit)): Extension<BodyLimit>,
+    Extension(limit): Extension<BodyLimit>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -588,7 +707,7 @@ async fn get_handler(
 async fn revoke_handler(
     State(shared): State<Arc<Shared>>,
     Extension(peer): Extension<Peer>,
-    Extension(BodyLimit(limit)): Extension<BodyLimit>,
+    Extension(limit): Extension<BodyLimit>,
     Path(serial): Path<String>,
     (method, uri, headers): (Method, Uri, HeaderMap),
     body: Body,
