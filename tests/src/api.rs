@@ -1246,7 +1246,12 @@ impl ApiCa {
 
     /// Starts `certd run` and waits until the API accepts TCP connections.
     pub fn start(self) -> ApiDaemon {
-        let instance = CertdInstance::start(&self.certd, &self.config, &self.token, &[]);
+        self.start_with_env(&[])
+    }
+
+    /// [`ApiCa::start`] with extra environment variables for certd.
+    pub fn start_with_env(self, env: &[(&str, &OsStr)]) -> ApiDaemon {
+        let instance = CertdInstance::start(&self.certd, &self.config, &self.token, env);
         let port = self.port;
         crate::poll_until(
             API_DEADLINE,

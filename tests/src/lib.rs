@@ -15,6 +15,7 @@
 
 pub mod api;
 pub mod certd;
+pub mod fault;
 pub mod pkcs11;
 pub mod process;
 pub mod token;
