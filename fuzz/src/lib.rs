@@ -10,6 +10,7 @@ use certd::policy::{self, Names, Policy};
 use certd::{certgen, csr, issue};
 use certd_api::IssueRequest;
 use der::Decode;
+use ra_web::csr_view::{self, DecodeError, InputFormat, KeyAlgorithm};
 use spki::SubjectPublicKeyInfoOwned;
 use std::path::Path;
 use std::sync::OnceLock;
@@ -202,6 +203,60 @@ pub fn config_parse(data: &[u8]) {
             for f in &ra.fingerprints {
                 let norm = certd::config::normalize_fingerprint(f).expect("checked at parse");
                 assert!(policy.knows_fingerprint(&norm));
+            }
+        }
+    }
+}
+
+/// `ra_web::csr_view::decode_csr` on the input as it is (PEM, DER or bare
+/// base64: the decoder tells them apart), with the result serialised to
+/// JSON as ra-web sends it to the browser.
+pub fn ra_web_csr_decode(data: &[u8]) {
+    let view = match csr_view::decode_csr(data) {
+        Ok(view) => view,
+        Err(e) => {
+            if data.len() > csr_view::MAX_INPUT {
+                assert!(matches!(e, DecodeError::TooLarge { .. }));
+            }
+            let json = serde_json::to_value(&e).expect("a decode error serialises");
+            assert_eq!(json["code"], e.code());
+            return;
+        }
+    };
+    serde_json::to_string(&view).expect("a CSR view serialises");
+    for attr in &view.attributes {
+        if attr.oid == "1.2.840.113549.1.9.7" {
+            assert_eq!(
+                attr.summary, "present (value hidden)",
+                "a challengePassword is shown"
+            );
+        }
+    }
+    // A CSR without errors has a key certd can issue for.
+    if !view.has_errors() {
+        let key = &view.public_key;
+        match key.algorithm {
+            KeyAlgorithm::Rsa => assert!(key.bits.is_some_and(|b| b >= 2048)),
+            KeyAlgorithm::EcP256 | KeyAlgorithm::EcP384 | KeyAlgorithm::Ed25519 => {}
+            other => panic!("{other:?} key passed without an error"),
+        }
+    }
+    // The same DER as PEM decodes to the same view.
+    if view.input_format == InputFormat::Der {
+        if let Ok(pem) =
+            der::pem::encode_string("CERTIFICATE REQUEST", der::pem::LineEnding::CRLF, data)
+        {
+            if pem.len() <= csr_view::MAX_INPUT {
+                let again = csr_view::decode_csr(pem.as_bytes()).expect("the PEM form decodes");
+                assert_eq!(again.input_format, InputFormat::Pem);
+                assert_eq!(again.subject, view.subject);
+                assert_eq!(again.subject_attributes, view.subject_attributes);
+                assert_eq!(again.sans, view.sans);
+                assert_eq!(again.public_key, view.public_key);
+                assert_eq!(again.signature_algorithm, view.signature_algorithm);
+                assert_eq!(again.extensions, view.extensions);
+                assert_eq!(again.attributes, view.attributes);
+                assert_eq!(again.problems, view.problems);
             }
         }
     }
