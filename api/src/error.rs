@@ -103,6 +103,9 @@ codes! {
     /// under the certifier's key; nothing was released, the serial is
     /// burned. Repeated, it means a faulty HSM: tell the CA operators.
     CertifierFault = ("certifier_fault", 503, true),
+    /// The disk holding certd's ledger and audit log is (nearly) full:
+    /// issuance is paused until space is freed; revocation goes on.
+    StorageFull = ("storage_full", 507, true),
 }
 
 impl fmt::Display for ErrorCode {
@@ -195,6 +198,7 @@ mod tests {
             ("internal", 500),
             ("request_timeout", 408),
             ("certifier_fault", 503),
+            ("storage_full", 507),
         ];
         assert_eq!(ErrorCode::ALL.len(), pinned.len());
         for (code, (name, status)) in ErrorCode::ALL.iter().zip(pinned) {

@@ -82,10 +82,20 @@ pub struct DaemonConfig {
     /// Group allowed to use the control socket besides the daemon's user and root.
     #[serde(default)]
     pub control_group: Option<String>,
+    /// Issuance pauses (`storage_full`) while the file system holding
+    /// `state_dir` has less than this many MiB free, so that the ledger and
+    /// the audit log never run out of space mid-write and revocations
+    /// (which this does not stop) still have room.
+    #[serde(default = "default_min_free_mib")]
+    pub min_free_mib: u64,
 }
 
 fn default_socket_mode() -> u32 {
     0o600
+}
+
+fn default_min_free_mib() -> u64 {
+    64
 }
 
 /// The PKCS#11 module.

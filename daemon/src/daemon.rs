@@ -183,6 +183,35 @@ impl Shared {
         }
     }
 
+    /// Refuses issuance while the state directory's file system has less
+    /// than `daemon.min_free_mib` free.
+    pub fn check_free_space(&self) -> Result<(), ApiError> {
+        let dir = &self.config.daemon.state_dir;
+        let min = self.config.daemon.min_free_mib.saturating_mul(1 << 20);
+        let free = match rustix::fs::statvfs(dir) {
+            Ok(st) => st.f_bavail.saturating_mul(st.f_frsize),
+            Err(e) => {
+                return Err(ApiError::new(
+                    ErrorCode::LedgerUnavailable,
+                    format!("cannot tell the free space of {}: {e}", dir.display()),
+                ))
+            }
+        };
+        if free < min {
+            return Err(ApiError::new(
+                ErrorCode::StorageFull,
+                format!(
+                    "the disk holding {} has {} KiB free, under daemon.min_free_mib = {}: \
+                     issuance is paused until space is freed (revocation goes on)",
+                    dir.display(),
+                    free >> 10,
+                    self.config.daemon.min_free_mib
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// The daemon's status.
     pub fn status(&self) -> DaemonStatus {
         let certifiers = self
@@ -264,6 +293,7 @@ pub fn start(config: Config) -> Result<Arc<Shared>, DaemonError> {
     // Before this start's own `config_loaded` entry: recovery looks back
     // to the previous one.
     crate::recovery::recover_interrupted(ledger.as_ref(), &audit)?;
+    crate::recovery::settle_revocations(ledger.as_ref(), &audit, 0)?;
     let certifiers = Certifiers::load(&config)?;
     let config_sha256 = std::fs::read(&config.source)
         .map(|b| {
@@ -627,11 +657,44 @@ async fn dispatch(shared: &Arc<Shared>, actor: &str, req: Request) -> Response {
 /// token that went away.
 pub const REINIT_INTERVAL: Duration = Duration::from_secs(5);
 
+/// Age after which a pending intent whose certificate is in the audit log
+/// is completed while running (see `recovery::complete_stale`).
+const STALE_INTENT_SECS: i64 = 30;
+/// Age after which a revocation without its audit entry gets one written
+/// while running (see `recovery::settle_revocations`).
+const UNAUDITED_REVOCATION_SECS: i64 = 5;
+
 async fn probe_loop(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(PROBE_INTERVAL);
     let mut last_reinit: Option<Instant> = None;
+    let mut unsettled = std::collections::HashSet::new();
     loop {
         tick.tick().await;
+        let s2 = shared.clone();
+        let mut skip = std::mem::take(&mut unsettled);
+        let settled = tokio::task::spawn_blocking(move || {
+            let done = crate::recovery::complete_stale(
+                s2.ledger.as_ref(),
+                &s2.audit,
+                STALE_INTENT_SECS,
+                &mut skip,
+            )
+            .and_then(|_| {
+                crate::recovery::settle_revocations(
+                    s2.ledger.as_ref(),
+                    &s2.audit,
+                    UNAUDITED_REVOCATION_SECS,
+                )
+            });
+            (done, skip)
+        })
+        .await;
+        if let Ok((done, skip)) = settled {
+            unsettled = skip;
+            if let Err(e) = done {
+                tracing::debug!(error = %e, "cannot settle stale intents yet");
+            }
+        }
         if shared.certifiers.awaiting_token()
             && last_reinit.is_none_or(|t| t.elapsed() >= REINIT_INTERVAL)
         {

@@ -205,6 +205,7 @@ pub fn issue(
         .map_err(|e| ApiError::new(ErrorCode::UnknownCertifier, e.to_string()))?;
     // Fail fast while locked; checked again when signing.
     certifier.signer().map_err(|e| hsm_error(&e))?;
+    shared.check_free_space()?;
     if profile.require_approval
         && req
             .approval

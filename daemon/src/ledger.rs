@@ -13,11 +13,11 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::ops::ControlFlow;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Condvar, Mutex, MutexGuard, PoisonError};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
@@ -455,6 +455,13 @@ pub trait Ledger: Send + Sync {
     /// Every revoked certificate of a certifier, in serial order (the CRL).
     fn revoked_entries(&self, certifier: &str) -> Result<Vec<RevokedEntry>, LedgerError>;
 
+    /// Revoked certificates whose `revoked` audit entry is not known to be
+    /// durable yet.
+    fn unaudited_revocations(&self) -> Result<Vec<(Serial, LedgerRecord)>, LedgerError>;
+
+    /// Notes that the revocation of `serial` is in the audit log.
+    fn mark_revocation_audited(&self, serial: &Serial) -> Result<(), LedgerError>;
+
     /// Hands every record with a serial above `after` (all when `None`) to
     /// `visit`, in serial order, until it answers `Break`. A page of a
     /// listing thus reads only what it shows and what it skips.
@@ -606,12 +613,12 @@ fn revoked_key(certifier: &str, serial: &Serial) -> Vec<u8> {
     [certifier.as_bytes(), &[0u8], serial.as_bytes()].concat()
 }
 
-/// The embedded ledger on sled.
+/// One open sled database with its writer thread.
 ///
 /// Trees: `certificates` (serial bytes → [`LedgerRecord`] JSON),
 /// `idempotency` (RA + request id → [`IdempotencyEntry`] JSON) and `meta`
-/// (per-certifier counters and CRL numbers).
-pub struct SledLedger {
+/// (per-certifier counters, CRL numbers, the pending-intent index).
+struct Store {
     db: sled::Db,
     revoked: sled::Tree,
     certificates: sled::Tree,
@@ -621,9 +628,11 @@ pub struct SledLedger {
     /// `None` only while dropping.
     writer: Option<mpsc::Sender<Job>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// Set after a storage error: sled refuses everything from then on.
+    failed: AtomicBool,
 }
 
-impl Drop for SledLedger {
+impl Drop for Store {
     fn drop(&mut self) {
         // Closing the channel ends the writer; joining it releases its
         // handles on the database, so the ledger can be opened again.
@@ -651,6 +660,10 @@ enum Op {
     },
     NextCrl {
         certifier: String,
+    },
+    /// The revocation of `serial` is in the audit log.
+    RevocationAudited {
+        serial: Serial,
     },
 }
 
@@ -891,6 +904,7 @@ fn apply(
                         revoked_key(&certifier, serial),
                         encode(&entry).map_err(abort)?,
                     )?;
+                    meta.insert(unaudited_key(serial), &[][..])?;
                 }
             }
             certificates.insert(&serial.as_bytes()[..], encode(&record).map_err(abort)?)?;
@@ -910,13 +924,15 @@ fn apply(
             meta.insert(&key[..], &next.to_be_bytes()[..])?;
             Ok(Outcome::Crl(next))
         }
+        Op::RevocationAudited { serial } => {
+            meta.remove(unaudited_key(serial))?;
+            Ok(Outcome::Transition(Ok(())))
+        }
     }
 }
 
-impl SledLedger {
-    /// Opens (or creates) the ledger in `dir`. sled locks the directory, so
-    /// a second process opening it gets [`LedgerError::Storage`].
-    pub fn open(dir: &Path) -> Result<Self, LedgerError> {
+impl Store {
+    fn open(dir: &Path) -> Result<Self, LedgerError> {
         let db = sled::Config::new().path(dir).open()?;
         let trees = Trees {
             certificates: db.open_tree(CERTIFICATES_TREE)?,
@@ -941,6 +957,7 @@ impl SledLedger {
                     .spawn(move || trees.run(rx))
                     .map_err(|e| LedgerError::Storage(sled::Error::Io(e)))?,
             ),
+            failed: AtomicBool::new(false),
         };
         Ok(ledger)
     }
@@ -983,7 +1000,7 @@ impl SledLedger {
     }
 }
 
-impl Ledger for SledLedger {
+impl Ledger for Store {
     fn revoked_entries(&self, certifier: &str) -> Result<Vec<RevokedEntry>, LedgerError> {
         let prefix = [certifier.as_bytes(), &[0u8]].concat();
         self.revoked
@@ -1083,6 +1100,25 @@ impl Ledger for SledLedger {
             .get(serial.as_bytes())?
             .map(|bytes| decode_record(serial, &bytes))
             .transpose()
+    }
+
+    fn unaudited_revocations(&self) -> Result<Vec<(Serial, LedgerRecord)>, LedgerError> {
+        let mut out = Vec::new();
+        for item in self.meta.scan_prefix(UNAUDITED_PREFIX) {
+            let (key, _) = item?;
+            let serial = serial_of_key(&key[UNAUDITED_PREFIX.len()..])?;
+            if let Some(record) = self.get(&serial)? {
+                out.push((serial, record));
+            }
+        }
+        Ok(out)
+    }
+
+    fn mark_revocation_audited(&self, serial: &Serial) -> Result<(), LedgerError> {
+        match self.submit(Op::RevocationAudited { serial: *serial })? {
+            Outcome::Transition(r) => r,
+            _ => Err(LedgerError::Corrupt("unexpected writer answer".into())),
+        }
     }
 
     fn pending_intents(&self) -> Result<Vec<(Serial, LedgerRecord)>, LedgerError> {
@@ -1190,6 +1226,214 @@ impl Ledger for SledLedger {
     }
 }
 
+/// The embedded ledger on sled, reopened after a storage failure.
+///
+/// sled refuses every operation after one I/O error (a full disk, say),
+/// so a failed store is closed and opened again — sled's recovery then
+/// reads back exactly what was durable — once the cause may be gone. Until
+/// then calls fail with [`LedgerError::Storage`], fast.
+pub struct SledLedger {
+    dir: PathBuf,
+    /// `None` while closed after a failure.
+    store: RwLock<Option<Arc<Store>>>,
+    /// When the store last failed or was last tried again.
+    retry: Mutex<Option<Instant>>,
+}
+
+/// Time between attempts at reopening a failed store.
+const REOPEN_INTERVAL: Duration = Duration::from_secs(1);
+/// Free bytes the ledger's file system needs before a failed store is
+/// reopened (opening writes to it).
+const REOPEN_MIN_FREE: u64 = 1 << 20;
+/// How long a reopening waits for calls still using the failed store.
+const DRAIN_LIMIT: Duration = Duration::from_secs(5);
+
+impl SledLedger {
+    /// Opens (or creates) the ledger in `dir`. sled locks the directory, so
+    /// a second process opening it gets [`LedgerError::Storage`].
+    pub fn open(dir: &Path) -> Result<Self, LedgerError> {
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            store: RwLock::new(Some(Arc::new(Store::open(dir)?))),
+            retry: Mutex::new(None),
+        })
+    }
+
+    /// Whether the store is open and has not failed.
+    pub fn is_healthy(&self) -> bool {
+        self.store
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .is_some_and(|s| !s.failed.load(Ordering::Relaxed))
+    }
+
+    /// The store to use. After a failure, reads go on with the failed
+    /// store (sled still answers them) while writes reopen it, at most every
+    /// [`REOPEN_INTERVAL`] and only once the disk has room again.
+    fn store(&self, write: bool) -> Result<Arc<Store>, LedgerError> {
+        let usable = |s: &Arc<Store>| !write || !s.failed.load(Ordering::Relaxed);
+        if let Some(s) = self
+            .store
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .filter(|s| usable(s))
+        {
+            return Ok(s.clone());
+        }
+        let mut retry = self.retry.lock().unwrap_or_else(PoisonError::into_inner);
+        // Another caller may have reopened it meanwhile.
+        if let Some(s) = self
+            .store
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .filter(|s| usable(s))
+        {
+            return Ok(s.clone());
+        }
+        if retry.is_some_and(|t| t.elapsed() < REOPEN_INTERVAL) {
+            return Err(closed());
+        }
+        let room = rustix::fs::statvfs(&self.dir)
+            .map(|st| st.f_bavail.saturating_mul(st.f_frsize))
+            .unwrap_or(0);
+        if room < REOPEN_MIN_FREE {
+            *retry = Some(Instant::now());
+            return Err(closed());
+        }
+        *retry = Some(Instant::now());
+        let old = self
+            .store
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(old) = old {
+            // sled locks its directory: every handle on the failed store
+            // must be gone before it can be opened again.
+            let began = Instant::now();
+            while Arc::strong_count(&old) > 1 && began.elapsed() < DRAIN_LIMIT {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if Arc::strong_count(&old) > 1 {
+                *self.store.write().unwrap_or_else(PoisonError::into_inner) = Some(old);
+                return Err(closed());
+            }
+            drop(old);
+        }
+        let store = Arc::new(Store::open(&self.dir).inspect_err(|e| {
+            tracing::warn!(error = %e, "the ledger cannot be reopened yet");
+        })?);
+        tracing::warn!(dir = %self.dir.display(), "reopened the ledger after a storage failure");
+        *self.store.write().unwrap_or_else(PoisonError::into_inner) = Some(store.clone());
+        Ok(store)
+    }
+
+    /// Runs `f` on the store; a storage failure marks it for reopening.
+    fn with<T>(
+        &self,
+        write: bool,
+        f: impl FnOnce(&Store) -> Result<T, LedgerError>,
+    ) -> Result<T, LedgerError> {
+        let store = self.store(write)?;
+        let result = f(&store);
+        if let Err(LedgerError::Storage(e)) = &result {
+            if !store.failed.swap(true, Ordering::Relaxed) {
+                tracing::error!(error = %e, "ledger storage failed; it is reopened once writes can succeed");
+            }
+        }
+        result
+    }
+}
+
+fn closed() -> LedgerError {
+    LedgerError::Storage(sled::Error::Io(std::io::Error::other(
+        "the ledger is closed after a storage failure and is reopened when it can be",
+    )))
+}
+
+impl Ledger for SledLedger {
+    fn reserve_serial(&self, intent: Intent) -> Result<Serial, LedgerError> {
+        self.with(true, |s| s.reserve_serial(intent))
+    }
+    fn record_intent(
+        &self,
+        serial: &Serial,
+        intent: Intent,
+        idempotency: Option<(&str, &str, [u8; 32])>,
+    ) -> Result<IntentOutcome, LedgerError> {
+        self.with(true, |s| s.record_intent(serial, intent, idempotency))
+    }
+    fn record_issued(
+        &self,
+        serial: &Serial,
+        certificate_der: &[u8],
+        not_after: i64,
+    ) -> Result<(), LedgerError> {
+        self.with(true, |s| {
+            s.record_issued(serial, certificate_der, not_after)
+        })
+    }
+    fn record_abandoned(&self, serial: &Serial, reason: &str) -> Result<(), LedgerError> {
+        self.with(true, |s| s.record_abandoned(serial, reason))
+    }
+    fn record_revoked(
+        &self,
+        serial: &Serial,
+        reason_code: u8,
+        revoked_at: i64,
+    ) -> Result<(), LedgerError> {
+        self.with(true, |s| s.record_revoked(serial, reason_code, revoked_at))
+    }
+    fn get(&self, serial: &Serial) -> Result<Option<LedgerRecord>, LedgerError> {
+        self.with(false, |s| s.get(serial))
+    }
+    fn pending_intents(&self) -> Result<Vec<(Serial, LedgerRecord)>, LedgerError> {
+        self.with(false, |s| s.pending_intents())
+    }
+    fn unaudited_revocations(&self) -> Result<Vec<(Serial, LedgerRecord)>, LedgerError> {
+        self.with(false, |s| s.unaudited_revocations())
+    }
+    fn mark_revocation_audited(&self, serial: &Serial) -> Result<(), LedgerError> {
+        self.with(true, |s| s.mark_revocation_audited(serial))
+    }
+    fn idempotency_get(
+        &self,
+        ra: &str,
+        request_id: &str,
+    ) -> Result<Option<IdempotencyEntry>, LedgerError> {
+        self.with(false, |s| s.idempotency_get(ra, request_id))
+    }
+    fn idempotency_put(
+        &self,
+        ra: &str,
+        request_id: &str,
+        entry: IdempotencyEntry,
+    ) -> Result<PutOutcome, LedgerError> {
+        self.with(true, |s| s.idempotency_put(ra, request_id, entry))
+    }
+    fn stats(&self, certifier: &str) -> Result<CertifierStats, LedgerError> {
+        self.with(false, |s| s.stats(certifier))
+    }
+    fn next_crl_number(&self, certifier: &str) -> Result<u64, LedgerError> {
+        self.with(true, |s| s.next_crl_number(certifier))
+    }
+    fn current_crl_number(&self, certifier: &str) -> Result<Option<u64>, LedgerError> {
+        self.with(false, |s| s.current_crl_number(certifier))
+    }
+    fn revoked_entries(&self, certifier: &str) -> Result<Vec<RevokedEntry>, LedgerError> {
+        self.with(false, |s| s.revoked_entries(certifier))
+    }
+    fn visit_records(
+        &self,
+        after: Option<&Serial>,
+        visit: &mut dyn FnMut(Serial, LedgerRecord) -> ControlFlow<()>,
+    ) -> Result<(), LedgerError> {
+        self.with(false, |s| s.visit_records(after, visit))
+    }
+}
+
 fn serial_of_key(key: &[u8]) -> Result<Serial, LedgerError> {
     let bytes: [u8; SERIAL_LEN] = key.try_into().map_err(|_| {
         LedgerError::Corrupt(format!(
@@ -1265,6 +1509,14 @@ const PENDING_INDEX_KEY: &[u8] = b"index/pending";
 
 fn pending_key(serial: &Serial) -> Vec<u8> {
     [PENDING_PREFIX, serial.as_bytes().as_slice()].concat()
+}
+
+/// Marks a revocation until its audit entry is durable, so that one whose
+/// entry could not be written (a full disk, a crash) is audited later.
+const UNAUDITED_PREFIX: &[u8] = b"unaudited-revocation/";
+
+fn unaudited_key(serial: &Serial) -> Vec<u8> {
+    [UNAUDITED_PREFIX, serial.as_bytes().as_slice()].concat()
 }
 
 #[cfg(test)]
@@ -1351,10 +1603,12 @@ mod tests {
         let b = ledger.reserve_serial(intent("ca1")).expect("reserve");
         ledger.record_issued(&b, b"der-b", 2_000).expect("issue b");
         // What a ledger written before the index existed looks like.
+        let store = ledger.store(true).expect("store");
         for key in [pending_key(&a), PENDING_INDEX_KEY.to_vec()] {
-            ledger.meta.remove(key).expect("remove");
+            store.meta.remove(key).expect("remove");
         }
-        ledger.db.flush().expect("flush");
+        store.db.flush().expect("flush");
+        drop(store);
         drop(ledger);
         let ledger = open(&dir);
         let pending: Vec<Serial> = ledger
@@ -1379,6 +1633,14 @@ mod tests {
         ledger.record_issued(&a, b"der-a", 2_000).expect("issue a");
         ledger.record_issued(&b, b"der-b", 3_000).expect("issue b");
         ledger.record_revoked(&a, 1, 1_800).expect("revoke a");
+        let unaudited = ledger.unaudited_revocations().expect("unaudited");
+        assert_eq!(unaudited.len(), 1);
+        assert_eq!(unaudited[0].0, a);
+        ledger.mark_revocation_audited(&a).expect("audited");
+        assert!(ledger
+            .unaudited_revocations()
+            .expect("unaudited")
+            .is_empty());
 
         let record = ledger.get(&a).expect("get").expect("present");
         assert_eq!(record.state, RecordState::Revoked);

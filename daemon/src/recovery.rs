@@ -16,7 +16,7 @@ use base64::Engine;
 use der::{Decode, Encode};
 use serde_json::json;
 use sha2::Digest;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ops::ControlFlow;
 use x509_cert::Certificate;
 
@@ -38,6 +38,108 @@ pub const START_KIND: &str = "config_loaded";
 /// start writes its own [`START_KIND`] entry.
 pub fn recover_interrupted(ledger: &dyn Ledger, log: &AuditLog) -> Result<Recovered, DaemonError> {
     let pending = ledger.pending_intents()?;
+    resolve(ledger, log, pending, true)
+}
+
+/// While running: completes intents older than `min_age_secs` whose
+/// `issued` entry is in the audit log — issuances whose last ledger write
+/// failed (a full disk, say) after the certificate was signed and audited,
+/// so that a retry of the same `request_id` gets the certificate. Never
+/// abandons anything (a slow issuance may still be under way); what it
+/// cannot complete goes into `skip`, and start-up recovery settles it.
+pub fn complete_stale(
+    ledger: &dyn Ledger,
+    log: &AuditLog,
+    min_age_secs: i64,
+    skip: &mut HashSet<Serial>,
+) -> Result<Recovered, DaemonError> {
+    let now = crate::issue::now_unix();
+    let stale: Vec<(Serial, LedgerRecord)> = ledger
+        .pending_intents()?
+        .into_iter()
+        .filter(|(s, r)| r.intent.created <= now - min_age_secs && !skip.contains(s))
+        .collect();
+    if stale.is_empty() {
+        return Ok(Recovered::default());
+    }
+    let all: Vec<Serial> = stale.iter().map(|(s, _)| *s).collect();
+    let done = resolve(ledger, log, stale, false)?;
+    skip.extend(all.into_iter().filter(|s| !done.completed.contains(s)));
+    Ok(done)
+}
+
+/// Writes the audit entry of every revocation (older than `min_age_secs`)
+/// that is in the ledger but whose `revoked` entry never became durable —
+/// the audit write failed (a full disk) or the daemon stopped in between.
+/// A revocation thus always ends up in the audit log.
+pub fn settle_revocations(
+    ledger: &dyn Ledger,
+    log: &AuditLog,
+    min_age_secs: i64,
+) -> Result<usize, DaemonError> {
+    let now = crate::issue::now_unix();
+    let unaudited: Vec<(Serial, LedgerRecord)> = ledger
+        .unaudited_revocations()?
+        .into_iter()
+        .filter(|(_, r)| r.revoked_at.is_some_and(|t| t <= now - min_age_secs))
+        .collect();
+    if unaudited.is_empty() {
+        return Ok(0);
+    }
+    let mut open: HashSet<String> = unaudited.iter().map(|(s, _)| s.to_hex()).collect();
+    let mut audited: HashSet<String> = HashSet::new();
+    audit::scan_back(log.path(), |entry| {
+        if entry.kind == START_KIND {
+            return ControlFlow::Break(());
+        }
+        if entry.kind == "revoked" {
+            if let Some(serial) = entry.detail["serial"].as_str() {
+                if open.remove(serial) {
+                    audited.insert(serial.to_string());
+                }
+            }
+        }
+        if open.is_empty() {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    })?;
+    let mut written = 0;
+    for (serial, record) in &unaudited {
+        if !audited.contains(&serial.to_hex()) {
+            let reason = certd_api::REVOCATION_REASONS
+                .iter()
+                .find(|(_, c)| Some(*c) == record.revocation_reason)
+                .map_or("unspecified", |(n, _)| *n);
+            log.append(
+                AuditEvent::new("revoked", "certd")
+                    .certifier(record.intent.certifier.clone())
+                    .detail(json!({
+                        "serial": serial.to_hex(),
+                        "reason": reason,
+                        "revoked_at": crate::issue::rfc3339(record.revoked_at.unwrap_or_default()),
+                        "ra": record.intent.ra,
+                        "recovered": "the revocation is in the ledger but its audit entry could not be written at the time",
+                    })),
+            )?;
+            tracing::warn!(serial = %serial.to_hex(), "wrote the missing audit entry of a revocation");
+            written += 1;
+        }
+        ledger.mark_revocation_audited(serial)?;
+    }
+    Ok(written)
+}
+
+/// Completes each of `pending` from its `issued` audit entry (looking back
+/// no further than the last [`START_KIND`] entry) and, when `abandon_rest`,
+/// burns the others.
+fn resolve(
+    ledger: &dyn Ledger,
+    log: &AuditLog,
+    pending: Vec<(Serial, LedgerRecord)>,
+    abandon_rest: bool,
+) -> Result<Recovered, DaemonError> {
     let mut done = Recovered::default();
     if pending.is_empty() {
         return Ok(done);
@@ -85,17 +187,17 @@ pub fn recover_interrupted(ledger: &dyn Ledger, log: &AuditLog) -> Result<Recove
                     .map(|c| crate::certgen::unix_of(&c.tbs_certificate().validity().not_after))
                     .unwrap_or_default();
                 ledger.record_issued(&serial, &der, not_after)?;
-                tracing::warn!(serial = %serial.to_hex(), "completed an issuance interrupted by the last stop");
+                tracing::warn!(serial = %serial.to_hex(), "completed an interrupted issuance from its audit entry");
                 done.completed.push(serial);
                 AuditEvent::new("issuance_completed", "certd")
                     .certifier(record.intent.certifier.clone())
                     .detail(json!({
                         "serial": serial.to_hex(),
                         "ra": record.intent.ra,
-                        "reason": "signed and audited before the last stop; stored from the audit log",
+                        "reason": "signed and audited, but not stored; stored from the audit log",
                     }))
             }
-            None => {
+            None if abandon_rest => {
                 ledger.record_abandoned(
                     &serial,
                     "interrupted: the daemon stopped before signing completed",
@@ -110,6 +212,7 @@ pub fn recover_interrupted(ledger: &dyn Ledger, log: &AuditLog) -> Result<Recove
                         "reason": "recovered after restart",
                     }))
             }
+            None => continue,
         };
         last_ticket = Some(log.append_deferred(event)?.1);
     }

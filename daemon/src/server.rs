@@ -608,8 +608,17 @@ async fn issue_handler(
     .await
 }
 
+/// A serial as hex: the API's 32 digits, or the integer as tools print it
+/// (leading zeros dropped, or colon-separated bytes as `openssl x509 -text`
+/// shows them).
 fn parse_serial(s: &str) -> Result<Serial, ApiError> {
-    Serial::from_hex(&s.to_ascii_lowercase()).map_err(|_| {
+    let digits: String = s.chars().filter(|c| *c != ':').collect();
+    let padded = if !digits.is_empty() && digits.len() < 32 {
+        format!("{digits:0>32}")
+    } else {
+        digits
+    };
+    Serial::from_hex(&padded.to_ascii_lowercase()).map_err(|_| {
         ApiError::new(
             ErrorCode::NotFound,
             format!("no certificate with serial {s:?}"),
@@ -761,13 +770,19 @@ async fn revoke_handler(
                     ),
                     other => ledger_error(other),
                 })?;
+            // In effect from here on: the CRL is remade even if the audit
+            // entry cannot be written now (it is then written later, see
+            // `recovery::settle_revocations`).
+            s.crl.trigger(&record.intent.certifier);
             s.audit(
                 AuditEvent::new("revoked", g.name())
                     .certifier(record.intent.certifier.clone())
                     .detail(json!({"serial": serial.to_hex(), "reason": req.reason})),
             )
             .map_err(|e| ApiError::new(ErrorCode::AuditUnavailable, e.to_string()))?;
-            s.crl.trigger(&record.intent.certifier);
+            if let Err(e) = s.ledger.mark_revocation_audited(&serial) {
+                tracing::warn!(serial = %serial.to_hex(), error = %e, "cannot note that a revocation is audited; start-up will check");
+            }
             let record = s
                 .ledger
                 .get(&serial)

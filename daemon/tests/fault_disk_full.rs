@@ -1,0 +1,271 @@
+//! A full disk: certd's state directory (ledger, audit log, CRLs) sits on a
+//! small tmpfs that the test fills up. Issuance is refused up front with
+//! `storage_full` (507, the free-space guard `daemon.min_free_mib`);
+//! revocation goes on until writes really fail, and is then refused with
+//! `ledger_unavailable` or `audit_unavailable` (503, naming the cause). The
+//! daemon keeps answering, nothing is corrupted (the ledger, refused every
+//! write by sled after an I/O error, is reopened), and issuance and
+//! revocation resume by themselves once space is freed. Afterwards every certificate a client received is
+//! in the ledger, the audit chain verifies, and a restart finds the same.
+//!
+//! Mounting a tmpfs needs root (as `./test` runs in CI); without it the
+//! test fails and says so rather than pretending.
+#![forbid(unsafe_code)]
+
+use certd_api::{ClientError, IssueRequest};
+use certd_e2e::api::{make_csr, make_key, normalize_serial, ApiCaBuilder, KeyAlg};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const CERTD: &str = env!("CARGO_BIN_EXE_certd");
+const TMPFS_SIZE: &str = "8m";
+
+/// A tmpfs mounted for the test, unmounted on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path) -> Tmpfs {
+        std::fs::create_dir_all(at).expect("mount point");
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={TMPFS_SIZE},mode=0700")])
+            .arg("tmpfs")
+            .arg(at)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "cannot mount a tmpfs at {} (this test needs root, as ./test has in CI): {}",
+            at.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Fills the file system holding `path` until writes fail; returns the
+/// bytes written.
+fn fill(path: &Path) -> u64 {
+    let mut f = std::fs::File::create(path).expect("filler");
+    let block = vec![0xa5u8; 64 * 1024];
+    let mut written = 0u64;
+    loop {
+        match f.write(&block) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => written += n as u64,
+        }
+    }
+    // Small writes, to take the last partial block too.
+    while f.write(&block[..512]).is_ok_and(|n| n > 0) {
+        written += 512;
+    }
+    written
+}
+
+fn request(csr: &str, id: &str) -> IssueRequest {
+    IssueRequest {
+        request_id: id.into(),
+        certifier: None,
+        profile: "tls-server".into(),
+        csr: csr.into(),
+        subject: None,
+        san: None,
+        not_after: None,
+        approval: None,
+    }
+}
+
+#[test]
+fn full_disk_refuses_cleanly_and_service_resumes_when_space_is_freed() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let ca = ApiCaBuilder::new(tmp.path(), Path::new(CERTD))
+        .certifier("ca", "p256")
+        .toml("[[profile]]\nname = \"tls-server\"\nkind = \"tls-server\"\nmax_validity_days = 90\n")
+        .ra(
+            "ra-main",
+            "certifiers = [\"ca\"]\nprofiles = [\"tls-server\"]\ndns_subtrees = [\"example.com\"]\nmay_revoke = true",
+        )
+        .build();
+    ca.edit_config("[daemon]\n", "[daemon]\nmin_free_mib = 2\n");
+    let state = ca.config.state_dir.clone();
+    let _tmpfs = Tmpfs::mount(&state);
+    let d = ca.start();
+    let client = d.client("ra-main");
+    let key = make_key(tmp.path(), "sub", KeyAlg::P256);
+    let csr = make_csr(tmp.path(), "sub", &key, "/CN=www.example.com", &[]).pem;
+    let mut received: BTreeMap<String, String> = BTreeMap::new();
+    let issue = |received: &mut BTreeMap<String, String>, id: &str| -> Result<(), ClientError> {
+        let r = d.block_on(client.issue(&request(&csr, id)))?;
+        received.insert(normalize_serial(&r.serial), r.certificate);
+        Ok(())
+    };
+    for i in 0..20 {
+        issue(&mut received, &format!("before-{i}")).expect("issue before the disk fills");
+    }
+
+    let filler = state.join("filler");
+    let filled = fill(&filler);
+    // Issuance is refused by the free-space guard, before any write.
+    let mut refusals: BTreeMap<String, usize> = BTreeMap::new();
+    let mut message = String::new();
+    for i in 0..50 {
+        match issue(&mut received, &format!("full-{i}")) {
+            Ok(()) => panic!("issued with the disk full"),
+            Err(ClientError::Api(e)) => {
+                *refusals.entry(e.code.as_str().to_string()).or_default() += 1;
+                message = e.message.clone();
+            }
+            Err(e) => panic!("certd stopped answering while the disk is full: {e}"),
+        }
+    }
+    assert_eq!(
+        refusals.get("storage_full").copied(),
+        Some(50),
+        "issuance with the disk full: {refusals:?}"
+    );
+    assert!(message.contains("min_free_mib"), "{message}");
+    // Revocation is not paused: it goes on until writes really fail, and
+    // then is refused cleanly.
+    let to_revoke: Vec<String> = received.keys().take(10).cloned().collect();
+    let mut revoke_outcomes: BTreeMap<String, usize> = BTreeMap::new();
+    let mut revoked_now = Vec::new();
+    for serial in &to_revoke {
+        match d.block_on(client.revoke(serial, "superseded")) {
+            Ok(_) => {
+                revoked_now.push(serial.clone());
+                *revoke_outcomes.entry("ok".into()).or_default() += 1;
+            }
+            Err(ClientError::Api(e)) => {
+                *revoke_outcomes
+                    .entry(e.code.as_str().to_string())
+                    .or_default() += 1
+            }
+            Err(e) => panic!("certd stopped answering while the disk is full: {e}"),
+        }
+    }
+    for code in revoke_outcomes.keys() {
+        assert!(
+            ["ok", "ledger_unavailable", "audit_unavailable"].contains(&code.as_str()),
+            "revocation with the disk full: {revoke_outcomes:?}"
+        );
+    }
+    // The daemon still answers reads while full.
+    let health = d.block_on(client.health()).expect("health while full");
+    let some = received.keys().next().cloned().expect("a serial");
+    d.block_on(client.get(&some)).expect("GET while full");
+    println!(
+        "fault_disk_full: filled {filled} bytes; 50 issuances refused {refusals:?} ({message}); \
+         10 revocations: {revoke_outcomes:?}; health {}",
+        health.status
+    );
+
+    // Space comes back: issuance resumes without a restart.
+    std::fs::remove_file(&filler).expect("free space");
+    let freed = Instant::now();
+    let mut resumed = None;
+    let mut last = None;
+    for i in 0..200 {
+        match issue(&mut received, &format!("after-{i}")) {
+            Ok(()) => {
+                resumed = Some(freed.elapsed());
+                break;
+            }
+            Err(e) => last = Some(e.to_string()),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let resumed = resumed
+        .unwrap_or_else(|| panic!("issuance did not resume after space was freed: {last:?}"));
+    for i in 0..20 {
+        issue(&mut received, &format!("later-{i}")).expect("issue after the disk was freed");
+    }
+    println!("fault_disk_full: issuance resumed {resumed:?} after space was freed");
+    // Revocations refused while full go through now (or were recorded
+    // after all, before their audit entry failed).
+    for serial in &to_revoke {
+        match d.block_on(client.revoke(serial, "superseded")) {
+            Ok(_) => {}
+            Err(ClientError::Api(e)) if e.code.as_str() == "already_revoked" => {}
+            Err(e) => panic!("revoking {serial} after space was freed: {e}"),
+        }
+    }
+
+    // Every revocation reaches the audit log, including those whose entry
+    // could not be written while the disk was full (certd writes them
+    // itself a few seconds later).
+    let audit_log = state.join("audit.log");
+    let unaudited = |to_revoke: &[String]| -> Vec<String> {
+        let text = std::fs::read_to_string(&audit_log).expect("audit log");
+        let audited: std::collections::HashSet<String> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|e| e["kind"] == "revoked")
+            .filter_map(|e| e["detail"]["serial"].as_str().map(normalize_serial))
+            .collect();
+        to_revoke
+            .iter()
+            .filter(|s| !audited.contains(*s))
+            .cloned()
+            .collect()
+    };
+    let waited = Instant::now();
+    while !unaudited(&to_revoke).is_empty() && waited.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(
+        unaudited(&to_revoke).is_empty(),
+        "revocations without an audit entry: {:?}",
+        unaudited(&to_revoke)
+    );
+    println!(
+        "fault_disk_full: every revocation audited ({:?} after space was freed)",
+        freed.elapsed()
+    );
+
+    // Nothing lost or corrupted, now and after a restart.
+    let check = |d: &certd_e2e::api::ApiDaemon| {
+        let client = d.client("ra-main");
+        for (serial, pem) in &received {
+            let info = d
+                .block_on(client.get(serial))
+                .unwrap_or_else(|e| panic!("received {serial} is not in the ledger: {e}"));
+            assert_eq!(&info.certificate, pem, "{serial} changed in the ledger");
+            let revoked = info.status == certd_api::CertStatus::Revoked;
+            assert_eq!(
+                revoked,
+                to_revoke.contains(serial),
+                "{serial}: {:?}",
+                info.status
+            );
+        }
+        let listed = d
+            .block_on(client.list("limit=1000"))
+            .expect("list")
+            .items
+            .len();
+        assert_eq!(
+            listed,
+            received.len(),
+            "the ledger holds exactly what was answered"
+        );
+        d.instance.ctl(&["verify-audit"]).assert_success();
+    };
+    check(&d);
+    let mut d = d;
+    d.instance.terminate();
+    let ca = d.ca;
+    let d = ca.start();
+    check(&d);
+    println!(
+        "fault_disk_full: {} certificates, all in the ledger before and after a restart; audit verifies",
+        received.len()
+    );
+}
