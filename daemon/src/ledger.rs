@@ -1238,6 +1238,8 @@ pub struct SledLedger {
     store: RwLock<Option<Arc<Store>>>,
     /// When the store last failed or was last tried again.
     retry: Mutex<Option<Instant>>,
+    /// What made the store fail, told to callers while it is closed.
+    cause: Mutex<String>,
 }
 
 /// Time between attempts at reopening a failed store.
@@ -1256,6 +1258,7 @@ impl SledLedger {
             dir: dir.to_path_buf(),
             store: RwLock::new(Some(Arc::new(Store::open(dir)?))),
             retry: Mutex::new(None),
+            cause: Mutex::new(String::new()),
         })
     }
 
@@ -1294,14 +1297,14 @@ impl SledLedger {
             return Ok(s.clone());
         }
         if retry.is_some_and(|t| t.elapsed() < REOPEN_INTERVAL) {
-            return Err(closed());
+            return Err(self.closed());
         }
         let room = rustix::fs::statvfs(&self.dir)
             .map(|st| st.f_bavail.saturating_mul(st.f_frsize))
             .unwrap_or(0);
         if room < REOPEN_MIN_FREE {
             *retry = Some(Instant::now());
-            return Err(closed());
+            return Err(self.closed());
         }
         *retry = Some(Instant::now());
         let old = self
@@ -1318,7 +1321,7 @@ impl SledLedger {
             }
             if Arc::strong_count(&old) > 1 {
                 *self.store.write().unwrap_or_else(PoisonError::into_inner) = Some(old);
-                return Err(closed());
+                return Err(self.closed());
             }
             drop(old);
         }
@@ -1328,6 +1331,15 @@ impl SledLedger {
         tracing::warn!(dir = %self.dir.display(), "reopened the ledger after a storage failure");
         *self.store.write().unwrap_or_else(PoisonError::into_inner) = Some(store.clone());
         Ok(store)
+    }
+
+    /// The error while the store is closed after a failure, naming its
+    /// cause.
+    fn closed(&self) -> LedgerError {
+        let cause = self.cause.lock().unwrap_or_else(PoisonError::into_inner);
+        LedgerError::Storage(sled::Error::Io(std::io::Error::other(format!(
+            "the ledger is closed after a storage failure ({cause}) and is reopened when it can be"
+        ))))
     }
 
     /// Runs `f` on the store; a storage failure marks it for reopening.
@@ -1341,16 +1353,18 @@ impl SledLedger {
         if let Err(LedgerError::Storage(e)) = &result {
             if !store.failed.swap(true, Ordering::Relaxed) {
                 tracing::error!(error = %e, "ledger storage failed; it is reopened once writes can succeed");
+                // sled wraps the OS error in text of its own Debug output.
+                let cause = match e {
+                    sled::Error::Io(io) if io.kind() == std::io::ErrorKind::StorageFull => {
+                        "no space left on device".to_string()
+                    }
+                    other => other.to_string(),
+                };
+                *self.cause.lock().unwrap_or_else(PoisonError::into_inner) = cause;
             }
         }
         result
     }
-}
-
-fn closed() -> LedgerError {
-    LedgerError::Storage(sled::Error::Io(std::io::Error::other(
-        "the ledger is closed after a storage failure and is reopened when it can be",
-    )))
 }
 
 impl Ledger for SledLedger {

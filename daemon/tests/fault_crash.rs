@@ -557,8 +557,11 @@ fn check(
                     .iter()
                     .skip(2)
                     .fold(0u64, |a, b| (a << 8) | u64::from(*b))
-            })
-            .unwrap_or(0);
+            });
+        let Some(number) = number else {
+            known.fail(round, "the CRL has no CRL number".into());
+            return;
+        };
         let signed = crl
             .tbs_cert_list
             .to_der()
@@ -881,6 +884,16 @@ fn sigkill_under_load_loses_nothing_and_reuses_no_serial() {
         max_ready.as_millis(),
         known.failures.len(),
         began.elapsed().as_secs_f64()
+    );
+    // The load was real: thousands of requests, and kills that cut
+    // issuances off in flight (their answers lost, then retried).
+    assert!(
+        requests >= 100 * rounds,
+        "only {requests} requests driven in {rounds} rounds"
+    );
+    assert!(
+        retried > 0,
+        "no kill landed while an issuance was in flight"
     );
     assert!(
         known.failures.is_empty(),

@@ -7,13 +7,15 @@
 //! write by sled after an I/O error, is reopened), and issuance and
 //! revocation resume by themselves once space is freed. Afterwards every certificate a client received is
 //! in the ledger, the audit chain verifies, and a restart finds the same.
+//! A second test turns the guard off, so that issuance itself runs into
+//! ENOSPC in the ledger or the audit log.
 //!
 //! Mounting a tmpfs needs root (as `./test` runs in CI); without it the
 //! test fails and says so rather than pretending.
 #![forbid(unsafe_code)]
 
 use certd_api::{ClientError, IssueRequest};
-use certd_e2e::api::{make_csr, make_key, normalize_serial, ApiCaBuilder, KeyAlg};
+use certd_e2e::api::{make_csr, make_key, normalize_serial, ApiCaBuilder, ApiDaemon, KeyAlg};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -83,10 +85,10 @@ fn request(csr: &str, id: &str) -> IssueRequest {
     }
 }
 
-#[test]
-fn full_disk_refuses_cleanly_and_service_resumes_when_space_is_freed() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let ca = ApiCaBuilder::new(tmp.path(), Path::new(CERTD))
+/// A CA whose state directory is a fresh tmpfs, with the free-space
+/// guard at `min_free_mib`, started.
+fn ca_on_tmpfs(dir: &Path, min_free_mib: u64) -> (ApiDaemon, Tmpfs) {
+    let ca = ApiCaBuilder::new(dir, Path::new(CERTD))
         .certifier("ca", "p256")
         .toml("[[profile]]\nname = \"tls-server\"\nkind = \"tls-server\"\nmax_validity_days = 90\n")
         .ra(
@@ -94,10 +96,19 @@ fn full_disk_refuses_cleanly_and_service_resumes_when_space_is_freed() {
             "certifiers = [\"ca\"]\nprofiles = [\"tls-server\"]\ndns_subtrees = [\"example.com\"]\nmay_revoke = true",
         )
         .build();
-    ca.edit_config("[daemon]\n", "[daemon]\nmin_free_mib = 2\n");
-    let state = ca.config.state_dir.clone();
-    let _tmpfs = Tmpfs::mount(&state);
-    let d = ca.start();
+    ca.edit_config(
+        "[daemon]\n",
+        &format!("[daemon]\nmin_free_mib = {min_free_mib}\n"),
+    );
+    let tmpfs = Tmpfs::mount(&ca.config.state_dir);
+    (ca.start(), tmpfs)
+}
+
+#[test]
+fn full_disk_refuses_cleanly_and_service_resumes_when_space_is_freed() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (d, _tmpfs) = ca_on_tmpfs(tmp.path(), 2);
+    let state = d.ca.config.state_dir.clone();
     let client = d.client("ra-main");
     let key = make_key(tmp.path(), "sub", KeyAlg::P256);
     let csr = make_csr(tmp.path(), "sub", &key, "/CN=www.example.com", &[]).pem;
@@ -157,6 +168,11 @@ fn full_disk_refuses_cleanly_and_service_resumes_when_space_is_freed() {
             "revocation with the disk full: {revoke_outcomes:?}"
         );
     }
+    // Writes did fail (the disk is full, not just under the guard).
+    assert!(
+        revoke_outcomes.get("ok").copied().unwrap_or(0) < to_revoke.len(),
+        "every revocation went through with the disk full: {revoke_outcomes:?}"
+    );
     // The daemon still answers reads while full.
     let health = d.block_on(client.health()).expect("health while full");
     let some = received.keys().next().cloned().expect("a serial");
@@ -266,6 +282,136 @@ fn full_disk_refuses_cleanly_and_service_resumes_when_space_is_freed() {
     check(&d);
     println!(
         "fault_disk_full: {} certificates, all in the ledger before and after a restart; audit verifies",
+        received.len()
+    );
+}
+
+/// Without the free-space guard (`min_free_mib = 0`) issuance runs into
+/// the full disk itself: sled's flush or the audit log's append fails with
+/// ENOSPC in the middle of the pipeline. Each such request is refused with
+/// `ledger_unavailable` or `audit_unavailable`; a certificate that was
+/// signed and audited but could not be stored is never released, and is
+/// completed into the ledger later from its audit entry. Nothing handed out
+/// is lost, no serial is used twice, and issuance resumes once space is
+/// freed.
+#[test]
+fn issuance_running_into_enospc_is_refused_and_loses_nothing() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (d, _tmpfs) = ca_on_tmpfs(tmp.path(), 0);
+    let state = d.ca.config.state_dir.clone();
+    let client = d.client("ra-main");
+    let key = make_key(tmp.path(), "sub", KeyAlg::P256);
+    let csr = make_csr(tmp.path(), "sub", &key, "/CN=www.example.com", &[]).pem;
+    let mut received: BTreeMap<String, String> = BTreeMap::new();
+    let mut issue = |id: &str| -> Result<(), ClientError> {
+        let r = d.block_on(client.issue(&request(&csr, id)))?;
+        let serial = normalize_serial(&r.serial);
+        assert!(
+            received.insert(serial.clone(), r.certificate).is_none(),
+            "serial {serial} handed out twice"
+        );
+        Ok(())
+    };
+    for i in 0..20 {
+        issue(&format!("before-{i}")).expect("issue before the disk fills");
+    }
+
+    let filler = state.join("filler");
+    let filled = fill(&filler);
+    let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
+    let mut messages = BTreeMap::new();
+    for i in 0..50 {
+        let code = match issue(&format!("full-{i}")) {
+            Ok(()) => "ok".to_string(),
+            Err(ClientError::Api(e)) => {
+                messages.insert(e.code.as_str().to_string(), e.message.clone());
+                e.code.as_str().to_string()
+            }
+            Err(e) => panic!("certd stopped answering while the disk is full: {e}"),
+        };
+        *outcomes.entry(code).or_default() += 1;
+    }
+    println!(
+        "fault_disk_full (no guard): filled {filled} bytes; 50 issuances: {outcomes:?}; {messages:?}"
+    );
+    for code in outcomes.keys() {
+        assert!(
+            ["ok", "ledger_unavailable", "audit_unavailable"].contains(&code.as_str()),
+            "issuance into a full disk: {outcomes:?}"
+        );
+    }
+    assert!(
+        outcomes.get("ok").copied().unwrap_or(0) < 50,
+        "issuance never ran into the full disk: {outcomes:?}"
+    );
+    for message in messages.values() {
+        assert!(
+            message.to_lowercase().contains("no space left on device"),
+            "the refusal names the cause: {message}"
+        );
+    }
+    d.block_on(client.health()).expect("health while full");
+
+    std::fs::remove_file(&filler).expect("free space");
+    let freed = Instant::now();
+    let mut resumed = None;
+    for i in 0..200 {
+        if issue(&format!("after-{i}")).is_ok() {
+            resumed = Some(freed.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let resumed = resumed.expect("issuance resumes after space was freed");
+    for i in 0..20 {
+        issue(&format!("later-{i}")).expect("issue after the disk was freed");
+    }
+
+    // Every certificate handed out is in the ledger unchanged; the ledger
+    // holds nothing else but certificates that were audited and never
+    // released; all verify against the certifier; the chain verifies.
+    let audited: std::collections::HashSet<String> =
+        std::fs::read_to_string(state.join("audit.log"))
+            .expect("audit log")
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|e| e["kind"] == "issued")
+            .filter_map(|e| e["detail"]["serial"].as_str().map(normalize_serial))
+            .collect();
+    let check = |d: &ApiDaemon| -> usize {
+        let client = d.client("ra-main");
+        for (serial, pem) in &received {
+            let info = d
+                .block_on(client.get(serial))
+                .unwrap_or_else(|e| panic!("received {serial} is not in the ledger: {e}"));
+            assert_eq!(&info.certificate, pem, "{serial} changed in the ledger");
+        }
+        let listed = d.block_on(client.list("limit=1000")).expect("list").items;
+        let ca_pem = d.ca.certifier_pem("ca").to_path_buf();
+        for item in &listed {
+            let serial = normalize_serial(&item.serial);
+            assert!(
+                received.contains_key(&serial) || audited.contains(&serial),
+                "{serial} is in the ledger but was neither answered nor audited"
+            );
+            let pem_file = tmp.path().join("check.pem");
+            std::fs::write(&pem_file, &item.certificate).expect("write");
+            certd_e2e::api::openssl(&[&"verify", &"-CAfile", &ca_pem, &pem_file]).assert_success();
+        }
+        d.instance.ctl(&["verify-audit"]).assert_success();
+        listed.len()
+    };
+    let before_restart = check(&d);
+    let mut d = d;
+    d.instance.terminate();
+    let ca = d.ca;
+    let d = ca.start();
+    let after_restart = check(&d);
+    assert!(after_restart >= before_restart);
+    println!(
+        "fault_disk_full (no guard): issuance resumed {resumed:?} after space was freed; {} \
+         certificates answered, {after_restart} in the ledger after a restart (the rest audited, \
+         never released); audit verifies",
         received.len()
     );
 }

@@ -11,7 +11,10 @@
 //!   slowly, is dropped after `idle_timeout_secs` / `request_timeout_secs`,
 //!   so a stolen RA credential cannot hold every slot.
 //!
-//! Body size limits (`max_body_bytes`, 413) are pinned by `api_refusals.rs`.
+//! - A body over `max_body_bytes` is refused with 413 `body_too_large`,
+//!   announced or chunked; one of exactly that size is read.
+//! - A client that never completes its TLS handshake is cut at
+//!   `handshake_timeout_secs`.
 #![forbid(unsafe_code)]
 
 use certd_e2e::api::{make_csr, make_key, ApiCaBuilder, ApiDaemon, KeyAlg, RaCredential};
@@ -94,6 +97,11 @@ fn tls_connect(port: u16, server_ca: &Path, cred: &RaCredential) -> Tls {
 /// Whether certd has closed `tls` (EOF, reset, or an answer followed by
 /// a close). Does not block.
 fn tls_closed(tls: &mut Tls) -> bool {
+    tls_drain(tls, &mut Vec::new())
+}
+
+/// Like [`tls_closed`], keeping what certd sent in `received`.
+fn tls_drain(tls: &mut Tls, received: &mut Vec<u8>) -> bool {
     if tls.sock.set_nonblocking(true).is_err() {
         return true;
     }
@@ -101,7 +109,7 @@ fn tls_closed(tls: &mut Tls) -> bool {
     let closed = loop {
         match tls.read(&mut buf) {
             Ok(0) => break true,
-            Ok(_) => continue,
+            Ok(n) => received.extend_from_slice(&buf[..n]),
             Err(e) if e.kind() == ErrorKind::WouldBlock => break false,
             Err(_) => break true,
         }
@@ -122,15 +130,13 @@ fn tcp_closed(tcp: &mut TcpStream) -> bool {
 /// Established connections on `port` that process `pid` holds, from /proc.
 fn established(pid: u32, port: u16) -> usize {
     let inodes: HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| {
-            d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-                .filter_map(|l| {
-                    let l = l.to_string_lossy().into_owned();
-                    Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
-                })
-                .collect()
+        .unwrap_or_else(|e| panic!("cannot list certd's descriptors in /proc/{pid}/fd: {e}"))
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_string_lossy().into_owned();
+            Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
         })
-        .unwrap_or_default();
+        .collect();
     let port_hex = format!(":{port:04X}");
     // Distinct inodes: /proc/net/tcp is read in pages and can repeat a line
     // when sockets come and go between two reads.
@@ -245,6 +251,13 @@ fn idle_and_slow_connections_are_dropped_and_a_good_client_is_served() {
          good client during the attack: {good:?}, after: {after:?}",
         SILENT_TCP + TRICKLING_TLS + SLOW_LORIS
     );
+    // The attack did reach certd (the count is read from /proc), and no
+    // further than max_connections.
+    assert!(
+        max_held >= MAX_CONNECTIONS / 2,
+        "certd held only {max_held} connections during an attack of {}: the count from /proc is off",
+        SILENT_TCP + TRICKLING_TLS + SLOW_LORIS
+    );
     assert!(
         max_held <= MAX_CONNECTIONS,
         "certd held {max_held} connections, over max_connections = {MAX_CONNECTIONS}"
@@ -339,8 +352,9 @@ fn a_request_body_sent_slowly_is_cut_off() {
     let limit = REQUEST_TIMEOUT + SLACK;
     let mut closed = None;
     let mut sent = 1;
+    let mut answer = Vec::new();
     while began.elapsed() < limit {
-        if t.write_all(b" ").is_err() || tls_closed(&mut t) {
+        if t.write_all(b" ").is_err() || tls_drain(&mut t, &mut answer) {
             closed = Some(began.elapsed());
             break;
         }
@@ -359,5 +373,136 @@ fn a_request_body_sent_slowly_is_cut_off() {
         "a request whose body arrives at 2 bytes/s is still being read after {limit:?}: \
          certd does not enforce request_timeout_secs ({REQUEST_TIMEOUT:?}); the body read in \
          server::read_json has no deadline"
+    );
+    // It is told why before the connection is closed.
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 408") && answer.contains("\"request_timeout\""),
+        "the answer to a body sent too slowly: {answer:?}"
+    );
+}
+
+/// What certd answers on `t` to a request ending in `Connection: close`:
+/// the status code and the body.
+fn answer_of(t: &mut Tls) -> (u16, String) {
+    let mut raw = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !tls_drain(t, &mut raw) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|r| r.get(..3))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP/1.1 answer: {text:?}"));
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string());
+    (status, body.unwrap_or_default())
+}
+
+#[test]
+fn a_body_over_max_body_bytes_is_refused_with_or_without_content_length() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let d = ca(tmp.path());
+    let cred = d.ca.ra("ra-main").clone();
+    let head = |extra: &str| {
+        format!(
+            "POST /v1/certificates HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+             Connection: close\r\n{extra}\r\n"
+        )
+    };
+    // A JSON string as long as asked for: a body certd must read whole to
+    // know it is not a request.
+    let body_of = |len: usize| format!("\"{}\"", "a".repeat(len - 2));
+    let limit = 8192;
+    let mut outcomes = Vec::new();
+
+    // Exactly the limit: read, then refused for what it is, not its size.
+    let mut t = tls_connect(d.ca.port, &d.ca.tls.ca_cert, &cred);
+    let body = body_of(limit);
+    t.write_all(format!("{}{body}", head(&format!("Content-Length: {limit}\r\n"))).as_bytes())
+        .expect("request");
+    let (status, text) = answer_of(&mut t);
+    outcomes.push(format!("{limit} bytes: {status}"));
+    assert_eq!(status, 400, "a body of exactly max_body_bytes: {text}");
+    assert!(text.contains("\"bad_request\""), "{text}");
+
+    // One byte over, announced: refused before the body is read.
+    let mut t = tls_connect(d.ca.port, &d.ca.tls.ca_cert, &cred);
+    let announced = head(&format!("Content-Length: {}\r\n", limit + 1));
+    t.write_all(announced.as_bytes()).expect("headers");
+    // The body may be refused before it is sent; certd may close first.
+    let _ = t.write_all(body_of(limit + 1).as_bytes());
+    let (status, text) = answer_of(&mut t);
+    outcomes.push(format!("{} bytes, Content-Length: {status}", limit + 1));
+    assert_eq!(status, 413, "{text}");
+    assert!(text.contains("\"body_too_large\""), "{text}");
+
+    // Chunked, no Content-Length, growing past the limit: cut at the limit.
+    let mut t = tls_connect(d.ca.port, &d.ca.tls.ca_cert, &cred);
+    t.write_all(head("Transfer-Encoding: chunked\r\n").as_bytes())
+        .expect("headers");
+    let chunk = "a".repeat(1000);
+    let mut sent = 0;
+    while sent <= 4 * limit {
+        if t.write_all(format!("{:x}\r\n{chunk}\r\n", chunk.len()).as_bytes())
+            .is_err()
+        {
+            break;
+        }
+        sent += chunk.len();
+    }
+    let _ = t.write_all(b"0\r\n\r\n");
+    let (status, text) = answer_of(&mut t);
+    outcomes.push(format!("chunked, {sent} bytes sent: {status}"));
+    assert_eq!(status, 413, "{text}");
+    assert!(text.contains("\"body_too_large\""), "{text}");
+
+    // The daemon goes on serving.
+    let key = make_key(tmp.path(), "good", KeyAlg::P256);
+    let csr = make_csr(tmp.path(), "good", &key, "/CN=good.example.com", &[]).pem;
+    let served = issue_one(&d, &csr, "after-large-bodies");
+    println!("fault_limits: max_body_bytes {limit}: {outcomes:?}; then a request: {served:?}");
+    assert!(served.is_ok(), "{served:?}");
+}
+
+#[test]
+fn a_silent_or_trickling_client_is_cut_at_the_handshake_timeout() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let d = ca(tmp.path());
+    let mut cut = Vec::new();
+    for trickle in [false, true] {
+        let mut t = TcpStream::connect(("127.0.0.1", d.ca.port)).expect("connect");
+        t.set_nonblocking(true).expect("non-blocking");
+        let began = Instant::now();
+        let mut closed = None;
+        // A well-formed TLS record header announcing a 512-byte
+        // handshake record, whose body then comes one byte every 200 ms
+        // (a malformed one would be refused at once, not timed out).
+        if trickle {
+            t.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00])
+                .expect("record header");
+        }
+        while began.elapsed() < IDLE_TIMEOUT + SLACK {
+            if trickle && t.write(&[0x01]).is_err() || tcp_closed(&mut t) {
+                closed = Some(began.elapsed());
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let closed = closed.unwrap_or_else(|| {
+            panic!("an unauthenticated connection (trickle: {trickle}) is still open")
+        });
+        cut.push(closed);
+        // The handshake timeout, not the later header or idle timeouts.
+        assert!(
+            closed + Duration::from_millis(250) >= HANDSHAKE_TIMEOUT
+                && closed < HANDSHAKE_TIMEOUT + Duration::from_millis(900),
+            "connection (trickle: {trickle}) cut after {closed:?}; handshake timeout {HANDSHAKE_TIMEOUT:?}"
+        );
+    }
+    println!(
+        "fault_limits: silent and trickling unauthenticated connections cut after {cut:?} \
+         (handshake timeout {HANDSHAKE_TIMEOUT:?})"
     );
 }

@@ -204,6 +204,13 @@ impl CertdInstance {
         self.child.as_ref().map_or(0, Child::id)
     }
 
+    /// Whether the daemon's process has not exited (nor been reaped).
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     /// Everything the daemon has logged so far (across restarts).
     pub fn log(&self) -> String {
         read_log(&self.config.log)
