@@ -14,7 +14,8 @@ use crate::issue::{self, ledger_error, rfc3339};
 use crate::ledger::{LedgerRecord, RecordState, Serial};
 use crate::policy::Grant;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -245,12 +246,18 @@ pub async fn serve(
             let _permit = permit;
             let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
-                Ok(Err(e)) => return refuse_handshake(&shared, &budget, addr, &e.to_string()),
-                Err(_) => return refuse_handshake(&shared, &budget, addr, "handshake timed out"),
+                Ok(Err(e)) => {
+                    return refuse_handshake(&shared, &budget, addr, &e.to_string()).await
+                }
+                Err(_) => {
+                    return refuse_handshake(&shared, &budget, addr, "handshake timed out").await
+                }
             };
             let fingerprint = match stream.get_ref().1.peer_certificates() {
                 Some([leaf, ..]) => fingerprint(leaf),
-                _ => return refuse_handshake(&shared, &budget, addr, "no client certificate"),
+                _ => {
+                    return refuse_handshake(&shared, &budget, addr, "no client certificate").await
+                }
             };
             let svc = router.layer(Extension(Peer { fingerprint, addr }));
             let mut builder =
@@ -366,21 +373,43 @@ impl Drop for InFlight {
     }
 }
 
-fn refuse_handshake(shared: &Shared, budget: &RefusalBudget, addr: SocketAddr, reason: &str) {
+/// Appends `events` to the audit log on the blocking pool: an append
+/// waits for its fsync, which must not hold up the reactor.
+async fn audit_off_reactor(shared: &Arc<Shared>, events: Vec<AuditEvent>) {
+    if events.is_empty() {
+        return;
+    }
+    let shared = shared.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        for event in events {
+            let _ = shared.audit(event);
+        }
+    })
+    .await;
+}
+
+async fn refuse_handshake(
+    shared: &Arc<Shared>,
+    budget: &RefusalBudget,
+    addr: SocketAddr,
+    reason: &str,
+) {
     tracing::info!(peer = %addr, reason, "TLS handshake refused");
     let (audit, dropped) = budget.allow();
+    let mut events = Vec::new();
     if dropped > 0 {
-        let _ = shared.audit(
+        events.push(
             AuditEvent::new("tls_refused_suppressed", "certd")
                 .detail(json!({"count": dropped, "note": "handshake refusals over the per-minute audit budget"})),
         );
     }
     if audit {
-        let _ = shared.audit(
+        events.push(
             AuditEvent::new("tls_refused", format!("peer:{addr}"))
                 .detail(json!({"reason": reason})),
         );
     }
+    audit_off_reactor(shared, events).await;
 }
 
 fn router(shared: Arc<Shared>, limit: BodyLimit) -> Router {
@@ -454,35 +483,52 @@ fn grant_of(shared: &Shared, peer: &Peer) -> Result<Grant, ApiError> {
         })
 }
 
-fn audit_refusal(shared: &Shared, actor: &str, method: &Method, uri: &Uri, e: &ApiError) {
-    let _ = shared.audit(AuditEvent::new("refused", actor).detail(json!({
+fn refusal_event(actor: &str, method: &Method, uri: &Uri, e: &ApiError) -> AuditEvent {
+    AuditEvent::new("refused", actor).detail(json!({
         "method": method.as_str(),
         "path": uri.path(),
         "code": e.code.as_str(),
         "message": e.message,
-    })));
+    }))
+}
+
+/// Refuses a request before it reaches its handler (bad body or query):
+/// audited under the RA's name, or the peer address if it has none.
+async fn refuse(call: Call, e: ApiError) -> Reply {
+    let actor = grant_of(&call.shared, &call.peer)
+        .map(|g| g.name().to_string())
+        .unwrap_or_else(|_| format!("peer:{}", call.peer.addr));
+    let event = refusal_event(&actor, &call.method, &call.uri, &e);
+    audit_off_reactor(&call.shared, vec![event]).await;
+    Reply(Err(e))
 }
 
 /// Runs `f` with the request's RA on the blocking pool and audits a refusal.
-async fn with_grant<F>(shared: Arc<Shared>, peer: Peer, method: Method, uri: Uri, f: F) -> Reply
+async fn with_grant<F>(call: Call, f: F) -> Reply
 where
     F: FnOnce(&Shared, &Grant) -> Result<(StatusCode, Vec<u8>, &'static str), ApiError>
         + Send
         + 'static,
 {
-    let s2 = shared.clone();
-    let p2 = peer.clone();
+    let Call {
+        shared,
+        peer,
+        method,
+        uri,
+    } = call;
     let result = tokio::task::spawn_blocking(move || {
-        let grant = grant_of(&s2, &p2).map_err(|e| (format!("peer:{}", p2.addr), e))?;
-        f(&s2, &grant).map_err(|e| (grant.name().to_string(), e))
+        let outcome = match grant_of(&shared, &peer) {
+            Ok(grant) => f(&shared, &grant).map_err(|e| (grant.name().to_string(), e)),
+            Err(e) => Err((format!("peer:{}", peer.addr), e)),
+        };
+        outcome.map_err(|(actor, e)| {
+            let _ = shared.audit(refusal_event(&actor, &method, &uri, &e));
+            e
+        })
     })
     .await;
     match result {
-        Ok(Ok(ok)) => Reply(Ok(ok)),
-        Ok(Err((actor, e))) => {
-            audit_refusal(&shared, &actor, &method, &uri, &e);
-            Reply(Err(e))
-        }
+        Ok(outcome) => Reply(outcome),
         Err(e) => Reply(Err(ApiError::new(
             ErrorCode::Internal,
             format!("request task failed: {e}"),
@@ -541,12 +587,35 @@ async fn read_json<T: DeserializeOwned>(
         .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("invalid request body: {e}")))
 }
 
-/// A request as the handlers see it.
+/// A request as the handlers see it: the daemon, the authenticated peer
+/// (set by the connection's layer), and what to name in an audit entry.
 struct Call {
     shared: Arc<Shared>,
     peer: Peer,
     method: Method,
     uri: Uri,
+}
+
+impl FromRequestParts<Arc<Shared>> for Call {
+    type Rejection = Reply;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        shared: &Arc<Shared>,
+    ) -> Result<Self, Self::Rejection> {
+        let peer = parts.extensions.get::<Peer>().cloned().ok_or_else(|| {
+            Reply(Err(ApiError::new(
+                ErrorCode::Internal,
+                "a request arrived without its TLS peer",
+            )))
+        })?;
+        Ok(Call {
+            shared: shared.clone(),
+            peer,
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+        })
+    }
 }
 
 /// Reads the body, then runs `f`; a body error is audited like any refusal.
@@ -563,39 +632,18 @@ where
         + Send
         + 'static,
 {
-    let Call {
-        shared,
-        peer,
-        method,
-        uri,
-    } = call;
     match read_json::<T>(&headers, body, limit).await {
-        Ok(v) => with_grant(shared, peer, method, uri, move |s, g| f(s, g, v)).await,
-        Err(e) => {
-            let actor = grant_of(&shared, &peer)
-                .map(|g| g.name().to_string())
-                .unwrap_or_else(|_| format!("peer:{}", peer.addr));
-            audit_refusal(&shared, &actor, &method, &uri, &e);
-            Reply(Err(e))
-        }
+        Ok(v) => with_grant(call, move |s, g| f(s, g, v)).await,
+        Err(e) => refuse(call, e).await,
     }
 }
 
 async fn issue_handler(
-    State(shared): State<Arc<Shared>>,
-    Extension(peer): Extension<Peer>,
+    call: Call,
     Extension(limit): Extension<BodyLimit>,
-    method: Method,
-    uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Reply {
-    let call = Call {
-        shared,
-        peer,
-        method,
-        uri,
-    };
     with_body(call, headers, body, limit, |s, g, req: IssueRequest| {
         let resp = issue::issue(s, g, &req)?;
         let status = if resp.replayed {
@@ -696,14 +744,8 @@ fn lookup(
     Ok((serial, record))
 }
 
-async fn get_handler(
-    State(shared): State<Arc<Shared>>,
-    Extension(peer): Extension<Peer>,
-    Path(serial): Path<String>,
-    method: Method,
-    uri: Uri,
-) -> Reply {
-    with_grant(shared, peer, method, uri, move |s, g| {
+async fn get_handler(call: Call, Path(serial): Path<String>) -> Reply {
+    with_grant(call, move |s, g| {
         let (serial, record) = lookup(s, g, &serial)?;
         let info = certificate_info(&serial, &record).ok_or_else(|| {
             ApiError::new(ErrorCode::Internal, "stored certificate does not decode")
@@ -714,19 +756,12 @@ async fn get_handler(
 }
 
 async fn revoke_handler(
-    State(shared): State<Arc<Shared>>,
-    Extension(peer): Extension<Peer>,
+    call: Call,
     Extension(limit): Extension<BodyLimit>,
     Path(serial): Path<String>,
-    (method, uri, headers): (Method, Uri, HeaderMap),
+    headers: HeaderMap,
     body: Body,
 ) -> Reply {
-    let call = Call {
-        shared,
-        peer,
-        method,
-        uri,
-    };
     with_body(
         call,
         headers,
@@ -815,24 +850,17 @@ struct ListQuery {
 }
 
 async fn list_handler(
-    State(shared): State<Arc<Shared>>,
-    Extension(peer): Extension<Peer>,
-    method: Method,
-    uri: Uri,
+    call: Call,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Reply {
     let q = match query {
         Ok(Query(q)) => q,
         Err(e) => {
             let err = ApiError::new(ErrorCode::BadRequest, format!("query: {e}"));
-            let actor = grant_of(&shared, &peer)
-                .map(|g| g.name().to_string())
-                .unwrap_or_else(|_| format!("peer:{}", peer.addr));
-            audit_refusal(&shared, &actor, &method, &uri, &err);
-            return Reply(Err(err));
+            return refuse(call, err).await;
         }
     };
-    with_grant(shared, peer, method, uri, move |s, g| {
+    with_grant(call, move |s, g| {
         let limit = q.limit.unwrap_or(100).clamp(1, 1000);
         let status = match q.status.as_deref() {
             None => None,
@@ -904,14 +932,8 @@ async fn list_handler(
     .await
 }
 
-async fn crl_handler(
-    State(shared): State<Arc<Shared>>,
-    Extension(peer): Extension<Peer>,
-    Path(name): Path<String>,
-    method: Method,
-    uri: Uri,
-) -> Reply {
-    with_grant(shared, peer, method, uri, move |s, _g| {
+async fn crl_handler(call: Call, Path(name): Path<String>) -> Reply {
+    with_grant(call, move |s, _g| {
         let certifier = s.certifiers.find(Some(&name)).map_err(|_| {
             ApiError::new(
                 ErrorCode::UnknownCertifier,
@@ -927,13 +949,8 @@ async fn crl_handler(
     .await
 }
 
-async fn profiles_handler(
-    State(shared): State<Arc<Shared>>,
-    Extension(peer): Extension<Peer>,
-    method: Method,
-    uri: Uri,
-) -> Reply {
-    with_grant(shared, peer, method, uri, |s, g| {
+async fn profiles_handler(call: Call) -> Reply {
+    with_grant(call, |s, g| {
         let list: Vec<ProfileInfo> = s
             .policy()
             .profiles_for(g)
@@ -955,13 +972,8 @@ async fn profiles_handler(
     .await
 }
 
-async fn health_handler(
-    State(shared): State<Arc<Shared>>,
-    Extension(peer): Extension<Peer>,
-    method: Method,
-    uri: Uri,
-) -> Reply {
-    with_grant(shared, peer, method, uri, |s, _g| {
+async fn health_handler(call: Call) -> Reply {
+    with_grant(call, |s, _g| {
         let certifiers: Vec<CertifierHealth> = s
             .certifiers
             .all()
@@ -994,34 +1006,18 @@ async fn health_handler(
     .await
 }
 
-async fn no_such_endpoint(
-    State(shared): State<Arc<Shared>>,
-    Extension(peer): Extension<Peer>,
-    method: Method,
-    uri: Uri,
-) -> Reply {
-    let path = uri.path().to_string();
-    with_grant(shared, peer, method, uri, move |_, _| {
-        Err(ApiError::new(
-            ErrorCode::NoSuchEndpoint,
-            format!("no endpoint {path}; see the API reference"),
-        ))
-    })
-    .await
+async fn no_such_endpoint(call: Call) -> Reply {
+    let message = format!("no endpoint {}; see the API reference", call.uri.path());
+    refuse_known(call, ApiError::new(ErrorCode::NoSuchEndpoint, message)).await
 }
 
-async fn method_not_allowed(
-    State(shared): State<Arc<Shared>>,
-    Extension(peer): Extension<Peer>,
-    method: Method,
-    uri: Uri,
-) -> Reply {
-    let m = method.to_string();
-    with_grant(shared, peer, method, uri, move |_, _| {
-        Err(ApiError::new(
-            ErrorCode::MethodNotAllowed,
-            format!("{m} is not allowed here"),
-        ))
-    })
-    .await
+async fn method_not_allowed(call: Call) -> Reply {
+    let message = format!("{} is not allowed here", call.method);
+    refuse_known(call, ApiError::new(ErrorCode::MethodNotAllowed, message)).await
+}
+
+/// Refuses a request of a known RA (an unknown one gets `not_authorized`
+/// instead), audited like every refusal.
+async fn refuse_known(call: Call, e: ApiError) -> Reply {
+    with_grant(call, move |_, _| Err(e)).await
 }
