@@ -36,6 +36,11 @@ struct Args {
     /// Keep the benchmark's CA directory here instead of a temporary one.
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// The certd binary to measure (default: target/release/certd). Given
+    /// more than once, each is measured in turn against the same CA and
+    /// token, in the same run (e.g. a baseline build beside a change).
+    #[arg(long = "certd", value_name = "PATH")]
+    certds: Vec<PathBuf>,
     /// Internal: measure raw signing with this many sessions, using the
     /// demo.env given here (run as a child with SOFTHSM2_CONF set).
     #[arg(long, hide = true, requires = "dir")]
@@ -263,7 +268,11 @@ fn main() -> Result<()> {
         bail!("./demo --setup-only failed");
     }
     let env = read_env(&dir.join("demo.env"))?;
-    let certd = root.join("target/release/certd");
+    let certds = if args.certds.is_empty() {
+        vec![root.join("target/release/certd")]
+    } else {
+        args.certds.clone()
+    };
     let dur = Duration::from_secs(args.seconds);
 
     let mut raw = Vec::new();
@@ -290,36 +299,6 @@ fn main() -> Result<()> {
         eprintln!("bench: raw C_Sign, {sessions} session(s): {rate:.0}/s");
     }
 
-    let log = std::fs::File::create(dir.join("certd.log"))?;
-    let child = Command::new(&certd)
-        .args(["run", "--config", &env["CERTD_CONFIG"]])
-        .env("SOFTHSM2_CONF", &env["SOFTHSM2_CONF"])
-        .env("CERTD_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()?;
-    let _daemon = Daemon(child);
-    let socket = PathBuf::from(&env["CERTD_CONTROL_SOCKET"]);
-    let until = Instant::now() + Duration::from_secs(10);
-    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-        if Instant::now() > until {
-            bail!(
-                "certd did not start; see {}",
-                dir.join("certd.log").display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let ok = Command::new(&certd)
-        .args(["activate", "--socket"])
-        .arg(&socket)
-        .args(["--pin-file", &env["PIN_FILE"]])
-        .stdout(Stdio::null())
-        .status()?;
-    if !ok.success() {
-        bail!("activation failed");
-    }
-
     eprintln!("bench: generating CSRs");
     let csrs: Vec<String> = (0..512)
         .map(|i| make_csr(&format!("host{i}.bench.example.com")))
@@ -328,22 +307,6 @@ fn main() -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let client = Arc::new(CertdClient::new(&ClientConfig {
-        url: env["CERTD_URL"].clone(),
-        client_cert: env["RA_CLIENT_CERT"].clone().into(),
-        client_key: env["RA_CLIENT_KEY"].clone().into(),
-        server_ca: env["CERTD_TLS_CA"].clone().into(),
-        timeout: Duration::from_secs(30),
-    })?);
-    let run_id = hex_id();
-    // Warm-up: connections, caches.
-    rt.block_on(e2e(
-        client.clone(),
-        csrs.clone(),
-        4,
-        Duration::from_millis(500),
-        &format!("{run_id}-warm"),
-    ));
 
     let best_raw = raw.iter().map(|r| r.1).fold(0.0, f64::max);
     let one_raw = raw.first().map_or(0.0, |r| r.1);
@@ -355,45 +318,102 @@ fn main() -> Result<()> {
     for (s, r) in &raw {
         println!("  raw C_Sign            {s} session(s)    {r:>9.0} signatures/s");
     }
-    println!("  end-to-end issuance over mTLS (durable ledger and audit log, every check on):");
-    println!(
-        "  {:>11} {:>10} {:>10} {:>10} {:>8} {:>14} {:>14} {:>14} {:>14}",
-        "concurrency",
-        "certs/s",
-        "p50 ms",
-        "p99 ms",
-        "errors",
-        "vs raw 1 sess",
-        "vs raw best",
-        "certd CPU/cert",
-        "client CPU/cert"
-    );
-    let certd_pid = _daemon.0.id().to_string();
-    for c in &args.concurrency {
-        let (d0, b0) = (cpu_seconds(&certd_pid), cpu_seconds("self"));
-        let st = rt.block_on(e2e(
+    for certd in &certds {
+        println!(
+            "  end-to-end issuance over mTLS (durable ledger and audit log, every check on), {}:",
+            certd.display()
+        );
+        let _daemon = start_certd(certd, &dir, &env)?;
+        let client = Arc::new(CertdClient::new(&ClientConfig {
+            url: env["CERTD_URL"].clone(),
+            client_cert: env["RA_CLIENT_CERT"].clone().into(),
+            client_key: env["RA_CLIENT_KEY"].clone().into(),
+            server_ca: env["CERTD_TLS_CA"].clone().into(),
+            timeout: Duration::from_secs(30),
+        })?);
+        let run_id = hex_id();
+        // Warm-up: connections, caches.
+        rt.block_on(e2e(
             client.clone(),
             csrs.clone(),
-            *c,
-            dur,
-            &format!("{run_id}-c{c}"),
+            4,
+            Duration::from_millis(500),
+            &format!("{run_id}-warm"),
         ));
-        let (d1, b1) = (cpu_seconds(&certd_pid), cpu_seconds("self"));
-        let per = |cpu: f64| cpu / st.count.max(1) as f64 * 1e6;
         println!(
-            "  {:>11} {:>10.0} {:>10.2} {:>10.2} {:>8} {:>13.2}x {:>13.2}x {:>12.0}us {:>12.0}us",
-            c,
-            st.rate,
-            st.p50.as_secs_f64() * 1e3,
-            st.p99.as_secs_f64() * 1e3,
-            st.errors,
-            st.rate / one_raw,
-            st.rate / best_raw,
-            per(d1 - d0),
-            per(b1 - b0)
+            "  {:>11} {:>10} {:>10} {:>10} {:>8} {:>14} {:>14} {:>14} {:>14}",
+            "concurrency",
+            "certs/s",
+            "p50 ms",
+            "p99 ms",
+            "errors",
+            "vs raw 1 sess",
+            "vs raw best",
+            "certd CPU/cert",
+            "client CPU/cert"
         );
+        let certd_pid = _daemon.0.id().to_string();
+        for c in &args.concurrency {
+            let (d0, b0) = (cpu_seconds(&certd_pid), cpu_seconds("self"));
+            let st = rt.block_on(e2e(
+                client.clone(),
+                csrs.clone(),
+                *c,
+                dur,
+                &format!("{run_id}-c{c}"),
+            ));
+            let (d1, b1) = (cpu_seconds(&certd_pid), cpu_seconds("self"));
+            let per = |cpu: f64| cpu / st.count.max(1) as f64 * 1e6;
+            println!(
+                "  {:>11} {:>10.0} {:>10.2} {:>10.2} {:>8} {:>13.2}x {:>13.2}x {:>12.0}us {:>12.0}us",
+                c,
+                st.rate,
+                st.p50.as_secs_f64() * 1e3,
+                st.p99.as_secs_f64() * 1e3,
+                st.errors,
+                st.rate / one_raw,
+                st.rate / best_raw,
+                per(d1 - d0),
+                per(b1 - b0)
+            );
+        }
     }
     Ok(())
+}
+
+/// Starts `certd` on the benchmark's CA and activates its certifier; the
+/// daemon stops when the returned guard is dropped.
+fn start_certd(certd: &Path, dir: &Path, env: &HashMap<String, String>) -> Result<Daemon> {
+    let log = std::fs::File::create(dir.join("certd.log"))?;
+    let child = Command::new(certd)
+        .args(["run", "--config", &env["CERTD_CONFIG"]])
+        .env("SOFTHSM2_CONF", &env["SOFTHSM2_CONF"])
+        .env("CERTD_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()?;
+    let daemon = Daemon(child);
+    let socket = PathBuf::from(&env["CERTD_CONTROL_SOCKET"]);
+    let until = Instant::now() + Duration::from_secs(10);
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        if Instant::now() > until {
+            bail!(
+                "certd did not start; see {}",
+                dir.join("certd.log").display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let ok = Command::new(certd)
+        .args(["activate", "--socket"])
+        .arg(&socket)
+        .args(["--pin-file", &env["PIN_FILE"]])
+        .stdout(Stdio::null())
+        .status()?;
+    if !ok.success() {
+        bail!("activation failed");
+    }
+    Ok(daemon)
 }
 
 fn hex_id() -> String {

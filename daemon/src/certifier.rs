@@ -86,6 +86,11 @@ pub struct Certifier {
     pub chain: Vec<Certificate>,
     /// Key type, from the certificate.
     pub key_type: KeyType,
+    /// The issuer side of the certificates it signs, from its certificate.
+    pub issuer: crate::certgen::IssuerInfo,
+    /// PEM of its certificate, then of the chain above it: what is
+    /// returned with every certificate it issues.
+    pub chain_pems: Vec<String>,
     module: PathBuf,
     sessions: usize,
     live: RwLock<Live>,
@@ -288,9 +293,16 @@ impl Certifiers {
             let key_type =
                 x509::key_type_of(certificate.tbs_certificate().subject_public_key_info())
                     .map_err(|e| fail(e.to_string()))?;
+            let chain_pems = std::iter::once(&certificate)
+                .chain(chain.iter())
+                .map(|c| der::EncodePem::to_pem(c, der::pem::LineEnding::LF))
+                .collect::<Result<_, _>>()
+                .map_err(|e| fail(format!("cannot encode the chain as PEM: {e}")))?;
             list.push(Arc::new(Certifier {
                 number: i + 1,
                 config: c.clone(),
+                issuer: crate::certgen::IssuerInfo::of(&certificate),
+                chain_pems,
                 certificate,
                 chain,
                 key_type,

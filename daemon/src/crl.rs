@@ -4,7 +4,6 @@
 //! makes one CRL).
 
 use crate::audit::AuditEvent;
-use crate::certgen::IssuerInfo;
 use crate::certifier::Certifier;
 use crate::daemon::Shared;
 use crate::issue::{hsm_error, ledger_error, now_unix};
@@ -152,7 +151,7 @@ pub fn generate(shared: &Shared, certifier: &Certifier) -> Result<CrlState, ApiE
     let entries = shared.ledger.revoked_entries(name).map_err(ledger_error)?;
     // Durable before signing: a crash after this never reuses the number.
     let number = shared.ledger.next_crl_number(name).map_err(ledger_error)?;
-    let issuer = IssuerInfo::of(&certifier.certificate);
+    let issuer = &certifier.issuer;
     let now = now_unix();
     let next = now + i64::from(shared.config.crl.validity_hours) * 3600;
     let mut revoked: Vec<RevokedCert> = Vec::with_capacity(entries.len());

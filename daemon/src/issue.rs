@@ -6,7 +6,7 @@
 //! it on the blocking pool.
 
 use crate::audit::AuditEvent;
-use crate::certgen::{self, IssuerInfo, LeafSpec};
+use crate::certgen::{self, LeafSpec};
 use crate::certifier::Certifier;
 use crate::csr;
 use crate::daemon::Shared;
@@ -17,7 +17,7 @@ use crate::policy::{self, Grant, Names, SubjectFields};
 use crate::x509::{self, X509Error};
 use base64::Engine;
 use certd_api::{ApiError, ErrorCode, IssueRequest, IssueResponse};
-use der::{Decode, Encode, EncodePem};
+use der::{Decode, Encode};
 use serde_json::json;
 use sha2::Digest;
 use std::sync::Arc;
@@ -108,15 +108,6 @@ pub fn cert_pem(der: &[u8]) -> String {
     der::pem::encode_string("CERTIFICATE", der::pem::LineEnding::LF, der).unwrap_or_default()
 }
 
-/// The chain returned with certificates of `certifier`: its own
-/// certificate, then the chain above it.
-pub fn chain_pems(certifier: &Certifier) -> Vec<String> {
-    std::iter::once(&certifier.certificate)
-        .chain(certifier.chain.iter())
-        .filter_map(|c| c.to_pem(der::pem::LineEnding::LF).ok())
-        .collect()
-}
-
 fn response_from_record(
     shared: &Shared,
     serial: &Serial,
@@ -134,7 +125,7 @@ fn response_from_record(
     let chain = shared
         .certifiers
         .find(Some(&record.intent.certifier))
-        .map(|c| chain_pems(&c))
+        .map(|c| c.chain_pems.clone())
         .unwrap_or_default();
     Ok(IssueResponse {
         serial: serial.to_hex(),
@@ -232,7 +223,7 @@ pub fn issue(
     let names = requested_names(req, &checked.names, profile.kind);
     policy::check_names(profile, grant, &names)?;
 
-    let issuer = IssuerInfo::of(&certifier.certificate);
+    let issuer = &certifier.issuer;
     let requested = req.not_after.as_deref().map(parse_rfc3339).transpose()?;
     let max_days = grant
         .config
@@ -247,7 +238,7 @@ pub fn issue(
     let signer = certifier.signer().map_err(|e| hsm_error(&e))?;
     let lint_ctx = LintContext {
         profile,
-        issuer: &issuer,
+        issuer,
         certifier_key: certifier.key_type,
     };
     let approval = req
@@ -260,7 +251,7 @@ pub fn issue(
         let serial = Serial::random().map_err(ledger_error)?;
         let mut builder = certgen::leaf_builder(&LeafSpec {
             profile,
-            issuer: &issuer,
+            issuer,
             spki: &checked.spki,
             key_type: checked.key_type,
             names: &names,
@@ -441,7 +432,7 @@ fn sign_and_store(
     Ok(IssueResponse {
         serial: serial.to_hex(),
         certificate: cert_pem(&der),
-        chain: chain_pems(certifier),
+        chain: certifier.chain_pems.clone(),
         not_before: rfc3339(validity.not_before),
         not_after: rfc3339(validity.not_after),
         not_after_clamped: validity.clamped,
