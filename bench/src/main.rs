@@ -7,7 +7,10 @@
 #![forbid(unsafe_code)]
 
 use anyhow::{bail, Context, Result};
-use certd_api::{CertdClient, ClientConfig, IssueRequest};
+use certd_api::{CertdClient, ClientConfig};
+use certd_bench::{
+    cpu_seconds, e2e, hex_id, make_csrs, read_env, repo_root, setup_demo, start_certd,
+};
 use clap::Parser;
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::mechanism::Mechanism;
@@ -16,8 +19,8 @@ use cryptoki::session::UserType;
 use secrecy::SecretString;
 use sha2::Digest;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,24 +48,6 @@ struct Args {
     /// demo.env given here (run as a child with SOFTHSM2_CONF set).
     #[arg(long, hide = true, requires = "dir")]
     raw_sign: Option<usize>,
-}
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."))
-}
-
-fn read_env(path: &Path) -> Result<HashMap<String, String>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(text
-        .lines()
-        .filter_map(|l| l.strip_prefix("export "))
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
-        .collect())
 }
 
 /// Raw signing: `sessions` threads, each with its own session, signing
@@ -128,117 +113,6 @@ fn raw_sign_rate(
     Ok(rate)
 }
 
-/// A P-256 CSR for `cn`, signed in software.
-fn make_csr(cn: &str) -> Result<String> {
-    use x509_cert::builder::{Builder, RequestBuilder};
-    use x509_cert::der::EncodePem;
-    let key = loop {
-        let mut bytes = [0u8; 32];
-        getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("rng: {e}"))?;
-        if let Ok(k) = p256::ecdsa::SigningKey::from_slice(&bytes) {
-            break k;
-        }
-    };
-    let subject: x509_cert::name::Name = format!("CN={cn}").parse()?;
-    let builder = RequestBuilder::new(subject)?;
-    let csr = builder.build::<_, p256::ecdsa::DerSignature>(&key)?;
-    Ok(csr.to_pem(x509_cert::der::pem::LineEnding::LF)?)
-}
-
-struct Stats {
-    count: usize,
-    errors: usize,
-    rate: f64,
-    p50: Duration,
-    p99: Duration,
-}
-
-async fn e2e(
-    client: Arc<CertdClient>,
-    csrs: Arc<Vec<String>>,
-    concurrency: usize,
-    dur: Duration,
-    tag: &str,
-) -> Stats {
-    let deadline = Instant::now() + dur;
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for t in 0..concurrency {
-        let (client, csrs, tag) = (client.clone(), csrs.clone(), tag.to_string());
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            let mut errors = 0;
-            let mut i = t;
-            while Instant::now() < deadline {
-                let req = IssueRequest {
-                    request_id: format!("{tag}-{t}-{i}"),
-                    certifier: None,
-                    profile: "tls-server".into(),
-                    csr: csrs[i % csrs.len()].clone(),
-                    subject: None,
-                    san: None,
-                    not_after: None,
-                    approval: None,
-                };
-                let t0 = Instant::now();
-                match client.issue(&req).await {
-                    Ok(_) => lat.push(t0.elapsed()),
-                    Err(e) => {
-                        errors += 1;
-                        if errors < 3 {
-                            eprintln!("bench: request failed: {e}");
-                        }
-                    }
-                }
-                i += concurrency;
-            }
-            (lat, errors)
-        }));
-    }
-    let mut all = Vec::new();
-    let mut errors = 0;
-    for t in tasks {
-        if let Ok((lat, e)) = t.await {
-            all.extend(lat);
-            errors += e;
-        }
-    }
-    let elapsed = start.elapsed().as_secs_f64();
-    all.sort();
-    let pct = |p: f64| {
-        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or_default()
-    };
-    Stats {
-        count: all.len(),
-        errors,
-        rate: all.len() as f64 / elapsed,
-        p50: pct(0.50),
-        p99: pct(0.99),
-    }
-}
-
-/// CPU time (user + system) a process has used so far, from /proc.
-fn cpu_seconds(pid: &str) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces) start at ')'.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // utime and stime are fields 14 and 15 of stat; here indices 11 and 12.
-    (ticks(11) + ticks(12)) / 100.0
-}
-
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
-        let _ = self.0.wait();
-    }
-}
-
 fn main() -> Result<()> {
     let args = Args::parse();
     if let (Some(sessions), Some(dir)) = (args.raw_sign, &args.dir) {
@@ -256,20 +130,9 @@ fn main() -> Result<()> {
     let me = std::env::current_exe()?;
     let tmp = tempfile::tempdir()?;
     let dir = args.dir.clone().unwrap_or_else(|| tmp.path().join("ca"));
-    let root = repo_root();
-    eprintln!("bench: setting up a CA in {}", dir.display());
-    let status = Command::new(root.join("demo"))
-        .args(["--setup-only", "--dir"])
-        .arg(&dir)
-        .args(["--port", &args.port.to_string()])
-        .stdout(Stdio::null())
-        .status()?;
-    if !status.success() {
-        bail!("./demo --setup-only failed");
-    }
-    let env = read_env(&dir.join("demo.env"))?;
+    let env = setup_demo(&dir, args.port, false)?;
     let certds = if args.certds.is_empty() {
-        vec![root.join("target/release/certd")]
+        vec![repo_root().join("target/release/certd")]
     } else {
         args.certds.clone()
     };
@@ -299,11 +162,7 @@ fn main() -> Result<()> {
         eprintln!("bench: raw C_Sign, {sessions} session(s): {rate:.0}/s");
     }
 
-    eprintln!("bench: generating CSRs");
-    let csrs: Vec<String> = (0..512)
-        .map(|i| make_csr(&format!("host{i}.bench.example.com")))
-        .collect::<Result<_>>()?;
-    let csrs = Arc::new(csrs);
+    let csrs = make_csrs(512)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -379,45 +238,4 @@ fn main() -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Starts `certd` on the benchmark's CA and activates its certifier; the
-/// daemon stops when the returned guard is dropped.
-fn start_certd(certd: &Path, dir: &Path, env: &HashMap<String, String>) -> Result<Daemon> {
-    let log = std::fs::File::create(dir.join("certd.log"))?;
-    let child = Command::new(certd)
-        .args(["run", "--config", &env["CERTD_CONFIG"]])
-        .env("SOFTHSM2_CONF", &env["SOFTHSM2_CONF"])
-        .env("CERTD_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()?;
-    let daemon = Daemon(child);
-    let socket = PathBuf::from(&env["CERTD_CONTROL_SOCKET"]);
-    let until = Instant::now() + Duration::from_secs(10);
-    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-        if Instant::now() > until {
-            bail!(
-                "certd did not start; see {}",
-                dir.join("certd.log").display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let ok = Command::new(certd)
-        .args(["activate", "--socket"])
-        .arg(&socket)
-        .args(["--pin-file", &env["PIN_FILE"]])
-        .stdout(Stdio::null())
-        .status()?;
-    if !ok.success() {
-        bail!("activation failed");
-    }
-    Ok(daemon)
-}
-
-fn hex_id() -> String {
-    let mut b = [0u8; 6];
-    let _ = getrandom::fill(&mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
