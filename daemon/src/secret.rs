@@ -22,11 +22,44 @@ pub enum SecretError {
     /// No terminal to ask on.
     #[error("no PIN given: pass --pin-file FILE, or run on a terminal to be asked")]
     NoTerminal,
+    /// Other users may read or change the file.
+    #[error(
+        "PIN file {path} is open to other users (mode {mode:04o}): restrict it with \
+         `chmod o-rwx {path}` (0600, or 0640 for a group of operators); it was not read"
+    )]
+    Exposed {
+        /// The file.
+        path: String,
+        /// Its permission bits.
+        mode: u32,
+    },
 }
 
-/// Reads a PIN from a file; one trailing newline is removed. The buffer is
-/// wiped after use.
+/// Refuses a PIN file that users other than its owner and group can
+/// access: a token PIN anyone on the host can read is no secret.
+fn check_private(path: &Path) -> Result<(), SecretError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .map_err(|source| SecretError::Read {
+            path: path.display().to_string(),
+            source,
+        })?
+        .permissions()
+        .mode()
+        & 0o7777;
+    if mode & 0o007 != 0 {
+        return Err(SecretError::Exposed {
+            path: path.display().to_string(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
+/// Reads a PIN from a file that other users cannot access; one trailing
+/// newline is removed. The buffer is wiped after use.
 pub fn read_pin_file(path: &Path) -> Result<SecretString, SecretError> {
+    check_private(path)?;
     let bytes = Zeroizing::new(std::fs::read(path).map_err(|source| SecretError::Read {
         path: path.display().to_string(),
         source,
@@ -70,5 +103,34 @@ pub fn pin_from(file: Option<&Path>, prompt: &str) -> Result<SecretString, Secre
     match file {
         Some(f) => read_pin_file(f),
         None => prompt_pin(prompt),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn pin_file(dir: &Path, mode: u32) -> std::path::PathBuf {
+        let path = dir.join(format!("pin-{mode:o}"));
+        std::fs::write(&path, "1234\n").expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        path
+    }
+
+    #[test]
+    fn pin_files_open_to_other_users_are_refused_unread() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for mode in [0o600, 0o400, 0o640, 0o660] {
+            let pin = read_pin_file(&pin_file(dir.path(), mode)).expect("private PIN file");
+            assert_eq!(pin.expose_secret(), "1234");
+        }
+        for mode in [0o644, 0o604, 0o602, 0o601, 0o666] {
+            let path = pin_file(dir.path(), mode);
+            let err = read_pin_file(&path).expect_err("a PIN file others can access");
+            assert!(matches!(err, SecretError::Exposed { mode: m, .. } if m == mode));
+            assert!(err.to_string().contains("chmod o-rwx"), "{err}");
+        }
     }
 }

@@ -249,6 +249,45 @@ fn a_certifier_with_a_pin_file_starts_active() {
 }
 
 #[test]
+fn a_pin_file_open_to_other_users_is_refused_unread() {
+    use std::os::unix::fs::PermissionsExt;
+    let keys = Keys::new();
+    let exposed = keys.path().join("exposed.pin");
+    write_secret(&exposed, &keys.token.pin);
+    let chmod = |mode: u32| {
+        std::fs::set_permissions(&exposed, std::fs::Permissions::from_mode(mode)).expect("chmod")
+    };
+    chmod(0o644);
+    let mut specs = keys.specs();
+    specs[0] = specs[0].clone().with_pin_file(&exposed);
+    let config = keys.config(&specs);
+    let d = keys.start(&config);
+    // At start: the right PIN, but world-readable: not used.
+    assert_eq!(d.state_of("root"), "locked");
+    let audit = audit_lines(&config.audit_log());
+    assert!(
+        audit.iter().any(|e| e["kind"] == "activation_refused"
+            && e["certifier"] == "root"
+            && e["detail"]["code"] == "pin_unreadable"
+            && e["detail"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("open to other users"))),
+        "{audit:#?}"
+    );
+    // By hand: refused before anything is sent to the daemon.
+    let out = activate(&d, "root", &exposed);
+    out.assert_code(1);
+    assert!(
+        out.stderr.contains("open to other users") && out.stderr.contains("chmod o-rwx"),
+        "{out}"
+    );
+    assert_eq!(d.state_of("root"), "locked");
+    chmod(0o640);
+    activate(&d, "root", &exposed).assert_success();
+    assert_eq!(d.state_of("root"), "active");
+}
+
+#[test]
 fn a_certificate_of_another_key_refuses_activation() {
     let keys = Keys::new();
     let mut specs = keys.specs();
