@@ -239,6 +239,10 @@ pub struct LedgerRecord {
     pub revoked_at: Option<i64>,
     /// RFC 5280 CRLReason code of the revocation.
     pub revocation_reason: Option<u8>,
+    /// The RA that revoked it (absent in records written before it was
+    /// kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_by: Option<String>,
     /// Why issuance was abandoned.
     pub abandoned_reason: Option<String>,
 }
@@ -253,6 +257,7 @@ impl LedgerRecord {
             issued_at: None,
             revoked_at: None,
             revocation_reason: None,
+            revoked_by: None,
             abandoned_reason: None,
         }
     }
@@ -409,13 +414,15 @@ pub trait Ledger: Send + Sync {
     /// Burns a serial whose signing failed: `Intent → Abandoned`.
     fn record_abandoned(&self, serial: &Serial, reason: &str) -> Result<(), LedgerError>;
 
-    /// Revokes an issued certificate: `Issued → Revoked`. The reason code is
-    /// stored as given; checking it is the caller's policy.
+    /// Revokes an issued certificate: `Issued → Revoked`, on behalf of RA
+    /// `by`. The reason code is stored as given; checking it is the
+    /// caller's policy.
     fn record_revoked(
         &self,
         serial: &Serial,
         reason_code: u8,
         revoked_at: i64,
+        by: &str,
     ) -> Result<(), LedgerError>;
 
     /// Looks up one serial.
@@ -679,6 +686,7 @@ enum Change {
     Revoked {
         reason: u8,
         at: i64,
+        by: String,
     },
 }
 
@@ -888,10 +896,11 @@ fn apply(
                     record.state = RecordState::Abandoned;
                     record.abandoned_reason = Some(reason.clone());
                 }
-                Change::Revoked { reason, at } => {
+                Change::Revoked { reason, at, by } => {
                     record.state = RecordState::Revoked;
                     record.revoked_at = Some(*at);
                     record.revocation_reason = Some(*reason);
+                    record.revoked_by = Some(by.clone());
                     load_stats(meta, stats, &certifier)?.revoked += 1;
                     // The per-certifier index the CRL is built from, so a CRL
                     // costs the number of revocations, not of certificates.
@@ -1084,6 +1093,7 @@ impl Ledger for Store {
         serial: &Serial,
         reason_code: u8,
         revoked_at: i64,
+        by: &str,
     ) -> Result<(), LedgerError> {
         self.transition(
             serial,
@@ -1091,6 +1101,7 @@ impl Ledger for Store {
             Change::Revoked {
                 reason: reason_code,
                 at: revoked_at,
+                by: by.to_owned(),
             },
         )
     }
@@ -1397,8 +1408,11 @@ impl Ledger for SledLedger {
         serial: &Serial,
         reason_code: u8,
         revoked_at: i64,
+        by: &str,
     ) -> Result<(), LedgerError> {
-        self.with(true, |s| s.record_revoked(serial, reason_code, revoked_at))
+        self.with(true, |s| {
+            s.record_revoked(serial, reason_code, revoked_at, by)
+        })
     }
     fn get(&self, serial: &Serial) -> Result<Option<LedgerRecord>, LedgerError> {
         self.with(false, |s| s.get(serial))
@@ -1646,7 +1660,9 @@ mod tests {
 
         ledger.record_issued(&a, b"der-a", 2_000).expect("issue a");
         ledger.record_issued(&b, b"der-b", 3_000).expect("issue b");
-        ledger.record_revoked(&a, 1, 1_800).expect("revoke a");
+        ledger
+            .record_revoked(&a, 1, 1_800, "ra1")
+            .expect("revoke a");
         let unaudited = ledger.unaudited_revocations().expect("unaudited");
         assert_eq!(unaudited.len(), 1);
         assert_eq!(unaudited[0].0, a);
@@ -1722,7 +1738,7 @@ mod tests {
         let serial = ledger.reserve_serial(intent("ca1")).expect("reserve");
 
         let err = ledger
-            .record_revoked(&serial, 0, 1)
+            .record_revoked(&serial, 0, 1, "ra1")
             .expect_err("revoke intent");
         assert!(matches!(
             err,
@@ -1743,9 +1759,18 @@ mod tests {
             .record_abandoned(&serial, "x")
             .expect_err("abandon issued");
         assert_eq!(err.code(), "invalid_state");
-        ledger.record_revoked(&serial, 4, 5).expect("revoke");
+        ledger.record_revoked(&serial, 4, 5, "ra1").expect("revoke");
+        let record = ledger.get(&serial).expect("get").expect("present");
+        assert_eq!(
+            (
+                record.revocation_reason,
+                record.revoked_at,
+                record.revoked_by
+            ),
+            (Some(4), Some(5), Some("ra1".to_string()))
+        );
         let err = ledger
-            .record_revoked(&serial, 4, 6)
+            .record_revoked(&serial, 4, 6, "ra2")
             .expect_err("revoke twice");
         assert_eq!(err.code(), "invalid_state");
         // Refused transitions must not have touched the counters.
@@ -1771,7 +1796,7 @@ mod tests {
             ledger.record_issued(&serial, b"der", 1).expect("issue");
             if i != 3 {
                 ledger
-                    .record_revoked(&serial, 1, 100 + i as i64)
+                    .record_revoked(&serial, 1, 100 + i as i64, "ra1")
                     .expect("revoke");
                 revoked.push((certifier, serial));
             }

@@ -112,8 +112,11 @@ pub fn settle_revocations(
                 .iter()
                 .find(|(_, c)| Some(*c) == record.revocation_reason)
                 .map_or("unspecified", |(n, _)| *n);
+            // Under the RA that asked for it; "certd" only for records
+            // written before the ledger kept that.
+            let actor = record.revoked_by.as_deref().unwrap_or("certd");
             log.append(
-                AuditEvent::new("revoked", "certd")
+                AuditEvent::new("revoked", actor)
                     .certifier(record.intent.certifier.clone())
                     .detail(json!({
                         "serial": serial.to_hex(),
@@ -274,6 +277,48 @@ mod tests {
             detail["certificate"] = base64::engine::general_purpose::STANDARD.encode(der).into();
         }
         AuditEvent::new(kind, "ra1").detail(detail)
+    }
+
+    #[test]
+    fn revocations_missing_from_the_audit_log_are_written_under_the_ra() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let der = some_certificate(dir.path());
+        let ledger = SledLedger::open(&dir.path().join("ledger")).expect("ledger");
+        let log = AuditLog::open(&dir.path().join("audit.log")).expect("audit");
+        log.append(AuditEvent::new(START_KIND, "certd"))
+            .expect("append");
+        let mut serials = Vec::new();
+        for _ in 0..2 {
+            let serial = ledger.reserve_serial(intent([1; 32])).expect("reserve");
+            ledger.record_issued(&serial, &der, 10).expect("issue");
+            ledger
+                .record_revoked(&serial, 1, 20, "ra-revoker")
+                .expect("revoke");
+            serials.push(serial);
+        }
+        // The first one's entry was written; the second one's was not.
+        log.append(
+            AuditEvent::new("revoked", "ra-revoker")
+                .detail(json!({ "serial": serials[0].to_hex(), "reason": "keyCompromise" })),
+        )
+        .expect("append");
+
+        assert_eq!(settle_revocations(&ledger, &log, 0).expect("settle"), 1);
+        let text = std::fs::read_to_string(log.path()).expect("audit");
+        let written: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("JSON"))
+            .filter(|e: &serde_json::Value| e["kind"] == "revoked")
+            .collect();
+        assert_eq!(written.len(), 2, "{written:#?}");
+        let late = &written[1];
+        assert_eq!(late["detail"]["serial"], serials[1].to_hex());
+        assert_eq!(late["actor"], "ra-revoker");
+        assert_eq!(late["detail"]["reason"], "keyCompromise");
+        assert!(ledger.unaudited_revocations().expect("list").is_empty());
+        assert!(audit::verify(log.path()).expect("verify").is_ok());
+        // Settled once: nothing the second time.
+        assert_eq!(settle_revocations(&ledger, &log, 0).expect("settle"), 0);
     }
 
     #[test]

@@ -797,7 +797,7 @@ async fn revoke_handler(
             }
             let now = issue::now_unix();
             s.ledger
-                .record_revoked(&serial, code, now)
+                .record_revoked(&serial, code, now, g.name())
                 .map_err(|e| match e {
                     crate::ledger::LedgerError::InvalidState { .. } => ApiError::new(
                         ErrorCode::AlreadyRevoked,

@@ -224,6 +224,9 @@ fn full_disk_refuses_cleanly_and_service_resumes_when_space_is_freed() {
             .lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
             .filter(|e| e["kind"] == "revoked")
+            // Also the entries certd writes later: under the RA that
+            // revoked, not under certd's own name.
+            .inspect(|e| assert_eq!(e["actor"], "ra-main", "{e}"))
             .filter_map(|e| e["detail"]["serial"].as_str().map(normalize_serial))
             .collect();
         to_revoke
