@@ -43,6 +43,28 @@ pub struct IssueRequest {
     pub approval: Option<Approval>,
 }
 
+impl IssueRequest {
+    /// A request for `profile` with `csr` (PEM) under idempotency key
+    /// `request_id`, taking the names from the CSR, the certifier the RA
+    /// may use, and the longest validity policy allows.
+    pub fn new(
+        request_id: impl Into<String>,
+        profile: impl Into<String>,
+        csr: impl Into<String>,
+    ) -> Self {
+        IssueRequest {
+            request_id: request_id.into(),
+            certifier: None,
+            profile: profile.into(),
+            csr: csr.into(),
+            subject: None,
+            san: None,
+            not_after: None,
+            approval: None,
+        }
+    }
+}
+
 /// Subject attributes an RA may set.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

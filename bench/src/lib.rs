@@ -111,16 +111,11 @@ pub async fn e2e(
             let mut errors = 0;
             let mut i = t;
             while Instant::now() < deadline {
-                let req = IssueRequest {
-                    request_id: format!("{tag}-{t}-{i}"),
-                    certifier: None,
-                    profile: "tls-server".into(),
-                    csr: csrs[i % csrs.len()].clone(),
-                    subject: None,
-                    san: None,
-                    not_after: None,
-                    approval: None,
-                };
+                let req = IssueRequest::new(
+                    format!("{tag}-{t}-{i}"),
+                    "tls-server",
+                    csrs[i % csrs.len()].clone(),
+                );
                 let t0 = Instant::now();
                 match client.issue(&req).await {
                     Ok(_) => lat.push(t0.elapsed()),

@@ -92,14 +92,8 @@ fn p256_ca(dir: &Path) -> ApiDaemon {
 
 fn request(id: &str, certifier: Option<&str>, profile: &str, csr: &Csr) -> IssueRequest {
     IssueRequest {
-        request_id: id.to_string(),
         certifier: certifier.map(str::to_string),
-        profile: profile.to_string(),
-        csr: csr.pem.clone(),
-        subject: None,
-        san: None,
-        not_after: None,
-        approval: None,
+        ..IssueRequest::new(id, profile, csr.pem.clone())
     }
 }
 

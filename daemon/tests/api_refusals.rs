@@ -386,16 +386,7 @@ fn every_hostile_request_gets_its_documented_error_and_nothing_else_changes() {
 
     // The 10 MB body over HTTP/2, with the RA client (curl 7.88 drops an
     // early HTTP/2 answer to a body it is still sending; hyper does not).
-    let huge = certd_api::IssueRequest {
-        request_id: "huge-h2".into(),
-        certifier: None,
-        profile: "tls-server".into(),
-        csr: "A".repeat(10 * 1024 * 1024),
-        subject: None,
-        san: None,
-        not_after: None,
-        approval: None,
-    };
+    let huge = certd_api::IssueRequest::new("huge-h2", "tls-server", "A".repeat(10 * 1024 * 1024));
     match d.block_on(d.client("ra-main").issue(&huge)) {
         Err(certd_api::ClientError::Api(e)) if e.code == ErrorCode::BodyTooLarge => {}
         other => panic!("10 MB over HTTP/2: expected body_too_large, got {other:?}"),

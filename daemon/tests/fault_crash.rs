@@ -227,16 +227,11 @@ async fn issuer(
 ) {
     let mut n = 0usize;
     while !stop.load(Ordering::SeqCst) {
-        let req = IssueRequest {
-            request_id: format!("{prefix}-{n}"),
-            certifier: None,
-            profile: "tls-server".into(),
-            csr: csrs[n % csrs.len()].clone(),
-            subject: None,
-            san: None,
-            not_after: None,
-            approval: None,
-        };
+        let req = IssueRequest::new(
+            format!("{prefix}-{n}"),
+            "tls-server",
+            csrs[n % csrs.len()].clone(),
+        );
         n += 1;
         let result = client.issue(&req).await;
         let mut o = out.lock().unwrap_or_else(|p| p.into_inner());

@@ -73,16 +73,7 @@ fn fill(path: &Path) -> u64 {
 }
 
 fn request(csr: &str, id: &str) -> IssueRequest {
-    IssueRequest {
-        request_id: id.into(),
-        certifier: None,
-        profile: "tls-server".into(),
-        csr: csr.into(),
-        subject: None,
-        san: None,
-        not_after: None,
-        approval: None,
-    }
+    IssueRequest::new(id, "tls-server", csr)
 }
 
 /// A CA whose state directory is a fresh tmpfs, with the free-space

@@ -69,16 +69,7 @@ fn ca(dir: &Path) -> (ApiDaemon, FaultControl, std::path::PathBuf) {
 }
 
 fn request(csr: &str, id: &str) -> IssueRequest {
-    IssueRequest {
-        request_id: id.into(),
-        certifier: None,
-        profile: "tls-server".into(),
-        csr: csr.into(),
-        subject: None,
-        san: None,
-        not_after: None,
-        approval: None,
-    }
+    IssueRequest::new(id, "tls-server", csr)
 }
 
 fn health_of(d: &ApiDaemon, client: &CertdClient) -> (String, String) {

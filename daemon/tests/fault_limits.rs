@@ -156,16 +156,7 @@ fn established(pid: u32, port: u16) -> usize {
 /// Issues one certificate as `ra-main`; returns how long it took.
 fn issue_one(d: &ApiDaemon, csr: &str, id: &str) -> Result<Duration, String> {
     let client = d.client("ra-main");
-    let req = certd_api::IssueRequest {
-        request_id: id.into(),
-        certifier: None,
-        profile: "tls-server".into(),
-        csr: csr.into(),
-        subject: None,
-        san: None,
-        not_after: None,
-        approval: None,
-    };
+    let req = certd_api::IssueRequest::new(id, "tls-server", csr);
     let began = Instant::now();
     d.block_on(client.issue(&req))
         .map(|_| began.elapsed())
