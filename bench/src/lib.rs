@@ -155,6 +155,19 @@ pub async fn e2e(
     }
 }
 
+/// A short run at concurrency 4 before measuring: connections opened,
+/// caches and the daemon's thread pools warm.
+pub async fn warm_up(client: Arc<CertdClient>, csrs: Arc<Vec<String>>, run_id: &str) {
+    e2e(
+        client,
+        csrs,
+        4,
+        Duration::from_millis(500),
+        &format!("{run_id}-warm"),
+    )
+    .await;
+}
+
 /// CPU time (user + system) a process has used so far, from /proc.
 pub fn cpu_seconds(pid: &str) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();

@@ -9,7 +9,7 @@
 use anyhow::{bail, Context, Result};
 use certd_api::{CertdClient, ClientConfig};
 use certd_bench::{
-    cpu_seconds, e2e, hex_id, make_csrs, read_env, repo_root, setup_demo, start_certd,
+    cpu_seconds, e2e, hex_id, make_csrs, read_env, repo_root, setup_demo, start_certd, warm_up,
 };
 use clap::Parser;
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
@@ -191,14 +191,7 @@ fn main() -> Result<()> {
             timeout: Duration::from_secs(30),
         })?);
         let run_id = hex_id();
-        // Warm-up: connections, caches.
-        rt.block_on(e2e(
-            client.clone(),
-            csrs.clone(),
-            4,
-            Duration::from_millis(500),
-            &format!("{run_id}-warm"),
-        ));
+        rt.block_on(warm_up(client.clone(), csrs.clone(), &run_id));
         println!(
             "  {:>11} {:>10} {:>10} {:>10} {:>8} {:>14} {:>14} {:>14} {:>14}",
             "concurrency",

@@ -20,7 +20,7 @@
 #![forbid(unsafe_code)]
 
 use anyhow::{bail, Context, Result};
-use certd_bench::{e2e, hex_id, make_csrs, repo_root, setup_demo, start_certd};
+use certd_bench::{e2e, hex_id, make_csrs, repo_root, setup_demo, start_certd, warm_up};
 use clap::Parser;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -77,13 +77,7 @@ fn main() -> Result<()> {
     let client = Arc::new(config.client()?);
     let csrs = make_csrs(512)?;
     let run_id = hex_id();
-    rt.block_on(e2e(
-        client.clone(),
-        csrs.clone(),
-        4,
-        Duration::from_millis(500),
-        &format!("{run_id}-warm"),
-    ));
+    rt.block_on(warm_up(client.clone(), csrs.clone(), &run_id));
     eprintln!(
         "bench: certd end-to-end, concurrency {}, {}s",
         args.jobs, args.seconds
