@@ -35,35 +35,31 @@ pub enum SecretError {
     },
 }
 
-/// Refuses a PIN file that users other than its owner and group can
-/// access: a token PIN anyone on the host can read is no secret.
-fn check_private(path: &Path) -> Result<(), SecretError> {
+/// Reads a PIN from a file that other users cannot access; one trailing
+/// newline is removed. The buffer is wiped after use.
+///
+/// The mode is checked on the opened file, so the file read is the file
+/// checked: a token PIN anyone on the host can read is no secret.
+pub fn read_pin_file(path: &Path) -> Result<SecretString, SecretError> {
+    use std::io::Read;
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(path)
-        .map_err(|source| SecretError::Read {
-            path: path.display().to_string(),
-            source,
-        })?
-        .permissions()
-        .mode()
-        & 0o7777;
+    let read_error = |source| SecretError::Read {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut file = std::fs::File::open(path).map_err(read_error)?;
+    let meta = file.metadata().map_err(read_error)?;
+    let mode = meta.permissions().mode() & 0o7777;
     if mode & 0o007 != 0 {
         return Err(SecretError::Exposed {
             path: path.display().to_string(),
             mode,
         });
     }
-    Ok(())
-}
-
-/// Reads a PIN from a file that other users cannot access; one trailing
-/// newline is removed. The buffer is wiped after use.
-pub fn read_pin_file(path: &Path) -> Result<SecretString, SecretError> {
-    check_private(path)?;
-    let bytes = Zeroizing::new(std::fs::read(path).map_err(|source| SecretError::Read {
-        path: path.display().to_string(),
-        source,
-    })?);
+    // Sized up front: a growing buffer would leave unwiped copies behind.
+    let size = usize::try_from(meta.len()).unwrap_or(0).saturating_add(1);
+    let mut bytes = Zeroizing::new(Vec::with_capacity(size));
+    file.read_to_end(&mut bytes).map_err(read_error)?;
     let mut text: &[u8] = &bytes;
     if let Some(rest) = text.strip_suffix(b"\n") {
         text = rest;
