@@ -92,7 +92,11 @@ impl std::fmt::Debug for CertdClient {
     }
 }
 
-fn tls_config(config: &ClientConfig) -> Result<rustls::ClientConfig, ClientError> {
+/// The TLS client configuration of an RA: certd's server CA as the only
+/// root, the RA's certificate chain and key as the client credential,
+/// rustls' safe defaults (TLS 1.3 and 1.2) on the `ring` provider. No ALPN
+/// protocols are set; callers add what they speak.
+pub fn tls_config(config: &ClientConfig) -> Result<rustls::ClientConfig, ClientError> {
     let cfg_err = |what: &str, path: &PathBuf, e: String| {
         ClientError::Config(format!("{what} {}: {e}", path.display()))
     };

@@ -4,11 +4,12 @@
 //! notification and restarts.
 #![forbid(unsafe_code)]
 
-use certd_e2e::{run, write_secret, CertdConfig, CertdInstance, CertifierSpec, CmdOutput, Token};
+use certd_e2e::certd::DAEMON_DEADLINE;
+use certd_e2e::{
+    run, write_secret, CertdConfig, CertdInstance, CertifierSpec, ChildGuard, CmdOutput, Token,
+};
 use serde_json::Value;
-use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 const CERTD: &str = env!("CARGO_BIN_EXE_certd");
@@ -380,39 +381,6 @@ fn audit_log_records_control_actions_and_locates_tampering() {
     verify_file(&log).assert_success();
 }
 
-/// Receives notification datagrams until one satisfies `want`, or panics
-/// at `deadline` listing what did arrive.
-fn receive_until(
-    sock: &UnixDatagram,
-    deadline: Instant,
-    seen: &mut Vec<String>,
-    want: impl Fn(&str) -> bool,
-) -> String {
-    let mut buf = [0u8; 4096];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        assert!(!left.is_zero(), "no matching notification; got {seen:#?}");
-        sock.set_read_timeout(Some(left))
-            .expect("set a receive timeout");
-        match sock.recv(&mut buf) {
-            Ok(n) => {
-                let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
-                seen.push(msg.clone());
-                if want(&msg) {
-                    return msg;
-                }
-            }
-            Err(e)
-                if e.kind() == std::io::ErrorKind::WouldBlock
-                    || e.kind() == std::io::ErrorKind::TimedOut =>
-            {
-                continue
-            }
-            Err(e) => panic!("receiving notifications: {e}"),
-        }
-    }
-}
-
 fn status_line(msg: &str) -> Option<&str> {
     msg.lines().find_map(|l| l.strip_prefix("STATUS="))
 }
@@ -421,47 +389,38 @@ fn status_line(msg: &str) -> Option<&str> {
 fn systemd_hears_ready_status_watchdog_and_stopping() {
     let keys = Keys::new();
     let config = keys.config(&keys.specs()[..1]);
-    let notify_path = keys.path().join("notify.sock");
-    let sock = UnixDatagram::bind(&notify_path).expect("bind the notify socket");
+    // The harness listens on NOTIFY_SOCKET and has waited for READY=1.
     let mut d = CertdInstance::start(
         Path::new(CERTD),
         &config,
         &keys.token,
-        &[
-            ("NOTIFY_SOCKET", notify_path.as_os_str()),
-            ("WATCHDOG_USEC", "200000".as_ref()),
-        ],
+        &[("WATCHDOG_USEC", "200000".as_ref())],
     );
-    let mut seen = Vec::new();
-    let ready = receive_until(
-        &sock,
-        Instant::now() + Duration::from_secs(10),
-        &mut seen,
-        |m| m.lines().any(|l| l == "READY=1"),
-    );
+    let ready = d
+        .notifications()
+        .iter()
+        .find(|m| m.lines().any(|l| l == "READY=1"))
+        .cloned()
+        .expect("the start waited for READY=1");
     assert_eq!(status_line(&ready), Some("root: locked"), "{ready:?}");
 
-    let watchdog_deadline = Instant::now() + Duration::from_secs(2);
+    // The watchdog is pinged again and again (every 100 ms for 200 ms).
     for _ in 0..2 {
-        receive_until(&sock, watchdog_deadline, &mut seen, |m| {
-            m.lines().any(|l| l == "WATCHDOG=1")
-        });
+        d.wait_notification("WATCHDOG=1", |m| m.lines().any(|l| l == "WATCHDOG=1"));
     }
 
     activate(&d, "root", &keys.token.pin_file).assert_success();
-    receive_until(
-        &sock,
-        Instant::now() + Duration::from_secs(5),
-        &mut seen,
-        |m| status_line(m).is_some_and(|s| s.contains("root: active")),
-    );
+    d.wait_notification("STATUS=root: active", |m| {
+        status_line(m).is_some_and(|s| s.contains("root: active"))
+    });
 
     assert!(d.terminate().success(), "{}", d.log());
-    receive_until(
-        &sock,
-        Instant::now() + Duration::from_secs(5),
-        &mut seen,
-        |m| m.lines().any(|l| l == "STOPPING=1"),
+    assert!(
+        d.notifications()
+            .iter()
+            .any(|m| m.lines().any(|l| l == "STOPPING=1")),
+        "STOPPING=1 before exit: {:?}",
+        d.notifications()
     );
 }
 
@@ -528,33 +487,27 @@ fn a_second_daemon_on_the_same_state_refuses_to_start_and_breaks_nothing() {
     let config = keys.config(&keys.specs());
     let mut first = keys.start(&config);
 
-    let mut second = certd_e2e::clean_env(&mut std::process::Command::new(CERTD))
-        .arg("run")
-        .arg("--config")
-        .arg(&config.path)
-        .env("SOFTHSM2_CONF", &keys.token.conf)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start a second certd");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = second.try_wait().expect("poll the second certd") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = second.kill();
-            let _ = second.wait();
-            panic!("a second certd on the same state directory kept running");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut stderr = String::new();
-    if let Some(mut e) = second.stderr.take() {
-        use std::io::Read;
-        let _ = e.read_to_string(&mut stderr);
-    }
+    let stderr_path = keys.path().join("second.stderr");
+    let stderr_file = std::fs::File::create(&stderr_path).expect("a file for stderr");
+    let mut second = ChildGuard::spawn(
+        certd_e2e::clean_env(&mut std::process::Command::new(CERTD))
+            .arg("run")
+            .arg("--config")
+            .arg(&config.path)
+            .env("SOFTHSM2_CONF", &keys.token.conf)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(stderr_file),
+    );
+    let read_stderr = || std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    // It must exit by itself; the bound only catches one that keeps running.
+    let status = second.wait_exit(DAEMON_DEADLINE, || {
+        format!(
+            "a second certd on the same state directory kept running\n{}",
+            read_stderr()
+        )
+    });
+    let stderr = read_stderr();
     assert!(!status.success(), "{stderr}");
     assert!(stderr.contains("another certd is running"), "{stderr}");
 

@@ -14,14 +14,16 @@
 //! ([`lint_errors`]).
 
 use crate::certd::{CertdConfig, CertdInstance};
-use crate::process::{clean_env, run, CmdOutput};
+pub use crate::process::tool;
+use crate::process::{run, CmdOutput};
+use crate::ready::ApiSocket;
 use crate::token::Token;
 use serde_json::Value;
 use std::ffi::{OsStr, OsString};
 use std::io::{Read, Write};
 use std::net::{IpAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,14 +31,6 @@ use std::time::Duration;
 /// How long the API may take to answer after a start, a reload or a
 /// revocation (CRLs are coalesced for about a second).
 pub const API_DEADLINE: Duration = Duration::from_secs(15);
-
-/// A command for `program` with the calling test's environment cleaned
-/// (no `SOFTHSM2_CONF`, no systemd variables).
-pub fn tool(program: impl AsRef<OsStr>) -> Command {
-    let mut cmd = Command::new(program);
-    clean_env(&mut cmd);
-    cmd
-}
 
 /// Runs `openssl ARGS…` and panics, with its output, unless it succeeds.
 pub fn openssl(args: &[&dyn AsRef<OsStr>]) -> CmdOutput {
@@ -47,14 +41,6 @@ pub fn openssl(args: &[&dyn AsRef<OsStr>]) -> CmdOutput {
     let out = run(&mut cmd);
     out.assert_success();
     out
-}
-
-/// A TCP port on 127.0.0.1 that was free a moment ago.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port on 127.0.0.1")
 }
 
 fn write(path: &Path, bytes: impl AsRef<[u8]>) {
@@ -806,6 +792,26 @@ impl Curl {
     }
 }
 
+/// The rustls client configuration RAs use (`certd_api`'s own), presenting
+/// `cred` and trusting `server_ca`, offering the ALPN protocols `alpn`.
+/// Panics if the files do not make a credential.
+pub fn tls_client_config(
+    server_ca: &Path,
+    cred: &RaCredential,
+    alpn: &[&[u8]],
+) -> Arc<rustls::ClientConfig> {
+    let mut config = certd_api::client::tls_config(&certd_api::ClientConfig {
+        url: String::new(),
+        client_cert: cred.cert.clone(),
+        client_key: cred.key.clone(),
+        server_ca: server_ca.to_path_buf(),
+        timeout: API_DEADLINE,
+    })
+    .unwrap_or_else(|e| panic!("TLS client for {}: {e}", cred.name));
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
+}
+
 /// One explicit TLS connection to certd speaking HTTP/1.1 with
 /// keep-alive, to show what happens to an open connection across a reload.
 pub struct KeepAlive {
@@ -823,31 +829,12 @@ impl KeepAlive {
     /// (with TLS 1.3 a refused client certificate shows only at the first
     /// request).
     pub fn open(port: u16, server_ca: &Path, cred: &RaCredential) -> std::io::Result<KeepAlive> {
-        use rustls_pki_types::pem::PemObject;
-        use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
         let other = |e: String| std::io::Error::other(e);
-        let mut roots = rustls::RootCertStore::empty();
-        for ca in CertificateDer::pem_file_iter(server_ca).map_err(|e| other(e.to_string()))? {
-            roots
-                .add(ca.map_err(|e| other(e.to_string()))?)
-                .map_err(|e| other(e.to_string()))?;
-        }
-        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cred.cert)
-            .map_err(|e| other(e.to_string()))?
-            .collect::<Result<_, _>>()
+        let config = tls_client_config(server_ca, cred, &[b"http/1.1"]);
+        let name = rustls_pki_types::ServerName::try_from("127.0.0.1")
             .map_err(|e| other(e.to_string()))?;
-        let key = PrivateKeyDer::from_pem_file(&cred.key).map_err(|e| other(e.to_string()))?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| other(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_client_auth_cert(chain, key)
-            .map_err(|e| other(e.to_string()))?;
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let name = ServerName::try_from("127.0.0.1").map_err(|e| other(e.to_string()))?;
-        let mut conn = rustls::ClientConnection::new(Arc::new(config), name)
-            .map_err(|e| other(e.to_string()))?;
+        let mut conn =
+            rustls::ClientConnection::new(config, name).map_err(|e| other(e.to_string()))?;
         let mut tcp = TcpStream::connect(("127.0.0.1", port))?;
         tcp.set_read_timeout(Some(API_DEADLINE))?;
         while conn.is_handshaking() {
@@ -931,6 +918,9 @@ pub struct ApiCa {
     pub config: CertdConfig,
     /// `api.listen` port on 127.0.0.1.
     pub port: u16,
+    /// The API's listening socket, bound by the test and handed to every
+    /// `certd run` of this CA.
+    pub api_socket: ApiSocket,
     /// The certifiers.
     pub certifiers: Vec<CertifierFiles>,
     /// The configured RAs' credentials.
@@ -1035,7 +1025,8 @@ impl ApiCaBuilder {
         let tls = TlsInfra::create(&dir.join("tls"), "certd e2e TLS infrastructure CA");
         let state_dir = dir.join("state");
         let control_socket = dir.join("run").join("control.sock");
-        let port = free_port();
+        let api_socket = ApiSocket::bind();
+        let port = api_socket.port();
         let q = |p: &Path| format!("{:?}", p.display().to_string());
         let mut text = format!(
             "[daemon]\nstate_dir = {}\ncontrol_socket = {}\n\n[hsm]\nmodule = {}\nsessions = 2\n",
@@ -1100,6 +1091,7 @@ impl ApiCaBuilder {
                 log: dir.join("certd.log"),
             },
             port,
+            api_socket,
             certifiers,
             ras,
         };
@@ -1118,37 +1110,19 @@ pub fn ra_toml(cred: &RaCredential, grant: &str) -> String {
     )
 }
 
-fn env_value(env: &str, key: &str) -> String {
-    let prefix = format!("export {key}=");
-    env.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .map(|v| v.trim().trim_matches('\'').to_string())
-        .unwrap_or_else(|| panic!("demo.env has no {key}\n{env}"))
-}
-
 impl ApiCa {
-    /// Runs the real `./demo --setup-only --dir DIR --port PORT
-    /// --debug-build` (the demo certifier stays locked) and reads what it
-    /// set up from `DIR/demo.env`. Uses the debug binaries in
-    /// `target/debug`, which `cargo test` has built.
+    /// Runs the real `./demo --setup-only` ([`crate::demo::setup`]) on a
+    /// socket bound here (the demo certifier stays locked) and reads what
+    /// it set up from `DIR/demo.env`.
     pub fn from_demo(dir: &Path, certd: &Path) -> ApiCa {
-        let port = free_port();
-        let out = run(tool(crate::repo_root().join("demo"))
-            .arg("--setup-only")
-            .arg("--dir")
-            .arg(dir)
-            .args(["--port", &port.to_string(), "--debug-build"]));
-        out.assert_success();
-        let env = read_text(&dir.join("demo.env"));
-        let pin_file = PathBuf::from(env_value(&env, "PIN_FILE"));
-        let config_path = PathBuf::from(env_value(&env, "CERTD_CONFIG"));
-        let certifier = env_value(&env, "CERTIFIER");
-        assert_eq!(
-            env_value(&env, "CERTD_URL"),
-            format!("https://127.0.0.1:{port}")
-        );
+        let api_socket = ApiSocket::bind();
+        let port = api_socket.port();
+        let env = crate::demo::setup(dir, port);
+        let pin_file = env.path("PIN_FILE");
+        let config_path = env.path("CERTD_CONFIG");
+        assert_eq!(env.get("CERTD_URL"), api_socket.url());
         let token = Token {
-            conf: PathBuf::from(env_value(&env, "SOFTHSM2_CONF")),
+            conf: env.path("SOFTHSM2_CONF"),
             pin: read_text(&pin_file).trim().to_string(),
             pin_file,
             so_pin_file: dir.join("secrets").join("so-pin"),
@@ -1156,7 +1130,7 @@ impl ApiCa {
             module: PathBuf::from(crate::token::SOFTHSM_MODULE),
         };
         let tls = TlsInfra::of_demo(dir);
-        assert_eq!(PathBuf::from(env_value(&env, "CERTD_TLS_CA")), tls.ca_cert);
+        assert_eq!(env.path("CERTD_TLS_CA"), tls.ca_cert);
         let ras = ["ra-demo", "ra-web", "ra-cli"]
             .iter()
             .map(|n| {
@@ -1167,10 +1141,7 @@ impl ApiCa {
                 )
             })
             .collect::<Vec<_>>();
-        assert_eq!(
-            PathBuf::from(env_value(&env, "RA_CLIENT_CERT")),
-            ras[0].cert
-        );
+        assert_eq!(env.path("RA_CLIENT_CERT"), ras[0].cert);
         let config_dir = config_path
             .parent()
             .map(Path::to_path_buf)
@@ -1183,13 +1154,14 @@ impl ApiCa {
                 dir: dir.to_path_buf(),
                 path: config_path,
                 state_dir: config_dir.join("state"),
-                control_socket: PathBuf::from(env_value(&env, "CERTD_CONTROL_SOCKET")),
+                control_socket: env.path("CERTD_CONTROL_SOCKET"),
                 log: dir.join("certd.log"),
             },
             port,
+            api_socket,
             certifiers: vec![CertifierFiles {
-                name: certifier,
-                certificate: PathBuf::from(env_value(&env, "CA_CERT")),
+                name: env.get("CERTIFIER").to_string(),
+                certificate: env.path("CA_CERT"),
             }],
             ras,
         }
@@ -1244,20 +1216,20 @@ impl ApiCa {
         write(&self.config.path, t.replace(from, to));
     }
 
-    /// Starts `certd run` and waits until the API accepts TCP connections.
+    /// Starts `certd run` on the CA's API socket and waits for its
+    /// `READY=1` (by then the API is being served).
     pub fn start(self) -> ApiDaemon {
         self.start_with_env(&[])
     }
 
     /// [`ApiCa::start`] with extra environment variables for certd.
     pub fn start_with_env(self, env: &[(&str, &OsStr)]) -> ApiDaemon {
-        let instance = CertdInstance::start(&self.certd, &self.config, &self.token, env);
-        let port = self.port;
-        crate::poll_until(
-            API_DEADLINE,
-            "the API to accept connections",
-            || TcpStream::connect(("127.0.0.1", port)).ok(),
-            || instance.log(),
+        let instance = CertdInstance::start_on(
+            &self.certd,
+            &self.config,
+            &self.token,
+            env,
+            Some(&self.api_socket),
         );
         let scratch = self.config.dir.join("scratch");
         std::fs::create_dir_all(&scratch).unwrap_or_else(|e| panic!("{}: {e}", scratch.display()));

@@ -1,16 +1,18 @@
 //! A real `certd run` in a temporary directory: its configuration, the
 //! process, its log, and the `certd` console commands that talk to it.
 
-use crate::process::{clean_env, run, CmdOutput};
+use crate::process::{clean_env, run, ChildGuard, CmdOutput};
+use crate::ready::{ApiSocket, Notified, NotifySocket, START_LIMIT};
 use crate::token::Token;
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::Duration;
 
-/// How long a daemon may take to open its control socket or to stop.
-pub const DAEMON_DEADLINE: Duration = Duration::from_secs(10);
+/// An upper bound on how long a daemon may take to stop: it only catches
+/// hangs.
+pub const DAEMON_DEADLINE: Duration = Duration::from_secs(60);
 
 /// One `[[certifier]]` of a generated configuration.
 #[derive(Debug, Clone)]
@@ -115,6 +117,18 @@ impl CertdConfig {
     }
 }
 
+/// How to start a `certd run`: binary, configuration, token, extra
+/// environment and the API socket to hand over. Kept by the instance so
+/// [`CertdInstance::restart`] starts the same daemon again.
+#[derive(Debug, Clone)]
+struct Launch {
+    certd: PathBuf,
+    config: CertdConfig,
+    softhsm_conf: PathBuf,
+    env: Vec<(String, OsString)>,
+    api_socket: Option<ApiSocket>,
+}
+
 /// A running `certd run`. Dropping it kills the process and waits for it.
 #[derive(Debug)]
 pub struct CertdInstance {
@@ -124,21 +138,55 @@ pub struct CertdInstance {
     pub config: CertdConfig,
     /// `SOFTHSM2_CONF` of the daemon and of the console commands.
     pub softhsm_conf: PathBuf,
-    child: Option<Child>,
+    launch: Launch,
+    child: ChildGuard,
+    notify: NotifySocket,
+    notifications: Vec<String>,
+    ready_after: Duration,
 }
 
 impl CertdInstance {
     /// Starts `certd run --config …` with `SOFTHSM2_CONF` of `token` and the
-    /// extra environment `env`, and waits until its control socket accepts
-    /// connections. Panics, with the daemon's log, if it exits or does not
-    /// get there within [`DAEMON_DEADLINE`]. Ready means: a status request
-    /// on the control socket is answered.
+    /// extra environment `env`, and waits for its `READY=1` notification.
+    /// Panics, with the daemon's log, if it exits first (or hangs).
     pub fn start(
         certd: &Path,
         config: &CertdConfig,
         token: &Token,
         env: &[(&str, &OsStr)],
     ) -> CertdInstance {
+        Self::start_on(certd, config, token, env, None)
+    }
+
+    /// [`CertdInstance::start`], handing `api_socket` over as the API's
+    /// listening socket (`LISTEN_FDS`).
+    pub fn start_on(
+        certd: &Path,
+        config: &CertdConfig,
+        token: &Token,
+        env: &[(&str, &OsStr)],
+        api_socket: Option<&ApiSocket>,
+    ) -> CertdInstance {
+        let launch = Launch {
+            certd: certd.to_path_buf(),
+            config: config.clone(),
+            softhsm_conf: token.conf.clone(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_os_string()))
+                .collect(),
+            api_socket: api_socket.cloned(),
+        };
+        match Self::try_start(launch) {
+            Ok(instance) => instance,
+            Err((status, log)) => panic!("certd exited ({status}) before it was ready\n{log}"),
+        }
+    }
+
+    /// Starts the daemon described by `launch`; `Err` (its exit status and
+    /// log) when it exits before `READY=1`.
+    fn try_start(launch: Launch) -> Result<CertdInstance, (ExitStatus, String)> {
+        let config = &launch.config;
         let log = File::options()
             .create(true)
             .append(true)
@@ -147,68 +195,109 @@ impl CertdInstance {
         let log2 = log
             .try_clone()
             .unwrap_or_else(|e| panic!("cannot share {}: {e}", config.log.display()));
-        let mut cmd = Command::new(certd);
+        let notify = NotifySocket::bind(&config.dir.join("notify.sock"));
+        let mut cmd = Command::new(&launch.certd);
         clean_env(&mut cmd)
             .arg("run")
             .arg("--config")
             .arg(&config.path)
-            .env("SOFTHSM2_CONF", &token.conf)
+            .env("SOFTHSM2_CONF", &launch.softhsm_conf)
+            .env("NOTIFY_SOCKET", notify.path())
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2);
-        for (k, v) in env {
+        for (k, v) in &launch.env {
             cmd.env(k, v);
         }
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", certd.display()));
-        let mut instance = CertdInstance {
-            certd: certd.to_path_buf(),
-            config: config.clone(),
-            softhsm_conf: token.conf.clone(),
-            child: Some(child),
-        };
-        instance.wait_ready();
-        instance
+        if let Some(s) = &launch.api_socket {
+            s.pass_to(&mut cmd);
+        }
+        let mut child = ChildGuard::spawn(&mut cmd);
+        let mut notifications = Vec::new();
+        let log_path = config.log.clone();
+        match notify.wait_for(
+            "READY=1",
+            &mut child,
+            START_LIMIT,
+            &mut notifications,
+            || read_log(&log_path),
+        ) {
+            Notified::Sent(after) => Ok(CertdInstance {
+                certd: launch.certd.clone(),
+                config: launch.config.clone(),
+                softhsm_conf: launch.softhsm_conf.clone(),
+                launch,
+                child,
+                notify,
+                notifications,
+                ready_after: after,
+            }),
+            Notified::Exited(status) => Err((status, read_log(&log_path))),
+        }
     }
 
-    fn wait_ready(&mut self) {
-        let socket = self.config.control_socket.clone();
+    /// Starts the same daemon again (same configuration, environment and
+    /// API socket) after it has exited or been killed, and waits for its
+    /// `READY=1`.
+    pub fn restart(&mut self) {
+        self.child.kill();
+        *self = match Self::try_start(self.launch.clone()) {
+            Ok(instance) => instance,
+            Err((status, log)) => panic!("certd exited ({status}) on restart\n{log}"),
+        };
+    }
+
+    /// How long the last start took from spawn to `READY=1` (for reports;
+    /// tests do not bound it).
+    pub fn ready_after(&self) -> Duration {
+        self.ready_after
+    }
+
+    /// Every notification the daemon has sent so far (`READY=1`,
+    /// `STATUS=…`, `STOPPING=1`, `WATCHDOG=1`), the `READY=1` of this start
+    /// among them.
+    pub fn notifications(&mut self) -> &[String] {
+        let more = self.notify.drain();
+        self.notifications.extend(more);
+        &self.notifications
+    }
+
+    /// Waits for a notification that satisfies `want` (described by
+    /// `what`), among those not seen before this call; returns it. Panics
+    /// if the daemon exits first or after [`START_LIMIT`] (a hang).
+    pub fn wait_notification(&mut self, what: &str, want: impl Fn(&str) -> bool) -> String {
+        let mut fresh = Vec::new();
         let log = self.config.log.clone();
-        let mut exited = None;
-        let child = self.child.as_mut().expect("a started daemon has a child");
-        crate::poll_until(
-            DAEMON_DEADLINE,
-            "certd's control socket to accept connections",
-            || {
-                if let Ok(Some(status)) = child.try_wait() {
-                    exited = Some(status);
-                    return Some(());
-                }
-                answers_status(&socket).then_some(())
-            },
-            || read_log(&log),
-        );
-        if let Some(status) = exited {
-            self.child = None;
-            panic!(
-                "certd exited ({status}) before its control socket {} was ready\n{}",
-                socket.display(),
-                read_log(&log)
-            );
+        let outcome =
+            self.notify
+                .wait_until(what, want, &mut self.child, START_LIMIT, &mut fresh, || {
+                    read_log(&log)
+                });
+        let found = fresh.last().cloned().unwrap_or_default();
+        self.notifications.extend(fresh);
+        match outcome {
+            Notified::Sent(_) => found,
+            Notified::Exited(status) => panic!(
+                "certd exited ({status}) before it sent {what}\nnotifications: {:?}\n{}",
+                self.notifications,
+                self.log()
+            ),
         }
     }
 
     /// The daemon's process id.
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, Child::id)
+        self.child.id()
     }
 
     /// Whether the daemon's process has not exited (nor been reaped).
     pub fn is_running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.child.is_running()
+    }
+
+    /// SIGKILL, as a crash would; returns once the process is reaped.
+    pub fn kill(&mut self) {
+        self.child.kill();
     }
 
     /// Everything the daemon has logged so far (across restarts).
@@ -237,8 +326,7 @@ impl CertdInstance {
     pub fn status(&self) -> serde_json::Value {
         let out = self.ctl(&["status", "--json"]);
         out.assert_success();
-        serde_json::from_str(&out.stdout)
-            .unwrap_or_else(|e| panic!("status --json is not JSON: {e}\n{out}"))
+        out.json()
     }
 
     /// The `state` of certifier `name` in `certd status --json`.
@@ -252,49 +340,13 @@ impl CertdInstance {
             .to_string()
     }
 
-    /// Sends SIGTERM (with the `kill` command) and waits for the daemon to
-    /// exit, at most [`DAEMON_DEADLINE`]; returns how it exited.
+    /// Sends SIGTERM and waits for the daemon to exit (a bound that only
+    /// catches hangs); returns how it exited.
     pub fn terminate(&mut self) -> ExitStatus {
+        self.child.signal(rustix::process::Signal::TERM);
         let log = self.config.log.clone();
-        let child = self.child.as_mut().expect("the daemon is running");
-        run(Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string()))
-        .assert_success();
-        let status = crate::poll_until(
-            DAEMON_DEADLINE,
-            "certd to exit after SIGTERM",
-            || child.try_wait().ok().flatten(),
-            || read_log(&log),
-        );
-        self.child = None;
-        status
+        self.child.wait_exit(DAEMON_DEADLINE, || read_log(&log))
     }
-}
-
-impl Drop for CertdInstance {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// Whether a daemon on `socket` answers a status request (the control
-/// protocol: one JSON line each way).
-fn answers_status(socket: &Path) -> bool {
-    use std::io::{BufRead, BufReader, Write};
-    let Ok(mut stream) = std::os::unix::net::UnixStream::connect(socket) else {
-        return false;
-    };
-    if stream.set_read_timeout(Some(DAEMON_DEADLINE)).is_err()
-        || stream.write_all(b"{\"op\":\"status\"}\n").is_err()
-    {
-        return false;
-    }
-    let mut line = String::new();
-    BufReader::new(stream).read_line(&mut line).is_ok() && line.contains("\"ok\":true")
 }
 
 fn read_log(path: &Path) -> String {

@@ -15,13 +15,17 @@
 
 pub mod api;
 pub mod certd;
+pub mod demo;
 pub mod fault;
 pub mod pkcs11;
 pub mod process;
+pub mod ready;
 pub mod token;
 
 pub use certd::{CertdConfig, CertdInstance, CertifierSpec};
-pub use process::{bin, clean_env, run, CmdOutput};
+pub use demo::DemoEnv;
+pub use process::{bin, clean_env, run, tool, ChildGuard, CmdOutput};
+pub use ready::{ApiSocket, NotifySocket};
 pub use token::{write_secret, Token, SOFTHSM_MODULE};
 
 use std::path::PathBuf;
