@@ -159,9 +159,15 @@ fn check_response(resp: &IssueResponse, root_pem: &Path) -> CertView {
     assert!(!resp.replayed, "{resp:#?}");
     let cert = CertView::from_pem(&resp.certificate);
     assert_eq!(cert.serial, normalize_serial(&resp.serial), "{resp:#?}");
+    // The wire form of a serial: 16 bytes (a positive 127-bit random
+    // number) in lower-case hex.
     assert!(
-        resp.serial.len() >= 16,
-        "serials carry at least 64 random bits: {}",
+        resp.serial.len() == 32
+            && resp
+                .serial
+                .chars()
+                .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)),
+        "a serial is 32 lower-case hex digits: {}",
         resp.serial
     );
     assert_eq!(cert.not_before, unix(&resp.not_before), "{resp:#?}");

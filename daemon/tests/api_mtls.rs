@@ -50,7 +50,13 @@ fn client_certificates_that_may_not_enter_are_refused_in_the_handshake_and_audit
     let stranger_ca = TlsInfra::create(&dir.join("stranger"), "stranger CA");
     let stranger = stranger_ca.client("stranger");
     let expired = infra.client_valid_between("expired", "20240101000000Z", "20250101000000Z");
-    let future = infra.client_valid_between("future", "20400101000000Z", "20410101000000Z");
+    // Valid from ten years from now on, whenever the test runs.
+    let year = time::OffsetDateTime::now_utc().year();
+    let future = infra.client_valid_between(
+        "future",
+        &format!("{}0101000000Z", year + 10),
+        &format!("{}0101000000Z", year + 11),
+    );
     let unlisted = infra.client("unlisted");
     // All but `unlisted` are on the allowlist: each is refused for its own flaw.
     for cred in [&stranger, &expired, &future] {
@@ -61,7 +67,10 @@ fn client_certificates_that_may_not_enter_are_refused_in_the_handshake_and_audit
 
     let ok = d.curl("ra-demo", "GET", "/v1/health").send();
     assert!(health_ok(&ok), "{ok}");
+    // The harness waits for READY=1, not for a port that connects, so no
+    // handshake was refused before these.
     let before = d.audit_of("tls_refused").len();
+    assert_eq!(before, 0, "{:#?}", d.audit_of("tls_refused"));
     let attempts = [
         (
             "no client certificate",
@@ -305,6 +314,12 @@ fn reload_and_sighup_add_and_remove_ras_while_open_connections_carry_on() {
     assert_eq!(status, 200);
     let still = d.curl_as(&newcomer, "GET", "/v1/health").send();
     assert!(health_ok(&still), "{still}");
-    assert_eq!(d.audit_of("config_reloaded").len(), 2);
+    // The policy is swapped before its audit entry is written: wait for it.
+    poll_until(
+        API_DEADLINE,
+        "the second config_reloaded audit entry",
+        || (d.audit_of("config_reloaded").len() == 2).then_some(()),
+        || format!("{:#?}", d.audit_of("config_reloaded")),
+    );
     d.verify_audit();
 }

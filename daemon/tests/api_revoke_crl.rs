@@ -375,7 +375,12 @@ fn the_crl_lists_revocations_with_reasons_verifies_and_lints() {
 }
 
 #[test]
-fn a_burst_of_twenty_revocations_makes_few_crls() {
+fn twenty_revocations_while_locked_land_in_the_one_crl_made_at_activation() {
+    // Revocation needs no signature, so it goes on while the certifier is
+    // locked; the CRL cannot be signed then. At activation certd makes one
+    // CRL that holds every revocation made meanwhile. (How revocations
+    // made while active are coalesced depends on time, which an end-to-end
+    // test cannot hold still; here nothing does.)
     let tmp = tempdir();
     let dir = tmp.path();
     let d = start(dir);
@@ -394,6 +399,7 @@ fn a_burst_of_twenty_revocations_makes_few_crls() {
         },
         || format!("{:#}", d.status()),
     );
+    d.deactivate("ca");
     let crls_before = d.audit_of("crl_issued").len();
 
     let serials: Vec<String> = certs.iter().map(|(s, _)| s.clone()).collect();
@@ -412,6 +418,19 @@ fn a_burst_of_twenty_revocations_makes_few_crls() {
     for (result, serial) in &results {
         assert!(result.is_ok(), "revoke {serial}: {result:?}");
     }
+    assert_eq!(d.certifier_status("ca")["certificates_revoked"], 20);
+    assert_eq!(
+        d.audit_of("crl_issued").len(),
+        crls_before,
+        "no CRL is signed while the certifier is locked"
+    );
+    assert_eq!(
+        crl_of(&d, &main, &crl_path).number,
+        start_number,
+        "the CRL from before is still served"
+    );
+
+    d.activate("ca");
     let wanted: Vec<String> = serials
         .iter()
         .map(|s| certd_e2e::api::normalize_serial(s))
@@ -419,27 +438,22 @@ fn a_burst_of_twenty_revocations_makes_few_crls() {
     let crl = crl_until(&d, &main, &crl_path, "all twenty revocations", |c| {
         wanted.iter().all(|s| c.entries.contains_key(s))
     });
-    let new_crls = crl.number - start_number;
-    assert!(
-        (1..=5).contains(&new_crls),
-        "20 revocations made {new_crls} CRLs (CRL {start_number} → {})",
-        crl.number
-    );
     crl.assert_verifies(d.ca.certifier_pem("ca"));
-    // Give a trailing coalesced CRL the time to appear, then count them all.
-    let settled = poll_until(
-        API_DEADLINE,
-        "status crl_number to match the served CRL",
-        || {
-            let served = crl_of(&d, &main, &crl_path).number;
-            (crl_number_in_status(&d) == Some(served)).then_some(served)
-        },
-        || format!("{:#}", d.status()),
+    assert_eq!(crl.entries.len(), 20);
+    // The first CRL after activation already holds all twenty.
+    let first_after = d
+        .audit_of("crl_issued")
+        .into_iter()
+        .nth(crls_before)
+        .expect("a crl_issued entry after activation");
+    assert_eq!(
+        (
+            first_after["detail"]["crl_number"].as_u64(),
+            first_after["detail"]["entries"].as_u64()
+        ),
+        (Some(start_number + 1), Some(20)),
+        "{first_after:#}"
     );
-    let made = d.audit_of("crl_issued").len() - crls_before;
-    assert_eq!(made as u64, settled - start_number);
-    assert!(made <= 5, "20 revocations made {made} CRLs");
-    assert_eq!(d.certifier_status("ca")["certificates_revoked"], 20);
 }
 
 #[test]

@@ -30,7 +30,7 @@ use std::time::Duration;
 
 /// How long the API may take to answer after a start, a reload or a
 /// revocation (CRLs are coalesced for about a second).
-pub const API_DEADLINE: Duration = Duration::from_secs(15);
+pub const API_DEADLINE: Duration = Duration::from_secs(60);
 
 /// Runs `openssl ARGS…` and panics, with its output, unless it succeeds.
 pub fn openssl(args: &[&dyn AsRef<OsStr>]) -> CmdOutput {
@@ -588,47 +588,51 @@ impl Lint {
     }
 }
 
-/// Runs pkilint on every `(linter, file)` at once and returns one line per
+/// Runs pkilint on every `(linter, file)`, two at a time, and returns one line per
 /// file with ERROR or FATAL findings (WARNING, NOTICE and INFO are not
 /// reported: `-s ERROR`). Empty: all clean. The linters exit with the
 /// number of findings; a non-zero exit without findings (a crash) is
 /// reported too.
 pub fn lint_errors(jobs: &[(Lint, &Path)]) -> Vec<String> {
-    let children: Vec<_> = jobs
-        .iter()
-        .map(|(lint, file)| {
-            let (program, args) = lint.command();
-            let child = tool(program)
-                .args(args)
-                .args(["-s", "ERROR"])
-                .arg(file)
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap_or_else(|e| {
-                    panic!(
-                        "cannot run {program} ({e}): pkilint is missing; run ./test, which \
-                         installs it (python3 -m pip install pkilint)"
-                    )
-                });
-            (program, *file, child)
-        })
-        .collect();
+    // Two linters at a time (each a Python process): more would only
+    // starve the daemons of the tests running beside on a small machine.
     let mut problems = Vec::new();
-    for (program, file, child) in children {
-        let out = child
-            .wait_with_output()
-            .unwrap_or_else(|e| panic!("{program} {}: {e}", file.display()));
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        if !out.status.success() || !stdout.trim().is_empty() {
-            problems.push(format!(
-                "{program} {}: {}\n{}{}",
-                file.display(),
-                out.status,
-                stdout,
-                String::from_utf8_lossy(&out.stderr)
-            ));
+    for pair in jobs.chunks(2) {
+        let children: Vec<_> = pair
+            .iter()
+            .map(|(lint, file)| {
+                let (program, args) = lint.command();
+                let child = tool(program)
+                    .args(args)
+                    .args(["-s", "ERROR"])
+                    .arg(file)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap_or_else(|e| {
+                        panic!(
+                            "cannot run {program} ({e}): pkilint is missing; run ./test, which \
+                             installs it (python3 -m pip install pkilint)"
+                        )
+                    });
+                (program, *file, child)
+            })
+            .collect();
+        for (program, file, child) in children {
+            let out = child
+                .wait_with_output()
+                .unwrap_or_else(|e| panic!("{program} {}: {e}", file.display()));
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            if !out.status.success() || !stdout.trim().is_empty() {
+                problems.push(format!(
+                    "{program} {}: {}\n{}{}",
+                    file.display(),
+                    out.status,
+                    stdout,
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
         }
     }
     problems
@@ -708,10 +712,21 @@ pub struct Curl {
 impl Curl {
     /// `METHOD url`, trusting `server_ca`, with scratch files in `scratch`.
     pub fn new(method: &str, url: &str, server_ca: &Path, scratch: &Path) -> Curl {
-        let mut args: Vec<OsString> = ["-sS", "--max-time", "30", "-X", method, "--cacert"]
-            .iter()
-            .map(OsString::from)
-            .collect();
+        // -q first: no ~/.curlrc; no proxy, whatever the environment says.
+        let mut args: Vec<OsString> = [
+            "-q",
+            "--noproxy",
+            "*",
+            "-sS",
+            "--max-time",
+            "60",
+            "-X",
+            method,
+            "--cacert",
+        ]
+        .iter()
+        .map(OsString::from)
+        .collect();
         args.push(server_ca.into());
         Curl {
             url: url.to_string(),

@@ -35,6 +35,16 @@ const INHERITED_NOISE: &[&str] = &[
     "LISTEN_FDNAMES",
     "CREDENTIALS_DIRECTORY",
     "JOURNAL_STREAM",
+    // Traffic stays on 127.0.0.1: curl and other clients must not route it
+    // through a proxy the calling environment names.
+    "http_proxy",
+    "https_proxy",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "all_proxy",
+    "no_proxy",
+    "NO_PROXY",
 ];
 
 /// Removes the variables of the calling environment that would leak into a
