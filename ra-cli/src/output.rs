@@ -24,8 +24,9 @@ pub const MODE_PUBLIC: u32 = 0o644;
 /// File mode of PKCS#12 files, encrypted keys and password lists.
 pub const MODE_SECRET: u32 = 0o600;
 
-/// Output format of `ra-cli issue`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Output format of `ra-cli issue` (`--format`; `--help` lists them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[value(rename_all = "lowercase")]
 pub enum Format {
     /// PEM: the certificate, then its chain.
     Pem,
@@ -100,9 +101,9 @@ pub fn p7b(certs: &[Vec<u8>]) -> Result<Vec<u8>, Error> {
     info.to_der().map_err(err)
 }
 
-/// Writes `bytes` to `path` atomically (temporary file, then rename) with
-/// permissions `mode`. With `durable`, the data is flushed to disk before
-/// the rename.
+/// Writes `bytes` to `path` atomically (temporary file created with
+/// permissions `mode`, then rename). With `durable`, the data is flushed to
+/// disk before the rename (the caller flushes the directory).
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32, durable: bool) -> Result<(), Error> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
@@ -112,13 +113,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32, durable: bool) -> Resu
         path: path.to_path_buf(),
         message: e.to_string(),
     };
+    // Created with its final mode (never readable by others, not even
+    // for a moment, when it is a secret).
     let mut tmp = tempfile::Builder::new()
         .prefix(TEMP_PREFIX)
+        .permissions(std::fs::Permissions::from_mode(mode))
         .tempfile_in(dir)
-        .map_err(out_err)?;
-    // tempfile creates 0600; widen only what is meant to be public.
-    tmp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(mode))
         .map_err(out_err)?;
     tmp.write_all(bytes).map_err(out_err)?;
     if durable {

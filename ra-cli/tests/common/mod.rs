@@ -108,6 +108,16 @@ impl Run {
         self
     }
 
+    /// Panics unless standard output contains `needle`.
+    #[track_caller]
+    pub fn stdout_has(&self, needle: &str) -> &Run {
+        assert!(
+            self.stdout.contains(needle),
+            "stdout should contain {needle:?}\n{self}"
+        );
+        self
+    }
+
     /// Standard output as JSON.
     #[track_caller]
     pub fn json(&self) -> serde_json::Value {
