@@ -615,6 +615,50 @@ pub async fn run(client: Option<CertdClient>, opts: &BatchOptions) -> Result<Sum
             }
         }
     }
+    // The batch: a new one, or the one the directory holds (checked
+    // before the rows, since another batch makes their changes moot).
+    let expiry = expiry_spec(opts);
+    let batch_id = match &opts.batch_id {
+        Some(b) => b.clone(),
+        None => derive_batch_id(
+            &validation.input_sha256,
+            &opts.profile,
+            opts.certifier.as_deref(),
+            &expiry,
+            opts.key_type,
+        ),
+    };
+    let has_pending_keys = state.pending_keys().next().is_some();
+    let keys_involved = validation.needs_keys || has_pending_keys;
+    let mut header = BatchHeader {
+        version: journal::VERSION,
+        batch_id: batch_id.clone(),
+        input: opts.input.display().to_string(),
+        input_sha256: hex::encode(validation.input_sha256),
+        profile: opts.profile.clone(),
+        certifier: opts.certifier.clone(),
+        expiry,
+        not_after: match &state.header {
+            Some(h) => h.not_after.clone(),
+            None => requested_not_after,
+        },
+        key_type: opts.key_type.as_str().to_string(),
+        created: now.format(rfc).unwrap_or_default(),
+        password_mode: keys_involved.then_some(mode),
+        passwords_file: None,
+    };
+    if let Some(h) = &state.header {
+        if let Some(diff) = header_mismatch(h, &header) {
+            return Err(Error::BatchMismatch(format!(
+                "{} holds another batch ({diff}): the input or the options changed since it was \
+                 started. Use a new --out directory, or repeat the original command (pass \
+                 --batch-id {} to continue that batch with an edited input)",
+                opts.out_dir.as_deref().unwrap_or(Path::new("-")).display(),
+                h.batch_id
+            )));
+        }
+    }
+
     if !validation.changed.is_empty() {
         return Err(check::changed_error(
             &opts.input,
@@ -637,7 +681,6 @@ pub async fn run(client: Option<CertdClient>, opts: &BatchOptions) -> Result<Sum
         return Err(Error::Usage("batch issue needs certd and --out DIR".into()));
     };
 
-    // The batch: a new one, or the one the directory holds.
     let (_lock, state) = match existing {
         Some(e) => e,
         None => {
@@ -653,19 +696,8 @@ pub async fn run(client: Option<CertdClient>, opts: &BatchOptions) -> Result<Sum
             (lock, st)
         }
     };
-    let expiry = expiry_spec(opts);
-    let batch_id = match &opts.batch_id {
-        Some(b) => b.clone(),
-        None => derive_batch_id(
-            &validation.input_sha256,
-            &opts.profile,
-            opts.certifier.as_deref(),
-            &expiry,
-            opts.key_type,
-        ),
-    };
-    let has_pending_keys = state.pending_keys().next().is_some();
-    let keys_involved = validation.needs_keys || has_pending_keys;
+    // Passwords: where generated ones go, and that each journaled key
+    // opens with the password it is to be delivered under.
     let pw_path = match mode {
         PasswordMode::Generated if keys_involved => Some(check::passwords_path(
             &out_dir,
@@ -674,40 +706,9 @@ pub async fn run(client: Option<CertdClient>, opts: &BatchOptions) -> Result<Sum
         )?),
         _ => None,
     };
-    let header = BatchHeader {
-        version: journal::VERSION,
-        batch_id: batch_id.clone(),
-        input: opts.input.display().to_string(),
-        input_sha256: hex::encode(validation.input_sha256),
-        profile: opts.profile.clone(),
-        certifier: opts.certifier.clone(),
-        expiry,
-        not_after: match &state.header {
-            Some(h) => h.not_after.clone(),
-            None => requested_not_after,
-        },
-        key_type: opts.key_type.as_str().to_string(),
-        created: now.format(rfc).unwrap_or_default(),
-        password_mode: keys_involved.then_some(mode),
-        passwords_file: match (&opts.passwords_out, &pw_path) {
-            (Some(_), Some(p)) => Some(p.display().to_string()),
-            _ => None,
-        },
-    };
-    if let Some(h) = &state.header {
-        if let Some(diff) = header_mismatch(h, &header) {
-            return Err(Error::BatchMismatch(format!(
-                "{} holds another batch ({diff}): the input or the options changed since it was \
-                 started. Use a new --out directory, or repeat the original command (pass \
-                 --batch-id {} to continue that batch with an edited input)",
-                out_dir.display(),
-                h.batch_id
-            )));
-        }
+    if let (Some(_), Some(p)) = (&opts.passwords_out, &pw_path) {
+        header.passwords_file = Some(p.display().to_string());
     }
-
-    // Passwords: where generated ones go, and that each journaled key
-    // opens with the password it is to be delivered under.
     let passwords = match &pw_path {
         Some(p) => {
             check::check_writable_file(p, "the passwords file")?;
