@@ -128,6 +128,35 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32, durable: bool) -> Resu
     Ok(())
 }
 
+/// Checks that a file can be created at `path` (its directory exists and
+/// is writable, nothing but a file is there), without leaving anything.
+pub fn check_writable(path: &Path, what: &str) -> Result<(), Error> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if !m.is_file() => {
+            return Err(Error::output(
+                path,
+                format!("{what}: there is something other than a file: remove it"),
+            ))
+        }
+        _ => {}
+    }
+    if !dir.is_dir() {
+        return Err(Error::output(
+            path,
+            format!("{what}: the directory {} does not exist", dir.display()),
+        ));
+    }
+    tempfile::Builder::new()
+        .prefix(TEMP_PREFIX)
+        .tempfile_in(dir)
+        .map(drop)
+        .map_err(|e| Error::output(path, format!("{what}: cannot write there: {e}")))
+}
+
 /// Removes temporary files a killed run left in `dir`.
 pub fn remove_stale_temps(dir: &Path) -> Result<usize, Error> {
     let mut n = 0;
@@ -181,6 +210,19 @@ mod tests {
         std::fs::write(dir.path().join(".tmp-abc"), b"partial").expect("write");
         assert_eq!(remove_stale_temps(dir.path()).expect("clean"), 1);
         assert!(p.exists());
+    }
+
+    #[test]
+    fn writable_paths_are_checked_without_leaving_anything() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        check_writable(&dir.path().join("x.pem"), "out").expect("writable");
+        assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 0);
+        std::fs::create_dir(dir.path().join("d")).expect("dir");
+        let e = check_writable(&dir.path().join("d"), "out").expect_err("a directory");
+        assert_eq!(e.code(), "output");
+        std::fs::write(dir.path().join("f"), "x").expect("file");
+        let e = check_writable(&dir.path().join("f/x.pem"), "out").expect_err("no dir");
+        assert!(e.to_string().contains("does not exist"), "{e}");
     }
 
     #[test]

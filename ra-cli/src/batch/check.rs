@@ -234,35 +234,6 @@ pub fn check_batch_id(id: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// Checks that a file can be created at `path` (its directory exists and
-/// is writable, nothing but a file is there), without leaving anything.
-pub fn check_writable_file(path: &Path, what: &str) -> Result<(), Error> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if !m.is_file() => {
-            return Err(Error::output(
-                path,
-                format!("{what}: there is something other than a file: remove it"),
-            ))
-        }
-        _ => {}
-    }
-    if !dir.is_dir() {
-        return Err(Error::output(
-            path,
-            format!("{what}: the directory {} does not exist", dir.display()),
-        ));
-    }
-    tempfile::Builder::new()
-        .prefix(crate::output::TEMP_PREFIX)
-        .tempfile_in(dir)
-        .map(drop)
-        .map_err(|e| Error::output(path, format!("{what}: cannot write there: {e}")))
-}
-
 /// Where the generated passwords of this batch go: `--passwords-out`, the
 /// file the batch started with, or `DIR/passwords.csv`. A resumed batch
 /// keeps its file (the passwords of journaled keys are there).

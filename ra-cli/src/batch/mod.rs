@@ -711,7 +711,7 @@ pub async fn run(client: Option<CertdClient>, opts: &BatchOptions) -> Result<Sum
     }
     let passwords = match &pw_path {
         Some(p) => {
-            check::check_writable_file(p, "the passwords file")?;
+            crate::output::check_writable(p, "the passwords file")?;
             let pws = journal::read_passwords(p)?;
             if state.header.is_none() && !pws.is_empty() {
                 return Err(Error::output(
