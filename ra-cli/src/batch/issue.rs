@@ -126,16 +126,34 @@ impl From<Error> for RowFailure {
     }
 }
 
-/// Whether certd may have issued a certificate for a request that ended
-/// in `e`: the answer was lost, or certd knows the request id already.
-fn may_have_issued(e: &ClientError) -> bool {
+/// What a failed attempt tells about whether certd holds a certificate
+/// for the request id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Evidence {
+    /// certd looked the id up (its answer comes after the idempotency
+    /// check, which would have returned the certificate) and refused:
+    /// there is none.
+    NoCertificate,
+    /// certd refused before looking the id up (rate limit, grant, syntax):
+    /// nothing beyond what was known before.
+    Nothing,
+    /// The answer was lost, or certd knows the id already: there may be
+    /// one.
+    MaybeIssued,
+}
+
+fn evidence(e: &ClientError) -> Evidence {
+    use ErrorCode::*;
     match e {
-        ClientError::Api(a) => matches!(
-            a.code,
-            ErrorCode::Internal | ErrorCode::InProgress | ErrorCode::Conflict
-        ),
-        ClientError::Config(_) => false,
-        _ => true,
+        ClientError::Api(a) => match a.code {
+            CertifierLocked | CertifierUnavailable | CertifierFault | StorageFull
+            | ApprovalRequired | BadCsr | WeakKey | KeyNotPermitted | NameNotPermitted
+            | BadValidity | LintFailed => Evidence::NoCertificate,
+            Internal | InProgress | Conflict => Evidence::MaybeIssued,
+            _ => Evidence::Nothing,
+        },
+        ClientError::Config(_) => Evidence::Nothing,
+        _ => Evidence::MaybeIssued,
     }
 }
 
@@ -352,7 +370,15 @@ fn write_files(f: Files) -> Result<(), Error> {
 async fn process(ctx: &Ctx, work: &Work) -> Result<Delivered, RowFailure> {
     let row = &work.row;
     let stem = row.file_stem();
-    let (csr, key, password) = key_for(ctx, work, &stem).await?;
+    // Whether an earlier run's request may have been answered with a
+    // certificate: a failure of this run that proves nothing keeps it.
+    let prior = lock(&ctx.pending)
+        .get(&work.request_id)
+        .is_some_and(|r| r.certificate_may_exist);
+    let (csr, key, password) = key_for(ctx, work, &stem).await.map_err(|f| RowFailure {
+        may_exist: prior,
+        ..f
+    })?;
     let req = build_request(
         row,
         ctx.kind,
@@ -362,12 +388,12 @@ async fn process(ctx: &Ctx, work: &Work) -> Result<Delivered, RowFailure> {
         csr,
         work.request_id.clone(),
     );
-    let mut ambiguous = false;
+    let mut maybe = false;
     let (result, _) = retry(
         ctx.retry,
         || ctx.client.issue(&req),
         |_, e, _| {
-            ambiguous |= may_have_issued(e);
+            maybe |= evidence(e) == Evidence::MaybeIssued;
             ctx.retries.fetch_add(1, Ordering::Relaxed);
         },
     )
@@ -375,7 +401,12 @@ async fn process(ctx: &Ctx, work: &Work) -> Result<Delivered, RowFailure> {
     let resp = match result {
         Ok(r) => r,
         Err(e) => {
-            let may_exist = ambiguous || may_have_issued(&e);
+            let may_exist = match evidence(&e) {
+                _ if maybe => true,
+                Evidence::MaybeIssued => true,
+                Evidence::NoCertificate => false,
+                Evidence::Nothing => prior,
+            };
             let stops = !about_the_row(&e);
             return Err(RowFailure {
                 may_exist,
@@ -698,4 +729,37 @@ pub(super) fn produce(
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use certd_api::ApiError;
+
+    fn api(code: ErrorCode) -> ClientError {
+        ClientError::Api(ApiError::new(code, "x"))
+    }
+
+    #[test]
+    fn failures_tell_what_certd_may_hold_and_whether_to_stop() {
+        // Answered after certd's idempotency check: no certificate.
+        for c in [ErrorCode::CertifierLocked, ErrorCode::NameNotPermitted] {
+            assert_eq!(evidence(&api(c)), Evidence::NoCertificate, "{c}");
+        }
+        // Refused before it: says nothing about an earlier request.
+        for c in [ErrorCode::RateLimited, ErrorCode::ProfileNotPermitted] {
+            assert_eq!(evidence(&api(c)), Evidence::Nothing, "{c}");
+        }
+        // Lost, or the id is known: maybe.
+        assert_eq!(
+            evidence(&ClientError::Transport("reset".into())),
+            Evidence::MaybeIssued
+        );
+        assert_eq!(evidence(&api(ErrorCode::Conflict)), Evidence::MaybeIssued);
+        // Only refusals of the row itself let the batch go on.
+        assert!(about_the_row(&api(ErrorCode::NameNotPermitted)));
+        assert!(!about_the_row(&api(ErrorCode::CertifierLocked)));
+        assert!(!about_the_row(&api(ErrorCode::RateLimited)));
+        assert!(!about_the_row(&ClientError::Transport("refused".into())));
+    }
 }

@@ -121,8 +121,9 @@ pub enum Entry {
         /// failed (its files could not be written).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         serial: Option<String>,
-        /// Whether certd may hold a certificate for this request: false
-        /// only when certd refused every attempt before signing.
+        /// Whether certd may hold a certificate for this request id:
+        /// false only when its last answer proves there is none (or the
+        /// attempt failed before sending, and no earlier one was sent).
         #[serde(default = "yes")]
         certificate_may_exist: bool,
     },
