@@ -319,7 +319,7 @@ fn retries_exhausted_then_resumed_across_a_torn_journal_line() {
 
 #[test]
 fn an_output_file_that_cannot_be_written_then_resumed_with_the_same_serial() {
-    const ROWS: usize = 40;
+    const ROWS: usize = 60;
     let ca = Ca::start(true);
     let work = ca.scratch("work");
     let input = work.join("people.csv");
