@@ -558,3 +558,54 @@ fn an_edited_input_under_an_explicit_batch_id() {
         .collect();
     assert_eq!(hashes.len(), 2, "the two inputs that were issued from");
 }
+
+#[test]
+fn an_input_edited_while_the_batch_runs_stops_before_the_changed_row() {
+    const ROWS: usize = 10;
+    let ca = Ca::start(true);
+    let work = ca.scratch("work");
+    let input = work.join("people.csv");
+    // Long rows (an ignored column), so the second read of the file has
+    // not reached the last rows when the file is edited.
+    let notes = "n".repeat(16 * 1024);
+    let text = |changed: Option<usize>| {
+        let mut t = String::from("email,notes\n");
+        for i in 0..ROWS {
+            let who = if changed == Some(i) {
+                "mallory"
+            } else {
+                "user"
+            };
+            t.push_str(&format!("{who}{i:04}@example.com,{notes}\n"));
+        }
+        t
+    };
+    std::fs::write(&input, text(None)).expect("csv");
+    let emails: Vec<String> = (0..ROWS)
+        .map(|i| format!("user{i:04}@example.com"))
+        .collect();
+    let out = work.join("out");
+    let args = batch(&input, &out, &["--jobs", "1", "--ignore-unknown-columns"]);
+
+    let child = spawn(&ca, &args);
+    wait_for(HANG, "the first delivery", || issued_lines(&out) >= 1);
+    std::fs::write(&input, text(Some(ROWS - 1))).expect("edit");
+    let first = finish(child);
+    first.code(2);
+    assert_eq!(first.json()["error"]["code"], "input_changed", "{first}");
+    let ledger_now = ledger(&ca);
+    assert!(
+        ledger_now.values().all(|e| !e[0].starts_with("mallory")),
+        "the changed row was not sent: {ledger_now:?}"
+    );
+    assert!(ledger_now.len() < ROWS);
+
+    std::fs::write(&input, text(None)).expect("restore");
+    let second = ca.ra(&refs(&args));
+    second.ok();
+    let kept: HashMap<String, String> = ledger_now
+        .into_iter()
+        .map(|(serial, e)| (e[0].clone(), serial))
+        .collect();
+    assert_complete(&ca, &out, &out.join("passwords.csv"), &emails, &kept);
+}
