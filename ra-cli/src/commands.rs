@@ -169,6 +169,14 @@ pub async fn issue(client: &CertdClient, opts: &IssueOptions) -> Result<IssueOut
         }
         _ => {}
     }
+    // Everything that can be checked is checked before the request: a
+    // failure after it leaves a certificate without its files.
+    crate::p12::check_iterations(opts.p12_iterations)?;
+    output::check_writable(&opts.out, "--out")?;
+    let password_path = PathBuf::from(format!("{}.password", opts.out.display()));
+    if generated && opts.p12_password_file.is_none() {
+        output::check_writable(&password_path, "the password file")?;
+    }
     let password = match (&opts.p12_password_file, generated) {
         (Some(p), _) => Some(output::read_secret_file(p)?),
         (None, true) => Some(crate::keys::random_password()?),
@@ -255,7 +263,7 @@ pub async fn issue(client: &CertdClient, opts: &IssueOptions) -> Result<IssueOut
     };
     let mut password_file = None;
     if generated && opts.p12_password_file.is_none() {
-        let pw_path = PathBuf::from(format!("{}.password", opts.out.display()));
+        let pw_path = password_path;
         let pw = password
             .as_ref()
             .ok_or_else(|| Error::Usage("no PKCS#12 password".into()))?;

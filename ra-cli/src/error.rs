@@ -1,17 +1,21 @@
-//! ra-cli's errors: what went wrong, what to do, and the exit status that
-//! goes with it.
+//! ra-cli's errors: what went wrong, what to do, the stable code a script
+//! can match (`--json` prints it), and the exit status that goes with it.
 
 use certd_api::ClientError;
 use std::path::PathBuf;
 
 /// Everything that can stop a command.
+///
+/// Every variant has a stable machine code ([`Error::code`]); the codes are
+/// part of ra-cli's interface (`--json` prints them) and only ever grow.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The command line asks for something impossible (exit 2).
+    /// The command line asks for something impossible (`usage`, exit 2).
     #[error("{0}")]
     Usage(String),
-    /// The configuration file is missing, unreadable or invalid (exit 2).
+    /// The configuration file is missing, unreadable or invalid (`config`,
+    /// exit 2).
     #[error("configuration {path}: {message}")]
     Config {
         /// The file.
@@ -20,10 +24,15 @@ pub enum Error {
         message: String,
     },
     /// The input file cannot be used at all: unreadable, empty, no header,
-    /// unknown columns (exit 2).
+    /// unknown columns (`input`, exit 2).
     #[error("{0}")]
     Input(String),
-    /// The output cannot be written (exit 2 before anything was issued).
+    /// The input file differs from what the batch was started with, or
+    /// changed while this run read it (`input_changed`, exit 2).
+    #[error("{0}")]
+    InputChanged(String),
+    /// The output cannot be written (`output`, exit 2 before anything was
+    /// issued).
     #[error("{path}: {message}")]
     Output {
         /// The file or directory.
@@ -31,7 +40,40 @@ pub enum Error {
         /// What failed.
         message: String,
     },
-    /// certd refused or could not be reached (exit 1).
+    /// The batch journal cannot be used: a line that is not a journal
+    /// entry other than a torn last one (`journal_corrupt`, exit 2).
+    #[error("{path}: {message}")]
+    Journal {
+        /// The journal.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The output directory holds another batch, or the options differ
+    /// from the ones the batch was started with (`batch_mismatch`, exit 2).
+    #[error("{0}")]
+    BatchMismatch(String),
+    /// A PKCS#12 password is missing or does not open the key it is meant
+    /// for (`password_missing` / `password_mismatch`, exit 2).
+    #[error("{message}")]
+    Password {
+        /// `password_missing` or `password_mismatch`.
+        code: &'static str,
+        /// What is wrong and what to do.
+        message: String,
+    },
+    /// certd says this RA may not use the profile, key type or certifier
+    /// asked for (certd's code: `profile_not_permitted`,
+    /// `key_not_permitted`, `certifier_not_permitted`; exit 2).
+    #[error("{message}")]
+    NotPermitted {
+        /// certd's code for the refusal.
+        code: &'static str,
+        /// What is not permitted and what is.
+        message: String,
+    },
+    /// certd refused or could not be reached (certd's code, or
+    /// `unreachable`; exit 1).
     #[error("{}", certd_message(.source, .hint))]
     Certd {
         /// The client's error.
@@ -39,7 +81,7 @@ pub enum Error {
         /// What the operator may do about it, if known.
         hint: Option<String>,
     },
-    /// A file could not be read or written (exit 1).
+    /// A file could not be read or written (`io`, exit 1).
     #[error("{path}: {source}")]
     Io {
         /// The file.
@@ -47,7 +89,7 @@ pub enum Error {
         /// The error.
         source: std::io::Error,
     },
-    /// Key generation, CSR or PKCS#12 encoding failed (exit 1).
+    /// Key generation, CSR or PKCS#12 encoding failed (`crypto`, exit 1).
     #[error("{0}")]
     Crypto(String),
 }
@@ -67,11 +109,38 @@ impl Error {
     /// The process exit status for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Usage(_) | Error::Config { .. } | Error::Input(_) | Error::Output { .. } => {
-                crate::EXIT_USAGE
-            }
-            _ => crate::EXIT_FAILED,
+            Error::Certd { .. } | Error::Io { .. } | Error::Crypto(_) => crate::EXIT_FAILED,
+            _ => crate::EXIT_USAGE,
         }
+    }
+
+    /// The stable machine code of this error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::Usage(_) => "usage",
+            Error::Config { .. } => "config",
+            Error::Input(_) => "input",
+            Error::InputChanged(_) => "input_changed",
+            Error::Output { .. } => "output",
+            Error::Journal { .. } => "journal_corrupt",
+            Error::BatchMismatch(_) => "batch_mismatch",
+            Error::Password { code, .. } | Error::NotPermitted { code, .. } => code,
+            Error::Certd { source, .. } => source.code(),
+            Error::Io { .. } => "io",
+            Error::Crypto(_) => "crypto",
+        }
+    }
+
+    /// The error as `--json` prints it:
+    /// `{"error": {"code", "message", "exit_code"}}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "error": {
+                "code": self.code(),
+                "message": self.to_string(),
+                "exit_code": self.exit_code(),
+            }
+        })
     }
 
     /// An I/O error on `path`.
@@ -79,6 +148,14 @@ impl Error {
         Error::Io {
             path: path.into(),
             source,
+        }
+    }
+
+    /// An output error on `path`.
+    pub fn output(path: impl Into<PathBuf>, message: impl std::fmt::Display) -> Error {
+        Error::Output {
+            path: path.into(),
+            message: message.to_string(),
         }
     }
 
@@ -126,5 +203,57 @@ pub fn hint_for(e: &ClientError) -> Option<String> {
             }
         }
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_and_exit_statuses_are_stable() {
+        let cases: Vec<(Error, &str, i32)> = vec![
+            (Error::Usage("x".into()), "usage", 2),
+            (Error::Input("x".into()), "input", 2),
+            (Error::InputChanged("x".into()), "input_changed", 2),
+            (Error::output("/o", "x"), "output", 2),
+            (
+                Error::Journal {
+                    path: "/j".into(),
+                    message: "x".into(),
+                },
+                "journal_corrupt",
+                2,
+            ),
+            (Error::BatchMismatch("x".into()), "batch_mismatch", 2),
+            (
+                Error::Password {
+                    code: "password_mismatch",
+                    message: "x".into(),
+                },
+                "password_mismatch",
+                2,
+            ),
+            (
+                Error::NotPermitted {
+                    code: "key_not_permitted",
+                    message: "x".into(),
+                },
+                "key_not_permitted",
+                2,
+            ),
+            (
+                Error::certd(ClientError::Transport("connection refused".into())),
+                "unreachable",
+                1,
+            ),
+            (Error::Crypto("x".into()), "crypto", 1),
+        ];
+        for (e, code, exit) in cases {
+            assert_eq!((e.code(), e.exit_code()), (code, exit), "{e:?}");
+            let j = e.to_json();
+            assert_eq!(j["error"]["code"], code);
+            assert_eq!(j["error"]["exit_code"], exit);
+        }
     }
 }

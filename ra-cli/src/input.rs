@@ -2,9 +2,10 @@
 //! memory at a time), and the checks each row must pass before anything is
 //! sent to certd.
 //!
-//! Columns: `email` and `common_name` (required), `organizational_unit`,
-//! `dns` (`;`-separated DNS names) and `csr` (path of a PEM or DER CSR,
-//! relative to the CSV file). Header names are case-insensitive.
+//! Columns: `email` (required), and any of `common_name`,
+//! `organizational_unit`, `dns` (`;`-separated DNS names) and `csr` (path
+//! of a PEM or DER CSR, relative to the CSV file); a column left out of the
+//! header is empty in every row. Header names are case-insensitive.
 
 use crate::csr::CsrInfo;
 use crate::error::Error;
@@ -197,7 +198,7 @@ impl<R> Hashing<R> {
 #[derive(Debug, Clone, Copy)]
 struct Columns {
     email: usize,
-    common_name: usize,
+    common_name: Option<usize>,
     organizational_unit: Option<usize>,
     dns: Option<usize>,
     csr: Option<usize>,
@@ -209,8 +210,26 @@ pub struct Input {
     reader: csv::Reader<Hashing<File>>,
     columns: Columns,
     record: csv::StringRecord,
+    header_digest: u128,
+    last_digest: u128,
     /// Columns ra-cli does not know (allowed with `--ignore-unknown-columns`).
     pub unknown_columns: Vec<String>,
+}
+
+/// A 128-bit digest of a record's fields and line, to tell whether a row
+/// read again is the row that was validated.
+fn record_digest<'a>(line: u64, fields: impl Iterator<Item = &'a [u8]>) -> u128 {
+    let mut h = sha2::Sha256::new();
+    h.update(line.to_le_bytes());
+    for f in fields {
+        // Length-prefixed, so field boundaries count.
+        h.update((f.len() as u64).to_le_bytes());
+        h.update(f);
+    }
+    let d = h.finalize();
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&d[..16]);
+    u128::from_le_bytes(b)
 }
 
 impl std::fmt::Debug for Input {
@@ -252,24 +271,21 @@ impl Input {
         if names.iter().all(|n| n.is_empty()) {
             return Err(Error::Input(format!(
                 "input {shown} is empty: it needs a header line naming the columns \
-                 (email,common_name[,organizational_unit,dns,csr]) and one line per certificate"
+                 (email[,common_name,organizational_unit,dns,csr]) and one line per certificate"
             )));
         }
         let find = |c: &str| names.iter().position(|n| n == c);
-        let (Some(email), Some(common_name)) = (find("email"), find("common_name")) else {
+        let Some(email) = find("email") else {
             if names.iter().any(|n| n.contains('@')) {
                 return Err(Error::Input(format!(
                     "input {shown}: line 1 is not a header (it looks like data): the first line \
                      must name the columns, e.g. email,common_name,organizational_unit,dns,csr"
                 )));
             }
-            let missing: Vec<&str> = ["email", "common_name"]
-                .into_iter()
-                .filter(|c| find(c).is_none())
-                .collect();
             return Err(Error::Input(format!(
-                "input {shown}: the header (line 1) has no {} column",
-                missing.join(" and no ")
+                "input {shown}: the header (line 1) has no email column (columns: email, and \
+                 any of {})",
+                KNOWN_COLUMNS[1..].join(", ")
             )));
         };
         let mut seen = HashMap::new();
@@ -295,12 +311,15 @@ impl Input {
                 KNOWN_COLUMNS.join(", ")
             )));
         }
+        let header_digest = record_digest(1, headers.as_byte_record().iter());
         Ok(Input {
             path: path.to_path_buf(),
+            header_digest,
+            last_digest: 0,
             reader,
             columns: Columns {
                 email,
-                common_name,
+                common_name: find("common_name"),
                 organizational_unit: find("organizational_unit"),
                 dns: find("dns"),
                 csr: find("csr"),
@@ -323,6 +342,7 @@ impl Input {
                     if self.record.iter().all(|f| f.trim().is_empty()) {
                         continue;
                     }
+                    self.last_digest = record_digest(line, self.record.as_byte_record().iter());
                     let get = |i: Option<usize>| {
                         i.and_then(|i| self.record.get(i))
                             .map(|s| s.trim().to_string())
@@ -331,7 +351,7 @@ impl Input {
                     return Some(Ok(RawRow {
                         line,
                         email: get(Some(self.columns.email)),
-                        common_name: get(Some(self.columns.common_name)),
+                        common_name: get(self.columns.common_name),
                         organizational_unit: get(self.columns.organizational_unit),
                         dns: get(self.columns.dns),
                         csr: get(self.columns.csr),
@@ -349,6 +369,7 @@ impl Input {
                     };
                     // The parser moves past a bad record; an I/O error ends the file.
                     let fatal = matches!(e.kind(), csv::ErrorKind::Io(_));
+                    self.last_digest = record_digest(line, std::iter::once(message.as_bytes()));
                     let err = RowError {
                         line,
                         email: String::new(),
@@ -373,6 +394,17 @@ impl Input {
     /// The file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Digest of the header line.
+    pub fn header_digest(&self) -> u128 {
+        self.header_digest
+    }
+
+    /// Digest of the record [`Input::next_row`] returned last (its fields
+    /// and line, or its error): equal when the same row is read again.
+    pub fn last_digest(&self) -> u128 {
+        self.last_digest
     }
 }
 
@@ -722,5 +754,23 @@ mod tests {
             .to_string()
             .contains("phone"));
         assert!(Input::open(&p, true).is_ok());
+    }
+
+    #[test]
+    fn optional_columns_may_be_left_out() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("in.csv");
+        std::fs::write(&p, "email\nalice@example.com\n").expect("write");
+        let mut input = Input::open(&p, false).expect("email alone is a header");
+        let raw = input.next_row().expect("row").expect("ok");
+        assert_eq!(raw.email, "alice@example.com");
+        assert!(raw.common_name.is_empty() && raw.dns.is_empty() && raw.csr.is_empty());
+        let (row, _) =
+            check_row(&raw, &rules(Some(ProfileKind::SmimeMailbox))).expect("valid for S/MIME");
+        assert_eq!(row.common_name, None);
+
+        std::fs::write(&p, "common_name,dns\nA,a.example.com\n").expect("write");
+        let e = Input::open(&p, false).expect_err("no email").to_string();
+        assert!(e.contains("no email column"), "{e}");
     }
 }

@@ -19,9 +19,10 @@ use x509_cert::der::EncodePem;
 use x509_cert::name::{Name, RdnSequence, RelativeDistinguishedName};
 use zeroize::Zeroizing;
 
-/// Key types ra-cli can generate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// Key types ra-cli can generate (`--key-type`; `--help` lists them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
+#[value(rename_all = "lowercase")]
 pub enum KeyType {
     /// ECDSA on NIST P-256.
     P256,

@@ -20,13 +20,15 @@ use std::process::ExitCode;
     name = "ra-cli",
     version,
     about = "Batch and scripted certificate issuance through certd",
-    after_help = "Exit status: 0 done, 1 failed (refusals, failed rows, certd unreachable), 2 usage or configuration error."
+    after_help = "Exit status: 0 done, 1 failed (refusals, failed rows, certd unreachable), 2 usage, configuration, input or output error.\n\
+                  With --json, standard output carries exactly one JSON document: the result, or {\"error\": {\"code\", \"message\", \"exit_code\"}}."
 )]
 struct Cli {
     /// Configuration file (TOML).
     #[arg(long, global = true, env = "RA_CLI_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Machine-readable JSON on standard output.
+    /// Machine-readable JSON on standard output: the result, or the error
+    /// with its stable code.
     #[arg(long, global = true)]
     json: bool,
     #[command(subcommand)]
@@ -54,9 +56,10 @@ enum Command {
     Revoke {
         /// Serial number (hex).
         serial: String,
-        /// unspecified, keyCompromise, affiliationChanged, superseded,
-        /// cessationOfOperation, privilegeWithdrawn, caCompromise.
-        #[arg(long)]
+        /// Revocation reason (RFC 5280 name).
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(
+            certd_api::REVOCATION_REASONS.map(|(name, _)| name)
+        ))]
         reason: String,
     },
     /// Download a certifier's CRL.
@@ -97,14 +100,20 @@ struct Common {
     /// Requested validity in days from now; clamped by policy.
     #[arg(long)]
     days: Option<u32>,
-    /// Key type of keys generated here: p256, p384, rsa2048, rsa3072.
-    #[arg(long, value_name = "TYPE")]
+    /// Key type of keys generated here (default: from the configuration, else p256).
+    #[arg(long, value_enum, value_name = "TYPE")]
     key_type: Option<KeyType>,
     /// File holding the PKCS#12 password (first line); default: generated.
     #[arg(long, value_name = "FILE")]
     p12_password_file: Option<PathBuf>,
     /// PBKDF2 and MAC iterations of PKCS#12 files.
-    #[arg(long, default_value_t = ra_cli::p12::DEFAULT_ITERATIONS)]
+    #[arg(
+        long,
+        default_value_t = ra_cli::p12::DEFAULT_ITERATIONS,
+        value_parser = clap::value_parser!(u32).range(
+            i64::from(ra_cli::p12::MIN_ITERATIONS)..=i64::from(ra_cli::p12::MAX_ITERATIONS)
+        )
+    )]
     p12_iterations: u32,
     /// Attempts for transient failures (503, rate limit, connection reset).
     #[arg(long, default_value_t = 6)]
@@ -113,7 +122,8 @@ struct Common {
 
 #[derive(Args)]
 struct BatchArgs {
-    /// CSV with a header: email, common_name[, organizational_unit, dns, csr].
+    /// CSV with a header naming its columns: email, and any of common_name,
+    /// organizational_unit, dns, csr.
     #[arg(long, value_name = "FILE")]
     input: PathBuf,
     /// Output directory: certificates, PKCS#12 files, report.csv, journal.
@@ -121,6 +131,10 @@ struct BatchArgs {
     out: Option<PathBuf>,
     #[command(flatten)]
     common: Common,
+    /// Where generated PKCS#12 passwords go (default: DIR/passwords.csv;
+    /// mode 0600). A resumed batch keeps the file it started with.
+    #[arg(long, value_name = "FILE", conflicts_with = "p12_password_file")]
+    passwords_out: Option<PathBuf>,
     /// Ignore columns ra-cli does not know instead of refusing the file.
     #[arg(long)]
     ignore_unknown_columns: bool,
@@ -136,8 +150,8 @@ struct BatchArgs {
     /// Batch id (default: derived from the input's SHA-256 and the options).
     #[arg(long)]
     batch_id: Option<String>,
-    /// Progress display: auto, bar, plain, off.
-    #[arg(long, default_value = "auto")]
+    /// Progress display on standard error.
+    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
     progress: ProgressMode,
 }
 
@@ -158,8 +172,8 @@ struct IssueArgs {
     /// Output file.
     #[arg(long)]
     out: PathBuf,
-    /// pem, der, p7b or p12 (default: p12 for a generated key, else pem).
-    #[arg(long)]
+    /// Output format (default: p12 for a generated key, else pem).
+    #[arg(long, value_enum)]
     format: Option<Format>,
     /// Idempotency key: repeating it returns the same certificate.
     #[arg(long)]
@@ -168,11 +182,17 @@ struct IssueArgs {
     common: Common,
 }
 
+/// `--status` of `ra-cli list`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum StatusArg {
+    Valid,
+    Revoked,
+}
+
 #[derive(Args)]
 struct ListArgs {
-    /// valid or revoked.
-    #[arg(long)]
-    status: Option<String>,
+    #[arg(long, value_enum)]
+    status: Option<StatusArg>,
     #[arg(long)]
     profile: Option<String>,
     #[arg(long)]
@@ -250,6 +270,7 @@ async fn run(cli: Cli) -> Result<i32, Error> {
                     .unwrap_or(KeyType::P256),
                 p12_password_file: a.common.p12_password_file.clone(),
                 p12_iterations: a.common.p12_iterations,
+                passwords_out: a.passwords_out,
                 ignore_unknown_columns: a.ignore_unknown_columns,
                 dry_run: a.dry_run,
                 skip_invalid: a.skip_invalid,
@@ -260,15 +281,13 @@ async fn run(cli: Cli) -> Result<i32, Error> {
                 handle_ctrl_c: true,
             };
             let summary = ra_cli::batch::run(client, &opts).await?;
+            // The summary goes to standard output whatever the outcome, so
+            // a script finds it in one place; progress and warnings go to
+            // standard error.
             if json {
                 print_json(&summary)?;
             } else {
-                let text = summary.render();
-                if summary.exit_code() == 0 {
-                    print!("{text}");
-                } else {
-                    eprint!("{text}");
-                }
+                print!("{}", summary.render());
             }
             Ok(summary.exit_code())
         }
@@ -331,7 +350,13 @@ async fn run(cli: Cli) -> Result<i32, Error> {
         Command::List(a) => {
             let c = cfg.client()?;
             let filter = ListFilter {
-                status: a.status,
+                status: a.status.map(|s| {
+                    match s {
+                        StatusArg::Valid => "valid",
+                        StatusArg::Revoked => "revoked",
+                    }
+                    .to_string()
+                }),
                 profile: a.profile,
                 certifier: a.certifier,
                 subject: a.subject,
@@ -403,14 +428,41 @@ async fn run(cli: Cli) -> Result<i32, Error> {
     }
 }
 
+/// Reports `e` as `--json` asks (one JSON document on standard output) or
+/// as text on standard error; returns the exit status.
+fn report_error(e: &Error, json: bool) -> i32 {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&e.to_json()).unwrap_or_default()
+        );
+    } else {
+        eprintln!("ra-cli: {e}");
+    }
+    e.exit_code()
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
-        Err(e) => {
+        Err(e) if e.use_stderr() => {
+            // A usage error comes before clap knows whether --json was
+            // given, so look for it: a script asking for JSON gets JSON.
+            if std::env::args_os().skip(1).any(|a| a == "--json") {
+                let message = e.render().to_string();
+                let err = Error::Usage(message.trim_end().to_string());
+                return ExitCode::from(u8::try_from(report_error(&err, true)).unwrap_or(2));
+            }
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            // --help, --version.
+            let _ = e.print();
+            return ExitCode::from(0);
         }
     };
+    let json = cli.json;
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -423,11 +475,7 @@ fn main() -> ExitCode {
     };
     let code = match rt.block_on(run(cli)) {
         Ok(code) => code,
-        Err(e) => {
-            let e = anyhow::Error::new(e);
-            eprintln!("ra-cli: {e}");
-            e.downcast_ref::<Error>().map_or(1, Error::exit_code)
-        }
+        Err(e) => report_error(&e, json),
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }

@@ -24,8 +24,9 @@ pub const MODE_PUBLIC: u32 = 0o644;
 /// File mode of PKCS#12 files, encrypted keys and password lists.
 pub const MODE_SECRET: u32 = 0o600;
 
-/// Output format of `ra-cli issue`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Output format of `ra-cli issue` (`--format`; `--help` lists them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[value(rename_all = "lowercase")]
 pub enum Format {
     /// PEM: the certificate, then its chain.
     Pem,
@@ -100,9 +101,9 @@ pub fn p7b(certs: &[Vec<u8>]) -> Result<Vec<u8>, Error> {
     info.to_der().map_err(err)
 }
 
-/// Writes `bytes` to `path` atomically (temporary file, then rename) with
-/// permissions `mode`. With `durable`, the data is flushed to disk before
-/// the rename.
+/// Writes `bytes` to `path` atomically (temporary file created with
+/// permissions `mode`, then rename). With `durable`, the data is flushed to
+/// disk before the rename (the caller flushes the directory).
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32, durable: bool) -> Result<(), Error> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
@@ -112,13 +113,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32, durable: bool) -> Resu
         path: path.to_path_buf(),
         message: e.to_string(),
     };
+    // Created with its final mode (never readable by others, not even
+    // for a moment, when it is a secret).
     let mut tmp = tempfile::Builder::new()
         .prefix(TEMP_PREFIX)
+        .permissions(std::fs::Permissions::from_mode(mode))
         .tempfile_in(dir)
-        .map_err(out_err)?;
-    // tempfile creates 0600; widen only what is meant to be public.
-    tmp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(mode))
         .map_err(out_err)?;
     tmp.write_all(bytes).map_err(out_err)?;
     if durable {
@@ -126,6 +126,35 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32, durable: bool) -> Resu
     }
     tmp.persist(path).map_err(|e| out_err(e.error))?;
     Ok(())
+}
+
+/// Checks that a file can be created at `path` (its directory exists and
+/// is writable, nothing but a file is there), without leaving anything.
+pub fn check_writable(path: &Path, what: &str) -> Result<(), Error> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if !m.is_file() => {
+            return Err(Error::output(
+                path,
+                format!("{what}: there is something other than a file: remove it"),
+            ))
+        }
+        _ => {}
+    }
+    if !dir.is_dir() {
+        return Err(Error::output(
+            path,
+            format!("{what}: the directory {} does not exist", dir.display()),
+        ));
+    }
+    tempfile::Builder::new()
+        .prefix(TEMP_PREFIX)
+        .tempfile_in(dir)
+        .map(drop)
+        .map_err(|e| Error::output(path, format!("{what}: cannot write there: {e}")))
 }
 
 /// Removes temporary files a killed run left in `dir`.
@@ -181,6 +210,19 @@ mod tests {
         std::fs::write(dir.path().join(".tmp-abc"), b"partial").expect("write");
         assert_eq!(remove_stale_temps(dir.path()).expect("clean"), 1);
         assert!(p.exists());
+    }
+
+    #[test]
+    fn writable_paths_are_checked_without_leaving_anything() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        check_writable(&dir.path().join("x.pem"), "out").expect("writable");
+        assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 0);
+        std::fs::create_dir(dir.path().join("d")).expect("dir");
+        let e = check_writable(&dir.path().join("d"), "out").expect_err("a directory");
+        assert_eq!(e.code(), "output");
+        std::fs::write(dir.path().join("f"), "x").expect("file");
+        let e = check_writable(&dir.path().join("f/x.pem"), "out").expect_err("no dir");
+        assert!(e.to_string().contains("does not exist"), "{e}");
     }
 
     #[test]

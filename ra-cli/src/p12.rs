@@ -19,6 +19,22 @@ pub const DEFAULT_ITERATIONS: u32 = 2048;
 /// Fewest iterations accepted.
 pub const MIN_ITERATIONS: u32 = 1000;
 
+/// Most iterations accepted: far beyond any recommendation, low enough that
+/// a typo cannot make every file take minutes.
+pub const MAX_ITERATIONS: u32 = 10_000_000;
+
+/// Checks an iteration count before anything is issued (a count refused
+/// only when the first file is built would leave a certificate behind).
+pub fn check_iterations(iterations: u32) -> Result<(), Error> {
+    if (MIN_ITERATIONS..=MAX_ITERATIONS).contains(&iterations) {
+        Ok(())
+    } else {
+        Err(Error::Usage(format!(
+            "--p12-iterations {iterations}: use {MIN_ITERATIONS} to {MAX_ITERATIONS}"
+        )))
+    }
+}
+
 fn err(e: impl std::fmt::Display) -> Error {
     Error::Crypto(format!("PKCS#12: {e}"))
 }
@@ -36,11 +52,7 @@ pub fn build(
     password: &str,
     iterations: u32,
 ) -> Result<Vec<u8>, Error> {
-    if iterations < MIN_ITERATIONS {
-        return Err(err(format!(
-            "{iterations} iterations is too few (at least {MIN_ITERATIONS})"
-        )));
-    }
+    check_iterations(iterations)?;
     let key = PrivateKey::from_der(key_pkcs8).map_err(err)?;
     let mut certs = vec![Certificate::from_der(leaf).map_err(err)?];
     for c in chain {

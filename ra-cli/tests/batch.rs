@@ -1,16 +1,15 @@
 //! End-to-end tests of `ra-cli batch issue` against a real certd (real
 //! SoftHSM token, real mutual TLS): mixed rows with a bad one (dry run,
 //! refusal, `--skip-invalid`), PKCS#12 files opened by `openssl pkcs12`,
-//! every kind of bad input, and a batch killed part-way and re-run.
+//! every kind of bad input, and the checks made before the first request.
+//! Failures part-way and resumes are in `resume.rs`.
 #![forbid(unsafe_code)]
 
 mod common;
 
-use common::{openssl, openssl_csr, read_csv, wait_for, Ca};
+use common::{openssl, openssl_csr, read_csv, Ca};
 use std::collections::HashSet;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::Duration;
 
 fn s(p: &Path) -> String {
     p.display().to_string()
@@ -62,8 +61,10 @@ fn mixed_rows_dry_run_skip_invalid_and_pkcs12() {
 
     // Dry run: the bad row by its line, nothing written, exit 1.
     let d = ca.ra(&["batch", "issue", "--input", &s(&input), "--dry-run"]);
-    d.code(1).stderr_has("line 4:").stderr_has("not-an-address");
-    assert!(d.stderr.contains("5 row(s), 4 valid, 1 invalid"), "{d}");
+    // The summary, invalid rows included, is on standard output whatever
+    // the outcome.
+    d.code(1).stdout_has("line 4:").stdout_has("not-an-address");
+    assert!(d.stdout.contains("5 row(s), 4 valid, 1 invalid"), "{d}");
     let j = ca.ra(&[
         "--json",
         "batch",
@@ -77,7 +78,7 @@ fn mixed_rows_dry_run_skip_invalid_and_pkcs12() {
     // Without --skip-invalid nothing is issued.
     ca.ra(&["batch", "issue", "--input", &s(&input), "--out", &s(&out)])
         .code(1)
-        .stderr_has("nothing was issued");
+        .stdout_has("nothing was issued");
     assert!(serials(&ca).is_empty());
     assert!(!out.join("alice@example.com.pem").exists());
 
@@ -309,11 +310,11 @@ fn bad_input_is_reported_clearly() {
     .code(2)
     .stderr_has("not a header");
     batch(
-        &csv("nocn.csv", "email,name\na@example.com,A\n"),
+        &csv("noemail.csv", "name,common_name\nA,a@example.com\n"),
         &["--ignore-unknown-columns"],
     )
     .code(2)
-    .stderr_has("no common_name column");
+    .stderr_has("no email column");
     batch(&csv("onlyheader.csv", "email,common_name\n"), &[])
         .code(2)
         .stderr_has("no rows");
@@ -350,21 +351,21 @@ fn bad_input_is_reported_clearly() {
         (9, "only the email"),
     ] {
         assert!(
-            d.stderr.contains(&format!("line {line}: ")),
+            d.stdout.contains(&format!("line {line}: ")),
             "line {line}\n{d}"
         );
         let l = d
-            .stderr
+            .stdout
             .lines()
             .find(|l| l.starts_with(&format!("line {line}: ")))
             .unwrap_or_default();
         assert!(l.contains(what), "line {line} should say {what:?}: {l}");
     }
     assert!(
-        !d.stderr.contains("line 2:") && !d.stderr.contains("line 10:"),
+        !d.stdout.contains("line 2:") && !d.stdout.contains("line 10:"),
         "{d}"
     );
-    batch(&rows, &[]).code(1).stderr_has("nothing was issued");
+    batch(&rows, &[]).code(1).stdout_has("nothing was issued");
     assert!(!work.join("out").exists());
 
     // DNS names are checked for host profiles.
@@ -382,8 +383,8 @@ fn bad_input_is_reported_clearly() {
         "--dry-run",
     ]);
     d.code(1)
-        .stderr_has("line 3: DNS name \"bad_name.example.com\"")
-        .stderr_has("line 4: ");
+        .stdout_has("line 3: DNS name \"bad_name.example.com\"")
+        .stdout_has("line 4: ");
 
     // Output directory not writable (a file is in the way).
     let good = csv("good.csv", "email,common_name\nok@example.com,\n");
@@ -420,8 +421,8 @@ fn bad_input_is_reported_clearly() {
     // A dry run still checks the syntax without certd.
     ca.ra_with(&down, &["batch", "issue", "--input", &rows, "--dry-run"])
         .code(1)
-        .stderr_has("line 4: ")
-        .stderr_has("syntax only");
+        .stdout_has("line 4: ")
+        .stdout_has("syntax only");
 
     // Credential not on the allowlist.
     let (cert, key) = ca.stranger_credential();
@@ -471,122 +472,135 @@ fn bad_input_is_reported_clearly() {
 }
 
 #[test]
-fn killed_batch_resumes_without_duplicates() {
-    const ROWS: usize = 200;
+fn everything_is_checked_before_the_first_request() {
     let ca = Ca::start(true);
     let work = ca.scratch("work");
-    let input = work.join("many.csv");
-    let mut text = String::from("email,common_name\n");
-    for i in 0..ROWS {
-        text.push_str(&format!("user{i:04}@example.com,\n"));
-    }
-    std::fs::write(&input, text).expect("csv");
+    let input = work.join("people.csv");
+    // Only the email column: enough for an S/MIME profile.
+    std::fs::write(&input, "email\nann@example.com\nben@example.com\n").expect("csv");
     let out = work.join("out");
-    let args = |extra: &[&str]| {
-        let mut a: Vec<String> = [
-            "--config",
-            &s(&ca.config),
-            "batch",
-            "issue",
-            "--input",
-            &s(&input),
-            "--out",
-            &s(&out),
-            "--jobs",
-            "4",
-            "--p12-iterations",
-            "1000",
-        ]
-        .iter()
-        .map(|x| x.to_string())
-        .collect();
-        a.extend(extra.iter().map(|x| x.to_string()));
-        a
+    let batch = |extra: &[&str]| {
+        let mut a = vec!["batch", "issue", "--input", input.to_str().expect("utf-8")];
+        a.extend(["--out", out.to_str().expect("utf-8")]);
+        a.extend_from_slice(extra);
+        ca.ra(&a)
     };
-    let mut child = Command::new(common::RA_CLI)
-        .args(args(&["--progress", "off"]))
-        .env_remove("RA_CLI_CONFIG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start ra-cli");
-    let journal = out.join("journal.jsonl");
-    let issued_lines = || {
-        std::fs::read_to_string(&journal)
-            .map(|t| t.matches("\"event\":\"issued\"").count())
-            .unwrap_or(0)
+    let nothing_done = |r: &common::Run| {
+        assert!(serials(&ca).is_empty(), "nothing issued: {r}");
+        assert!(!out.exists(), "no output directory: {r}");
     };
-    wait_for(
-        Duration::from_secs(60),
-        "the journal to show progress",
-        || issued_lines() >= 15,
-    );
-    child.kill().expect("SIGKILL");
-    let status = child.wait().expect("wait");
-    assert!(
-        status.code().is_none(),
-        "killed by a signal, not finished: {status}"
-    );
-    let before = issued_lines();
-    assert!(before < ROWS, "killed part-way ({before} issued)");
-    let requested = std::fs::read_to_string(&journal)
-        .expect("journal")
-        .matches("\"event\":\"requested\"")
-        .count();
-    assert!(requested >= before);
 
-    let r = common::run(
-        Command::new(common::RA_CLI)
-            .args(args(&["--progress", "plain"]))
-            .env_remove("RA_CLI_CONFIG"),
-    );
-    r.ok();
-    assert!(
-        r.stdout
-            .contains(&format!("issued {ROWS} ({before} by earlier runs)")),
-        "{r}"
-    );
+    // Option values, each refused with its code; with --json the error is
+    // one JSON document on standard output and standard error stays empty.
+    let r = batch(&["--json", "--p12-iterations", "10"]);
+    r.code(2);
+    assert_eq!(r.json()["error"]["code"], "usage", "{r}");
+    assert!(r.stderr.is_empty(), "{r}");
+    nothing_done(&r);
+    let r = batch(&["--json", "--key-type", "ed25519"]);
+    r.code(2);
+    let msg = r.json()["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(msg.contains("p256, p384, rsa2048, rsa3072"), "{r}");
+    let missing = s(&work.join("missing.pw"));
+    let r = batch(&["--json", "--p12-password-file", &missing]);
+    r.code(2);
+    assert_eq!(r.json()["error"]["code"], "usage", "{r}");
+    assert!(r.stdout.contains("missing.pw"), "{r}");
+    nothing_done(&r);
+    batch(&["--profile", "nope"])
+        .code(2)
+        .stderr_has("not one this RA may use");
+    let r = batch(&["--json", "--profile", "nope"]);
+    assert_eq!(r.json()["error"]["code"], "profile_not_permitted", "{r}");
+    let r = batch(&["--json", "--certifier", "other-root"]);
+    r.code(2);
+    assert_eq!(r.json()["error"]["code"], "certifier_not_permitted", "{r}");
+    nothing_done(&r);
+    // Without --json the error is text on standard error.
+    let r = batch(&["--certifier", "other-root"]);
+    r.code(2).stderr_has("other-root");
+    assert!(r.stdout.is_empty(), "{r}");
 
-    // certd's ledger: exactly one certificate per row.
-    let all = serials(&ca);
-    assert_eq!(all.len(), ROWS, "no row issued twice");
-    let unique: HashSet<&String> = all.iter().collect();
-    assert_eq!(unique.len(), ROWS);
-    let report = read_csv(&out.join("report.csv"));
-    assert_eq!(report.len(), ROWS);
-    let reported: HashSet<&str> = report.iter().map(|l| l["serial"].as_str()).collect();
-    assert_eq!(reported.len(), ROWS);
-    assert!(report
-        .iter()
-        .all(|l| l["status"] == "issued" && unique.contains(&l["serial"])));
-    assert_eq!(files(&out, ".p12"), ROWS);
-    assert_eq!(files(&out, ".pem"), ROWS);
-    assert_eq!(files(&out, ".tmp"), 0);
-    assert!(std::fs::read_dir(&out)
-        .expect("out")
-        .flatten()
-        .all(|e| !e.file_name().to_string_lossy().starts_with(".tmp-")));
-    let passwords = read_csv(&out.join("passwords.csv"));
-    assert_eq!(
-        passwords.len(),
-        ROWS,
-        "one password per row after compaction"
-    );
-    // Rows in flight at the kill were finished with the key journaled
-    // before the kill: their PKCS#12 opens with the first password.
-    for p in passwords.iter().step_by(37) {
-        let pw = work.join("p.pw");
-        std::fs::write(&pw, &p["password"]).expect("pw");
+    // A key type the profile does not allow (as certd says).
+    ca.reload_with(|t| {
+        t.replace(
+            "name = \"smime-mailbox\"\nkind = \"smime-mailbox\"\n",
+            "name = \"smime-mailbox\"\nkind = \"smime-mailbox\"\nkey_types = [\"p384\"]\n",
+        )
+    });
+    let r = batch(&["--json"]);
+    r.code(2);
+    assert_eq!(r.json()["error"]["code"], "key_not_permitted", "{r}");
+    assert!(r.stdout.contains("allowed: p384"), "{r}");
+    nothing_done(&r);
+
+    // Passwords elsewhere: mode 0600, none in the output directory; a
+    // resume keeps that file.
+    let secrets = ca.scratch("secrets");
+    let pw = secrets.join("batch-pw.csv");
+    let r = batch(&["--key-type", "p384", "--passwords-out", &s(&pw)]);
+    r.ok().stdout_has(&format!("passwords: {}", s(&pw)));
+    assert!(!out.join("passwords.csv").exists());
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&pw).expect("pw").permissions())
+            & 0o777;
+    assert_eq!(mode, 0o600);
+    let lines = read_csv(&pw);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    for l in &lines {
+        let one = work.join("one.pw");
+        std::fs::write(&one, &l["password"]).expect("pw");
         openssl(&[
             "pkcs12",
             "-in",
-            &s(&out.join(&p["file"])),
+            &s(&out.join(&l["file"])),
             "-passin",
-            &format!("file:{}", s(&pw)),
-            "-nodes",
-            "-nocerts",
+            &format!("file:{}", s(&one)),
+            "-nokeys",
         ])
         .ok();
     }
+    let other = s(&secrets.join("other.csv"));
+    let r = batch(&["--json", "--key-type", "p384", "--passwords-out", &other]);
+    r.code(2);
+    assert_eq!(r.json()["error"]["code"], "batch_mismatch", "{r}");
+    let r = batch(&["--json", "--key-type", "p384"]);
+    r.ok();
+    assert_eq!(r.json()["already_issued"], 2, "{r}");
+    assert_eq!(r.json()["passwords"], s(&pw).as_str());
+    assert_eq!(serials(&ca).len(), 2);
+}
+
+#[test]
+fn enumerated_options_list_their_values() {
+    let help =
+        common::run(std::process::Command::new(common::RA_CLI).args(["batch", "issue", "--help"]));
+    help.ok();
+    for v in [
+        "p256", "p384", "rsa2048", "rsa3072", "auto", "bar", "plain", "off",
+    ] {
+        assert!(help.stdout.contains(v), "{v}\n{help}");
+    }
+    let help = common::run(std::process::Command::new(common::RA_CLI).args(["issue", "--help"]));
+    for v in ["pem", "der", "p7b", "p12"] {
+        assert!(help.stdout.contains(v), "{v}\n{help}");
+    }
+    let help = common::run(std::process::Command::new(common::RA_CLI).args(["list", "--help"]));
+    assert!(
+        help.stdout.contains("valid") && help.stdout.contains("revoked"),
+        "{help}"
+    );
+    let r = common::run(
+        std::process::Command::new(common::RA_CLI).args(["--json", "list", "--status", "expired"]),
+    );
+    r.code(2);
+    let j = r.json();
+    assert_eq!(j["error"]["code"], "usage", "{r}");
+    assert!(j["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("revoked"));
 }

@@ -269,7 +269,7 @@ fn single_commands_against_a_real_certd() {
         .stderr_has("already_revoked");
     ca.ra(&["revoke", &alice, "--reason", "certificateHold"])
         .code(2)
-        .stderr_has("unknown revocation reason");
+        .stderr_has("possible values: unspecified, keyCompromise");
     // certd makes a new CRL `crl.coalesce_seconds` after a revocation:
     // fetch until it lists alice (the bound only catches a hang).
     let mut fetches = 0;
@@ -308,6 +308,42 @@ fn single_commands_against_a_real_certd() {
     ])
     .ok();
     openssl(&["crl", "-in", &w("root.crl.pem"), "-noout"]).ok();
+
+    // What ra-cli can check is refused before certd is asked: no
+    // certificate without its file.
+    let count = || {
+        ca.ra(&["--json", "list"])
+            .json()
+            .as_array()
+            .map_or(0, Vec::len)
+    };
+    let before = count();
+    std::fs::write(work.join("afile"), "x").expect("file");
+    ca.ra(&[
+        "issue",
+        "--profile",
+        "tls-server",
+        "--csr",
+        &csr_s,
+        "--out",
+        &w("afile/x.pem"),
+    ])
+    .code(2)
+    .stderr_has("does not exist");
+    ca.ra(&[
+        "issue",
+        "--profile",
+        "smime-mailbox",
+        "--san",
+        "email:a@example.com",
+        "--p12-iterations",
+        "5",
+        "--out",
+        &w("few.p12"),
+    ])
+    .code(2)
+    .stderr_has("--p12-iterations");
+    assert_eq!(count(), before, "nothing issued");
 
     // Refusals show certd's code and message.
     ca.ra(&["show", "00112233445566778899"])

@@ -1,31 +1,36 @@
 //! `ra-cli batch issue`: issuance for a list of people or hosts.
 //!
-//! 1. **Validate** the whole file first (streamed): every bad row is
-//!    reported with its line; by default nothing is issued if any row is
-//!    invalid. `--dry-run` stops here.
-//! 2. **Issue** with `jobs` concurrent requests. Each row's `request_id` is
-//!    derived from the batch id and the row's identity, so a re-run sends
-//!    the same ids and certd answers repeats with the certificates it
-//!    already issued. The [`journal`] records progress; rows it lists as
-//!    issued are not sent again, rows in flight are simply re-sent.
+//! 1. **Check** everything before the first request ([`check`]): option
+//!    values, the profile, key type and certifier against what certd says
+//!    this RA may use, every row of the file (streamed; every bad row is
+//!    reported with its line, and by default nothing is issued if any row
+//!    is invalid), the output paths, and on a resume the rows and
+//!    passwords against the journal. `--dry-run` stops here.
+//! 2. **Issue** ([`issue`]) with `jobs` concurrent requests. Each row's
+//!    `request_id` is derived from the batch id and the row's values, so a
+//!    re-run sends the same ids with the same CSRs, and certd answers
+//!    repeats with the certificates it already issued. The [`journal`]
+//!    records each request before it is sent and each delivery once its
+//!    files are durable; rows it lists as delivered are not sent again,
+//!    every other row is sent (again) with its journaled request.
 //! 3. **Report**: `report.csv` and a summary.
 
+pub mod check;
+pub mod issue;
 pub mod journal;
 pub mod progress;
 pub mod report;
 
-use crate::csr::CsrInfo;
 use crate::error::Error;
-use crate::input::{check_row, Duplicates, Input, ProfileKind, Row, RowError, Rules};
-use crate::keys::{KeyType, SubscriberKey};
-use crate::output;
-use crate::retry::{retry, RetryPolicy};
+use crate::input::{ProfileKind, Row, Rules};
+use crate::keys::KeyType;
+use crate::retry::RetryPolicy;
 use certd_api::{
     ApiError, CertdClient, ClientError, ErrorCode, IssueRequest, Subject, SubjectAltNames,
 };
-use journal::{BatchHeader, Entry};
+use issue::{Ctx, Kind, Outcome, Source, Stopped, Work};
+use journal::{BatchHeader, Entry, PasswordMode};
 use progress::{Counts, Progress, ProgressMode};
-use report::{ReportLine, Status};
 use serde::Serialize;
 use sha2::Digest;
 use std::collections::HashMap;
@@ -34,7 +39,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use time::OffsetDateTime;
-use zeroize::Zeroizing;
 
 /// Options of `ra-cli batch issue`.
 #[derive(Debug, Clone)]
@@ -57,6 +61,8 @@ pub struct BatchOptions {
     pub p12_password_file: Option<PathBuf>,
     /// PBKDF2/MAC iterations of PKCS#12 files and journaled keys.
     pub p12_iterations: u32,
+    /// Where generated passwords go (default `DIR/passwords.csv`).
+    pub passwords_out: Option<PathBuf>,
     /// Ignore columns ra-cli does not know.
     pub ignore_unknown_columns: bool,
     /// Only validate.
@@ -108,6 +114,11 @@ pub struct Summary {
     pub failed: u64,
     /// Invalid rows left out.
     pub skipped: u64,
+    /// Rows not sent because the run stopped first.
+    pub not_attempted: u64,
+    /// What stopped the run before the end of the input, if anything.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<Stopped>,
     /// Retries made.
     pub retries: u64,
     /// Seconds.
@@ -120,6 +131,9 @@ pub struct Summary {
     /// The report.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub report: Option<PathBuf>,
+    /// The generated passwords, if this batch has any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub passwords: Option<PathBuf>,
     /// Ctrl-C stopped the run early.
     pub interrupted: bool,
     /// Nothing was issued because rows were invalid.
@@ -136,7 +150,12 @@ impl Summary {
         let bad = if self.dry_run {
             !self.invalid.is_empty()
         } else {
-            self.refused_invalid || self.interrupted || self.failed > 0 || self.skipped > 0
+            self.refused_invalid
+                || self.interrupted
+                || self.stopped.is_some()
+                || self.failed > 0
+                || self.skipped > 0
+                || self.not_attempted > 0
         };
         if bad {
             crate::EXIT_FAILED
@@ -175,13 +194,14 @@ impl Summary {
             return s;
         }
         s.push_str(&format!(
-            "batch {}: {} row(s): issued {} ({} by earlier runs), failed {}, skipped {}; {:.1} s, {:.1} rows/s{}\n",
+            "batch {}: {} row(s): issued {} ({} by earlier runs), failed {}, skipped {}, not attempted {}; {:.1} s, {:.1} rows/s{}\n",
             self.batch_id.as_deref().unwrap_or("-"),
             self.rows,
             self.issued + self.already_issued,
             self.already_issued,
             self.failed,
             self.skipped,
+            self.not_attempted,
             self.elapsed_seconds,
             self.rows_per_second,
             if self.retries > 0 {
@@ -190,11 +210,32 @@ impl Summary {
                 String::new()
             }
         ));
-        if self.interrupted {
-            s.push_str("interrupted: re-run the same command to finish the batch\n");
+        let again = "re-run the same command to finish the batch: delivered rows are not \
+                     issued again, and a row certd already issued gets that certificate";
+        match &self.stopped {
+            Some(st) if st.code == "interrupted" => {
+                s.push_str(&format!("interrupted: {again}\n"));
+            }
+            Some(st) => {
+                s.push_str(&format!("stopped: {} [{}]\n", st.message, st.code));
+                let first = match st.code.as_str() {
+                    "certifier_locked" => "activate the certifier (certd activate)",
+                    "rate_limited" => "wait for certd's rate limit, or run with fewer --jobs",
+                    "unreachable" => "make certd reachable",
+                    _ => "fix the cause above",
+                };
+                s.push_str(&format!("{first}, then {again}\n"));
+            }
+            None if self.failed > 0 => {
+                s.push_str(&format!("failed rows: see the report; {again}\n"));
+            }
+            None => {}
         }
         if let Some(r) = &self.report {
             s.push_str(&format!("report: {}\n", r.display()));
+        }
+        if let Some(p) = &self.passwords {
+            s.push_str(&format!("passwords: {}\n", p.display()));
         }
         s
     }
@@ -286,64 +327,8 @@ pub fn build_request(
     }
 }
 
-/// The result of the validation pass.
-#[derive(Debug)]
-pub struct Validation {
-    /// Data rows.
-    pub rows: u64,
-    /// Valid rows.
-    pub valid: u64,
-    /// Invalid rows.
-    pub invalid: Vec<RowError>,
-    /// SHA-256 of the input.
-    pub input_sha256: [u8; 32],
-    /// Whether some valid row has no CSR (ra-cli generates its key).
-    pub needs_keys: bool,
-}
-
-/// Reads the whole input once and checks every row.
-pub fn validate(path: &Path, rules: &Rules, ignore_unknown: bool) -> Result<Validation, Error> {
-    let mut input = Input::open(path, ignore_unknown)?;
-    let mut dups = Duplicates::default();
-    let mut v = Validation {
-        rows: 0,
-        valid: 0,
-        invalid: Vec::new(),
-        input_sha256: [0; 32],
-        needs_keys: false,
-    };
-    while let Some(next) = input.next_row() {
-        v.rows += 1;
-        let checked = next.and_then(|raw| {
-            let (row, _) = check_row(&raw, rules)?;
-            dups.check(&row).map_err(|message| RowError {
-                line: raw.line,
-                email: raw.email.clone(),
-                common_name: raw.common_name.clone(),
-                message,
-            })?;
-            Ok(row)
-        });
-        match checked {
-            Ok(row) => {
-                v.valid += 1;
-                v.needs_keys |= row.csr.is_none();
-            }
-            Err(e) => v.invalid.push(e),
-        }
-    }
-    if v.rows == 0 {
-        return Err(Error::Input(format!(
-            "input {} has a header but no rows",
-            path.display()
-        )));
-    }
-    v.input_sha256 = input.sha256();
-    Ok(v)
-}
-
-/// The profile's rules as certd states them for this RA; `None` (with the
-/// reason) when certd cannot be asked.
+/// The profile's rules as certd states them for this RA, and the
+/// certifiers it may use with it.
 pub async fn profile_rules(
     client: &CertdClient,
     profile: &str,
@@ -352,14 +337,17 @@ pub async fn profile_rules(
     let profiles = client.profiles().await.map_err(Error::certd)?;
     let Some(p) = profiles.iter().find(|p| p.name == profile) else {
         let names: Vec<&str> = profiles.iter().map(|p| p.name.as_str()).collect();
-        return Err(Error::Usage(format!(
-            "profile {profile:?} is not one this RA may use (it may use: {})",
-            if names.is_empty() {
-                "none".to_string()
-            } else {
-                names.join(", ")
-            }
-        )));
+        return Err(Error::NotPermitted {
+            code: ErrorCode::ProfileNotPermitted.as_str(),
+            message: format!(
+                "profile {profile:?} is not one this RA may use (it may use: {}): pass --profile",
+                if names.is_empty() {
+                    "none".to_string()
+                } else {
+                    names.join(", ")
+                }
+            ),
+        });
     };
     Ok((
         Rules {
@@ -408,423 +396,22 @@ async fn check_certifier(
     ))))
 }
 
-struct Work {
-    seq: u64,
-    row: Row,
-    csr: Option<CsrInfo>,
-    request_id: String,
-}
-
-enum Kind {
-    Issued,
-    Already,
-    Failed,
-    Skipped,
-}
-
-struct Outcome {
-    seq: u64,
-    line: ReportLine,
-    kind: Kind,
-}
-
-struct Ctx {
-    client: CertdClient,
-    kind: Option<ProfileKind>,
-    profile: String,
-    certifier: Option<String>,
-    not_after: Option<String>,
-    key_type: KeyType,
-    iterations: u32,
-    out_dir: PathBuf,
-    retry: RetryPolicy,
-    fixed_password: Option<Zeroizing<String>>,
-    passwords: Mutex<HashMap<String, Zeroizing<String>>>,
-    pending: Mutex<HashMap<String, journal::Pending>>,
-    journal: journal::Writer,
-    stop: AtomicBool,
-    retries: AtomicU64,
-}
-
-struct RowFailure {
-    code: String,
-    message: String,
-}
-
-impl From<Error> for RowFailure {
-    fn from(e: Error) -> Self {
-        RowFailure {
-            code: e.certd_code().unwrap_or("ra_cli").to_string(),
-            message: match &e {
-                Error::Certd {
-                    source: ClientError::Api(api),
-                    ..
-                } => api.message.clone(),
-                other => other.to_string(),
-            },
-        }
+/// Creates the output directory (mode 0700: it will hold keys and
+/// passwords) unless it exists, locks it against a second run, and checks
+/// that it can be written.
+fn open_out_dir(dir: &Path, create: bool) -> Result<std::fs::File, Error> {
+    use std::os::unix::fs::DirBuilderExt;
+    let out_err = |message: String| Error::output(dir, message);
+    if create {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| out_err(format!("cannot create the output directory: {e}")))?;
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panicking worker cannot leave these maps half-updated (single
-    // insert/remove calls), so a poisoned lock is still usable.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-enum KeyHandle {
-    None,
-    /// PKCS#8 DER of a key generated in this run (wiped when dropped).
-    Plain(Zeroizing<Vec<u8>>),
-    /// A key from the journal, encrypted under the row's password.
-    Encrypted(String),
-}
-
-/// PBKDF2 iterations for a journaled key whose password was generated:
-/// ~137 random bits need no stretching (iterations only slow down guessing
-/// of weak passwords), so one round keeps the format standard at no cost.
-/// Operator-chosen passwords get the full PKCS#12 count.
-const GENERATED_PASSWORD_ITERATIONS: u32 = 1;
-
-fn later_than(a: &str, b: &str) -> bool {
-    let rfc = &time::format_description::well_known::Rfc3339;
-    match (OffsetDateTime::parse(a, rfc), OffsetDateTime::parse(b, rfc)) {
-        (Ok(a), Ok(b)) => a > b,
-        _ => false,
+    if !dir.is_dir() {
+        return Err(out_err("is not a directory".into()));
     }
-}
-
-async fn process(ctx: &Ctx, work: &Work) -> Result<(String, String, bool), RowFailure> {
-    let row = &work.row;
-    let stem = row.file_stem();
-    let generated = work.csr.is_none();
-    let mut password: Option<Zeroizing<String>> = None;
-    let (csr, key) = match &work.csr {
-        Some(info) => (info.pem.clone(), KeyHandle::None),
-        None => {
-            let pending = lock(&ctx.pending).remove(&work.request_id);
-            match pending {
-                Some(p) => {
-                    let pw = match &ctx.fixed_password {
-                        Some(pw) => pw.clone(),
-                        None => lock(&ctx.passwords)
-                            .get(&row.email)
-                            .cloned()
-                            .ok_or_else(|| RowFailure {
-                                code: "ra_cli".into(),
-                                message: format!(
-                                "the journal holds this row's key but {} has no password for {}",
-                                journal::PASSWORDS,
-                                row.email
-                            ),
-                            })?,
-                    };
-                    password = Some(pw);
-                    (p.csr, KeyHandle::Encrypted(p.key))
-                }
-                None => {
-                    let (pw, new_pw) = match &ctx.fixed_password {
-                        Some(pw) => (pw.clone(), false),
-                        None => (crate::keys::random_password()?, true),
-                    };
-                    let kt = ctx.key_type;
-                    let cn = row.common_name.clone().unwrap_or_else(|| row.email.clone());
-                    let iterations = if new_pw {
-                        GENERATED_PASSWORD_ITERATIONS
-                    } else {
-                        ctx.iterations
-                    };
-                    let pw2 = pw.clone();
-                    let (key, csr, enc) = tokio::task::spawn_blocking(move || {
-                        let key = SubscriberKey::generate(kt)?;
-                        let csr = key.csr_pem(Some(&cn))?;
-                        let der = key.pkcs8_der()?;
-                        let enc = crate::keys::encrypt_pkcs8(&der, pw2.as_bytes(), iterations)?;
-                        Ok::<_, Error>((der, csr, enc))
-                    })
-                    .await
-                    .map_err(|e| Error::Crypto(e.to_string()))??;
-                    let pw_line = new_pw.then(|| {
-                        Zeroizing::new(journal::password_line(
-                            row.line,
-                            &row.email,
-                            &format!("{stem}.p12"),
-                            &pw,
-                        ))
-                    });
-                    ctx.journal
-                        .append(
-                            &Entry::Requested {
-                                line: row.line,
-                                request_id: work.request_id.clone(),
-                                csr: csr.clone(),
-                                key: enc,
-                            },
-                            pw_line,
-                            false,
-                        )
-                        .await?;
-                    password = Some(pw);
-                    (csr, KeyHandle::Plain(key))
-                }
-            }
-        }
-    };
-    let req = build_request(
-        row,
-        ctx.kind,
-        &ctx.profile,
-        ctx.certifier.as_deref(),
-        ctx.not_after.as_deref(),
-        csr,
-        work.request_id.clone(),
-    );
-    let (result, _) = retry(
-        ctx.retry,
-        || ctx.client.issue(&req),
-        |_, _, _| {
-            ctx.retries.fetch_add(1, Ordering::Relaxed);
-        },
-    )
-    .await;
-    let resp = result.map_err(|e| RowFailure::from(Error::certd(e)))?;
-    let clamped = resp.not_after_clamped
-        || ctx
-            .not_after
-            .as_deref()
-            .is_some_and(|want| later_than(want, &resp.not_after));
-
-    // Files: PKCS#12 (generated keys) and PEM, each atomically.
-    let out_dir = ctx.out_dir.clone();
-    let iterations = ctx.iterations;
-    let friendly = row.common_name.clone().unwrap_or_else(|| row.email.clone());
-    let cert_pem = resp.certificate.clone();
-    let chain_pem = resp.chain.clone();
-    let stem2 = stem.clone();
-    let written = tokio::task::spawn_blocking(move || -> Result<(), Error> {
-        let pem_path = out_dir.join(format!("{stem2}.pem"));
-        let p12_path = out_dir.join(format!("{stem2}.p12"));
-        let result = (|| {
-            if generated {
-                let pw = password
-                    .as_ref()
-                    .ok_or_else(|| Error::Crypto("no password for the PKCS#12".into()))?;
-                let der = match key {
-                    KeyHandle::Plain(der) => der,
-                    KeyHandle::Encrypted(pem) => {
-                        SubscriberKey::from_encrypted_pem(&pem, pw.as_bytes())?.pkcs8_der()?
-                    }
-                    KeyHandle::None => return Err(Error::Crypto("no key for the PKCS#12".into())),
-                };
-                let leaf = output::pem_to_der(&cert_pem)?;
-                let chain: Vec<Vec<u8>> = chain_pem
-                    .iter()
-                    .map(|c| output::pem_to_der(c))
-                    .collect::<Result<_, _>>()?;
-                let p12 = crate::p12::build(&der, &leaf, &chain, &friendly, pw, iterations)?;
-                // Not flushed one by one: see the journal's module docs.
-                output::write_atomic(&p12_path, &p12, output::MODE_SECRET, false)?;
-            }
-            output::write_atomic(
-                &pem_path,
-                output::pem_bundle(&cert_pem, &chain_pem).as_bytes(),
-                output::MODE_PUBLIC,
-                false,
-            )
-        })();
-        if result.is_err() {
-            // Nothing partial stays behind for a failed row.
-            let _ = std::fs::remove_file(&p12_path);
-            let _ = std::fs::remove_file(&pem_path);
-        }
-        result
-    })
-    .await
-    .map_err(|e| Error::Crypto(e.to_string()))?;
-    written?;
-    ctx.journal
-        .append(
-            &Entry::Issued {
-                line: row.line,
-                request_id: work.request_id.clone(),
-                serial: resp.serial.clone(),
-                not_after: resp.not_after.clone(),
-                clamped,
-                file: stem.clone(),
-                p12: generated,
-            },
-            None,
-            false,
-        )
-        .await?;
-    Ok((resp.serial, resp.not_after, clamped))
-}
-
-async fn worker(
-    ctx: Arc<Ctx>,
-    work_rx: Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<Work>>>,
-    results: tokio::sync::mpsc::UnboundedSender<Outcome>,
-) {
-    loop {
-        let next = work_rx.lock().await.recv().await;
-        let Some(work) = next else { break };
-        if ctx.stop.load(Ordering::Relaxed) {
-            continue;
-        }
-        let base = ReportLine {
-            line: work.row.line,
-            email: work.row.email.clone(),
-            common_name: work.row.common_name.clone().unwrap_or_default(),
-            serial: String::new(),
-            not_after: String::new(),
-            not_after_clamped: false,
-            status: Status::Issued,
-            error_code: String::new(),
-            error_message: String::new(),
-        };
-        let outcome = match process(&ctx, &work).await {
-            Ok((serial, not_after, clamped)) => Outcome {
-                seq: work.seq,
-                line: ReportLine {
-                    serial,
-                    not_after,
-                    not_after_clamped: clamped,
-                    ..base
-                },
-                kind: Kind::Issued,
-            },
-            Err(f) => {
-                let _ = ctx
-                    .journal
-                    .append(
-                        &Entry::Failed {
-                            line: work.row.line,
-                            request_id: work.request_id.clone(),
-                            code: f.code.clone(),
-                            message: f.message.clone(),
-                        },
-                        None,
-                        false,
-                    )
-                    .await;
-                Outcome {
-                    seq: work.seq,
-                    line: ReportLine {
-                        status: Status::Failed,
-                        error_code: f.code,
-                        error_message: f.message,
-                        ..base
-                    },
-                    kind: Kind::Failed,
-                }
-            }
-        };
-        if results.send(outcome).is_err() {
-            break;
-        }
-    }
-}
-
-fn skipped_line(e: &RowError) -> ReportLine {
-    ReportLine {
-        line: e.line,
-        email: e.email.clone(),
-        common_name: e.common_name.clone(),
-        serial: String::new(),
-        not_after: String::new(),
-        not_after_clamped: false,
-        status: Status::Skipped,
-        error_code: "invalid_row".into(),
-        error_message: e.message.clone(),
-    }
-}
-
-/// Streams the input a second time and hands valid rows to the workers.
-#[allow(clippy::too_many_arguments)]
-fn produce(
-    input: PathBuf,
-    rules: Rules,
-    ignore_unknown: bool,
-    batch_id: String,
-    done: HashMap<String, journal::Done>,
-    stop: Arc<Ctx>,
-    work_tx: tokio::sync::mpsc::Sender<Work>,
-    results: tokio::sync::mpsc::UnboundedSender<Outcome>,
-) -> Result<(), Error> {
-    let mut input = Input::open(&input, ignore_unknown)?;
-    let mut dups = Duplicates::default();
-    let mut seq = 0u64;
-    while let Some(next) = input.next_row() {
-        if stop.stop.load(Ordering::Relaxed) {
-            break;
-        }
-        seq += 1;
-        let seq = seq - 1;
-        let checked = next.and_then(|raw| {
-            let (row, csr) = check_row(&raw, &rules)?;
-            dups.check(&row).map_err(|message| RowError {
-                line: raw.line,
-                email: raw.email.clone(),
-                common_name: raw.common_name.clone(),
-                message,
-            })?;
-            Ok((row, csr))
-        });
-        let outcome = match checked {
-            Err(e) => Outcome {
-                seq,
-                line: skipped_line(&e),
-                kind: Kind::Skipped,
-            },
-            Ok((row, csr)) => {
-                let request_id = request_id(&batch_id, &row);
-                match done.get(&request_id) {
-                    Some(d) => Outcome {
-                        seq,
-                        line: ReportLine {
-                            line: row.line,
-                            email: row.email.clone(),
-                            common_name: row.common_name.clone().unwrap_or_default(),
-                            serial: d.serial.clone(),
-                            not_after: d.not_after.clone(),
-                            not_after_clamped: d.clamped,
-                            status: Status::Issued,
-                            error_code: String::new(),
-                            error_message: String::new(),
-                        },
-                        kind: Kind::Already,
-                    },
-                    None => {
-                        if work_tx
-                            .blocking_send(Work {
-                                seq,
-                                row,
-                                csr,
-                                request_id,
-                            })
-                            .is_err()
-                        {
-                            break;
-                        }
-                        continue;
-                    }
-                }
-            }
-        };
-        if results.send(outcome).is_err() {
-            break;
-        }
-    }
-    Ok(())
-}
-
-fn open_out_dir(dir: &Path) -> Result<std::fs::File, Error> {
-    let out_err = |message: String| Error::Output {
-        path: dir.to_path_buf(),
-        message,
-    };
-    std::fs::create_dir_all(dir)
-        .map_err(|e| out_err(format!("cannot create the output directory: {e}")))?;
     let lock_path = dir.join(".ra-cli.lock");
     let lock = std::fs::OpenOptions::new()
         .create(true)
@@ -843,10 +430,9 @@ fn open_out_dir(dir: &Path) -> Result<std::fs::File, Error> {
     }
     // Probe: the lock file may exist from a run as another user.
     tempfile::Builder::new()
-        .prefix(output::TEMP_PREFIX)
+        .prefix(crate::output::TEMP_PREFIX)
         .tempfile_in(dir)
         .map_err(|e| out_err(format!("the output directory is not writable: {e}")))?;
-    output::remove_stale_temps(dir)?;
     Ok(lock)
 }
 
@@ -868,16 +454,56 @@ fn header_mismatch(h: &BatchHeader, want: &BatchHeader) -> Option<String> {
             h.certifier, want.certifier
         ));
     }
+    if let (Some(had), Some(now)) = (h.password_mode, want.password_mode) {
+        if had != now {
+            return Some(format!("{} there, {} now", had.describe(), now.describe()));
+        }
+    }
     None
+}
+
+/// The PKCS#12 files the passwords file keeps lines for: those delivered,
+/// and those whose key is journaled and not yet delivered.
+fn password_files_to_keep(state: &journal::State) -> std::collections::HashSet<String> {
+    state
+        .rows
+        .values()
+        .filter(|r| r.done.as_ref().is_some_and(|d| d.p12) || (r.done.is_none() && r.key.is_some()))
+        .map(|r| format!("{}.p12", r.file))
+        .collect()
 }
 
 /// Runs `ra-cli batch issue`. `client` may be `None` only for a dry run
 /// when certd cannot be reached (syntax checks only).
 pub async fn run(client: Option<CertdClient>, opts: &BatchOptions) -> Result<Summary, Error> {
     let t0 = Instant::now();
+    let now = OffsetDateTime::now_utc();
+    let rfc = &time::format_description::well_known::Rfc3339;
+
+    // Option values first: nobody else needs to be asked about them.
     if opts.jobs == 0 {
         return Err(Error::Usage("--jobs must be at least 1".into()));
     }
+    crate::p12::check_iterations(opts.p12_iterations)?;
+    if let Some(b) = &opts.batch_id {
+        check::check_batch_id(b)?;
+    }
+    let requested_not_after = crate::commands::not_after(opts.expires.as_deref(), opts.days, now)?;
+    let fixed_password = opts
+        .p12_password_file
+        .as_deref()
+        .map(crate::output::read_secret_file)
+        .transpose()?;
+    let mode = if fixed_password.is_some() {
+        PasswordMode::File
+    } else {
+        PasswordMode::Generated
+    };
+    if !opts.dry_run && opts.out_dir.is_none() {
+        return Err(Error::Usage("batch issue needs --out DIR".into()));
+    }
+
+    // What certd lets this RA use.
     let base_dir = opts
         .input
         .parent()
@@ -904,12 +530,45 @@ pub async fn run(client: Option<CertdClient>, opts: &BatchOptions) -> Result<Sum
             Err(e) => return Err(e),
         }
     }
-    let client = match client {
-        Some(c) => Some(c),
-        None if opts.dry_run => None,
-        None => return Err(Error::Usage("no certd client".into())),
+    if let (Some(c), true) = (&opts.certifier, profile_checked) {
+        if !profile_certifiers.contains(c) {
+            return Err(Error::NotPermitted {
+                code: ErrorCode::CertifierNotPermitted.as_str(),
+                message: format!(
+                    "certifier {c:?} is not one this RA may use with profile {} (it may use: {}): \
+                     pass --certifier",
+                    opts.profile,
+                    profile_certifiers.join(", ")
+                ),
+            });
+        }
+    }
+
+    // The output directory as it is: locked while this run reads it.
+    let existing = match &opts.out_dir {
+        Some(d) if std::fs::symlink_metadata(d).is_ok() => {
+            let lock = open_out_dir(d, false)?;
+            Some((lock, journal::read(d)?))
+        }
+        _ => None,
     };
-    let validation = validate(&opts.input, &rules, opts.ignore_unknown_columns)?;
+    let empty = journal::State::default();
+    let state = existing.as_ref().map_or(&empty, |(_, s)| s);
+    let check_id = opts
+        .batch_id
+        .clone()
+        .or_else(|| state.header.as_ref().map(|h| h.batch_id.clone()));
+    let known = match (&opts.out_dir, &existing) {
+        (Some(d), Some(_)) => Some(check::Known {
+            out_dir: d,
+            journal: state,
+            batch_id: check_id.as_deref(),
+        }),
+        _ => None,
+    };
+
+    // Every row.
+    let validation = check::validate(&opts.input, &rules, opts.ignore_unknown_columns, known)?;
     let mut summary = Summary {
         batch_id: None,
         dry_run: opts.dry_run,
@@ -928,11 +587,14 @@ pub async fn run(client: Option<CertdClient>, opts: &BatchOptions) -> Result<Sum
         already_issued: 0,
         failed: 0,
         skipped: 0,
+        not_attempted: 0,
+        stopped: None,
         retries: 0,
         elapsed_seconds: 0.0,
         rows_per_second: 0.0,
         out_dir: opts.out_dir.clone(),
         report: None,
+        passwords: None,
         interrupted: false,
         refused_invalid: false,
         peak_rss_kib: None,
@@ -940,14 +602,72 @@ pub async fn run(client: Option<CertdClient>, opts: &BatchOptions) -> Result<Sum
     if validation.needs_keys {
         if let Some(allowed) = &rules.key_types {
             if !allowed.iter().any(|k| k == opts.key_type.as_str()) {
-                return Err(Error::Usage(format!(
-                    "profile {} does not allow key type {} for generated keys (allowed: {}): use --key-type",
-                    opts.profile,
-                    opts.key_type,
-                    allowed.join(", ")
-                )));
+                return Err(Error::NotPermitted {
+                    code: ErrorCode::KeyNotPermitted.as_str(),
+                    message: format!(
+                        "profile {} does not allow key type {} for generated keys (allowed: {}): \
+                         use --key-type",
+                        opts.profile,
+                        opts.key_type,
+                        allowed.join(", ")
+                    ),
+                });
             }
         }
+    }
+    // The batch: a new one, or the one the directory holds (checked
+    // before the rows, since another batch makes their changes moot).
+    let expiry = expiry_spec(opts);
+    let batch_id = match &opts.batch_id {
+        Some(b) => b.clone(),
+        None => derive_batch_id(
+            &validation.input_sha256,
+            &opts.profile,
+            opts.certifier.as_deref(),
+            &expiry,
+            opts.key_type,
+        ),
+    };
+    let has_pending_keys = state.pending_keys().next().is_some();
+    let keys_involved = validation.needs_keys || has_pending_keys;
+    let mut header = BatchHeader {
+        version: journal::VERSION,
+        batch_id: batch_id.clone(),
+        input: opts.input.display().to_string(),
+        input_sha256: hex::encode(validation.input_sha256),
+        profile: opts.profile.clone(),
+        certifier: opts.certifier.clone(),
+        expiry,
+        not_after: match &state.header {
+            Some(h) => h.not_after.clone(),
+            None => requested_not_after,
+        },
+        key_type: opts.key_type.as_str().to_string(),
+        created: now.format(rfc).unwrap_or_default(),
+        password_mode: keys_involved.then_some(mode),
+        passwords_file: None,
+    };
+    if let Some(h) = &state.header {
+        if let Some(diff) = header_mismatch(h, &header) {
+            return Err(Error::BatchMismatch(format!(
+                "{} holds another batch ({diff}): the input or the options changed since it was \
+                 started. Use a new --out directory, or repeat the original command (pass \
+                 --batch-id {} to continue that batch with an edited input)",
+                opts.out_dir.as_deref().unwrap_or(Path::new("-")).display(),
+                h.batch_id
+            )));
+        }
+    }
+
+    if !validation.changed.is_empty() {
+        return Err(check::changed_error(
+            &opts.input,
+            check_id.as_deref().unwrap_or("-"),
+            &validation.changed,
+        ));
+    }
+    if let (Some(d), false) = (&opts.out_dir, validation.obstacles.is_empty()) {
+        return Err(check::obstacles_error(d, &validation.obstacles));
     }
     if opts.dry_run {
         summary.elapsed_seconds = t0.elapsed().as_secs_f64();
@@ -957,73 +677,78 @@ pub async fn run(client: Option<CertdClient>, opts: &BatchOptions) -> Result<Sum
         summary.refused_invalid = true;
         return Ok(summary);
     }
-    let Some(client) = client else {
-        return Err(Error::Usage("no certd client".into()));
+    let (Some(client), Some(out_dir)) = (client, opts.out_dir.clone()) else {
+        return Err(Error::Usage("batch issue needs certd and --out DIR".into()));
     };
-    let Some(out_dir) = opts.out_dir.clone() else {
-        return Err(Error::Usage("batch issue needs --out DIR".into()));
+
+    let (_lock, state) = match existing {
+        Some(e) => e,
+        None => {
+            let lock = open_out_dir(&out_dir, true)?;
+            let st = journal::read(&out_dir)?;
+            if st.header.is_some() {
+                return Err(Error::BatchMismatch(format!(
+                    "another run started a batch in {} while this one was checking it: re-run \
+                     the command",
+                    out_dir.display()
+                )));
+            }
+            (lock, st)
+        }
     };
-    let fixed_password = match &opts.p12_password_file {
-        Some(p) if validation.needs_keys => Some(output::read_secret_file(p)?),
+    // Passwords: where generated ones go, and that each journaled key
+    // opens with the password it is to be delivered under.
+    let pw_path = match mode {
+        PasswordMode::Generated if keys_involved => Some(check::passwords_path(
+            &out_dir,
+            opts.passwords_out.as_deref(),
+            state.header.as_ref(),
+        )?),
         _ => None,
     };
-    check_certifier(&client, opts.certifier.as_deref(), &profile_certifiers).await?;
-    let _lock = open_out_dir(&out_dir)?;
-
-    let state = journal::read(&out_dir)?;
-    let expiry = expiry_spec(opts);
-    let batch_id = match (&opts.batch_id, &state.header) {
-        (Some(b), _) => b.clone(),
-        (None, _) => derive_batch_id(
-            &validation.input_sha256,
-            &opts.profile,
-            opts.certifier.as_deref(),
-            &expiry,
-            opts.key_type,
-        ),
-    };
-    if batch_id.is_empty() || batch_id.len() > 64 || !batch_id.bytes().all(|b| b.is_ascii_graphic())
-    {
-        return Err(Error::Usage(
-            "--batch-id must be 1 to 64 printable characters without spaces".into(),
-        ));
+    if let (Some(_), Some(p)) = (&opts.passwords_out, &pw_path) {
+        header.passwords_file = Some(p.display().to_string());
     }
-    let now = OffsetDateTime::now_utc();
-    let rfc = &time::format_description::well_known::Rfc3339;
-    let not_after = match &state.header {
-        Some(h) => h.not_after.clone(),
-        None => crate::commands::not_after(opts.expires.as_deref(), opts.days, now)?,
-    };
-    let header = BatchHeader {
-        version: 1,
-        batch_id: batch_id.clone(),
-        input: opts.input.display().to_string(),
-        input_sha256: hex::encode(validation.input_sha256),
-        profile: opts.profile.clone(),
-        certifier: opts.certifier.clone(),
-        expiry,
-        not_after: not_after.clone(),
-        key_type: opts.key_type.as_str().to_string(),
-        created: now.format(rfc).unwrap_or_default(),
-    };
-    if let Some(h) = &state.header {
-        if let Some(diff) = header_mismatch(h, &header) {
-            return Err(Error::Usage(format!(
-                "{} holds another batch ({diff}): the input or the options changed since it was \
-                 started. Use a new --out directory, or repeat the original command (pass \
-                 --batch-id {} to continue that batch with an edited input)",
-                out_dir.display(),
-                h.batch_id
-            )));
+    let passwords = match &pw_path {
+        Some(p) => {
+            crate::output::check_writable(p, "the passwords file")?;
+            let pws = journal::read_passwords(p)?;
+            if state.header.is_none() && !pws.is_empty() {
+                return Err(Error::output(
+                    p,
+                    "already holds passwords (of another batch?): a batch needs a passwords file \
+                     of its own; pass another --passwords-out, or move that file away",
+                ));
+            }
+            pws
         }
-    }
-    let passwords = if validation.needs_keys && fixed_password.is_none() {
-        journal::read_passwords(&out_dir.join(journal::PASSWORDS))?
-    } else {
-        HashMap::new()
+        None => HashMap::new(),
     };
-    let writer =
-        journal::Writer::open(&out_dir, validation.needs_keys && fixed_password.is_none())?;
+    check::check_pending_passwords(
+        &state,
+        mode,
+        fixed_password.as_ref(),
+        &passwords,
+        pw_path
+            .as_deref()
+            .unwrap_or(&out_dir.join(journal::PASSWORDS)),
+        opts.p12_password_file.as_deref(),
+    )?;
+
+    // certd can sign now.
+    check_certifier(&client, opts.certifier.as_deref(), &profile_certifiers).await?;
+
+    // Start: leftovers of a killed run go, the journal is rewritten
+    // without delivered keys and torn lines, then appended to.
+    crate::output::remove_stale_temps(&out_dir)?;
+    journal::compact(&out_dir, &state)?;
+    if let Some(p) = &pw_path {
+        let keep = password_files_to_keep(&state);
+        journal::compact_passwords(p, |f| keep.contains(f))?;
+    }
+    // Fixed at the first run, so `--days` gives the same requests resumed.
+    let not_after = header.not_after.clone();
+    let writer = journal::Writer::open(&out_dir, pw_path.as_deref())?;
     if state.header.is_none() {
         writer.append(&Entry::Batch(header), None, true).await?;
     }
@@ -1031,6 +756,7 @@ pub async fn run(client: Option<CertdClient>, opts: &BatchOptions) -> Result<Sum
         .append(
             &Entry::Run {
                 started: now.format(rfc).unwrap_or_default(),
+                input_sha256: Some(hex::encode(validation.input_sha256)),
             },
             None,
             false,
@@ -1038,6 +764,16 @@ pub async fn run(client: Option<CertdClient>, opts: &BatchOptions) -> Result<Sum
         .await?;
     summary.batch_id = Some(batch_id.clone());
 
+    let done: HashMap<String, journal::Done> = state
+        .rows
+        .iter()
+        .filter_map(|(id, r)| r.done.clone().map(|d| (id.clone(), d)))
+        .collect();
+    let pending: HashMap<String, journal::RowRecord> = state
+        .rows
+        .into_iter()
+        .filter(|(_, r)| r.pending())
+        .collect();
     let ctx = Arc::new(Ctx {
         client,
         kind: rules.kind,
@@ -1050,16 +786,17 @@ pub async fn run(client: Option<CertdClient>, opts: &BatchOptions) -> Result<Sum
         retry: opts.retry,
         fixed_password,
         passwords: Mutex::new(passwords),
-        pending: Mutex::new(state.pending),
+        pending: Mutex::new(pending),
         journal: writer,
         stop: AtomicBool::new(false),
+        stopped: Mutex::new(None),
         retries: AtomicU64::new(0),
     });
-    if opts.handle_ctrl_c {
+    let ctrl_c = opts.handle_ctrl_c.then(|| {
         let c = ctx.clone();
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
-                c.stop.store(true, Ordering::Relaxed);
+                c.stop_with("interrupted", "Ctrl-C");
                 eprintln!("\nra-cli: stopping after the rows in flight (Ctrl-C again aborts; re-running resumes)");
                 if tokio::signal::ctrl_c().await.is_ok() {
                     // The journal is consistent at every instant: a re-run
@@ -1067,28 +804,28 @@ pub async fn run(client: Option<CertdClient>, opts: &BatchOptions) -> Result<Sum
                     std::process::exit(130);
                 }
             }
-        });
-    }
+        })
+    });
 
     let (work_tx, work_rx) = tokio::sync::mpsc::channel::<Work>(opts.jobs * 2);
     let (res_tx, mut res_rx) = tokio::sync::mpsc::unbounded_channel::<Outcome>();
+    let total_rows = validation.rows;
     let producer = {
-        let (input, rules, ignore, bid, done, ctx, tx, res) = (
-            opts.input.clone(),
-            rules.clone(),
-            opts.ignore_unknown_columns,
-            batch_id.clone(),
-            state.done,
-            ctx.clone(),
-            work_tx,
-            res_tx.clone(),
-        );
-        tokio::task::spawn_blocking(move || produce(input, rules, ignore, bid, done, ctx, tx, res))
+        let src = Source {
+            input: opts.input.clone(),
+            rules: rules.clone(),
+            ignore_unknown: opts.ignore_unknown_columns,
+            batch_id: batch_id.clone(),
+            done,
+            validation,
+        };
+        let (ctx, tx, res) = (ctx.clone(), work_tx, res_tx.clone());
+        tokio::task::spawn_blocking(move || issue::produce(src, ctx, tx, res))
     };
     let work_rx = Arc::new(tokio::sync::Mutex::new(work_rx));
     let mut workers = Vec::new();
     for _ in 0..opts.jobs {
-        workers.push(tokio::spawn(worker(
+        workers.push(tokio::spawn(issue::worker(
             ctx.clone(),
             work_rx.clone(),
             res_tx.clone(),
@@ -1096,11 +833,12 @@ pub async fn run(client: Option<CertdClient>, opts: &BatchOptions) -> Result<Sum
     }
     drop(res_tx);
 
-    let mut progress = Progress::new(opts.progress, validation.rows);
+    let mut progress = Progress::new(opts.progress, total_rows);
     let mut counts = Counts::default();
     let mut report = report::Writer::new(&out_dir)?;
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
     let run_start = Instant::now();
+    let mut report_error = None;
     loop {
         tokio::select! {
             o = res_rx.recv() => {
@@ -1110,8 +848,14 @@ pub async fn run(client: Option<CertdClient>, opts: &BatchOptions) -> Result<Sum
                     Kind::Already => counts.already += 1,
                     Kind::Failed => counts.failed += 1,
                     Kind::Skipped => counts.skipped += 1,
+                    Kind::NotAttempted => counts.not_attempted += 1,
                 }
-                report.push(o.seq, o.line)?;
+                if let Err(e) = report.push(o.seq, o.line) {
+                    // Keep draining: the rows in flight still finish and
+                    // are journaled.
+                    ctx.stop_with(e.code(), &e.to_string());
+                    report_error.get_or_insert(e);
+                }
                 counts.retries = ctx.retries.load(Ordering::Relaxed);
                 progress.update(&counts);
             }
@@ -1128,21 +872,40 @@ pub async fn run(client: Option<CertdClient>, opts: &BatchOptions) -> Result<Sum
     for w in workers {
         let _ = w.await;
     }
-    produced?;
-    let interrupted = ctx.stop.load(Ordering::Relaxed);
+    if let Some(t) = ctrl_c {
+        t.abort();
+        let _ = t.await;
+    }
+    let stopped = issue::lock(&ctx.stopped).clone();
     let elapsed = run_start.elapsed().as_secs_f64();
+    // The last reference: the journal writer flushes and stops.
     drop(ctx);
-    journal::compact_passwords(&out_dir)?;
+
+    // End: delivered keys leave the journal, passwords of rows that will
+    // not be delivered leave the passwords file.
+    let end_state = journal::read(&out_dir)?;
+    journal::compact(&out_dir, &end_state)?;
+    if let Some(p) = &pw_path {
+        let keep = password_files_to_keep(&end_state);
+        journal::compact_passwords(p, |f| keep.contains(f))?;
+    }
     let report_path = report.finish()?;
+    produced?;
+    if let Some(e) = report_error {
+        return Err(e);
+    }
     summary.issued = counts.issued;
     summary.already_issued = counts.already;
     summary.failed = counts.failed;
     summary.skipped = counts.skipped;
+    summary.not_attempted = counts.not_attempted;
     summary.retries = counts.retries;
+    summary.interrupted = stopped.as_ref().is_some_and(|s| s.code == "interrupted");
+    summary.stopped = stopped;
     summary.elapsed_seconds = t0.elapsed().as_secs_f64();
     summary.rows_per_second = (counts.issued + counts.failed) as f64 / elapsed.max(1e-3);
     summary.report = Some(report_path);
-    summary.interrupted = interrupted;
+    summary.passwords = pw_path.filter(|p| p.exists());
     summary.peak_rss_kib = peak_rss_kib();
     Ok(summary)
 }
@@ -1240,11 +1003,14 @@ mod tests {
             already_issued: 0,
             failed: 0,
             skipped: 0,
+            not_attempted: 0,
+            stopped: None,
             retries: 0,
             elapsed_seconds: 1.0,
             rows_per_second: 2.0,
             out_dir: None,
             report: None,
+            passwords: None,
             interrupted: false,
             refused_invalid: false,
             peak_rss_kib: peak_rss_kib(),

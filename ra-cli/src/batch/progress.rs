@@ -5,8 +5,9 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
-/// How to show progress.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How to show progress (`--progress`; `--help` lists the values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[value(rename_all = "lowercase")]
 pub enum ProgressMode {
     /// A bar when standard error is a terminal, else plain lines.
     Auto,
@@ -15,22 +16,8 @@ pub enum ProgressMode {
     /// Plain lines every few seconds.
     Plain,
     /// Nothing until the summary.
+    #[value(alias = "none")]
     Off,
-}
-
-impl std::str::FromStr for ProgressMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "auto" => Ok(ProgressMode::Auto),
-            "bar" => Ok(ProgressMode::Bar),
-            "plain" => Ok(ProgressMode::Plain),
-            "off" | "none" => Ok(ProgressMode::Off),
-            _ => Err(format!(
-                "unknown progress mode {s:?}: auto, bar, plain or off"
-            )),
-        }
-    }
 }
 
 /// Counters shown while a batch runs.
@@ -44,6 +31,8 @@ pub struct Counts {
     pub failed: u64,
     /// Skipped as invalid.
     pub skipped: u64,
+    /// Not sent because the run stopped.
+    pub not_attempted: u64,
     /// Retries made.
     pub retries: u64,
 }
@@ -51,7 +40,7 @@ pub struct Counts {
 impl Counts {
     /// Rows finished.
     pub fn done(&self) -> u64 {
-        self.issued + self.already + self.failed + self.skipped
+        self.issued + self.already + self.failed + self.skipped + self.not_attempted
     }
 }
 

@@ -22,6 +22,9 @@ pub enum Status {
     Failed,
     /// Invalid and left out (`--skip-invalid`).
     Skipped,
+    /// Not sent: the run stopped first (re-running sends it).
+    #[serde(rename = "not_attempted")]
+    NotAttempted,
 }
 
 /// One line of the report.
@@ -39,7 +42,7 @@ pub struct ReportLine {
     pub not_after: String,
     /// Whether policy shortened the requested validity.
     pub not_after_clamped: bool,
-    /// `issued`, `failed` or `skipped`.
+    /// `issued`, `failed`, `skipped` or `not_attempted`.
     pub status: Status,
     /// certd's error code, or ra-cli's (`invalid_row`, `unreachable`, ...).
     pub error_code: String,
@@ -57,7 +60,7 @@ pub struct Writer {
 }
 
 fn report_err(e: impl std::fmt::Display) -> Error {
-    Error::Crypto(format!("report: {e}"))
+    Error::output(REPORT, e)
 }
 
 impl Writer {
@@ -65,6 +68,9 @@ impl Writer {
     pub fn new(dir: &Path) -> Result<Writer, Error> {
         let tmp = tempfile::Builder::new()
             .prefix(crate::output::TEMP_PREFIX)
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(
+                crate::output::MODE_PUBLIC,
+            ))
             .tempfile_in(dir)
             .map_err(|e| Error::Output {
                 path: dir.to_path_buf(),
@@ -103,11 +109,6 @@ impl Writer {
         let buf = self.csv.into_inner().map_err(report_err)?;
         let tmp = buf.into_inner().map_err(report_err)?;
         let path = self.dir.join(REPORT);
-        tmp.as_file()
-            .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(
-                crate::output::MODE_PUBLIC,
-            ))
-            .map_err(report_err)?;
         tmp.as_file().sync_data().map_err(report_err)?;
         tmp.persist(&path).map_err(|e| report_err(e.error))?;
         Ok(path)

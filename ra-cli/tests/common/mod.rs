@@ -108,6 +108,16 @@ impl Run {
         self
     }
 
+    /// Panics unless standard output contains `needle`.
+    #[track_caller]
+    pub fn stdout_has(&self, needle: &str) -> &Run {
+        assert!(
+            self.stdout.contains(needle),
+            "stdout should contain {needle:?}\n{self}"
+        );
+        self
+    }
+
     /// Standard output as JSON.
     #[track_caller]
     pub fn json(&self) -> serde_json::Value {
@@ -249,6 +259,30 @@ impl Ca {
     /// `ra-cli --config <demo config> ARGS`.
     pub fn ra(&self, args: &[&str]) -> Run {
         self.ra_with(&self.config, args)
+    }
+
+    /// `ra-cli --config <demo config> ARGS`, not started yet (to run it in
+    /// the background).
+    pub fn ra_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(RA_CLI);
+        clean(&mut cmd)
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Rewrites certd's configuration with `edit` and has certd reload it
+    /// (profiles, RAs and grants).
+    pub fn reload_with(&self, edit: impl FnOnce(&str) -> String) {
+        let path = PathBuf::from(&self.env["CERTD_CONFIG"]);
+        let text = std::fs::read_to_string(&path).expect("certd config");
+        let changed = edit(&text);
+        assert_ne!(changed, text, "the edit changes nothing");
+        std::fs::write(&path, changed).expect("write certd config");
+        self.ctl(&["reload"]).ok();
     }
 
     /// `ra-cli --config CONFIG ARGS`.

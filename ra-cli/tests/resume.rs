@@ -1,0 +1,611 @@
+//! End-to-end tests of `ra-cli batch issue` failing part-way and being
+//! resumed to completion against a real certd (real SoftHSM token, real
+//! mutual TLS): certifier locked mid-batch, retries exhausted, an output
+//! file that cannot be written, SIGKILL, a torn journal, and an input
+//! edited under an explicit `--batch-id`.
+//!
+//! Every resume ends in the same final state, checked by
+//! [`assert_complete`]: every row delivered exactly once, the serial certd
+//! issued first kept, no certificate in certd's ledger that the report
+//! does not name, a password for every PKCS#12 that opens it, no key left
+//! in the journal, and secret files 0600 in a 0700 directory.
+#![forbid(unsafe_code)]
+
+mod common;
+
+use common::{openssl, read_csv, wait_for, Ca};
+use std::collections::{HashMap, HashSet};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+/// Only catches hangs; nothing here measures speed.
+const HANG: Duration = Duration::from_secs(120);
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// An input with only the `email` column (an S/MIME profile needs no
+/// other) and `n` rows; returns the emails in order.
+fn people(path: &Path, n: usize) -> Vec<String> {
+    let emails: Vec<String> = (0..n).map(|i| format!("user{i:04}@example.com")).collect();
+    let mut text = String::from("email\n");
+    for e in &emails {
+        text.push_str(e);
+        text.push('\n');
+    }
+    std::fs::write(path, text).expect("csv");
+    emails
+}
+
+fn batch<'a>(input: &'a Path, out: &'a Path, extra: &[&'a str]) -> Vec<String> {
+    let mut a: Vec<String> = ["--json", "batch", "issue", "--input"]
+        .iter()
+        .map(|x| x.to_string())
+        .collect();
+    a.push(s(input));
+    a.push("--out".into());
+    a.push(s(out));
+    a.extend(["--progress", "off"].iter().map(|x| x.to_string()));
+    a.extend(extra.iter().map(|x| x.to_string()));
+    a
+}
+
+fn refs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+fn spawn(ca: &Ca, args: &[String]) -> Child {
+    ca.ra_command(&refs(args))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start ra-cli")
+}
+
+fn finish(child: Child) -> common::Run {
+    let out = child.wait_with_output().expect("wait");
+    common::Run {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        command: "ra-cli batch issue (background)".into(),
+    }
+}
+
+fn journal_entries(out: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(out.join("journal.jsonl")).expect("journal");
+    assert!(text.ends_with('\n'), "the journal ends with a whole line");
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+fn issued_lines(out: &Path) -> usize {
+    std::fs::read_to_string(out.join("journal.jsonl"))
+        .map(|t| t.matches("\"event\":\"issued\"").count())
+        .unwrap_or(0)
+}
+
+/// The files whose keys the journal holds.
+fn journaled_keys(out: &Path) -> Vec<String> {
+    journal_entries(out)
+        .iter()
+        .filter(|e| e["event"] == "requested" && e["key"].is_string())
+        .map(|e| e["file"].as_str().expect("file").to_string())
+        .collect()
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+/// certd's ledger as this RA sees it: serial → emails.
+fn ledger(ca: &Ca) -> HashMap<String, Vec<String>> {
+    let l = ca.ra(&["--json", "list"]);
+    l.ok();
+    l.json()
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|i| {
+            let emails = i["emails"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|e| e.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            (i["serial"].as_str().expect("serial").to_string(), emails)
+        })
+        .collect()
+}
+
+/// email → serial of the rows the report calls issued.
+fn issued_serials(out: &Path) -> HashMap<String, String> {
+    read_csv(&out.join("report.csv"))
+        .into_iter()
+        .filter(|l| l["status"] == "issued")
+        .map(|l| (l["email"].clone(), l["serial"].clone()))
+        .collect()
+}
+
+/// The final state of a batch of `emails` (PKCS#12 rows) resumed to
+/// completion, where `kept` holds serials certd had issued before.
+#[track_caller]
+fn assert_complete(
+    ca: &Ca,
+    out: &Path,
+    passwords: &Path,
+    emails: &[String],
+    kept: &HashMap<String, String>,
+) {
+    let report = read_csv(&out.join("report.csv"));
+    assert_eq!(report.len(), emails.len(), "one report line per row");
+    assert!(
+        report.iter().all(|l| l["status"] == "issued"),
+        "every row issued: {report:?}"
+    );
+    let serials = issued_serials(out);
+    assert_eq!(serials.len(), emails.len());
+    for e in emails {
+        assert!(serials.contains_key(e), "{e} issued");
+    }
+    for (e, serial) in kept {
+        assert_eq!(
+            &serials[e], serial,
+            "{e} keeps the serial certd issued first"
+        );
+    }
+    // certd's ledger: exactly one certificate per row, none orphaned.
+    let ledger = ledger(ca);
+    assert_eq!(
+        ledger.len(),
+        emails.len(),
+        "no row issued twice: {ledger:?}"
+    );
+    let reported: HashSet<&String> = serials.values().collect();
+    for (serial, emails) in &ledger {
+        assert!(
+            reported.contains(serial),
+            "{serial} ({emails:?}) is orphaned"
+        );
+    }
+    for (e, serial) in &serials {
+        assert_eq!(ledger[serial], vec![e.clone()], "{serial} certifies {e}");
+    }
+    // Every PKCS#12 has its password, and that password opens it.
+    let pw_lines = read_csv(passwords);
+    let pw: HashMap<&str, &str> = pw_lines
+        .iter()
+        .map(|l| (l["file"].as_str(), l["password"].as_str()))
+        .collect();
+    assert_eq!(pw_lines.len(), emails.len(), "one password per PKCS#12");
+    let pw_file = out.parent().expect("parent").join("one.pw");
+    for e in emails {
+        let p12 = format!("{e}.p12");
+        let password = pw
+            .get(p12.as_str())
+            .unwrap_or_else(|| panic!("no password for {p12}"));
+        std::fs::write(&pw_file, password).expect("pw");
+        openssl(&[
+            "pkcs12",
+            "-in",
+            &s(&out.join(&p12)),
+            "-passin",
+            &format!("file:{}", s(&pw_file)),
+            "-nokeys",
+        ])
+        .ok();
+        assert_eq!(mode(&out.join(&p12)), 0o600, "{p12}");
+        assert_eq!(mode(&out.join(format!("{e}.pem"))), 0o644);
+    }
+    // Delivered keys have left the journal; secrets are private.
+    assert_eq!(journaled_keys(out), Vec::<String>::new());
+    assert_eq!(mode(out), 0o700);
+    assert_eq!(mode(&out.join("journal.jsonl")), 0o600);
+    assert_eq!(mode(passwords), 0o600);
+    assert!(std::fs::read_dir(out)
+        .expect("out")
+        .flatten()
+        .all(|e| !e.file_name().to_string_lossy().starts_with(".tmp-")));
+}
+
+#[test]
+fn certifier_locked_mid_batch_then_activated_and_resumed() {
+    const ROWS: usize = 120;
+    let ca = Ca::start(true);
+    let work = ca.scratch("work");
+    let input = work.join("people.csv");
+    let emails = people(&input, ROWS);
+    let out = work.join("out");
+    let args = batch(&input, &out, &["--jobs", "2"]);
+
+    let child = spawn(&ca, &args);
+    wait_for(HANG, "the first deliveries", || issued_lines(&out) >= 5);
+    ca.deactivate();
+    let first = finish(child);
+    first.code(1);
+    let sum = first.json();
+    assert_eq!(sum["stopped"]["code"], "certifier_locked", "{first}");
+    let failed = sum["failed"].as_u64().expect("failed");
+    let issued = sum["issued"].as_u64().expect("issued");
+    assert!(failed >= 1, "some row met the locked certifier: {first}");
+    assert_eq!(
+        issued + failed + sum["not_attempted"].as_u64().expect("n"),
+        ROWS as u64,
+        "{first}"
+    );
+    assert!(first.stdout.contains("certifier_locked"), "{first}");
+    let report = read_csv(&out.join("report.csv"));
+    assert_eq!(report.len(), ROWS, "every row is in the report");
+    assert!(report
+        .iter()
+        .filter(|l| l["status"] == "failed")
+        .all(|l| l["error_code"] == "certifier_locked"));
+    // The journal keeps exactly the keys of the rows not delivered, and
+    // passwords.csv their passwords beside those of the delivered files.
+    let kept = issued_serials(&out);
+    let keys = journaled_keys(&out);
+    assert_eq!(keys.len() as u64, failed, "{keys:?}");
+    for f in &keys {
+        assert!(!out.join(format!("{f}.p12")).exists(), "{f} not delivered");
+    }
+    let passwords = out.join("passwords.csv");
+    assert_eq!(read_csv(&passwords).len() as u64, issued + failed);
+
+    ca.activate();
+    let second = ca.ra(&refs(&args));
+    second.ok();
+    assert_eq!(second.json()["already_issued"], issued, "{second}");
+    assert_complete(&ca, &out, &passwords, &emails, &kept);
+}
+
+#[test]
+fn retries_exhausted_then_resumed_across_a_torn_journal_line() {
+    const ROWS: usize = 5;
+    let ca = Ca::start(true);
+    // One request a minute: the second row finds certd over the limit on
+    // every attempt.
+    ca.reload_with(|t| {
+        t.replace(
+            "name = \"ra-cli\"\n",
+            "name = \"ra-cli\"\nrate_limit_per_minute = 1\n",
+        )
+    });
+    let work = ca.scratch("work");
+    let input = work.join("people.csv");
+    let emails = people(&input, ROWS);
+    let out = work.join("out");
+    let args = batch(&input, &out, &["--jobs", "1", "--attempts", "3"]);
+
+    let first = ca.ra(&refs(&args));
+    first.code(1);
+    let sum = first.json();
+    assert_eq!(sum["stopped"]["code"], "rate_limited", "{first}");
+    assert_eq!(
+        (&sum["issued"], &sum["failed"], &sum["not_attempted"]),
+        (&1.into(), &1.into(), &3.into()),
+        "{first}"
+    );
+    assert_eq!(sum["retries"], 2, "two retries, then given up: {first}");
+    let report = read_csv(&out.join("report.csv"));
+    assert_eq!(report[1]["error_code"], "rate_limited");
+    assert!(report[2..].iter().all(|l| l["status"] == "not_attempted"));
+    let kept = issued_serials(&out);
+    assert_eq!(kept.len(), 1);
+
+    // A crash while appending left half a line behind.
+    let journal = out.join("journal.jsonl");
+    let mut text = std::fs::read_to_string(&journal).expect("journal");
+    text.push_str("{\"event\":\"requested\",\"line\":4,\"request_id\":\"batch-0");
+    std::fs::write(&journal, &text).expect("torn");
+
+    ca.reload_with(|t| t.replace("rate_limit_per_minute = 1\n", ""));
+    let second = ca.ra(&refs(&args));
+    second.ok();
+    assert_eq!(second.json()["issued"], 4, "{second}");
+    let after = std::fs::read_to_string(&journal).expect("journal");
+    assert!(!after.contains("batch-0\n") && !after.contains("\"batch-0\""));
+    assert_complete(&ca, &out, &out.join("passwords.csv"), &emails, &kept);
+}
+
+#[test]
+fn an_output_file_that_cannot_be_written_then_resumed_with_the_same_serial() {
+    const ROWS: usize = 60;
+    let ca = Ca::start(true);
+    let work = ca.scratch("work");
+    let input = work.join("people.csv");
+    let emails = people(&input, ROWS);
+    let out = work.join("out");
+    let last = emails.last().expect("rows").clone();
+    let blocker = out.join(format!("{last}.p12"));
+    let args = batch(&input, &out, &["--jobs", "1"]);
+    std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+        .create(&out)
+        .expect("out");
+
+    // In the way before the run: refused before anything is issued.
+    std::fs::create_dir_all(blocker.join("x")).expect("blocker");
+    let r = ca.ra(&refs(&args));
+    r.code(2);
+    assert_eq!(r.json()["error"]["code"], "output", "{r}");
+    assert!(r.stdout.contains(&s(&blocker)), "{r}");
+    assert!(ledger(&ca).is_empty(), "nothing issued");
+    std::fs::remove_dir_all(&blocker).expect("unblock");
+
+    // In the way once the run is under way (a directory: root cannot
+    // write a file over it): certd issues the last row, its PKCS#12
+    // cannot be renamed into place.
+    let child = spawn(&ca, &args);
+    wait_for(HANG, "the first delivery", || issued_lines(&out) >= 1);
+    std::fs::create_dir_all(blocker.join("x")).expect("blocker");
+    let first = finish(child);
+    first.code(1);
+    assert_eq!(first.json()["failed"], 1, "{first}");
+    let report = read_csv(&out.join("report.csv"));
+    let row = report.last().expect("last row");
+    assert_eq!(
+        (row["status"].as_str(), row["error_code"].as_str()),
+        ("failed", "output"),
+        "{row:?}"
+    );
+    let serial = row["serial"].clone();
+    assert!(!serial.is_empty(), "the report names what certd issued");
+    assert!(
+        !out.join(format!("{last}.pem")).exists(),
+        "nothing partial for the failed row"
+    );
+    assert!(ledger(&ca).contains_key(&serial));
+
+    std::fs::remove_dir_all(&blocker).expect("unblock");
+    let second = ca.ra(&refs(&args));
+    second.ok();
+    let mut kept = issued_serials(&out);
+    assert_eq!(kept[&last], serial, "certd's first certificate delivered");
+    kept.retain(|e, _| e == &last);
+    assert_complete(&ca, &out, &out.join("passwords.csv"), &emails, &kept);
+}
+
+#[test]
+fn killed_batch_resumes_without_duplicates() {
+    const ROWS: usize = 200;
+    let ca = Ca::start(true);
+    let work = ca.scratch("work");
+    let input = work.join("many.csv");
+    let emails = people(&input, ROWS);
+    let out = work.join("out");
+    let args = batch(&input, &out, &["--jobs", "4", "--p12-iterations", "1000"]);
+    let mut child = spawn(&ca, &args);
+    wait_for(HANG, "the journal to show progress", || {
+        issued_lines(&out) >= 15
+    });
+    child.kill().expect("SIGKILL");
+    let status = child.wait().expect("wait");
+    assert!(
+        status.code().is_none(),
+        "killed by a signal, not finished: {status}"
+    );
+    let before = issued_lines(&out);
+    assert!(before < ROWS, "killed part-way ({before} issued)");
+    // What certd issued before the kill, whether ra-cli heard of it or not.
+    let issued_by_certd: HashMap<String, String> = ledger(&ca)
+        .into_iter()
+        .map(|(serial, emails)| (emails[0].clone(), serial))
+        .collect();
+    assert!(issued_by_certd.len() >= before);
+
+    let r = ca.ra(&refs(&args));
+    r.ok();
+    let sum = r.json();
+    assert_eq!(sum["already_issued"], before, "{r}");
+    assert_eq!(sum["issued"], (ROWS - before) as u64, "{r}");
+    assert_complete(
+        &ca,
+        &out,
+        &out.join("passwords.csv"),
+        &emails,
+        &issued_by_certd,
+    );
+}
+
+#[test]
+fn a_torn_last_journal_line_is_cut_off_damage_in_the_middle_is_refused() {
+    let ca = Ca::start(true);
+    let work = ca.scratch("work");
+    let input = work.join("people.csv");
+    let emails = people(&input, 3);
+    let out = work.join("out");
+    let args = batch(&input, &out, &[]);
+    ca.ra(&refs(&args)).ok();
+    let journal = out.join("journal.jsonl");
+    let whole = std::fs::read_to_string(&journal).expect("journal");
+
+    let torn = "{\"event\":\"run\",\"started\":\"torn";
+    std::fs::write(&journal, format!("{whole}{torn}")).expect("torn");
+    let r = ca.ra(&refs(&args));
+    r.ok();
+    assert_eq!(r.json()["already_issued"], 3, "{r}");
+    let after = std::fs::read_to_string(&journal).expect("journal");
+    assert!(!after.contains(torn), "the torn line is gone:\n{after}");
+    assert_eq!(journal_entries(&out).len(), whole.lines().count() + 1);
+    assert_complete(
+        &ca,
+        &out,
+        &out.join("passwords.csv"),
+        &emails,
+        &HashMap::new(),
+    );
+
+    // A damaged line followed by whole ones is not a torn write.
+    let mut lines: Vec<&str> = after.lines().collect();
+    lines.insert(1, "{\"event\":\"issu");
+    std::fs::write(&journal, lines.join("\n") + "\n").expect("damage");
+    let r = ca.ra(&refs(&args));
+    r.code(2);
+    assert_eq!(r.json()["error"]["code"], "journal_corrupt", "{r}");
+    assert!(r.stdout.contains("line 2"), "{r}");
+    assert!(
+        r.stderr.is_empty(),
+        "with --json the error is on stdout: {r}"
+    );
+    assert_eq!(ledger(&ca).len(), 3);
+}
+
+fn write(path: &Path, text: &str) -> PathBuf {
+    std::fs::write(path, text).expect("write");
+    path.to_path_buf()
+}
+
+#[test]
+fn an_edited_input_under_an_explicit_batch_id() {
+    let ca = Ca::start(true);
+    let work = ca.scratch("work");
+    let out = work.join("out");
+    let input = work.join("clients.csv");
+    let original = "email,common_name,dns\n\
+                    alice@example.com,Alice,\n\
+                    bob@example.com,Bob,\n\
+                    carol@example.com,Carol,\n\
+                    dan@example.com,Dan,dan.other.org\n";
+    write(&input, original);
+    let args = batch(
+        &input,
+        &out,
+        &["--profile", "tls-client", "--batch-id", "team-2026"],
+    );
+    // Dan's name is outside this RA's namespace: certd refuses that row
+    // before signing anything; the others are issued.
+    let first = ca.ra(&refs(&args));
+    first.code(1);
+    let report = read_csv(&out.join("report.csv"));
+    assert_eq!(report[3]["error_code"], "name_not_permitted", "{report:?}");
+    let serials = issued_serials(&out);
+    assert_eq!(serials.len(), 3);
+    let bob_pem = std::fs::read(out.join("bob@example.com.pem")).expect("pem");
+
+    // Bob's and Carol's names changed, a row was added: refused before
+    // anything is issued, every changed row named.
+    write(
+        &input,
+        "email,common_name,dns\n\
+         alice@example.com,Alice,\n\
+         bob@example.com,Robert,\n\
+         carol@example.com,Caroline,\n\
+         dan@example.com,Dan,dan.other.org\n\
+         erin@example.com,Erin,\n",
+    );
+    let r = ca.ra(&refs(&args));
+    r.code(2);
+    let err = &r.json()["error"];
+    assert_eq!(err["code"], "input_changed", "{r}");
+    let msg = err["message"].as_str().expect("message");
+    assert!(msg.contains("line 3 (bob@example.com)"), "{msg}");
+    assert!(msg.contains("line 4 (carol@example.com)"), "{msg}");
+    assert!(
+        msg.contains(&format!("serial {}", serials["bob@example.com"])),
+        "{msg}"
+    );
+    assert!(!msg.contains("alice@") && !msg.contains("dan@"), "{msg}");
+    assert!(msg.contains("Nothing was issued"), "{msg}");
+    assert_eq!(ledger(&ca).len(), 3, "nothing issued");
+    assert_eq!(
+        std::fs::read(out.join("bob@example.com.pem")).expect("pem"),
+        bob_pem,
+        "the first certificate's files are untouched"
+    );
+    // Without --batch-id the edited file is simply another batch.
+    let derived = batch(&input, &out, &["--profile", "tls-client"]);
+    let r = ca.ra(&refs(&derived));
+    r.code(2);
+    assert_eq!(r.json()["error"]["code"], "batch_mismatch", "{r}");
+
+    // Rows restored, the refused row fixed (certd refused it before
+    // signing, so it may change), a row added: the batch goes on.
+    write(
+        &input,
+        "email,common_name,dns\n\
+         alice@example.com,Alice,\n\
+         bob@example.com,Bob,\n\
+         carol@example.com,Carol,\n\
+         dan@example.com,Dan,dan.example.com\n\
+         erin@example.com,Erin,\n",
+    );
+    let r = ca.ra(&refs(&args));
+    r.ok();
+    assert_eq!(
+        (&r.json()["already_issued"], &r.json()["issued"]),
+        (&3.into(), &2.into()),
+        "{r}"
+    );
+    let now = issued_serials(&out);
+    for (e, serial) in &serials {
+        assert_eq!(&now[e], serial);
+    }
+    assert_eq!(ledger(&ca).len(), 5);
+    // The journal records the input of every run.
+    let hashes: HashSet<String> = journal_entries(&out)
+        .iter()
+        .filter(|e| e["event"] == "run")
+        .filter_map(|e| e["input_sha256"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(hashes.len(), 2, "the two inputs that were issued from");
+}
+
+#[test]
+fn an_input_edited_while_the_batch_runs_stops_before_the_changed_row() {
+    const ROWS: usize = 10;
+    let ca = Ca::start(true);
+    let work = ca.scratch("work");
+    let input = work.join("people.csv");
+    // Long rows (an ignored column), so the second read of the file has
+    // not reached the last rows when the file is edited.
+    let notes = "n".repeat(16 * 1024);
+    let text = |changed: Option<usize>| {
+        let mut t = String::from("email,notes\n");
+        for i in 0..ROWS {
+            let who = if changed == Some(i) {
+                "mallory"
+            } else {
+                "user"
+            };
+            t.push_str(&format!("{who}{i:04}@example.com,{notes}\n"));
+        }
+        t
+    };
+    std::fs::write(&input, text(None)).expect("csv");
+    let emails: Vec<String> = (0..ROWS)
+        .map(|i| format!("user{i:04}@example.com"))
+        .collect();
+    let out = work.join("out");
+    let args = batch(&input, &out, &["--jobs", "1", "--ignore-unknown-columns"]);
+
+    let child = spawn(&ca, &args);
+    wait_for(HANG, "the first delivery", || issued_lines(&out) >= 1);
+    std::fs::write(&input, text(Some(ROWS - 1))).expect("edit");
+    let first = finish(child);
+    first.code(2);
+    assert_eq!(first.json()["error"]["code"], "input_changed", "{first}");
+    let ledger_now = ledger(&ca);
+    assert!(
+        ledger_now.values().all(|e| !e[0].starts_with("mallory")),
+        "the changed row was not sent: {ledger_now:?}"
+    );
+    assert!(ledger_now.len() < ROWS);
+
+    std::fs::write(&input, text(None)).expect("restore");
+    let second = ca.ra(&refs(&args));
+    second.ok();
+    let kept: HashMap<String, String> = ledger_now
+        .into_iter()
+        .map(|(serial, e)| (e[0].clone(), serial))
+        .collect();
+    assert_complete(&ca, &out, &out.join("passwords.csv"), &emails, &kept);
+}
