@@ -41,7 +41,8 @@ pub enum Error {
         message: String,
     },
     /// The batch journal cannot be used: a line that is not a journal
-    /// entry other than a torn last one (`journal_corrupt`, exit 2).
+    /// entry other than a torn last one, or a key file it names that is
+    /// not as written or is gone with its key (`journal_corrupt`, exit 2).
     #[error("{path}: {message}")]
     Journal {
         /// The journal.

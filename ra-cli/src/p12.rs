@@ -75,6 +75,21 @@ pub fn build(
         .map_err(err)
 }
 
+/// The certificate (DER) that goes with the key of a PKCS#12 file, which
+/// `password` must open.
+pub fn leaf(data: &[u8], password: &str) -> Result<Vec<u8>, Error> {
+    let store = KeyStore::from_pkcs12(data, password, p12_keystore::Pkcs12ImportPolicy::Relaxed)
+        .map_err(err)?;
+    let (_, chain) = store
+        .private_key_chain()
+        .ok_or_else(|| err("no private key in the file"))?;
+    chain
+        .certs()
+        .first()
+        .map(|c| c.as_der().to_vec())
+        .ok_or_else(|| err("no certificate with the key"))
+}
+
 /// Reads a PKCS#12 file back: the friendly name of the key, and the number
 /// of certificates in its chain (leaf included). For tests and checks.
 pub fn inspect(data: &[u8], password: &str) -> Result<(String, usize), Error> {

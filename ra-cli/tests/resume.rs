@@ -8,7 +8,8 @@
 //! [`assert_complete`]: every row delivered exactly once, the serial certd
 //! issued first kept, no certificate in certd's ledger that the report
 //! does not name, a password for every PKCS#12 that opens it, no key left
-//! in the journal, and secret files 0600 in a 0700 directory.
+//! anywhere but in the delivered files, and secret files 0600 in a 0700
+//! directory.
 #![forbid(unsafe_code)]
 
 mod common;
@@ -78,24 +79,87 @@ fn finish(child: Child) -> common::Run {
 fn journal_entries(out: &Path) -> Vec<serde_json::Value> {
     let text = std::fs::read_to_string(out.join("journal.jsonl")).expect("journal");
     assert!(text.ends_with('\n'), "the journal ends with a whole line");
-    text.lines()
+    whole_entries(&text)
+}
+
+/// The entries of the whole lines of a journal (a process killed while
+/// appending may have left a torn last one).
+fn whole_entries(text: &str) -> Vec<serde_json::Value> {
+    let whole = text.rfind('\n').map_or("", |i| &text[..=i]);
+    whole
+        .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
         .collect()
 }
 
+/// The journal's whole `issued` lines (read while a run appends to it).
 fn issued_lines(out: &Path) -> usize {
     std::fs::read_to_string(out.join("journal.jsonl"))
-        .map(|t| t.matches("\"event\":\"issued\"").count())
+        .map(|t| {
+            whole_entries(&t)
+                .iter()
+                .filter(|e| e["event"] == "issued")
+                .count()
+        })
         .unwrap_or(0)
 }
 
-/// The files whose keys the journal holds.
-fn journaled_keys(out: &Path) -> Vec<String> {
-    journal_entries(out)
+/// The files in `DIR/keys` (absent: none).
+fn key_files(out: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(out.join("keys"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// Request id → base name of the row's files, for every key file the
+/// journal's whole lines name.
+fn journaled_key_files(out: &Path) -> HashMap<String, String> {
+    let text = std::fs::read_to_string(out.join("journal.jsonl")).expect("journal");
+    whole_entries(&text)
         .iter()
-        .filter(|e| e["event"] == "requested" && e["key"].is_string())
-        .map(|e| e["file"].as_str().expect("file").to_string())
+        .filter(|e| e["event"] == "requested" && e["key_file"].is_string())
+        .map(|e| {
+            let id = e["request_id"].as_str().expect("request_id").to_string();
+            assert_eq!(e["key_file"], format!("keys/{id}.key"), "{e}");
+            (id, e["file"].as_str().expect("file").to_string())
+        })
         .collect()
+}
+
+/// Asserts that no key waits in `DIR/keys` for a row whose PKCS#12 is in
+/// the output directory, whatever instant the run stopped at; returns the
+/// base names of the rows whose keys wait there.
+#[track_caller]
+fn assert_no_key_beside_its_p12(out: &Path) -> Vec<String> {
+    let named = journaled_key_files(out);
+    let mut waiting = Vec::new();
+    for f in key_files(out) {
+        if f.starts_with(".tmp-") {
+            // A PKCS#12 being staged: its key file is still there (the
+            // next run removes it).
+            continue;
+        }
+        let id = f
+            .strip_suffix(".key")
+            .or_else(|| f.strip_suffix(".p12"))
+            .unwrap_or_else(|| panic!("keys/{f} is not a key file nor a staged PKCS#12"));
+        // A key file no whole journal line names was being written when
+        // the run stopped: its request was never sent, so it has no
+        // PKCS#12 (the next run removes it).
+        let Some(stem) = named.get(id) else { continue };
+        assert!(
+            !out.join(format!("{stem}.p12")).exists(),
+            "keys/{f} is still there beside the delivered {stem}.p12"
+        );
+        waiting.push(stem.clone());
+    }
+    waiting
 }
 
 fn mode(p: &Path) -> u32 {
@@ -207,8 +271,18 @@ fn assert_complete(
         assert_eq!(mode(&out.join(&p12)), 0o600, "{p12}");
         assert_eq!(mode(&out.join(format!("{e}.pem"))), 0o644);
     }
-    // Delivered keys have left the journal; secrets are private.
-    assert_eq!(journaled_keys(out), Vec::<String>::new());
+    // No key is kept but in the delivered files: none in the journal,
+    // and `keys/` is gone. Secrets are private.
+    assert!(
+        !out.join("keys").exists(),
+        "keys/ is gone: {:?}",
+        key_files(out)
+    );
+    let journal = std::fs::read_to_string(out.join("journal.jsonl")).expect("journal");
+    assert!(
+        !journal.contains("\"key\"") && !journal.contains("PRIVATE KEY"),
+        "no key in the journal (it names key files, now gone):\n{journal}"
+    );
     assert_eq!(mode(out), 0o700);
     assert_eq!(mode(&out.join("journal.jsonl")), 0o600);
     assert_eq!(mode(passwords), 0o600);
@@ -250,13 +324,17 @@ fn certifier_locked_mid_batch_then_activated_and_resumed() {
         .iter()
         .filter(|l| l["status"] == "failed")
         .all(|l| l["error_code"] == "certifier_locked"));
-    // The journal keeps exactly the keys of the rows not delivered, and
-    // passwords.csv their passwords beside those of the delivered files.
+    // keys/ keeps exactly the keys of the rows not delivered, each in a
+    // private file the journal names, and passwords.csv their passwords
+    // beside those of the delivered files.
     let kept = issued_serials(&out);
-    let keys = journaled_keys(&out);
-    assert_eq!(keys.len() as u64, failed, "{keys:?}");
-    for f in &keys {
-        assert!(!out.join(format!("{f}.p12")).exists(), "{f} not delivered");
+    let waiting = assert_no_key_beside_its_p12(&out);
+    assert_eq!(waiting.len() as u64, failed, "{:?}", key_files(&out));
+    assert_eq!(key_files(&out).len() as u64, failed);
+    assert_eq!(mode(&out.join("keys")), 0o700);
+    for f in key_files(&out) {
+        assert!(f.ends_with(".key"), "{f}");
+        assert_eq!(mode(&out.join("keys").join(&f)), 0o600, "{f}");
     }
     let passwords = out.join("passwords.csv");
     assert_eq!(read_csv(&passwords).len() as u64, issued + failed);
@@ -302,11 +380,14 @@ fn retries_exhausted_then_resumed_across_a_torn_journal_line() {
     let kept = issued_serials(&out);
     assert_eq!(kept.len(), 1);
 
-    // A crash while appending left half a line behind.
+    // A crash while appending left half a line behind, and half a key
+    // file no line names yet.
     let journal = out.join("journal.jsonl");
     let mut text = std::fs::read_to_string(&journal).expect("journal");
     text.push_str("{\"event\":\"requested\",\"line\":4,\"request_id\":\"batch-0");
     std::fs::write(&journal, &text).expect("torn");
+    let torn_key = out.join("keys/batch-00000000000000000000000000000000.key");
+    std::fs::write(&torn_key, "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIB").expect("torn key");
 
     ca.reload_with(|t| t.replace("rate_limit_per_minute = 1\n", ""));
     let second = ca.ra(&refs(&args));
@@ -314,6 +395,7 @@ fn retries_exhausted_then_resumed_across_a_torn_journal_line() {
     assert_eq!(second.json()["issued"], 4, "{second}");
     let after = std::fs::read_to_string(&journal).expect("journal");
     assert!(!after.contains("batch-0\n") && !after.contains("\"batch-0\""));
+    assert!(!torn_key.exists(), "the torn key file is gone");
     assert_complete(&ca, &out, &out.join("passwords.csv"), &emails, &kept);
 }
 
@@ -395,6 +477,9 @@ fn killed_batch_resumes_without_duplicates() {
     );
     let before = issued_lines(&out);
     assert!(before < ROWS, "killed part-way ({before} issued)");
+    // Whatever instant the kill came at, a delivered PKCS#12 has no copy
+    // of its key left in keys/.
+    assert_no_key_beside_its_p12(&out);
     // What certd issued before the kill, whether ra-cli heard of it or not.
     let issued_by_certd: HashMap<String, String> = ledger(&ca)
         .into_iter()
@@ -417,7 +502,7 @@ fn killed_batch_resumes_without_duplicates() {
 }
 
 #[test]
-fn a_torn_last_journal_line_is_cut_off_damage_in_the_middle_is_refused() {
+fn an_unjournaled_delivery_and_a_torn_last_line_resume_damage_is_refused() {
     let ca = Ca::start(true);
     let work = ca.scratch("work");
     let input = work.join("people.csv");
@@ -426,6 +511,37 @@ fn a_torn_last_journal_line_is_cut_off_damage_in_the_middle_is_refused() {
     let args = batch(&input, &out, &[]);
     ca.ra(&refs(&args)).ok();
     let journal = out.join("journal.jsonl");
+    let first = issued_serials(&out);
+
+    // Killed after a row's PKCS#12 was renamed into place and before its
+    // delivery was journaled: the key is in that file only. A re-run asks
+    // certd again (the same request: the same certificate), keeps the
+    // file as it is and journals the delivery.
+    let last = &emails[2];
+    let text = std::fs::read_to_string(&journal).expect("journal");
+    let lost = format!("\"file\":\"{last}\"");
+    let cut: String = text
+        .lines()
+        .filter(|l| !(l.contains("\"event\":\"issued\"") && l.contains(&lost)))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(cut.lines().count() + 1, text.lines().count(), "{text}");
+    std::fs::write(&journal, cut).expect("cut");
+    let p12 = out.join(format!("{last}.p12"));
+    let delivered = std::fs::read(&p12).expect("p12");
+    let r = ca.ra(&refs(&args));
+    r.ok();
+    assert_eq!(
+        (&r.json()["already_issued"], &r.json()["issued"]),
+        (&2.into(), &1.into()),
+        "{r}"
+    );
+    assert_eq!(issued_serials(&out), first);
+    assert_eq!(
+        std::fs::read(&p12).expect("p12"),
+        delivered,
+        "kept as it is"
+    );
     let whole = std::fs::read_to_string(&journal).expect("journal");
 
     let torn = "{\"event\":\"run\",\"started\":\"torn";
@@ -435,7 +551,17 @@ fn a_torn_last_journal_line_is_cut_off_damage_in_the_middle_is_refused() {
     assert_eq!(r.json()["already_issued"], 3, "{r}");
     let after = std::fs::read_to_string(&journal).expect("journal");
     assert!(!after.contains(torn), "the torn line is gone:\n{after}");
-    assert_eq!(journal_entries(&out).len(), whole.lines().count() + 1);
+    // Compacted when the last run started: the header, the runs before,
+    // three deliveries (the requests are superseded), the last run.
+    let events: Vec<String> = journal_entries(&out)
+        .iter()
+        .map(|e| e["event"].as_str().expect("event").to_string())
+        .collect();
+    assert_eq!(
+        events,
+        ["batch", "run", "run", "issued", "issued", "issued", "run"],
+        "{after}"
+    );
     assert_complete(
         &ca,
         &out,
@@ -456,7 +582,7 @@ fn a_torn_last_journal_line_is_cut_off_damage_in_the_middle_is_refused() {
         r.stderr.is_empty(),
         "with --json the error is on stdout: {r}"
     );
-    assert_eq!(ledger(&ca).len(), 3);
+    assert_eq!(ledger(&ca).len(), 3, "nothing was issued twice");
 }
 
 fn write(path: &Path, text: &str) -> PathBuf {

@@ -1,9 +1,10 @@
 //! What is checked before the first request of a batch, so that a problem
 //! is found while nothing is issued yet, never after a certificate exists:
 //! every row, the output paths, the rows of an edited input against the
-//! journal, and the passwords of keys journaled by an earlier run.
+//! journal, and the keys kept by an earlier run with their passwords.
 
-use super::journal::{self, PasswordMode, State};
+use super::journal::{self, KeyRef, PasswordMode, State};
+use super::keystore::{Found, KeyStore};
 use super::request_id;
 use crate::error::Error;
 use crate::input::{check_row, Duplicates, Input, RowError, Rules};
@@ -250,8 +251,8 @@ pub fn passwords_path(
     });
     match (given, recorded) {
         (Some(g), Some(r)) if absolute(g)? != absolute(&r)? => Err(Error::BatchMismatch(format!(
-            "this batch writes its generated passwords to {} (the passwords of keys it journaled \
-             are there): pass --passwords-out {} or leave the option out",
+            "this batch writes its generated passwords to {} (the passwords of keys not yet \
+             delivered are there): pass --passwords-out {} or leave the option out",
             r.display(),
             r.display()
         ))),
@@ -261,11 +262,14 @@ pub fn passwords_path(
     }
 }
 
-/// Checks, before anything is sent, that the password each journaled key
-/// is to be delivered under is at hand and opens that key: a key is never
-/// written under a password that was not meant for it.
-pub fn check_pending_passwords(
+/// Checks, before anything is sent, that the key of every row not
+/// delivered is where the journal and `keys/` say (its key file as
+/// written, or the PKCS#12 an earlier run built from it), and that the
+/// password it is to be delivered under is at hand and opens it: a key is
+/// never written under a password that was not meant for it.
+pub fn check_pending_keys(
     state: &State,
+    keys: &KeyStore,
     mode: PasswordMode,
     fixed: Option<&Zeroizing<String>>,
     passwords: &HashMap<String, Zeroizing<String>>,
@@ -274,35 +278,48 @@ pub fn check_pending_passwords(
 ) -> Result<(), Error> {
     let mut pending: Vec<_> = state.pending_keys().collect();
     pending.sort_by_key(|(_, r)| r.line);
-    for (_, r) in pending {
+    for (id, r) in pending {
         let p12 = format!("{}.p12", r.file);
         let pw = match (mode, fixed) {
             (PasswordMode::File, Some(pw)) => pw,
             _ => passwords.get(&p12).ok_or_else(|| Error::Password {
                 code: "password_missing",
                 message: format!(
-                    "the journal holds the key of line {} ({p12}), but {} has no password for it: \
-                     restore that file as the batch left it (the passwords of keys not yet \
+                    "the key of line {} ({p12}) is kept for delivery, but {} has no password for \
+                     it: restore that file as the batch left it (the passwords of keys not yet \
                      delivered are kept there)",
                     r.line,
                     passwords_file.display()
                 ),
             })?,
         };
-        let key = r.key.as_deref().unwrap_or_default();
-        if SubscriberKey::from_encrypted_pem(key, pw.as_bytes()).is_err() {
+        let opens = match &r.key {
+            Some(KeyRef::Inline(pem)) => {
+                SubscriberKey::from_encrypted_pem(pem, pw.as_bytes()).is_ok()
+            }
+            Some(KeyRef::File { sha256 }) => match keys.find(id, sha256, &r.file, r.line)? {
+                Found::Key(pem) => SubscriberKey::from_encrypted_pem(&pem, pw.as_bytes()).is_ok(),
+                Found::Staged(path) | Found::Delivered(path) => {
+                    let data =
+                        Zeroizing::new(std::fs::read(&path).map_err(|e| Error::io(&path, e))?);
+                    crate::p12::leaf(&data, pw).is_ok()
+                }
+            },
+            None => true,
+        };
+        if !opens {
             return Err(Error::Password {
                 code: "password_mismatch",
                 message: match (mode, password_file) {
                     (PasswordMode::File, Some(f)) => format!(
-                        "{} does not open the key journaled for line {} ({p12}): pass the \
+                        "{} does not open the key kept for line {} ({p12}): pass the \
                          --p12-password-file this batch was started with",
                         f.display(),
                         r.line
                     ),
                     _ => format!(
-                        "the password {} holds for {p12} does not open the key journaled for \
-                         line {}: restore that file as the batch left it",
+                        "the password {} holds for {p12} does not open the key kept for line {}: \
+                         restore that file as the batch left it",
                         passwords_file.display(),
                         r.line
                     ),
@@ -352,6 +369,8 @@ mod tests {
                     file: "c@example.com".into(),
                     csr: "CSR".into(),
                     key: None,
+                    key_file: None,
+                    key_sha256: None,
                 },
                 Entry::Failed {
                     line: 3,

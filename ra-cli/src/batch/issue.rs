@@ -1,14 +1,16 @@
 //! Issuing the rows of a batch: a producer reads the input again (checking
 //! that every row is the one validated) and hands rows to `jobs` workers;
-//! each row is journaled, requested, delivered durably, then journaled as
-//! issued.
+//! each row's key is put in `keys/`, the row is journaled, requested,
+//! delivered durably (its key leaving `keys/` in the rename of its
+//! PKCS#12), then journaled as issued.
 //!
 //! A failure that is not about the row itself (certd locked, unreachable,
 //! over its rate limit, a file or the journal that cannot be written) stops
 //! the dispatch of further rows: they would fail the same way, and each
 //! would leave a request behind. Such rows are reported `not_attempted`.
 
-use super::journal::{self, Entry, RowRecord};
+use super::journal::{self, Entry, Flush, KeyRef, RowRecord};
+use super::keystore::{Found, KeyStore};
 use super::report::{ReportLine, Status};
 use super::{build_request, request_id};
 use crate::csr::CsrInfo;
@@ -66,6 +68,8 @@ pub(super) struct Ctx {
     pub key_type: KeyType,
     pub iterations: u32,
     pub out_dir: PathBuf,
+    /// `keys/` of the output directory.
+    pub keys: KeyStore,
     pub retry: RetryPolicy,
     /// `--p12-password-file`; else passwords are generated.
     pub fixed_password: Option<Zeroizing<String>>,
@@ -184,11 +188,18 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 enum KeyHandle {
+    /// A subscriber's CSR: no key here.
     None,
     /// PKCS#8 DER of a key generated in this run (wiped when dropped).
     Plain(Zeroizing<Vec<u8>>),
-    /// A key from the journal, encrypted under the row's password.
-    Encrypted(String),
+    /// A key from its key file, encrypted under the row's password.
+    Encrypted(Zeroizing<String>),
+    /// A key already in its PKCS#12, staged in `keys/` by an earlier run
+    /// that stopped before delivering it.
+    Staged(PathBuf),
+    /// A key already in its delivered PKCS#12; the earlier run stopped
+    /// before journaling the delivery.
+    Delivered(PathBuf),
 }
 
 /// PBKDF2 iterations for a journaled key whose password was generated:
@@ -214,7 +225,8 @@ struct Delivered {
 
 /// The key, CSR and password of a row: the journaled ones when an earlier
 /// run sent its request (so certd sees the very same request), else new
-/// ones, journaled (with the password, flushed first) before the request.
+/// ones: the key in its file in `keys/`, then journaled (with the
+/// password, and the directory flushed first) before the request.
 async fn key_for(
     ctx: &Ctx,
     work: &Work,
@@ -228,16 +240,19 @@ async fn key_for(
         file: stem.to_string(),
         csr,
         key: None,
+        key_file: None,
+        key_sha256: None,
     };
     if let Some(info) = &work.csr {
         ctx.journal
-            .append(&repeat(info.pem.clone()), None, false)
+            .append(&repeat(info.pem.clone()), None, Flush::NONE)
             .await?;
         return Ok((info.pem.clone(), KeyHandle::None, None));
     }
     if let Some(RowRecord {
         csr: Some(csr),
         key: Some(key),
+        line,
         ..
     }) = pending
     {
@@ -254,11 +269,21 @@ async fn key_for(
                     })
                 })?,
         };
+        let handle = match key {
+            KeyRef::Inline(pem) => KeyHandle::Encrypted(Zeroizing::new(pem)),
+            KeyRef::File { sha256 } => {
+                match ctx.keys.find(&work.request_id, &sha256, stem, line)? {
+                    Found::Key(pem) => KeyHandle::Encrypted(pem),
+                    Found::Staged(p) => KeyHandle::Staged(p),
+                    Found::Delivered(p) => KeyHandle::Delivered(p),
+                }
+            }
+        };
         // Journaled again: this run sends it, so certd may issue now.
         ctx.journal
-            .append(&repeat(csr.clone()), None, false)
+            .append(&repeat(csr.clone()), None, Flush::NONE)
             .await?;
-        return Ok((csr, KeyHandle::Encrypted(key), Some(pw)));
+        return Ok((csr, handle, Some(pw)));
     }
     let (pw, generated_pw) = match &ctx.fixed_password {
         Some(pw) => (pw.clone(), false),
@@ -272,12 +297,19 @@ async fn key_for(
         ctx.iterations
     };
     let pw2 = pw.clone();
-    let (der, csr, enc) = tokio::task::spawn_blocking(move || {
+    let keys = ctx.keys.clone();
+    let id = work.request_id.clone();
+    let (der, csr, sha256) = tokio::task::spawn_blocking(move || {
         let key = SubscriberKey::generate(kt)?;
         let csr = key.csr_pem(Some(&cn))?;
         let der = key.pkcs8_der()?;
-        let enc = crate::keys::encrypt_pkcs8(&der, pw2.as_bytes(), iterations)?;
-        Ok::<_, Error>((der, csr, enc))
+        let enc = Zeroizing::new(crate::keys::encrypt_pkcs8(
+            &der,
+            pw2.as_bytes(),
+            iterations,
+        )?);
+        let sha256 = keys.write(&id, &enc)?;
+        Ok::<_, Error>((der, csr, sha256))
     })
     .await
     .map_err(|e| Error::Crypto(e.to_string()))??;
@@ -290,10 +322,13 @@ async fn key_for(
                 request_id: work.request_id.clone(),
                 file: stem.to_string(),
                 csr: csr.clone(),
-                key: Some(enc),
+                key: None,
+                key_file: Some(super::keystore::file_name(&work.request_id)),
+                key_sha256: Some(sha256),
             },
             pw_line,
-            false,
+            // The key file's name is durable before the line naming it.
+            Flush::KEYS,
         )
         .await?;
     Ok((csr, KeyHandle::Plain(der), Some(pw)))
@@ -302,8 +337,9 @@ async fn key_for(
 /// A row's files to write.
 struct Files {
     out_dir: PathBuf,
+    keys: KeyStore,
+    request_id: String,
     stem: String,
-    key: KeyHandle,
     password: Option<Zeroizing<String>>,
     friendly: String,
     cert_pem: String,
@@ -311,60 +347,109 @@ struct Files {
     iterations: u32,
 }
 
-/// Writes a row's files, each flushed to disk; on failure removes what it
-/// wrote, so a failed row leaves nothing under its names.
-fn write_files(f: Files) -> Result<(), Error> {
-    let Files {
-        out_dir,
-        stem,
-        key,
-        password,
-        friendly,
-        cert_pem,
-        chain_pem,
-        iterations,
-    } = f;
-    let password = password.as_ref();
-    let (friendly, cert_pem, chain_pem) = (&friendly, &cert_pem, &chain_pem);
-    let pem_path = out_dir.join(format!("{stem}.pem"));
-    let p12_path = out_dir.join(format!("{stem}.p12"));
-    let mut written = Vec::new();
-    let result = (|| {
+/// Where a row's PKCS#12 is once prepared.
+enum P12 {
+    /// It has none (a subscriber's CSR).
+    None,
+    /// In `keys/`; `built` in this run (its directory entry is flushed
+    /// before the key file goes).
+    Staged { path: PathBuf, built: bool },
+    /// Delivered already.
+    Delivered,
+}
+
+impl Files {
+    fn pem_path(&self) -> PathBuf {
+        self.out_dir.join(format!("{}.pem", self.stem))
+    }
+
+    fn p12_path(&self) -> PathBuf {
+        self.out_dir.join(format!("{}.p12", self.stem))
+    }
+
+    fn password(&self) -> Result<&str, Error> {
+        self.password
+            .as_deref()
+            .map(String::as_str)
+            .ok_or_else(|| Error::Crypto("no password for the PKCS#12".into()))
+    }
+
+    /// Builds the row's PKCS#12 from `key` and stages it in `keys/`
+    /// (file flushed), or checks the one an earlier run built.
+    fn prepare(&self, key: KeyHandle) -> Result<P12, Error> {
         let der = match key {
-            KeyHandle::None => None,
-            KeyHandle::Plain(der) => Some(der),
+            KeyHandle::None => return Ok(P12::None),
+            KeyHandle::Plain(der) => der,
             KeyHandle::Encrypted(pem) => {
-                let pw = password.ok_or_else(|| Error::Crypto("no password for the key".into()))?;
-                Some(SubscriberKey::from_encrypted_pem(&pem, pw.as_bytes())?.pkcs8_der()?)
+                SubscriberKey::from_encrypted_pem(&pem, self.password()?.as_bytes())?.pkcs8_der()?
+            }
+            KeyHandle::Staged(path) => {
+                self.check_built(&path)?;
+                return Ok(P12::Staged { path, built: false });
+            }
+            KeyHandle::Delivered(path) => {
+                self.check_built(&path)?;
+                return Ok(P12::Delivered);
             }
         };
-        if let Some(der) = der {
-            let pw = password.ok_or_else(|| Error::Crypto("no password for the PKCS#12".into()))?;
-            let leaf = output::pem_to_der(cert_pem)?;
-            let chain: Vec<Vec<u8>> = chain_pem
-                .iter()
-                .map(|c| output::pem_to_der(c))
-                .collect::<Result<_, _>>()?;
-            let p12 = crate::p12::build(&der, &leaf, &chain, friendly, pw, iterations)?;
-            // Flushed: once the `issued` line (which flushes the directory
-            // first) is written, the key leaves the journal.
-            output::write_atomic(&p12_path, &p12, output::MODE_SECRET, true)?;
-            written.push(&p12_path);
+        let leaf = output::pem_to_der(&self.cert_pem)?;
+        let chain: Vec<Vec<u8>> = self
+            .chain_pem
+            .iter()
+            .map(|c| output::pem_to_der(c))
+            .collect::<Result<_, _>>()?;
+        let p12 = crate::p12::build(
+            &der,
+            &leaf,
+            &chain,
+            &self.friendly,
+            self.password()?,
+            self.iterations,
+        )?;
+        let path = self.keys.stage(&self.request_id, &p12)?;
+        Ok(P12::Staged { path, built: true })
+    }
+
+    /// Checks that a PKCS#12 an earlier run built opens with the row's
+    /// password and holds the certificate certd answered with now (certd
+    /// answers a repeated request with the certificate it issued).
+    fn check_built(&self, path: &Path) -> Result<(), Error> {
+        let data = Zeroizing::new(std::fs::read(path).map_err(|e| Error::io(path, e))?);
+        let leaf = crate::p12::leaf(&data, self.password()?)?;
+        if leaf != output::pem_to_der(&self.cert_pem)? {
+            return Err(Error::output(
+                path,
+                "holds another certificate than the one certd issued for this row's request: \
+                 move it away (keep it if it is in use) and re-run",
+            ));
         }
+        Ok(())
+    }
+
+    /// Delivers: the key file goes (its PKCS#12 is durable in `keys/`),
+    /// the certificate is written (flushed), and the staged PKCS#12 is
+    /// renamed into the output directory, which takes the key out of
+    /// `keys/` in the same step. A failure leaves no `.pem` behind; the
+    /// key stays in `keys/` for the next run.
+    fn deliver(&self, p12: &P12) -> Result<(), Error> {
+        if let P12::Staged { .. } = p12 {
+            self.keys.remove_key(&self.request_id)?;
+        }
+        let pem_path = self.pem_path();
         output::write_atomic(
             &pem_path,
-            output::pem_bundle(cert_pem, chain_pem).as_bytes(),
+            output::pem_bundle(&self.cert_pem, &self.chain_pem).as_bytes(),
             output::MODE_PUBLIC,
             true,
         )?;
-        Ok(())
-    })();
-    if result.is_err() {
-        for p in written {
-            let _ = std::fs::remove_file(p);
+        if let P12::Staged { path, .. } = p12 {
+            if let Err(e) = self.keys.deliver(path, &self.p12_path()) {
+                let _ = std::fs::remove_file(&pem_path);
+                return Err(e);
+            }
         }
+        Ok(())
     }
-    result
 }
 
 async fn process(ctx: &Ctx, work: &Work) -> Result<Delivered, RowFailure> {
@@ -429,20 +514,35 @@ async fn process(ctx: &Ctx, work: &Work) -> Result<Delivered, RowFailure> {
         ),
         ..RowFailure::from(e)
     };
+    let blocking = |e: tokio::task::JoinError| issued_failure(Error::Crypto(e.to_string()));
 
-    let files = Files {
+    let files = Arc::new(Files {
         out_dir: ctx.out_dir.clone(),
+        keys: ctx.keys.clone(),
+        request_id: work.request_id.clone(),
         stem: stem.clone(),
-        key,
         password,
         friendly: row.common_name.clone().unwrap_or_else(|| row.email.clone()),
         cert_pem: resp.certificate.clone(),
         chain_pem: resp.chain.clone(),
         iterations: ctx.iterations,
-    };
-    tokio::task::spawn_blocking(move || write_files(files))
+    });
+    let f = files.clone();
+    let p12 = tokio::task::spawn_blocking(move || f.prepare(key))
         .await
-        .map_err(|e| issued_failure(Error::Crypto(e.to_string())))?
+        .map_err(blocking)?
+        .map_err(issued_failure)?;
+    if let P12::Staged { built: true, .. } = p12 {
+        // The staged PKCS#12 is durable before the key file goes.
+        ctx.journal
+            .flush(Flush::KEYS)
+            .await
+            .map_err(issued_failure)?;
+    }
+    let f = files.clone();
+    tokio::task::spawn_blocking(move || f.deliver(&p12))
+        .await
+        .map_err(blocking)?
         .map_err(issued_failure)?;
     ctx.journal
         .append(
@@ -456,9 +556,13 @@ async fn process(ctx: &Ctx, work: &Work) -> Result<Delivered, RowFailure> {
                 p12: work.csr.is_none(),
             },
             None,
-            // The renames of the row's files become durable before the
-            // line that lets the key go.
-            true,
+            // The row's renames and removals are durable before the line
+            // that records its delivery.
+            if work.csr.is_none() {
+                Flush::BOTH
+            } else {
+                Flush::OUT
+            },
         )
         .await
         .map_err(issued_failure)?;
@@ -542,7 +646,7 @@ pub(super) async fn worker(
                                 certificate_may_exist: f.may_exist,
                             },
                             None,
-                            false,
+                            Flush::NONE,
                         )
                         .await;
                     if f.stops {

@@ -1,26 +1,28 @@
-//! The batch journal: `journal.jsonl` in the output directory (mode 0600:
-//! it holds subscriber keys, encrypted), one JSON object per line, appended
-//! and flushed to disk before anything depends on it.
+//! The batch journal: `journal.jsonl` in the output directory (mode 0600),
+//! one JSON object per line, appended and flushed to disk before anything
+//! depends on it.
 //!
 //! - `batch`: the first line; what the batch is (id, input hash, profile,
 //!   certifier, expiry, key type, where generated passwords go). A re-run
 //!   must match it.
 //! - `run`: a run started, with the SHA-256 of the input it read.
 //! - `requested`: written before a row's request is sent (again): the CSR
-//!   and, for a key generated here, the key encrypted under the row's
-//!   PKCS#12 password, so a re-run repeats the very same request (certd
-//!   then answers with the certificate it already issued, never a second
-//!   one). A repeat of a journaled key's request carries no key.
+//!   and, for a key generated here, the key file in `keys/` that holds it
+//!   (encrypted under the row's PKCS#12 password) with the file's SHA-256,
+//!   so a re-run repeats the very same request (certd then answers with
+//!   the certificate it already issued, never a second one). A repeat of
+//!   a journaled key's request names no key. Journals of ra-cli before
+//!   version 3 hold the key in the line itself ([`KeyRef::Inline`]).
 //! - `issued`: a row's outcome, after its files are durably in place
-//!   (file and directory flushed). It supersedes the row's key.
+//!   (file and directory flushed) and its key has left `keys/`.
 //! - `failed`: a row failed; whether certd may hold a certificate for it
 //!   (it answered with one, or the answer was lost) is recorded.
 //!
+//! The journal holds no key: each waits in a file of its own
+//! ([`super::keystore`]), which goes as soon as its PKCS#12 is delivered.
 //! [`compact`] rewrites the journal atomically with only what a re-run
-//! needs: a finished row keeps its `issued` line and loses its key; a row
-//! not finished keeps its request (and key) and its last failure. Every run
-//! compacts when it starts and when it ends, so a row's key leaves the
-//! journal at the end of the run that delivered it.
+//! needs (a finished row keeps its `issued` line; a row not finished keeps
+//! its request and its last failure); every run compacts when it starts.
 //!
 //! A crash or a full disk can leave the last line torn (no line end): it
 //! was never acknowledged, so nothing depends on it; readers ignore it and
@@ -29,9 +31,11 @@
 //!
 //! Writes go through one thread that groups whatever is waiting into a
 //! single write and `fsync` (group commit), so many concurrent rows share
-//! one flush. Generated passwords are appended to the password file in the
-//! same group, flushed before the journal line that needs them. A failed
-//! write is cut back off, so the next append starts on a line of its own.
+//! one flush; directory flushes a line depends on ([`Flush`]) are grouped
+//! the same way. Generated passwords are appended to the password file in
+//! the same group, flushed before the journal line that needs them. A
+//! failed write is cut back off, so the next append starts on a line of
+//! its own.
 
 use crate::error::Error;
 use serde::{Deserialize, Serialize};
@@ -47,8 +51,8 @@ use zeroize::Zeroizing;
 pub const JOURNAL: &str = "journal.jsonl";
 /// Default generated passwords file name (in the output directory).
 pub const PASSWORDS: &str = "passwords.csv";
-/// Journal format version written by this ra-cli.
-pub const VERSION: u32 = 2;
+/// Journal format version written by this ra-cli (3: keys in `keys/`).
+pub const VERSION: u32 = 3;
 /// Header of the passwords file.
 pub const PASSWORDS_HEADER: &str = "line,email,file,password\n";
 
@@ -81,11 +85,19 @@ pub enum Entry {
         file: String,
         /// The CSR sent, PEM.
         csr: String,
-        /// A key generated here: `ENCRYPTED PRIVATE KEY` PEM under the
-        /// row's password. Absent for a subscriber's CSR, and when the
-        /// request of a key journaled earlier is sent again.
+        /// A key generated here, in the line itself: `ENCRYPTED PRIVATE
+        /// KEY` PEM under the row's password. Only in journals of ra-cli
+        /// before version 3.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         key: Option<String>,
+        /// A key generated here: its file, `keys/REQUEST_ID.key`. Absent
+        /// for a subscriber's CSR, and when the request of a key journaled
+        /// earlier is sent again.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key_file: Option<String>,
+        /// SHA-256 of that file, hex.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key_sha256: Option<String>,
     },
     /// A row was issued and its files are durably in place.
     Issued {
@@ -230,6 +242,19 @@ pub struct Failure {
     pub certificate_may_exist: bool,
 }
 
+/// Where the journal says a key generated for a row is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyRef {
+    /// In the `requested` line itself (ra-cli before journal version 3);
+    /// moved to a key file when the next run starts.
+    Inline(String),
+    /// In `keys/REQUEST_ID.key`, whose bytes have this SHA-256 (hex).
+    File {
+        /// SHA-256 of the file, hex.
+        sha256: String,
+    },
+}
+
 /// What the journal knows of one request id.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RowRecord {
@@ -239,8 +264,8 @@ pub struct RowRecord {
     pub file: String,
     /// The CSR last sent (while the row is not finished).
     pub csr: Option<String>,
-    /// The encrypted key generated for it (while the row is not finished).
-    pub key: Option<String>,
+    /// The key generated for it (while the row is not finished).
+    pub key: Option<KeyRef>,
     /// Set once it is issued and delivered.
     pub done: Option<Done>,
     /// The last failure since the last request.
@@ -314,7 +339,24 @@ impl State {
                 file,
                 csr,
                 key,
+                key_file,
+                key_sha256,
             } => {
+                let key = match (key, key_file, key_sha256) {
+                    (key, None, None) => key.map(KeyRef::Inline),
+                    (None, Some(f), Some(sha256))
+                        if super::keystore::valid_id(&request_id)
+                            && f == super::keystore::file_name(&request_id) =>
+                    {
+                        Some(KeyRef::File { sha256 })
+                    }
+                    _ => {
+                        return Err(corrupt(
+                            path,
+                            format!("line {n}: a key reference ra-cli does not write"),
+                        ))
+                    }
+                };
                 index(&file, &request_id);
                 let r = self.rows.entry(request_id).or_default();
                 r.line = line;
@@ -342,7 +384,7 @@ impl State {
                 let r = self.rows.entry(request_id).or_default();
                 r.line = line;
                 r.file = file.clone();
-                // Superseded: the key is in the delivered PKCS#12.
+                // Delivered: the key is in the PKCS#12.
                 r.key = None;
                 r.csr = None;
                 r.failure = None;
@@ -414,12 +456,23 @@ impl State {
                 continue;
             }
             if let Some(csr) = &r.csr {
+                let (key, key_file, key_sha256) = match &r.key {
+                    None => (None, None, None),
+                    Some(KeyRef::Inline(pem)) => (Some(pem.clone()), None, None),
+                    Some(KeyRef::File { sha256 }) => (
+                        None,
+                        Some(super::keystore::file_name(id)),
+                        Some(sha256.clone()),
+                    ),
+                };
                 out.push(Entry::Requested {
                     line: r.line,
                     request_id: id.clone(),
                     file: r.file.clone(),
                     csr: csr.clone(),
-                    key: r.key.clone(),
+                    key,
+                    key_file,
+                    key_sha256,
                 });
             }
             if let Some(f) = &r.failure {
@@ -491,8 +544,9 @@ pub fn read(dir: &Path) -> Result<State, Error> {
 }
 
 /// Rewrites the journal of `dir` atomically (temporary file, flush,
-/// rename, directory flush) from `state`: delivered rows lose their keys,
-/// superseded and torn lines go.
+/// rename, directory flush) from `state`: superseded and torn lines go,
+/// and keys a journal of an earlier version held (moved to key files
+/// first, [`super::keystore::KeyStore::take_inline_keys`]).
 pub fn compact(dir: &Path, state: &State) -> Result<(), Error> {
     if state.header.is_none() {
         return Ok(());
@@ -681,10 +735,44 @@ pub fn cut_torn_tail(file: &mut File) -> std::io::Result<u64> {
     Ok(end)
 }
 
+/// Directories a commit flushes before its journal lines, so that what
+/// was created, renamed or removed in them before the call is durable
+/// before a line that depends on it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Flush {
+    /// The output directory (a row's delivered files).
+    pub out_dir: bool,
+    /// `keys/` (a key file written, a PKCS#12 staged, a key removed).
+    pub keys_dir: bool,
+}
+
+impl Flush {
+    /// No directory.
+    pub const NONE: Flush = Flush {
+        out_dir: false,
+        keys_dir: false,
+    };
+    /// The output directory.
+    pub const OUT: Flush = Flush {
+        out_dir: true,
+        keys_dir: false,
+    };
+    /// `keys/`.
+    pub const KEYS: Flush = Flush {
+        out_dir: false,
+        keys_dir: true,
+    };
+    /// Both.
+    pub const BOTH: Flush = Flush {
+        out_dir: true,
+        keys_dir: true,
+    };
+}
+
 struct Write1 {
     journal: Option<String>,
     password: Option<Zeroizing<String>>,
-    sync_dir: bool,
+    flush: Flush,
     ack: tokio::sync::oneshot::Sender<Result<(), String>>,
 }
 
@@ -787,26 +875,42 @@ impl Writer {
     }
 
     /// Appends `entry` (and a password line before it) durably; returns
-    /// once both are on disk. With `sync_dir`, renames done in the output
-    /// directory before this call are made durable first.
+    /// once both are on disk. The directories `flush` names are flushed
+    /// first, so what was done in them before this call is durable before
+    /// the line.
     pub async fn append(
         &self,
         entry: &Entry,
         password: Option<Zeroizing<String>>,
-        sync_dir: bool,
+        flush: Flush,
     ) -> Result<(), Error> {
         let mut line =
             serde_json::to_string(entry).map_err(|e| Error::Crypto(format!("journal: {e}")))?;
         line.push('\n');
+        self.send(Some(line), password, flush).await
+    }
+
+    /// Flushes the directories `flush` names (grouped with other rows'
+    /// flushes); returns once they are on disk.
+    pub async fn flush(&self, flush: Flush) -> Result<(), Error> {
+        self.send(None, None, flush).await
+    }
+
+    async fn send(
+        &self,
+        line: Option<String>,
+        password: Option<Zeroizing<String>>,
+        flush: Flush,
+    ) -> Result<(), Error> {
         let (ack, wait) = tokio::sync::oneshot::channel();
         let gone = || Error::output(JOURNAL, "the journal writer stopped");
         self.tx
             .as_ref()
             .ok_or_else(gone)?
             .send(Write1 {
-                journal: Some(line),
+                journal: line,
                 password,
-                sync_dir,
+                flush,
                 ack,
             })
             .map_err(|_| gone())?;
@@ -833,7 +937,7 @@ fn commit(
 ) -> Result<(), String> {
     let mut pw_text = Zeroizing::new(String::new());
     let mut j_text = String::new();
-    let mut sync_dir = false;
+    let mut flush = Flush::NONE;
     for w in group {
         if let Some(p) = &w.password {
             pw_text.push_str(p);
@@ -841,14 +945,18 @@ fn commit(
         if let Some(j) = &w.journal {
             j_text.push_str(j);
         }
-        sync_dir |= w.sync_dir;
+        flush.out_dir |= w.flush.out_dir;
+        flush.keys_dir |= w.flush.keys_dir;
     }
     if !pw_text.is_empty() {
         passwords
             .ok_or("no password file is open")?
             .append(pw_text.as_bytes())?;
     }
-    if sync_dir {
+    if flush.keys_dir {
+        crate::output::sync_dir(&dir.join(super::keystore::DIR)).map_err(|e| e.to_string())?;
+    }
+    if flush.out_dir {
         crate::output::sync_dir(dir).map_err(|e| e.to_string())?;
     }
     if !j_text.is_empty() {
@@ -883,14 +991,23 @@ mod tests {
         }
     }
 
+    /// A request line; `key` names a key file by its SHA-256.
     fn requested(id: &str, line: u64, key: Option<&str>) -> Entry {
         Entry::Requested {
             line,
             request_id: id.into(),
             file: format!("{id}@example.com"),
             csr: format!("csr-{id}"),
-            key: key.map(str::to_string),
+            key: None,
+            key_file: key.map(|_| crate::batch::keystore::file_name(id)),
+            key_sha256: key.map(str::to_string),
         }
+    }
+
+    fn file_key(sha256: &str) -> Option<KeyRef> {
+        Some(KeyRef::File {
+            sha256: sha256.into(),
+        })
     }
 
     fn issued(id: &str, line: u64) -> Entry {
@@ -927,7 +1044,7 @@ mod tests {
         let w = Writer::open(dir, Some(&dir.join(PASSWORDS))).expect("open");
         rt().block_on(async {
             for e in entries {
-                w.append(e, None, false).await.expect("append");
+                w.append(e, None, Flush::NONE).await.expect("append");
             }
         });
     }
@@ -949,7 +1066,7 @@ mod tests {
         assert!(st.torn_tail);
         assert_eq!(st.good_len, whole);
         assert!(st.runs.is_empty());
-        assert_eq!(st.rows["r1"].key.as_deref(), Some("KEY1"));
+        assert_eq!(st.rows["r1"].key, file_key("KEY1"));
 
         // Opening for the next append cuts it off; the append lands on a
         // line of its own and everything reads back.
@@ -993,7 +1110,49 @@ mod tests {
     }
 
     #[test]
-    fn compaction_drops_delivered_keys_and_keeps_what_a_resume_needs() {
+    fn key_references_are_ra_clis_own_or_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let id = "batch-00112233445566778899aabbccddeeff";
+        // A line of ra-cli before version 3: the key in the line.
+        let old = format!(
+            "{{\"event\":\"requested\",\"line\":2,\"request_id\":\"{id}\",\"file\":\"a\",\
+             \"csr\":\"C\",\"key\":\"OLD-KEY\"}}\n"
+        );
+        let with = |line: &str| {
+            write_entries(dir.path(), &[Entry::Batch(header())]);
+            let path = dir.path().join(JOURNAL);
+            let mut f = OpenOptions::new().append(true).open(&path).expect("open");
+            f.write_all(line.as_bytes()).expect("write");
+            let st = read(dir.path());
+            std::fs::remove_file(&path).expect("rm");
+            st
+        };
+        let st = with(&old).expect("an old line reads");
+        assert_eq!(st.rows[id].key, Some(KeyRef::Inline("OLD-KEY".into())));
+        // A file reference must be the request's own key file, with its
+        // digest; a path elsewhere is damage.
+        let refers = |file: &str, sha: Option<&str>| {
+            let sha = sha.map_or(String::new(), |s| format!(",\"key_sha256\":\"{s}\""));
+            format!(
+                "{{\"event\":\"requested\",\"line\":2,\"request_id\":\"{id}\",\"file\":\"a\",\
+                 \"csr\":\"C\",\"key_file\":\"{file}\"{sha}}}\n"
+            )
+        };
+        let own = crate::batch::keystore::file_name(id);
+        let st = with(&refers(&own, Some("ab"))).expect("reads");
+        assert_eq!(st.rows[id].key, file_key("ab"));
+        for bad in [
+            refers("../../etc/passwd", Some("ab")),
+            refers("keys/batch-other.key", Some("ab")),
+            refers(&own, None),
+        ] {
+            let e = with(&bad).expect_err("refused");
+            assert_eq!(e.code(), "journal_corrupt", "{bad}");
+        }
+    }
+
+    #[test]
+    fn compaction_keeps_what_a_resume_needs() {
         let dir = tempfile::tempdir().expect("tempdir");
         write_entries(
             dir.path(),
@@ -1015,7 +1174,7 @@ mod tests {
             ],
         );
         let before = read(dir.path()).expect("read");
-        assert_eq!(before.rows["pending"].key.as_deref(), Some("KEY-PENDING"));
+        assert_eq!(before.rows["pending"].key, file_key("KEY-PENDING"));
         assert!(before.rows["pending"].certificate_may_exist);
         assert!(!before.rows["refused"].certificate_may_exist);
         assert!(before.rows["lost"].certificate_may_exist);
@@ -1024,8 +1183,14 @@ mod tests {
         compact(dir.path(), &before).expect("compact");
         let path = dir.path().join(JOURNAL);
         let text = std::fs::read_to_string(&path).expect("read");
-        assert!(!text.contains("KEY-DONE"), "a delivered key leaves: {text}");
-        assert!(text.contains("KEY-PENDING"), "a pending key stays: {text}");
+        assert!(
+            !text.contains("KEY-DONE"),
+            "a delivered key's file is not named: {text}"
+        );
+        assert!(
+            text.contains("KEY-PENDING"),
+            "a pending key's file is: {text}"
+        );
         let mode = std::os::unix::fs::PermissionsExt::mode(
             &std::fs::metadata(&path).expect("meta").permissions(),
         );
@@ -1059,7 +1224,7 @@ mod tests {
                             input_sha256: None,
                         },
                         Some(password_line(i as u64 + 2, "a@example.com", file, pw)),
-                        false,
+                        Flush::NONE,
                     )
                     .await
                     .expect("append");
@@ -1086,7 +1251,7 @@ mod tests {
                         input_sha256: None,
                     },
                     Some(password_line(9, "c@example.com", "c.p12", "whole")),
-                    false,
+                    Flush::NONE,
                 )
                 .await
                 .expect("append");

@@ -12,12 +12,15 @@
 //!    repeats with the certificates it already issued. The [`journal`]
 //!    records each request before it is sent and each delivery once its
 //!    files are durable; rows it lists as delivered are not sent again,
-//!    every other row is sent (again) with its journaled request.
+//!    every other row is sent (again) with its journaled request. A key
+//!    generated here waits in a file of its own in `keys/` ([`keystore`])
+//!    and leaves it in the rename that delivers its PKCS#12.
 //! 3. **Report**: `report.csv` and a summary.
 
 pub mod check;
 pub mod issue;
 pub mod journal;
+pub mod keystore;
 pub mod progress;
 pub mod report;
 
@@ -681,7 +684,7 @@ pub async fn run(client: Option<CertdClient>, opts: &BatchOptions) -> Result<Sum
         return Err(Error::Usage("batch issue needs certd and --out DIR".into()));
     };
 
-    let (_lock, state) = match existing {
+    let (_lock, mut state) = match existing {
         Some(e) => e,
         None => {
             let lock = open_out_dir(&out_dir, true)?;
@@ -724,8 +727,10 @@ pub async fn run(client: Option<CertdClient>, opts: &BatchOptions) -> Result<Sum
         }
         None => HashMap::new(),
     };
-    check::check_pending_passwords(
+    let keys = keystore::KeyStore::new(&out_dir);
+    check::check_pending_keys(
         &state,
+        &keys,
         mode,
         fixed_password.as_ref(),
         &passwords,
@@ -738,9 +743,16 @@ pub async fn run(client: Option<CertdClient>, opts: &BatchOptions) -> Result<Sum
     // certd can sign now.
     check_certifier(&client, opts.certifier.as_deref(), &profile_certifiers).await?;
 
-    // Start: leftovers of a killed run go, the journal is rewritten
-    // without delivered keys and torn lines, then appended to.
+    // Start: leftovers of a killed run go (temporaries, torn or delivered
+    // key files), keys an older journal held move to key files, and the
+    // journal is rewritten without superseded and torn lines, then
+    // appended to.
     crate::output::remove_stale_temps(&out_dir)?;
+    if keys_involved {
+        keys.create()?;
+    }
+    keys.clean(&state)?;
+    keys.take_inline_keys(&mut state)?;
     journal::compact(&out_dir, &state)?;
     if let Some(p) = &pw_path {
         let keep = password_files_to_keep(&state);
@@ -750,7 +762,9 @@ pub async fn run(client: Option<CertdClient>, opts: &BatchOptions) -> Result<Sum
     let not_after = header.not_after.clone();
     let writer = journal::Writer::open(&out_dir, pw_path.as_deref())?;
     if state.header.is_none() {
-        writer.append(&Entry::Batch(header), None, true).await?;
+        writer
+            .append(&Entry::Batch(header), None, journal::Flush::OUT)
+            .await?;
     }
     writer
         .append(
@@ -759,7 +773,7 @@ pub async fn run(client: Option<CertdClient>, opts: &BatchOptions) -> Result<Sum
                 input_sha256: Some(hex::encode(validation.input_sha256)),
             },
             None,
-            false,
+            journal::Flush::NONE,
         )
         .await?;
     summary.batch_id = Some(batch_id.clone());
@@ -783,6 +797,7 @@ pub async fn run(client: Option<CertdClient>, opts: &BatchOptions) -> Result<Sum
         key_type: opts.key_type,
         iterations: opts.p12_iterations,
         out_dir: out_dir.clone(),
+        keys: keys.clone(),
         retry: opts.retry,
         fixed_password,
         passwords: Mutex::new(passwords),
@@ -881,15 +896,9 @@ pub async fn run(client: Option<CertdClient>, opts: &BatchOptions) -> Result<Sum
     // The last reference: the journal writer flushes and stops.
     drop(ctx);
 
-    // End: delivered keys leave the journal, passwords of rows that will
-    // not be delivered leave the passwords file.
-    let end_state = journal::read(&out_dir)?;
-    journal::compact(&out_dir, &end_state)?;
-    if let Some(p) = &pw_path {
-        let keep = password_files_to_keep(&end_state);
-        journal::compact_passwords(p, |f| keep.contains(f))?;
-    }
     let report_path = report.finish()?;
+    // With nothing waiting in it, `keys/` goes as well.
+    keys.remove_if_empty()?;
     produced?;
     if let Some(e) = report_error {
         return Err(e);
