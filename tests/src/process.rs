@@ -186,6 +186,18 @@ impl CmdOutput {
         self
     }
 
+    /// Panics unless standard output contains `needle`.
+    #[track_caller]
+    pub fn assert_stdout_has(&self, needle: &str) -> &Self {
+        assert!(
+            self.stdout.contains(needle),
+            "{}: stdout should contain {needle:?}\n{}",
+            self.command,
+            self
+        );
+        self
+    }
+
     /// Standard output as JSON; panics, with the output, if it is not.
     #[track_caller]
     pub fn json(&self) -> serde_json::Value {
