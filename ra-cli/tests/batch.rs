@@ -7,7 +7,9 @@
 
 mod common;
 
-use common::{openssl, openssl_csr, read_csv, Ca};
+use certd_e2e::api::{make_csr, make_key, openssl, KeyAlg};
+use certd_e2e::{run, tool, CmdOutput};
+use common::{read_csv, Ca, CERTIFIER};
 use std::collections::HashSet;
 use std::path::Path;
 
@@ -17,7 +19,7 @@ fn s(p: &Path) -> String {
 
 fn serials(ca: &Ca) -> Vec<String> {
     let l = ca.ra(&["--json", "list"]);
-    l.ok();
+    l.assert_success();
     l.json()
         .as_array()
         .expect("array")
@@ -40,11 +42,13 @@ fn files(dir: &Path, suffix: &str) -> usize {
 fn mixed_rows_dry_run_skip_invalid_and_pkcs12() {
     let ca = Ca::start(true);
     let work = ca.scratch("work");
-    openssl_csr(
+    let carol = make_key(&work, "carol", KeyAlg::P256);
+    make_csr(
         &work,
         "carol",
+        &carol,
         "/CN=carol@example.com",
-        Some("email:carol@example.com"),
+        &["email:carol@example.com"],
     );
     let input = work.join("people.csv");
     std::fs::write(
@@ -63,7 +67,9 @@ fn mixed_rows_dry_run_skip_invalid_and_pkcs12() {
     let d = ca.ra(&["batch", "issue", "--input", &s(&input), "--dry-run"]);
     // The summary, invalid rows included, is on standard output whatever
     // the outcome.
-    d.code(1).stdout_has("line 4:").stdout_has("not-an-address");
+    d.assert_code(1)
+        .assert_stdout_has("line 4:")
+        .assert_stdout_has("not-an-address");
     assert!(d.stdout.contains("5 row(s), 4 valid, 1 invalid"), "{d}");
     let j = ca.ra(&[
         "--json",
@@ -77,8 +83,8 @@ fn mixed_rows_dry_run_skip_invalid_and_pkcs12() {
 
     // Without --skip-invalid nothing is issued.
     ca.ra(&["batch", "issue", "--input", &s(&input), "--out", &s(&out)])
-        .code(1)
-        .stdout_has("nothing was issued");
+        .assert_code(1)
+        .assert_stdout_has("nothing was issued");
     assert!(serials(&ca).is_empty());
     assert!(!out.join("alice@example.com.pem").exists());
 
@@ -95,7 +101,7 @@ fn mixed_rows_dry_run_skip_invalid_and_pkcs12() {
         "--jobs",
         "3",
     ]);
-    r.code(1);
+    r.assert_code(1);
     let sum = r.json();
     assert_eq!(
         (
@@ -138,12 +144,11 @@ fn mixed_rows_dry_run_skip_invalid_and_pkcs12() {
         "dave@example.com",
     ] {
         openssl(&[
-            "verify",
-            "-CAfile",
-            &ca.ca_cert(),
-            &s(&out.join(format!("{e}.pem"))),
-        ])
-        .ok();
+            &"verify",
+            &"-CAfile",
+            &ca.env.get("CA_CERT"),
+            &out.join(format!("{e}.pem")),
+        ]);
     }
     assert!(!out.join("carol@example.com.p12").exists());
     let pw_path = out.join("passwords.csv");
@@ -158,11 +163,11 @@ fn mixed_rows_dry_run_skip_invalid_and_pkcs12() {
         std::fs::write(&pw, &p["password"]).expect("pw");
         let p12 = s(&out.join(&p["file"]));
         let pass = format!("file:{}", s(&pw));
-        openssl(&["pkcs12", "-info", "-noout", "-in", &p12, "-passin", &pass])
-            .ok()
-            .stderr_has("AES-256-CBC");
-        let dump = openssl(&["pkcs12", "-in", &p12, "-passin", &pass, "-nodes"]);
-        dump.ok();
+        openssl(&[
+            &"pkcs12", &"-info", &"-noout", &"-in", &p12, &"-passin", &pass,
+        ])
+        .assert_stderr_has("AES-256-CBC");
+        let dump = openssl(&[&"pkcs12", &"-in", &p12, &"-passin", &pass, &"-nodes"]);
         assert!(dump.stdout.contains("BEGIN PRIVATE KEY"), "{dump}");
         assert_eq!(
             dump.stdout.matches("BEGIN CERTIFICATE").count(),
@@ -178,15 +183,33 @@ fn mixed_rows_dry_run_skip_invalid_and_pkcs12() {
         );
         // The key in the file belongs to the certificate in it.
         let key = openssl(&[
-            "pkcs12", "-in", &p12, "-passin", &pass, "-nodes", "-nocerts",
+            &"pkcs12",
+            &"-in",
+            &p12,
+            &"-passin",
+            &pass,
+            &"-nodes",
+            &"-nocerts",
         ]);
         let cert = openssl(&[
-            "pkcs12", "-in", &p12, "-passin", &pass, "-nokeys", "-clcerts",
+            &"pkcs12",
+            &"-in",
+            &p12,
+            &"-passin",
+            &pass,
+            &"-nokeys",
+            &"-clcerts",
         ]);
         std::fs::write(work.join("k.pem"), &key.stdout).expect("k");
         std::fs::write(work.join("c.pem"), &cert.stdout).expect("c");
-        let kp = openssl(&["pkey", "-in", &s(&work.join("k.pem")), "-pubout"]);
-        let cp = openssl(&["x509", "-in", &s(&work.join("c.pem")), "-noout", "-pubkey"]);
+        let kp = openssl(&[&"pkey", &"-in", &s(&work.join("k.pem")), &"-pubout"]);
+        let cp = openssl(&[
+            &"x509",
+            &"-in",
+            &s(&work.join("c.pem")),
+            &"-noout",
+            &"-pubkey",
+        ]);
         assert_eq!(kp.stdout, cp.stdout);
     }
     // Nothing unencrypted: no private key PEM anywhere in the output.
@@ -236,8 +259,8 @@ fn mixed_rows_dry_run_skip_invalid_and_pkcs12() {
         "--profile",
         "tls-client",
     ])
-    .code(2)
-    .stderr_has("phone");
+    .assert_code(2)
+    .assert_stderr_has("phone");
     let r = ca.ra(&[
         "batch",
         "issue",
@@ -257,7 +280,7 @@ fn mixed_rows_dry_run_skip_invalid_and_pkcs12() {
         "--progress",
         "plain",
     ]);
-    r.ok();
+    r.assert_success();
     assert!(r.stdout.contains("issued 2"), "{r}");
     let report = read_csv(&out2.join("report.csv"));
     assert!(
@@ -267,15 +290,14 @@ fn mixed_rows_dry_run_skip_invalid_and_pkcs12() {
     assert!(!out2.join("passwords.csv").exists());
     let pass = format!("file:{}", s(&work.join("batch.pw")));
     let dump = openssl(&[
-        "pkcs12",
-        "-in",
+        &"pkcs12",
+        &"-in",
         &s(&out2.join("erin@example.com.p12")),
-        "-passin",
+        &"-passin",
         &pass,
-        "-nokeys",
-        "-clcerts",
+        &"-nokeys",
+        &"-clcerts",
     ]);
-    dump.ok();
     assert!(
         dump.stdout.contains("CN=Erin Example") || dump.stdout.contains("CN = Erin Example"),
         "{dump}"
@@ -301,30 +323,40 @@ fn bad_input_is_reported_clearly() {
 
     // File-level problems: exit 2.
     batch(&csv("empty.csv", ""), &[])
-        .code(2)
-        .stderr_has("is empty");
+        .assert_code(2)
+        .assert_stderr_has("is empty");
     batch(
         &csv("noheader.csv", "alice@example.com,alice@example.com\n"),
         &[],
     )
-    .code(2)
-    .stderr_has("not a header");
+    .assert_code(2)
+    .assert_stderr_has("not a header");
     batch(
         &csv("noemail.csv", "name,common_name\nA,a@example.com\n"),
         &["--ignore-unknown-columns"],
     )
-    .code(2)
-    .stderr_has("no email column");
+    .assert_code(2)
+    .assert_stderr_has("no email column");
     batch(&csv("onlyheader.csv", "email,common_name\n"), &[])
-        .code(2)
-        .stderr_has("no rows");
+        .assert_code(2)
+        .assert_stderr_has("no rows");
     batch(&s(&work.join("nonexistent.csv")), &[])
-        .code(2)
-        .stderr_has("nonexistent.csv");
+        .assert_code(2)
+        .assert_stderr_has("nonexistent.csv");
 
     // Row problems, each with its line: exit 1, nothing issued.
-    openssl_csr(&work, "good", "/CN=gina@example.com", None);
-    openssl_csr(&work, "mismatch", "/CN=someone-else@example.com", None);
+    for (name, subject) in [
+        ("good", "/CN=gina@example.com"),
+        ("mismatch", "/CN=someone-else@example.com"),
+    ] {
+        make_csr(
+            &work,
+            name,
+            &make_key(&work, name, KeyAlg::P256),
+            subject,
+            &[],
+        );
+    }
     std::fs::create_dir_all(work.join("adir.csr")).expect("dir");
     let rows = csv(
         "rows.csv",
@@ -340,7 +372,7 @@ fn bad_input_is_reported_clearly() {
          ok@example.com,,\n",
     );
     let d = ca.ra(&["batch", "issue", "--input", &rows, "--dry-run"]);
-    d.code(1);
+    d.assert_code(1);
     for (line, what) in [
         (3, "duplicate email GINA@example.com: already on line 2"),
         (4, "hal@@example.com"),
@@ -365,7 +397,9 @@ fn bad_input_is_reported_clearly() {
         !d.stdout.contains("line 2:") && !d.stdout.contains("line 10:"),
         "{d}"
     );
-    batch(&rows, &[]).code(1).stdout_has("nothing was issued");
+    batch(&rows, &[])
+        .assert_code(1)
+        .assert_stdout_has("nothing was issued");
     assert!(!work.join("out").exists());
 
     // DNS names are checked for host profiles.
@@ -382,9 +416,9 @@ fn bad_input_is_reported_clearly() {
         "tls-server",
         "--dry-run",
     ]);
-    d.code(1)
-        .stdout_has("line 3: DNS name \"bad_name.example.com\"")
-        .stdout_has("line 4: ");
+    d.assert_code(1)
+        .assert_stdout_has("line 3: DNS name \"bad_name.example.com\"")
+        .assert_stdout_has("line 4: ");
 
     // Output directory not writable (a file is in the way).
     let good = csv("good.csv", "email,common_name\nok@example.com,\n");
@@ -397,62 +431,45 @@ fn bad_input_is_reported_clearly() {
         "--out",
         &s(&work.join("blocker/out")),
     ])
-    .code(2)
-    .stderr_has("cannot create the output directory");
+    .assert_code(2)
+    .assert_stderr_has("cannot create the output directory");
 
     // Unknown profile, key type the run cannot use: usage errors.
     batch(&good, &["--profile", "nope"])
-        .code(2)
-        .stderr_has("not one this RA may use");
+        .assert_code(2)
+        .assert_stderr_has("not one this RA may use");
     batch(&good, &["--expires", "2001-01-01"])
-        .code(2)
-        .stderr_has("past");
+        .assert_code(2)
+        .assert_stderr_has("past");
 
-    // certd down.
-    let port = common::free_port();
-    let down = ca.config_variant(
-        "down.toml",
-        &ca.env["CERTD_URL"],
-        &format!("https://127.0.0.1:{port}"),
-    );
+    // certd down: nothing listens on port 1 (below 1024, so no test's
+    // socket is ever given it, and none binds it).
+    let down = ca.config_variant("down.toml", ca.env.get("CERTD_URL"), "https://127.0.0.1:1");
     ca.ra_with(&down, &["batch", "issue", "--input", &good, "--out", &out])
-        .code(1)
-        .stderr_has("cannot reach certd");
+        .assert_code(1)
+        .assert_stderr_has("cannot reach certd");
     // A dry run still checks the syntax without certd.
     ca.ra_with(&down, &["batch", "issue", "--input", &rows, "--dry-run"])
-        .code(1)
-        .stdout_has("line 4: ")
-        .stdout_has("syntax only");
+        .assert_code(1)
+        .assert_stdout_has("line 4: ")
+        .assert_stdout_has("syntax only");
 
     // Credential not on the allowlist.
-    let (cert, key) = ca.stranger_credential();
-    let tls_dir = Path::new(&ca.env["CERTD_TLS_CA"])
-        .parent()
-        .expect("tls")
-        .display()
-        .to_string();
-    let text = std::fs::read_to_string(&ca.config).expect("config");
-    let stranger = work.join("stranger.toml");
-    std::fs::write(
-        &stranger,
-        text.replace(&format!("{tls_dir}/ra-cli.pem"), &s(&cert))
-            .replace(&format!("{tls_dir}/ra-cli.key"), &s(&key)),
-    )
-    .expect("write");
+    let stranger = ca.config_presenting("stranger.toml", &ca.certd.ca.tls.client("stranger"));
     ca.ra_with(
         &stranger,
         &["batch", "issue", "--input", &good, "--out", &out],
     )
-    .code(1)
-    .stderr_has("allowlist");
+    .assert_code(1)
+    .assert_stderr_has("allowlist");
 
     // certd locked: refused before anything is sent.
-    ca.deactivate();
+    ca.certd.deactivate(CERTIFIER);
     ca.ra(&["batch", "issue", "--input", &good, "--out", &out])
-        .code(1)
-        .stderr_has("certifier_locked");
+        .assert_code(1)
+        .assert_stderr_has("certifier_locked");
     assert_eq!(files(&work.join("out"), ".pem"), 0);
-    ca.activate();
+    ca.certd.activate(CERTIFIER);
     assert!(
         serials(&ca).is_empty(),
         "nothing was issued by any of the above"
@@ -460,14 +477,14 @@ fn bad_input_is_reported_clearly() {
 
     // A journal of another batch is not mixed up with this one.
     ca.ra(&["batch", "issue", "--input", &good, "--out", &out])
-        .ok();
+        .assert_success();
     let other = csv(
         "other.csv",
         "email,common_name\nok@example.com,\nnew@example.com,\n",
     );
     ca.ra(&["batch", "issue", "--input", &other, "--out", &out])
-        .code(2)
-        .stderr_has("holds another batch");
+        .assert_code(2)
+        .assert_stderr_has("holds another batch");
     assert_eq!(serials(&ca).len(), 1);
 }
 
@@ -485,7 +502,7 @@ fn everything_is_checked_before_the_first_request() {
         a.extend_from_slice(extra);
         ca.ra(&a)
     };
-    let nothing_done = |r: &common::Run| {
+    let nothing_done = |r: &CmdOutput| {
         assert!(serials(&ca).is_empty(), "nothing issued: {r}");
         assert!(!out.exists(), "no output directory: {r}");
     };
@@ -493,12 +510,12 @@ fn everything_is_checked_before_the_first_request() {
     // Option values, each refused with its code; with --json the error is
     // one JSON document on standard output and standard error stays empty.
     let r = batch(&["--json", "--p12-iterations", "10"]);
-    r.code(2);
+    r.assert_code(2);
     assert_eq!(r.json()["error"]["code"], "usage", "{r}");
     assert!(r.stderr.is_empty(), "{r}");
     nothing_done(&r);
     let r = batch(&["--json", "--key-type", "ed25519"]);
-    r.code(2);
+    r.assert_code(2);
     let msg = r.json()["error"]["message"]
         .as_str()
         .unwrap_or_default()
@@ -506,33 +523,32 @@ fn everything_is_checked_before_the_first_request() {
     assert!(msg.contains("p256, p384, rsa2048, rsa3072"), "{r}");
     let missing = s(&work.join("missing.pw"));
     let r = batch(&["--json", "--p12-password-file", &missing]);
-    r.code(2);
+    r.assert_code(2);
     assert_eq!(r.json()["error"]["code"], "usage", "{r}");
     assert!(r.stdout.contains("missing.pw"), "{r}");
     nothing_done(&r);
     batch(&["--profile", "nope"])
-        .code(2)
-        .stderr_has("not one this RA may use");
+        .assert_code(2)
+        .assert_stderr_has("not one this RA may use");
     let r = batch(&["--json", "--profile", "nope"]);
     assert_eq!(r.json()["error"]["code"], "profile_not_permitted", "{r}");
     let r = batch(&["--json", "--certifier", "other-root"]);
-    r.code(2);
+    r.assert_code(2);
     assert_eq!(r.json()["error"]["code"], "certifier_not_permitted", "{r}");
     nothing_done(&r);
     // Without --json the error is text on standard error.
     let r = batch(&["--certifier", "other-root"]);
-    r.code(2).stderr_has("other-root");
+    r.assert_code(2).assert_stderr_has("other-root");
     assert!(r.stdout.is_empty(), "{r}");
 
     // A key type the profile does not allow (as certd says).
-    ca.reload_with(|t| {
-        t.replace(
-            "name = \"smime-mailbox\"\nkind = \"smime-mailbox\"\n",
-            "name = \"smime-mailbox\"\nkind = \"smime-mailbox\"\nkey_types = [\"p384\"]\n",
-        )
-    });
+    ca.certd.ca.edit_config(
+        "name = \"smime-mailbox\"\nkind = \"smime-mailbox\"\n",
+        "name = \"smime-mailbox\"\nkind = \"smime-mailbox\"\nkey_types = [\"p384\"]\n",
+    );
+    ca.certd.ctl(&["reload"]).assert_success();
     let r = batch(&["--json"]);
-    r.code(2);
+    r.assert_code(2);
     assert_eq!(r.json()["error"]["code"], "key_not_permitted", "{r}");
     assert!(r.stdout.contains("allowed: p384"), "{r}");
     nothing_done(&r);
@@ -542,7 +558,8 @@ fn everything_is_checked_before_the_first_request() {
     let secrets = ca.scratch("secrets");
     let pw = secrets.join("batch-pw.csv");
     let r = batch(&["--key-type", "p384", "--passwords-out", &s(&pw)]);
-    r.ok().stdout_has(&format!("passwords: {}", s(&pw)));
+    r.assert_success()
+        .assert_stdout_has(&format!("passwords: {}", s(&pw)));
     assert!(!out.join("passwords.csv").exists());
     let mode =
         std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&pw).expect("pw").permissions())
@@ -554,21 +571,20 @@ fn everything_is_checked_before_the_first_request() {
         let one = work.join("one.pw");
         std::fs::write(&one, &l["password"]).expect("pw");
         openssl(&[
-            "pkcs12",
-            "-in",
+            &"pkcs12",
+            &"-in",
             &s(&out.join(&l["file"])),
-            "-passin",
+            &"-passin",
             &format!("file:{}", s(&one)),
-            "-nokeys",
-        ])
-        .ok();
+            &"-nokeys",
+        ]);
     }
     let other = s(&secrets.join("other.csv"));
     let r = batch(&["--json", "--key-type", "p384", "--passwords-out", &other]);
-    r.code(2);
+    r.assert_code(2);
     assert_eq!(r.json()["error"]["code"], "batch_mismatch", "{r}");
     let r = batch(&["--json", "--key-type", "p384"]);
-    r.ok();
+    r.assert_success();
     assert_eq!(r.json()["already_issued"], 2, "{r}");
     assert_eq!(r.json()["passwords"], s(&pw).as_str());
     assert_eq!(serials(&ca).len(), 2);
@@ -576,27 +592,24 @@ fn everything_is_checked_before_the_first_request() {
 
 #[test]
 fn enumerated_options_list_their_values() {
-    let help =
-        common::run(std::process::Command::new(common::RA_CLI).args(["batch", "issue", "--help"]));
-    help.ok();
+    let help = run(tool(common::RA_CLI).args(["batch", "issue", "--help"]));
+    help.assert_success();
     for v in [
         "p256", "p384", "rsa2048", "rsa3072", "auto", "bar", "plain", "off",
     ] {
         assert!(help.stdout.contains(v), "{v}\n{help}");
     }
-    let help = common::run(std::process::Command::new(common::RA_CLI).args(["issue", "--help"]));
+    let help = run(tool(common::RA_CLI).args(["issue", "--help"]));
     for v in ["pem", "der", "p7b", "p12"] {
         assert!(help.stdout.contains(v), "{v}\n{help}");
     }
-    let help = common::run(std::process::Command::new(common::RA_CLI).args(["list", "--help"]));
+    let help = run(tool(common::RA_CLI).args(["list", "--help"]));
     assert!(
         help.stdout.contains("valid") && help.stdout.contains("revoked"),
         "{help}"
     );
-    let r = common::run(
-        std::process::Command::new(common::RA_CLI).args(["--json", "list", "--status", "expired"]),
-    );
-    r.code(2);
+    let r = run(tool(common::RA_CLI).args(["--json", "list", "--status", "expired"]));
+    r.assert_code(2);
     let j = r.json();
     assert_eq!(j["error"]["code"], "usage", "{r}");
     assert!(j["error"]["message"]

@@ -14,11 +14,12 @@
 
 mod common;
 
-use common::{openssl, read_csv, wait_for, Ca};
+use certd_e2e::api::openssl;
+use certd_e2e::{poll_until, ChildGuard};
+use common::{finish, read_csv, Ca, CERTIFIER};
 use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
 use std::time::Duration;
 
 /// Only catches hangs; nothing here measures speed.
@@ -58,22 +59,19 @@ fn refs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 
-fn spawn(ca: &Ca, args: &[String]) -> Child {
-    ca.ra_command(&refs(args))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start ra-cli")
+fn spawn(ca: &Ca, args: &[String]) -> ChildGuard {
+    ca.spawn_ra(&refs(args))
 }
 
-fn finish(child: Child) -> common::Run {
-    let out = child.wait_with_output().expect("wait");
-    common::Run {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        command: "ra-cli batch issue (background)".into(),
-    }
+/// Waits until the journal holds `n` whole `issued` lines of a run under
+/// way (the bound only catches a hang).
+fn wait_for_deliveries(out: &Path, n: usize) {
+    poll_until(
+        HANG,
+        &format!("{n} deliveries in the journal"),
+        || (issued_lines(out) >= n).then_some(()),
+        || std::fs::read_to_string(out.join("journal.jsonl")).unwrap_or_default(),
+    );
 }
 
 fn journal_entries(out: &Path) -> Vec<serde_json::Value> {
@@ -173,7 +171,7 @@ fn mode(p: &Path) -> u32 {
 /// certd's ledger as this RA sees it: serial → emails.
 fn ledger(ca: &Ca) -> HashMap<String, Vec<String>> {
     let l = ca.ra(&["--json", "list"]);
-    l.ok();
+    l.assert_success();
     l.json()
         .as_array()
         .expect("array")
@@ -260,14 +258,13 @@ fn assert_complete(
             .unwrap_or_else(|| panic!("no password for {p12}"));
         std::fs::write(&pw_file, password).expect("pw");
         openssl(&[
-            "pkcs12",
-            "-in",
+            &"pkcs12",
+            &"-in",
             &s(&out.join(&p12)),
-            "-passin",
+            &"-passin",
             &format!("file:{}", s(&pw_file)),
-            "-nokeys",
-        ])
-        .ok();
+            &"-nokeys",
+        ]);
         assert_eq!(mode(&out.join(&p12)), 0o600, "{p12}");
         assert_eq!(mode(&out.join(format!("{e}.pem"))), 0o644);
     }
@@ -303,10 +300,10 @@ fn certifier_locked_mid_batch_then_activated_and_resumed() {
     let args = batch(&input, &out, &["--jobs", "2"]);
 
     let child = spawn(&ca, &args);
-    wait_for(HANG, "the first deliveries", || issued_lines(&out) >= 5);
-    ca.deactivate();
+    wait_for_deliveries(&out, 5);
+    ca.certd.deactivate(CERTIFIER);
     let first = finish(child);
-    first.code(1);
+    first.assert_code(1);
     let sum = first.json();
     assert_eq!(sum["stopped"]["code"], "certifier_locked", "{first}");
     let failed = sum["failed"].as_u64().expect("failed");
@@ -339,9 +336,9 @@ fn certifier_locked_mid_batch_then_activated_and_resumed() {
     let passwords = out.join("passwords.csv");
     assert_eq!(read_csv(&passwords).len() as u64, issued + failed);
 
-    ca.activate();
+    ca.certd.activate(CERTIFIER);
     let second = ca.ra(&refs(&args));
-    second.ok();
+    second.assert_success();
     assert_eq!(second.json()["already_issued"], issued, "{second}");
     assert_complete(&ca, &out, &passwords, &emails, &kept);
 }
@@ -352,12 +349,11 @@ fn retries_exhausted_then_resumed_across_a_torn_journal_line() {
     let ca = Ca::start(true);
     // One request a minute: the second row finds certd over the limit on
     // every attempt.
-    ca.reload_with(|t| {
-        t.replace(
-            "name = \"ra-cli\"\n",
-            "name = \"ra-cli\"\nrate_limit_per_minute = 1\n",
-        )
-    });
+    ca.certd.ca.edit_config(
+        "name = \"ra-cli\"\n",
+        "name = \"ra-cli\"\nrate_limit_per_minute = 1\n",
+    );
+    ca.certd.ctl(&["reload"]).assert_success();
     let work = ca.scratch("work");
     let input = work.join("people.csv");
     let emails = people(&input, ROWS);
@@ -365,7 +361,7 @@ fn retries_exhausted_then_resumed_across_a_torn_journal_line() {
     let args = batch(&input, &out, &["--jobs", "1", "--attempts", "3"]);
 
     let first = ca.ra(&refs(&args));
-    first.code(1);
+    first.assert_code(1);
     let sum = first.json();
     assert_eq!(sum["stopped"]["code"], "rate_limited", "{first}");
     assert_eq!(
@@ -389,9 +385,10 @@ fn retries_exhausted_then_resumed_across_a_torn_journal_line() {
     let torn_key = out.join("keys/batch-00000000000000000000000000000000.key");
     std::fs::write(&torn_key, "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIB").expect("torn key");
 
-    ca.reload_with(|t| t.replace("rate_limit_per_minute = 1\n", ""));
+    ca.certd.ca.edit_config("rate_limit_per_minute = 1\n", "");
+    ca.certd.ctl(&["reload"]).assert_success();
     let second = ca.ra(&refs(&args));
-    second.ok();
+    second.assert_success();
     assert_eq!(second.json()["issued"], 4, "{second}");
     let after = std::fs::read_to_string(&journal).expect("journal");
     assert!(!after.contains("batch-0\n") && !after.contains("\"batch-0\""));
@@ -417,7 +414,7 @@ fn an_output_file_that_cannot_be_written_then_resumed_with_the_same_serial() {
     // In the way before the run: refused before anything is issued.
     std::fs::create_dir_all(blocker.join("x")).expect("blocker");
     let r = ca.ra(&refs(&args));
-    r.code(2);
+    r.assert_code(2);
     assert_eq!(r.json()["error"]["code"], "output", "{r}");
     assert!(r.stdout.contains(&s(&blocker)), "{r}");
     assert!(ledger(&ca).is_empty(), "nothing issued");
@@ -427,10 +424,10 @@ fn an_output_file_that_cannot_be_written_then_resumed_with_the_same_serial() {
     // write a file over it): certd issues the last row, its PKCS#12
     // cannot be renamed into place.
     let child = spawn(&ca, &args);
-    wait_for(HANG, "the first delivery", || issued_lines(&out) >= 1);
+    wait_for_deliveries(&out, 1);
     std::fs::create_dir_all(blocker.join("x")).expect("blocker");
     let first = finish(child);
-    first.code(1);
+    first.assert_code(1);
     assert_eq!(first.json()["failed"], 1, "{first}");
     let report = read_csv(&out.join("report.csv"));
     let row = report.last().expect("last row");
@@ -449,7 +446,7 @@ fn an_output_file_that_cannot_be_written_then_resumed_with_the_same_serial() {
 
     std::fs::remove_dir_all(&blocker).expect("unblock");
     let second = ca.ra(&refs(&args));
-    second.ok();
+    second.assert_success();
     let mut kept = issued_serials(&out);
     assert_eq!(kept[&last], serial, "certd's first certificate delivered");
     kept.retain(|e, _| e == &last);
@@ -466,11 +463,8 @@ fn killed_batch_resumes_without_duplicates() {
     let out = work.join("out");
     let args = batch(&input, &out, &["--jobs", "4", "--p12-iterations", "1000"]);
     let mut child = spawn(&ca, &args);
-    wait_for(HANG, "the journal to show progress", || {
-        issued_lines(&out) >= 15
-    });
-    child.kill().expect("SIGKILL");
-    let status = child.wait().expect("wait");
+    wait_for_deliveries(&out, 15);
+    let status = child.kill().expect("SIGKILL");
     assert!(
         status.code().is_none(),
         "killed by a signal, not finished: {status}"
@@ -488,7 +482,7 @@ fn killed_batch_resumes_without_duplicates() {
     assert!(issued_by_certd.len() >= before);
 
     let r = ca.ra(&refs(&args));
-    r.ok();
+    r.assert_success();
     let sum = r.json();
     assert_eq!(sum["already_issued"], before, "{r}");
     assert_eq!(sum["issued"], (ROWS - before) as u64, "{r}");
@@ -509,7 +503,7 @@ fn an_unjournaled_delivery_and_a_torn_last_line_resume_damage_is_refused() {
     let emails = people(&input, 3);
     let out = work.join("out");
     let args = batch(&input, &out, &[]);
-    ca.ra(&refs(&args)).ok();
+    ca.ra(&refs(&args)).assert_success();
     let journal = out.join("journal.jsonl");
     let first = issued_serials(&out);
 
@@ -530,7 +524,7 @@ fn an_unjournaled_delivery_and_a_torn_last_line_resume_damage_is_refused() {
     let p12 = out.join(format!("{last}.p12"));
     let delivered = std::fs::read(&p12).expect("p12");
     let r = ca.ra(&refs(&args));
-    r.ok();
+    r.assert_success();
     assert_eq!(
         (&r.json()["already_issued"], &r.json()["issued"]),
         (&2.into(), &1.into()),
@@ -547,7 +541,7 @@ fn an_unjournaled_delivery_and_a_torn_last_line_resume_damage_is_refused() {
     let torn = "{\"event\":\"run\",\"started\":\"torn";
     std::fs::write(&journal, format!("{whole}{torn}")).expect("torn");
     let r = ca.ra(&refs(&args));
-    r.ok();
+    r.assert_success();
     assert_eq!(r.json()["already_issued"], 3, "{r}");
     let after = std::fs::read_to_string(&journal).expect("journal");
     assert!(!after.contains(torn), "the torn line is gone:\n{after}");
@@ -575,7 +569,7 @@ fn an_unjournaled_delivery_and_a_torn_last_line_resume_damage_is_refused() {
     lines.insert(1, "{\"event\":\"issu");
     std::fs::write(&journal, lines.join("\n") + "\n").expect("damage");
     let r = ca.ra(&refs(&args));
-    r.code(2);
+    r.assert_code(2);
     assert_eq!(r.json()["error"]["code"], "journal_corrupt", "{r}");
     assert!(r.stdout.contains("line 2"), "{r}");
     assert!(
@@ -610,7 +604,7 @@ fn an_edited_input_under_an_explicit_batch_id() {
     // Dan's name is outside this RA's namespace: certd refuses that row
     // before signing anything; the others are issued.
     let first = ca.ra(&refs(&args));
-    first.code(1);
+    first.assert_code(1);
     let report = read_csv(&out.join("report.csv"));
     assert_eq!(report[3]["error_code"], "name_not_permitted", "{report:?}");
     let serials = issued_serials(&out);
@@ -629,7 +623,7 @@ fn an_edited_input_under_an_explicit_batch_id() {
          erin@example.com,Erin,\n",
     );
     let r = ca.ra(&refs(&args));
-    r.code(2);
+    r.assert_code(2);
     let err = &r.json()["error"];
     assert_eq!(err["code"], "input_changed", "{r}");
     let msg = err["message"].as_str().expect("message");
@@ -650,7 +644,7 @@ fn an_edited_input_under_an_explicit_batch_id() {
     // Without --batch-id the edited file is simply another batch.
     let derived = batch(&input, &out, &["--profile", "tls-client"]);
     let r = ca.ra(&refs(&derived));
-    r.code(2);
+    r.assert_code(2);
     assert_eq!(r.json()["error"]["code"], "batch_mismatch", "{r}");
 
     // Rows restored, the refused row fixed (certd refused it before
@@ -665,7 +659,7 @@ fn an_edited_input_under_an_explicit_batch_id() {
          erin@example.com,Erin,\n",
     );
     let r = ca.ra(&refs(&args));
-    r.ok();
+    r.assert_success();
     assert_eq!(
         (&r.json()["already_issued"], &r.json()["issued"]),
         (&3.into(), &2.into()),
@@ -714,10 +708,10 @@ fn an_input_edited_while_the_batch_runs_stops_before_the_changed_row() {
     let args = batch(&input, &out, &["--jobs", "1", "--ignore-unknown-columns"]);
 
     let child = spawn(&ca, &args);
-    wait_for(HANG, "the first delivery", || issued_lines(&out) >= 1);
+    wait_for_deliveries(&out, 1);
     std::fs::write(&input, text(Some(ROWS - 1))).expect("edit");
     let first = finish(child);
-    first.code(2);
+    first.assert_code(2);
     assert_eq!(first.json()["error"]["code"], "input_changed", "{first}");
     let ledger_now = ledger(&ca);
     assert!(
@@ -728,7 +722,7 @@ fn an_input_edited_while_the_batch_runs_stops_before_the_changed_row() {
 
     std::fs::write(&input, text(None)).expect("restore");
     let second = ca.ra(&refs(&args));
-    second.ok();
+    second.assert_success();
     let kept: HashMap<String, String> = ledger_now
         .into_iter()
         .map(|(serial, e)| (e[0].clone(), serial))

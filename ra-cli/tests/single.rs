@@ -7,7 +7,9 @@
 
 mod common;
 
-use common::{openssl, openssl_csr, Ca};
+use certd_e2e::api::{make_csr, make_key, openssl, KeyAlg, API_DEADLINE};
+use certd_e2e::{poll_until, run, tool};
+use common::{Ca, CERTIFIER};
 use std::collections::HashSet;
 
 #[test]
@@ -18,13 +20,14 @@ fn single_commands_against_a_real_certd() {
 
     // Locked: health says so (exit 1), issuance shows certd's code.
     let h = ca.ra(&["health"]);
-    h.code(1);
+    h.assert_code(1);
     assert!(
         h.stdout.contains("demo-root") && h.stdout.contains("locked"),
         "{h}"
     );
-    let csr = openssl_csr(&work, "web", "/CN=www.example.com", None);
-    let csr_s = csr.display().to_string();
+    let key = make_key(&work, "web", KeyAlg::P256);
+    make_csr(&work, "web", &key, "/CN=www.example.com", &[]);
+    let csr_s = w("web.csr");
     ca.ra(&[
         "issue",
         "--profile",
@@ -34,19 +37,19 @@ fn single_commands_against_a_real_certd() {
         "--out",
         &w("locked.pem"),
     ])
-    .code(1)
-    .stderr_has("certifier_locked");
+    .assert_code(1)
+    .assert_stderr_has("certifier_locked");
     assert!(!work.join("locked.pem").exists());
 
-    ca.activate();
+    ca.certd.activate(CERTIFIER);
     let h = ca.ra(&["--json", "health"]);
-    h.ok();
+    h.assert_success();
     assert_eq!(h.json()["status"], "ok");
     let h = ca.ra(&["health"]);
     assert!(h.stdout.contains("client certificate SHA-256"), "{h}");
 
     let p = ca.ra(&["profiles", "--json"]);
-    p.ok();
+    p.assert_success();
     let names: HashSet<String> = p
         .json()
         .as_array()
@@ -58,7 +61,7 @@ fn single_commands_against_a_real_certd() {
         names.contains("smime-mailbox") && names.contains("tls-server"),
         "{p}"
     );
-    ca.ra(&["profiles"]).ok();
+    ca.ra(&["profiles"]).assert_success();
 
     // A CSR in, every public format out.
     let mut serials = Vec::new();
@@ -77,32 +80,30 @@ fn single_commands_against_a_real_certd() {
             "--out",
             &w(file),
         ]);
-        r.ok();
+        r.assert_success();
         serials.push(r.json()["serial"].as_str().expect("serial").to_string());
     }
-    openssl(&["verify", "-CAfile", &ca.ca_cert(), &w("web.pem")]).ok();
+    openssl(&[&"verify", &"-CAfile", &ca.env.get("CA_CERT"), &w("web.pem")]);
     let der = openssl(&[
-        "x509",
-        "-inform",
-        "DER",
-        "-in",
+        &"x509",
+        &"-inform",
+        &"DER",
+        &"-in",
         &w("web.der"),
-        "-noout",
-        "-ext",
-        "subjectAltName",
+        &"-noout",
+        &"-ext",
+        &"subjectAltName",
     ]);
-    der.ok();
     assert!(der.stdout.contains("www.example.com"), "{der}");
     let p7 = openssl(&[
-        "pkcs7",
-        "-inform",
-        "DER",
-        "-in",
+        &"pkcs7",
+        &"-inform",
+        &"DER",
+        &"-in",
         &w("web.p7b"),
-        "-print_certs",
-        "-noout",
+        &"-print_certs",
+        &"-noout",
     ]);
-    p7.ok();
     assert_eq!(
         p7.stdout.matches("subject=").count(),
         2,
@@ -127,7 +128,7 @@ fn single_commands_against_a_real_certd() {
         "--out",
         &w("alice.p12"),
     ]);
-    r.ok();
+    r.assert_success();
     let issued = r.json();
     assert_eq!(issued["not_after_clamped"], false);
     let mode = std::os::unix::fs::PermissionsExt::mode(
@@ -137,28 +138,26 @@ fn single_commands_against_a_real_certd() {
     );
     assert_eq!(mode & 0o777, 0o600);
     let info = openssl(&[
-        "pkcs12",
-        "-info",
-        "-noout",
-        "-in",
+        &"pkcs12",
+        &"-info",
+        &"-noout",
+        &"-in",
         &w("alice.p12"),
-        "-passin",
+        &"-passin",
         &format!("file:{}", w("pw")),
     ]);
-    info.ok();
     assert!(
         info.stderr.contains("AES-256-CBC") && info.stderr.contains("hmacWithSHA256"),
         "{info}"
     );
     let dump = openssl(&[
-        "pkcs12",
-        "-in",
+        &"pkcs12",
+        &"-in",
         &w("alice.p12"),
-        "-passin",
+        &"-passin",
         &format!("file:{}", w("pw")),
-        "-nodes",
+        &"-nodes",
     ]);
-    dump.ok();
     assert!(dump.stdout.contains("BEGIN PRIVATE KEY"), "{dump}");
     assert_eq!(
         dump.stdout.matches("BEGIN CERTIFICATE").count(),
@@ -188,18 +187,17 @@ fn single_commands_against_a_real_certd() {
         "--out",
         &w("bob.p12"),
     ]);
-    r.ok();
+    r.assert_success();
     assert_eq!(r.json()["not_after_clamped"], true, "{r}");
     openssl(&[
-        "pkcs12",
-        "-in",
+        &"pkcs12",
+        &"-in",
         &w("bob.p12"),
-        "-passin",
+        &"-passin",
         &format!("file:{}", w("bob.p12.password")),
-        "-nodes",
-        "-nocerts",
-    ])
-    .ok();
+        &"-nodes",
+        &"-nocerts",
+    ]);
 
     // A request id makes a repeat return the same certificate.
     let a = ca.ra(&[
@@ -231,7 +229,7 @@ fn single_commands_against_a_real_certd() {
 
     // show, list.
     let s = ca.ra(&["--json", "show", &alice]);
-    s.ok();
+    s.assert_success();
     assert_eq!(s.json()["status"], "valid");
     let s = ca.ra(&["show", &alice]);
     assert!(s.stdout.contains("alice@example.com"), "{s}");
@@ -241,7 +239,7 @@ fn single_commands_against_a_real_certd() {
         "{pem}"
     );
     let l = ca.ra(&["--json", "list"]);
-    l.ok();
+    l.assert_success();
     let all = l.json();
     let listed: HashSet<&str> = all
         .as_array()
@@ -259,45 +257,46 @@ fn single_commands_against_a_real_certd() {
     assert!(ca.ra(&["list"]).stdout.contains("certificate(s)"));
 
     // revoke, then the CRL lists it.
-    ca.ra(&["revoke", &alice, "--reason", "keyCompromise"]).ok();
+    ca.ra(&["revoke", &alice, "--reason", "keyCompromise"])
+        .assert_success();
     assert_eq!(
         ca.ra(&["--json", "show", &alice]).json()["status"],
         "revoked"
     );
     ca.ra(&["revoke", &alice, "--reason", "keyCompromise"])
-        .code(1)
-        .stderr_has("already_revoked");
+        .assert_code(1)
+        .assert_stderr_has("already_revoked");
     ca.ra(&["revoke", &alice, "--reason", "certificateHold"])
-        .code(2)
-        .stderr_has("possible values: unspecified, keyCompromise");
+        .assert_code(2)
+        .assert_stderr_has("possible values: unspecified, keyCompromise");
     // certd makes a new CRL `crl.coalesce_seconds` after a revocation:
     // fetch until it lists alice (the bound only catches a hang).
-    let mut fetches = 0;
-    loop {
-        let c = ca.ra(&["--json", "crl", "--out", &w("root.crl")]);
-        c.ok();
-        assert!(c.json()["revoked"].as_u64() >= Some(1), "{c}");
-        let text = openssl(&[
-            "crl",
-            "-inform",
-            "DER",
-            "-in",
-            &w("root.crl"),
-            "-noout",
-            "-text",
-        ]);
-        text.ok();
-        if text
-            .stdout
-            .to_ascii_lowercase()
-            .contains(&alice.to_ascii_lowercase())
-        {
-            break;
-        }
-        fetches += 1;
-        assert!(fetches < 600, "the CRL never listed {alice}\n{text}");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    let last = std::cell::RefCell::new(String::new());
+    poll_until(
+        API_DEADLINE,
+        "the CRL to list the revoked certificate",
+        || {
+            let c = ca.ra(&["--json", "crl", "--out", &w("root.crl")]);
+            c.assert_success();
+            assert!(c.json()["revoked"].as_u64() >= Some(1), "{c}");
+            let text = openssl(&[
+                &"crl",
+                &"-inform",
+                &"DER",
+                &"-in",
+                &w("root.crl"),
+                &"-noout",
+                &"-text",
+            ]);
+            let listed = text
+                .stdout
+                .to_ascii_lowercase()
+                .contains(&alice.to_ascii_lowercase());
+            *last.borrow_mut() = text.stdout;
+            listed.then_some(())
+        },
+        || format!("{alice} not in the last CRL fetched:\n{}", last.borrow()),
+    );
     ca.ra(&[
         "crl",
         "--pem",
@@ -306,8 +305,8 @@ fn single_commands_against_a_real_certd() {
         "--out",
         &w("root.crl.pem"),
     ])
-    .ok();
-    openssl(&["crl", "-in", &w("root.crl.pem"), "-noout"]).ok();
+    .assert_success();
+    openssl(&[&"crl", &"-in", &w("root.crl.pem"), &"-noout"]);
 
     // What ra-cli can check is refused before certd is asked: no
     // certificate without its file.
@@ -328,8 +327,8 @@ fn single_commands_against_a_real_certd() {
         "--out",
         &w("afile/x.pem"),
     ])
-    .code(2)
-    .stderr_has("does not exist");
+    .assert_code(2)
+    .assert_stderr_has("does not exist");
     ca.ra(&[
         "issue",
         "--profile",
@@ -341,14 +340,14 @@ fn single_commands_against_a_real_certd() {
         "--out",
         &w("few.p12"),
     ])
-    .code(2)
-    .stderr_has("--p12-iterations");
+    .assert_code(2)
+    .assert_stderr_has("--p12-iterations");
     assert_eq!(count(), before, "nothing issued");
 
     // Refusals show certd's code and message.
     ca.ra(&["show", "00112233445566778899"])
-        .code(1)
-        .stderr_has("not_found");
+        .assert_code(1)
+        .assert_stderr_has("not_found");
     ca.ra(&[
         "issue",
         "--profile",
@@ -360,8 +359,8 @@ fn single_commands_against_a_real_certd() {
         "--out",
         &w("other.pem"),
     ])
-    .code(1)
-    .stderr_has("name_not_permitted");
+    .assert_code(1)
+    .assert_stderr_has("name_not_permitted");
     assert!(
         !work.join("other.pem").exists(),
         "no file for a refused request"
@@ -377,7 +376,7 @@ fn single_commands_against_a_real_certd() {
         "--out",
         &w("x.p12"),
     ])
-    .code(2);
+    .assert_code(2);
     ca.ra(&[
         "issue",
         "--profile",
@@ -389,52 +388,35 @@ fn single_commands_against_a_real_certd() {
         "--out",
         &w("x.pem"),
     ])
-    .code(2)
-    .stderr_has("PKCS#12");
+    .assert_code(2)
+    .assert_stderr_has("PKCS#12");
     ca.ra(&["issue", "--san", "uri:x", "--out", &w("x.pem")])
-        .code(2);
+        .assert_code(2);
     ca.ra(&["crl", "--certifier", "nope", "--out", &w("nope.crl")])
-        .code(1)
-        .stderr_has("unknown_certifier");
+        .assert_code(1)
+        .assert_stderr_has("unknown_certifier");
 
     // A credential that chains to the trust anchor but is on no allowlist.
-    let (cert, key) = ca.stranger_credential();
-    let text = std::fs::read_to_string(&ca.config).expect("config");
-    let tls_dir = std::path::Path::new(&ca.env["CERTD_TLS_CA"])
-        .parent()
-        .expect("tls")
-        .display()
-        .to_string();
-    let stranger = ca.dir.path().join("stranger.toml");
-    std::fs::write(
-        &stranger,
-        text.replace(
-            &format!("{tls_dir}/ra-cli.pem"),
-            &cert.display().to_string(),
-        )
-        .replace(&format!("{tls_dir}/ra-cli.key"), &key.display().to_string()),
-    )
-    .expect("write");
+    let stranger = ca.config_presenting("stranger.toml", &ca.certd.ca.tls.client("stranger"));
     ca.ra_with(&stranger, &["health"])
-        .code(1)
-        .stderr_has("allowlist");
+        .assert_code(1)
+        .assert_stderr_has("allowlist");
 
     // certd down: nothing listens on port 1 (below 1024, so no test's
     // socket is ever given it, and none binds it).
-    let down = ca.config_variant("down.toml", &ca.env["CERTD_URL"], "https://127.0.0.1:1");
+    let down = ca.config_variant("down.toml", ca.env.get("CERTD_URL"), "https://127.0.0.1:1");
     ca.ra_with(&down, &["health"])
-        .code(1)
-        .stderr_has("cannot reach certd");
+        .assert_code(1)
+        .assert_stderr_has("cannot reach certd");
 
     // Configuration errors: exit 2.
     let junk = ca.config_variant("junk.toml", "[defaults]", "[defaults]\ncolour = \"blue\"");
-    ca.ra_with(&junk, &["health"]).code(2).stderr_has("colour");
+    ca.ra_with(&junk, &["health"])
+        .assert_code(2)
+        .assert_stderr_has("colour");
     let missing = ca.dir.path().join("missing.toml");
-    ca.ra_with(&missing, &["health"]).code(2);
-    let r = common::run(
-        std::process::Command::new(common::RA_CLI)
-            .arg("health")
-            .env_remove("RA_CLI_CONFIG"),
-    );
-    r.code(2).stderr_has("RA_CLI_CONFIG");
+    ca.ra_with(&missing, &["health"]).assert_code(2);
+    // tool() starts it without the calling environment's RA_CLI_CONFIG.
+    let r = run(tool(common::RA_CLI).arg("health"));
+    r.assert_code(2).assert_stderr_has("RA_CLI_CONFIG");
 }
