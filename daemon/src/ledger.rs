@@ -15,8 +15,8 @@ use std::fmt;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -443,138 +443,6 @@ pub trait Ledger: Send + Sync {
         after: Option<&Serial>,
         visit: &mut dyn FnMut(Serial, LedgerRecord) -> ControlFlow<()>,
     ) -> Result<(), LedgerError>;
-}
-
-/// Group commit: many writers share one expensive sync (`fsync`, sled
-/// flush) instead of paying for one each.
-///
-/// Protocol: a writer finishes its write, then takes a [`ticket`], then calls
-/// [`durable`]. Because tickets are taken only after the write, every ticket
-/// at or below the current maximum belongs to a completed write, so a leader
-/// that notes that maximum before syncing covers all of them.
-///
-/// Once a sync has failed, every ticket it covered gets the error, even if a
-/// later sync succeeds: after a failed `fsync` the kernel may have dropped
-/// the dirty pages, so a later success proves nothing about them.
-///
-/// [`ticket`]: GroupCommit::ticket
-/// [`durable`]: GroupCommit::durable
-pub(crate) struct GroupCommit<E> {
-    issued: AtomicU64,
-    rounds: Mutex<Rounds<E>>,
-    finished: Condvar,
-}
-
-struct Rounds<E> {
-    /// Highest ticket included in a finished sync round, failed or not.
-    covered: u64,
-    leader_active: bool,
-    /// Failed rounds whose writers have not all collected the error yet.
-    failures: Vec<FailedRound<E>>,
-}
-
-struct FailedRound<E> {
-    /// Tickets in `(after, upto]` were covered by this round.
-    after: u64,
-    upto: u64,
-    unclaimed: u64,
-    error: E,
-}
-
-impl<E: Clone> GroupCommit<E> {
-    /// A helper with no writes yet.
-    pub(crate) fn new() -> Self {
-        Self {
-            issued: AtomicU64::new(0),
-            rounds: Mutex::new(Rounds {
-                covered: 0,
-                leader_active: false,
-                failures: Vec::new(),
-            }),
-            finished: Condvar::new(),
-        }
-    }
-
-    /// Takes a ticket for a write that has already completed.
-    pub(crate) fn ticket(&self) -> u64 {
-        self.issued.fetch_add(1, Ordering::SeqCst) + 1
-    }
-
-    /// Returns once the write behind `ticket` is durable, running `sync`
-    /// itself if no other writer is already doing so.
-    ///
-    /// `sync` must not panic: a panicking leader would leave the round open
-    /// forever (certd's release profile aborts on panic anyway).
-    pub(crate) fn durable(
-        &self,
-        ticket: u64,
-        sync: impl FnOnce() -> Result<(), E>,
-    ) -> Result<(), E> {
-        let mut rounds = self.lock();
-        loop {
-            if let Some(error) = Self::claim_failure(&mut rounds, ticket) {
-                return Err(error);
-            }
-            if ticket <= rounds.covered {
-                return Ok(());
-            }
-            if !rounds.leader_active {
-                break;
-            }
-            rounds = self
-                .finished
-                .wait(rounds)
-                .unwrap_or_else(PoisonError::into_inner);
-        }
-
-        rounds.leader_active = true;
-        let after = rounds.covered;
-        let upto = self.issued.load(Ordering::SeqCst);
-        debug_assert!(
-            ticket <= upto,
-            "durable() called with a ticket never issued"
-        );
-        drop(rounds);
-        let result = sync();
-        let mut rounds = self.lock();
-        rounds.leader_active = false;
-        rounds.covered = rounds.covered.max(upto);
-        if let Err(error) = result {
-            rounds.failures.push(FailedRound {
-                after,
-                upto,
-                unclaimed: upto.saturating_sub(after),
-                error,
-            });
-        }
-        self.finished.notify_all();
-        // Our own ticket is in `(after, upto]`, so this finds the failure
-        // just recorded, if any.
-        match Self::claim_failure(&mut rounds, ticket) {
-            Some(error) => Err(error),
-            None => Ok(()),
-        }
-    }
-
-    fn claim_failure(rounds: &mut Rounds<E>, ticket: u64) -> Option<E> {
-        let index = rounds
-            .failures
-            .iter()
-            .position(|f| f.after < ticket && ticket <= f.upto)?;
-        let failure = &mut rounds.failures[index];
-        let error = failure.error.clone();
-        failure.unclaimed = failure.unclaimed.saturating_sub(1);
-        if failure.unclaimed == 0 {
-            rounds.failures.swap_remove(index);
-        }
-        Some(error)
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Rounds<E>> {
-        // The state is only changed by plain assignments that cannot panic
-        // halfway, so a poisoned lock still guards consistent data.
-        self.rounds.lock().unwrap_or_else(PoisonError::into_inner)
-    }
 }
 
 const CERTIFICATES_TREE: &str = "certificates";
@@ -1912,60 +1780,6 @@ mod tests {
             );
         }
         assert_eq!(ledger.idempotency_get("ra", "r2").expect("get"), None);
-    }
-
-    #[test]
-    fn group_commit_reports_failed_round_to_all_its_writers() {
-        let commit = Arc::new(GroupCommit::<String>::new());
-        // One failing round covering tickets 1..=3, taken before any sync.
-        let tickets: Vec<u64> = (0..3).map(|_| commit.ticket()).collect();
-        let results: Vec<_> = tickets
-            .iter()
-            .map(|t| commit.durable(*t, || Err("disk full".to_owned())))
-            .collect();
-        assert!(results.iter().all(|r| *r == Err("disk full".to_owned())));
-
-        // A later successful round does not whitewash anything and works.
-        let ticket = commit.ticket();
-        assert_eq!(commit.durable(ticket, || Ok(())), Ok(()));
-        assert!(commit.lock().failures.is_empty());
-
-        // Writes completed before a round starts share its single sync.
-        let syncs = Arc::new(AtomicU64::new(0));
-        let count = || {
-            syncs.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        };
-        let tickets: Vec<u64> = (0..3).map(|_| commit.ticket()).collect();
-        for ticket in tickets {
-            commit.durable(ticket, count).expect("durable");
-        }
-        assert_eq!(syncs.load(Ordering::SeqCst), 1);
-
-        // Many threads hammering it: every write still comes back durable.
-        let syncs = Arc::new(AtomicU64::new(0));
-        let threads: Vec<_> = (0..8)
-            .map(|_| {
-                let commit = Arc::clone(&commit);
-                let syncs = Arc::clone(&syncs);
-                std::thread::spawn(move || {
-                    for _ in 0..100 {
-                        let ticket = commit.ticket();
-                        commit
-                            .durable(ticket, || {
-                                syncs.fetch_add(1, Ordering::SeqCst);
-                                std::thread::yield_now();
-                                Ok(())
-                            })
-                            .expect("durable");
-                    }
-                })
-            })
-            .collect();
-        for thread in threads {
-            thread.join().expect("thread");
-        }
-        assert!(syncs.load(Ordering::SeqCst) <= 800);
     }
 
     const CRASH_CHILD_ENV: &str = "CERTD_LEDGER_CRASH_CHILD";

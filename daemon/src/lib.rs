@@ -14,6 +14,7 @@ pub mod control;
 pub mod crl;
 pub mod csr;
 pub mod daemon;
+mod group_commit;
 pub mod hsm;
 pub mod issue;
 pub mod ledger;
