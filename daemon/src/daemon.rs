@@ -151,6 +151,33 @@ impl RateLimiter {
 }
 
 impl Shared {
+    /// Puts together what [`start`] has opened and checked; `lock` is the
+    /// held lock file of the state directory.
+    pub(crate) fn new(
+        config: Config,
+        certifiers: Certifiers,
+        ledger: Arc<dyn Ledger>,
+        audit: Arc<AuditLog>,
+        lock: std::fs::File,
+    ) -> Result<Shared, DaemonError> {
+        let state_dir = &config.daemon.state_dir;
+        let crl = crate::crl::CrlStore::open(state_dir, certifiers.all()).map_err(io(format!(
+            "opening the CRL store in {}",
+            state_dir.display()
+        )))?;
+        Ok(Shared {
+            _lock: lock,
+            crl,
+            policy: arc_swap::ArcSwap::from_pointee(Policy::from_config(&config)),
+            limiter: RateLimiter::default(),
+            config,
+            certifiers,
+            ledger,
+            audit,
+            started: Instant::now(),
+        })
+    }
+
     /// Writes an audit entry; a failure to audit is logged loudly (the
     /// caller decides whether to go on).
     pub fn audit(&self, event: AuditEvent) -> Result<(), crate::audit::AuditError> {
@@ -309,21 +336,7 @@ pub fn start(config: Config) -> Result<Arc<Shared>, DaemonError> {
             "version": env!("CARGO_PKG_VERSION"),
         })),
     )?;
-    let crl = crate::crl::CrlStore::open(&state_dir, certifiers.all()).map_err(io(format!(
-        "opening the CRL store in {}",
-        state_dir.display()
-    )))?;
-    let shared = Arc::new(Shared {
-        _lock: lock,
-        crl,
-        policy: arc_swap::ArcSwap::from_pointee(Policy::from_config(&config)),
-        limiter: RateLimiter::default(),
-        config,
-        certifiers,
-        ledger,
-        audit,
-        started: Instant::now(),
-    });
+    let shared = Arc::new(Shared::new(config, certifiers, ledger, audit, lock)?);
     for c in shared.certifiers.all() {
         let Some(pin_path) = c.config.pin_source() else {
             tracing::info!(

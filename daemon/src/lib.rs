@@ -25,4 +25,6 @@ pub mod secret;
 pub mod server;
 pub mod status;
 pub mod systemd;
+#[cfg(test)]
+mod testing;
 pub mod x509;
