@@ -1021,3 +1021,108 @@ async fn method_not_allowed(call: Call) -> Reply {
 async fn refuse_known(call: Call, e: ApiError) -> Reply {
     with_grant(call, move |_, _| Err(e)).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::{Intent, IntentOutcome};
+    use crate::testing::{csr, TestCa, RA, RA_FINGERPRINT};
+    use serde_json::Value;
+    use tower::ServiceExt;
+
+    const TLS_SERVER: &str =
+        "[[profile]]\nname = \"tls-server\"\nkind = \"tls-server\"\nmax_validity_days = 90\n";
+    const GRANT: &str = "profiles = [\"tls-server\"]\ndns_subtrees = [\"example.com\"]";
+
+    /// POSTs `req` to the router as the RA, past TLS; the status and body.
+    async fn post_issue(ca: &TestCa, req: &IssueRequest) -> (StatusCode, Value) {
+        let limit = BodyLimit {
+            bytes: 64 * 1024,
+            within: Duration::from_secs(30),
+        };
+        let peer = Peer {
+            fingerprint: RA_FINGERPRINT.into(),
+            addr: SocketAddr::from(([127, 0, 0, 1], 40_000)),
+        };
+        let app = router(ca.shared.clone(), limit).layer(Extension(peer));
+        let body = serde_json::to_vec(req).expect("JSON");
+        let http = axum::http::Request::post("/v1/certificates")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body))
+            .expect("a request");
+        let resp = app.oneshot(http).await.expect("the router answers");
+        let status = resp.status();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .expect("the body")
+            .to_bytes();
+        (status, serde_json::from_slice(&bytes).expect("a JSON body"))
+    }
+
+    /// The one audit entry a refusal leaves: `refused`, by the RA, naming
+    /// the request, the code and the message.
+    fn assert_refusal_audited(ca: &TestCa, code: &str, message: &str) {
+        let audit = ca.audit_entries();
+        let refused: Vec<&Value> = audit.iter().filter(|e| e["kind"] == "refused").collect();
+        assert_eq!(refused.len(), 1, "{audit:#?}");
+        let e = refused[0];
+        assert_eq!(e["actor"], RA);
+        assert_eq!(
+            e["detail"],
+            serde_json::json!({
+                "method": "POST",
+                "path": "/v1/certificates",
+                "code": code,
+                "message": message,
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn a_lint_refusal_is_answered_422_and_audited() {
+        let ca = TestCa::adjusted(TLS_SERVER, GRANT, |c| {
+            c.profiles[0].crl_url = Some("https://crl.example.com/ca.crl".into());
+        });
+        let req = IssueRequest::new("r1", "tls-server", csr(0x22, "www.example.com"));
+        let (status, body) = post_issue(&ca, &req).await;
+        let message = "pre-issuance lint refused the certificate: \
+                       cRLDistributionPoints must hold plain http:// URLs only";
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert_eq!(body["error"]["code"], "lint_failed");
+        assert_eq!(body["error"]["message"], message);
+        assert_refusal_audited(&ca, "lint_failed", message);
+        assert_eq!(ca.audit_entries().len(), 1);
+        assert!(ca.records().is_empty(), "{:?}", ca.records());
+    }
+
+    #[tokio::test]
+    async fn a_replay_of_a_request_being_signed_is_answered_409_and_audited() {
+        let ca = TestCa::new(TLS_SERVER, GRANT);
+        let req = IssueRequest::new("r1", "tls-server", csr(0x22, "www.example.com"));
+        // What the original request recorded before it went to the token.
+        let intent = Intent {
+            certifier: "ca".into(),
+            ra: RA.into(),
+            request_id: Some("r1".into()),
+            tbs_sha256: [0; 32],
+            profile: "tls-server".into(),
+            created: 0,
+            approval: None,
+        };
+        let serial = Serial::from_hex(&"01".repeat(16)).expect("a serial");
+        let claim = Some((RA, "r1", issue::request_digest(&req)));
+        let outcome = ca.shared.ledger.record_intent(&serial, intent, claim);
+        assert_eq!(outcome.expect("intent"), IntentOutcome::Recorded);
+
+        let (status, body) = post_issue(&ca, &req).await;
+        let message =
+            "the original request with this request_id is still being signed; retry shortly";
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        assert_eq!(body["error"]["code"], "in_progress");
+        assert_eq!(body["error"]["message"], message);
+        assert_refusal_audited(&ca, "in_progress", message);
+        assert_eq!(ca.records().len(), 1);
+    }
+}
