@@ -256,6 +256,10 @@ fn issue_drawing(
         profile,
         issuer,
         certifier_key: certifier.key_type,
+        certifier_public_key: certifier
+            .certificate
+            .tbs_certificate()
+            .subject_public_key_info(),
     };
     let approval = req
         .approval

@@ -10,6 +10,7 @@ use spki::{EncodePublicKey, SubjectPublicKeyInfoOwned};
 
 enum Secret {
     P256(p256::ecdsa::SigningKey),
+    P384(p384::ecdsa::SigningKey),
 }
 
 /// An ECDSA key whose secret scalar the test chooses, so every run signs
@@ -35,12 +36,23 @@ impl MemoryKey {
             spki,
         }
     }
+
+    /// The P-384 key with secret scalar `secret`.
+    pub(crate) fn p384(secret: [u8; 48]) -> MemoryKey {
+        let key = p384::ecdsa::SigningKey::from_slice(&secret).expect("a valid P-384 scalar");
+        let spki = spki_of(&p384::PublicKey::from(key.verifying_key()));
+        MemoryKey {
+            secret: Secret::P384(key),
+            spki,
+        }
+    }
 }
 
 impl Signer for MemoryKey {
     fn key_type(&self) -> KeyType {
         match self.secret {
             Secret::P256(_) => KeyType::P256,
+            Secret::P384(_) => KeyType::P384,
         }
     }
 
@@ -53,6 +65,10 @@ impl Signer for MemoryKey {
         Ok(match &self.secret {
             Secret::P256(k) => {
                 let sig: p256::ecdsa::Signature = k.sign(message);
+                sig.to_der().as_bytes().to_vec()
+            }
+            Secret::P384(k) => {
+                let sig: p384::ecdsa::Signature = k.sign(message);
                 sig.to_der().as_bytes().to_vec()
             }
         })
