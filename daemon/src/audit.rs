@@ -28,7 +28,7 @@ use sha2::{Digest, Sha256};
 use time::macros::format_description;
 use time::OffsetDateTime;
 
-use crate::ledger::GroupCommit;
+use crate::group_commit::GroupCommit;
 
 /// `prev` of the first entry.
 pub const GENESIS_PREV: &str = "0000000000000000000000000000000000000000000000000000000000000000";

@@ -144,7 +144,9 @@ impl Signer for CeremonySigner<'_> {
     }
 }
 
-fn ca_extensions(
+/// The extensions of a certifier's own certificate: a CA key, its key
+/// identifier, and at most `path_len` CAs below it.
+pub(crate) fn ca_extensions(
     spki: &SubjectPublicKeyInfoOwned,
     path_len: Option<u8>,
 ) -> Result<Vec<Extension>, X509Error> {

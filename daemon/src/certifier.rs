@@ -5,7 +5,7 @@
 
 use crate::config::{CertifierConfig, Config};
 use crate::hsm::pkcs11::{Module, Pkcs11Signer};
-use crate::hsm::{HsmError, KeyType, Signer};
+use crate::hsm::{HsmError, KeyType, Signer, TokenSigner};
 use crate::x509;
 use secrecy::SecretString;
 use std::path::PathBuf;
@@ -68,7 +68,7 @@ impl CertifierError {
 
 struct Live {
     state: State,
-    signer: Option<Arc<Pkcs11Signer>>,
+    signer: Option<Arc<dyn TokenSigner + Send + Sync>>,
     /// Kept while active so the daemon can log in again on its own after
     /// the token went away and came back; wiped on deactivation.
     pin: Option<SecretString>,
@@ -130,7 +130,10 @@ impl Certifier {
     pub fn signer(&self) -> Result<Arc<dyn Signer + Send + Sync>, HsmError> {
         let live = self.live.read().unwrap_or_else(|p| p.into_inner());
         match (&live.state, &live.signer) {
-            (State::Active, Some(s)) => Ok(s.clone()),
+            (State::Active, Some(s)) => {
+                let signer: Arc<dyn Signer + Send + Sync> = s.clone();
+                Ok(signer)
+            }
             (State::Unavailable(r), _) => Err(HsmError::Unavailable(r.clone())),
             _ => Err(HsmError::Locked),
         }
@@ -154,6 +157,15 @@ impl Certifier {
             });
         }
         Ok(signer)
+    }
+
+    /// Makes the certifier active with `signer` instead of a token login,
+    /// for unit tests of what happens behind the token.
+    #[cfg(test)]
+    pub(crate) fn activate_with(&self, signer: Arc<dyn TokenSigner + Send + Sync>) {
+        let mut live = self.live.write().unwrap_or_else(|p| p.into_inner());
+        live.signer = Some(signer);
+        live.state = State::Active;
     }
 
     /// Whether `pin` equals the PIN this certifier is logged in with

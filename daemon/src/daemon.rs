@@ -133,10 +133,12 @@ struct RateLimiter {
 }
 
 impl RateLimiter {
-    fn take(&self, ra: &str, per_minute: u32) -> bool {
+    /// Takes one token from `ra`'s bucket as of `now`. The bucket holds
+    /// `per_minute` tokens, starts full and refills continuously at
+    /// `per_minute` a minute; a lowered limit applies at once.
+    fn take(&self, ra: &str, per_minute: u32, now: Instant) -> bool {
         let capacity = f64::from(per_minute);
         let mut b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
         let (tokens, last) = b.entry(ra.to_string()).or_insert((capacity, now));
         *tokens =
             (*tokens + now.duration_since(*last).as_secs_f64() * capacity / 60.0).min(capacity);
@@ -151,6 +153,33 @@ impl RateLimiter {
 }
 
 impl Shared {
+    /// Puts together what [`start`] has opened and checked; `lock` is the
+    /// held lock file of the state directory.
+    pub(crate) fn new(
+        config: Config,
+        certifiers: Certifiers,
+        ledger: Arc<dyn Ledger>,
+        audit: Arc<AuditLog>,
+        lock: std::fs::File,
+    ) -> Result<Shared, DaemonError> {
+        let state_dir = &config.daemon.state_dir;
+        let crl = crate::crl::CrlStore::open(state_dir, certifiers.all()).map_err(io(format!(
+            "opening the CRL store in {}",
+            state_dir.display()
+        )))?;
+        Ok(Shared {
+            _lock: lock,
+            crl,
+            policy: arc_swap::ArcSwap::from_pointee(Policy::from_config(&config)),
+            limiter: RateLimiter::default(),
+            config,
+            certifiers,
+            ledger,
+            audit,
+            started: Instant::now(),
+        })
+    }
+
     /// Writes an audit entry; a failure to audit is logged loudly (the
     /// caller decides whether to go on).
     pub fn audit(&self, event: AuditEvent) -> Result<(), crate::audit::AuditError> {
@@ -171,8 +200,13 @@ impl Shared {
 
     /// Takes one request from the RA's rate budget.
     pub fn rate_limit(&self, grant: &Grant) -> Result<(), ApiError> {
+        self.rate_limit_at(grant, Instant::now())
+    }
+
+    /// [`Shared::rate_limit`] as of `now`.
+    fn rate_limit_at(&self, grant: &Grant, now: Instant) -> Result<(), ApiError> {
         match grant.config.rate_limit_per_minute {
-            Some(n) if n > 0 && !self.limiter.take(grant.name(), n) => Err(ApiError::new(
+            Some(n) if n > 0 && !self.limiter.take(grant.name(), n, now) => Err(ApiError::new(
                 ErrorCode::RateLimited,
                 format!(
                     "RA {:?} is over its limit of {n} requests per minute; retry later",
@@ -309,21 +343,7 @@ pub fn start(config: Config) -> Result<Arc<Shared>, DaemonError> {
             "version": env!("CARGO_PKG_VERSION"),
         })),
     )?;
-    let crl = crate::crl::CrlStore::open(&state_dir, certifiers.all()).map_err(io(format!(
-        "opening the CRL store in {}",
-        state_dir.display()
-    )))?;
-    let shared = Arc::new(Shared {
-        _lock: lock,
-        crl,
-        policy: arc_swap::ArcSwap::from_pointee(Policy::from_config(&config)),
-        limiter: RateLimiter::default(),
-        config,
-        certifiers,
-        ledger,
-        audit,
-        started: Instant::now(),
-    });
+    let shared = Arc::new(Shared::new(config, certifiers, ledger, audit, lock)?);
     for c in shared.certifiers.all() {
         let Some(pin_path) = c.config.pin_source() else {
             tracing::info!(
@@ -744,6 +764,78 @@ async fn probe_loop(shared: Arc<Shared>) {
                 );
                 systemd::notify_status(&shared.systemd_status());
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::TestCa;
+
+    /// How many requests in a row the bucket lets through at `now`.
+    fn burst(limiter: &RateLimiter, ra: &str, per_minute: u32, now: Instant) -> usize {
+        (0..10 * per_minute as usize)
+            .take_while(|_| limiter.take(ra, per_minute, now))
+            .count()
+    }
+
+    #[test]
+    fn rate_limit_buckets_hold_a_minute_and_refill_continuously() {
+        let limiter = RateLimiter::default();
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        // Full at first: a minute's worth at once, and no more.
+        assert_eq!(burst(&limiter, "ra1", 60, t0), 60);
+        // At 60 a minute, half a second refills half a request: none yet.
+        assert_eq!(burst(&limiter, "ra1", 60, at(500)), 0);
+        // The other half arrives by the second.
+        assert_eq!(burst(&limiter, "ra1", 60, at(1_000)), 1);
+        // 2.5 s later: two requests, with half of one left over.
+        assert_eq!(burst(&limiter, "ra1", 60, at(3_500)), 2);
+        assert_eq!(burst(&limiter, "ra1", 60, at(4_000)), 1);
+        // Another RA has its own bucket.
+        assert_eq!(burst(&limiter, "ra2", 60, at(4_000)), 60);
+        // A long pause refills only up to the capacity.
+        assert_eq!(burst(&limiter, "ra1", 60, at(3_600_000)), 60);
+        // A lowered limit caps a refilled bucket at once.
+        assert_eq!(burst(&limiter, "ra2", 2, at(7_200_000)), 2);
+    }
+
+    #[test]
+    fn rate_limited_requests_are_refused_with_their_code() {
+        const PROFILE: &str =
+            "[[profile]]\nname = \"tls-client\"\nkind = \"tls-client\"\nmax_validity_days = 30\n";
+        let limited = TestCa::new(
+            PROFILE,
+            "profiles = [\"tls-client\"]\nrate_limit_per_minute = 2",
+        );
+        let t0 = Instant::now();
+        let grant = limited.grant();
+        assert!(limited.shared.rate_limit_at(&grant, t0).is_ok());
+        assert!(limited.shared.rate_limit_at(&grant, t0).is_ok());
+        let err = limited
+            .shared
+            .rate_limit_at(&grant, t0)
+            .expect_err("over the limit");
+        assert_eq!(err.code, ErrorCode::RateLimited);
+        assert_eq!(
+            err.message,
+            "RA \"ra1\" is over its limit of 2 requests per minute; retry later"
+        );
+        // Thirty seconds bring one request back.
+        let later = t0 + Duration::from_secs(30);
+        assert!(limited.shared.rate_limit_at(&grant, later).is_ok());
+        assert!(limited.shared.rate_limit_at(&grant, later).is_err());
+
+        // 0 (like no setting) means no limit.
+        let unlimited = TestCa::new(
+            PROFILE,
+            "profiles = [\"tls-client\"]\nrate_limit_per_minute = 0",
+        );
+        let grant = unlimited.grant();
+        for _ in 0..1_000 {
+            assert!(unlimited.shared.rate_limit_at(&grant, t0).is_ok());
         }
     }
 }

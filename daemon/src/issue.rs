@@ -168,11 +168,27 @@ fn replay(
     }
 }
 
+/// How many fresh serials one request draws before giving up. With 127
+/// random bits even one collision means the random number generator is
+/// broken, so a few draws are plenty.
+const SERIAL_DRAWS: usize = 4;
+
 /// Runs the whole pipeline for one request from RA `grant`.
 pub fn issue(
     shared: &Shared,
     grant: &Grant,
     req: &IssueRequest,
+) -> Result<IssueResponse, ApiError> {
+    issue_drawing(shared, grant, req, &mut Serial::random)
+}
+
+/// [`issue`] with serials drawn by `draw_serial`: the OS CSPRNG in
+/// production, a scripted sequence in tests of what a collision does.
+fn issue_drawing(
+    shared: &Shared,
+    grant: &Grant,
+    req: &IssueRequest,
+    draw_serial: &mut dyn FnMut() -> Result<Serial, LedgerError>,
 ) -> Result<IssueResponse, ApiError> {
     check_request_id(&req.request_id)?;
     check_ip_syntax(req)?;
@@ -240,6 +256,10 @@ pub fn issue(
         profile,
         issuer,
         certifier_key: certifier.key_type,
+        certifier_public_key: certifier
+            .certificate
+            .tbs_certificate()
+            .subject_public_key_info(),
     };
     let approval = req
         .approval
@@ -247,8 +267,8 @@ pub fn issue(
         .and_then(|a| serde_json::to_value(a).ok());
     // A 127-bit random serial collides with essentially zero probability;
     // the ledger still checks, and a collision just draws again.
-    for _ in 0..4 {
-        let serial = Serial::random().map_err(ledger_error)?;
+    for _ in 0..SERIAL_DRAWS {
+        let serial = draw_serial().map_err(ledger_error)?;
         let mut builder = certgen::leaf_builder(&LeafSpec {
             profile,
             issuer,
@@ -293,7 +313,10 @@ pub fn issue(
             .map_err(ledger_error)?;
         match outcome {
             IntentOutcome::Recorded => {}
-            IntentOutcome::SerialTaken => continue,
+            IntentOutcome::SerialTaken => {
+                tracing::warn!(serial = %serial, "a freshly drawn serial is already in the ledger; drawing another (is the OS random number generator sound?)");
+                continue;
+            }
             IntentOutcome::KeyTaken(entry) => {
                 return match replay(shared, &entry, &digest, req)? {
                     Some(resp) => Ok(resp),
@@ -490,4 +513,242 @@ pub fn check_ip_syntax(req: &IssueRequest) -> Result<(), ApiError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::{IdempotencyEntry, SERIAL_LEN};
+    use crate::testing::{csr, TestCa, RA};
+    use std::cell::Cell;
+
+    const TLS_SERVER: &str =
+        "[[profile]]\nname = \"tls-server\"\nkind = \"tls-server\"\nmax_validity_days = 90\n";
+    const GRANT: &str = "profiles = [\"tls-server\"]\ndns_subtrees = [\"example.com\"]";
+
+    fn serial(n: u8) -> Serial {
+        let mut bytes = [0x5a; SERIAL_LEN];
+        bytes[SERIAL_LEN - 1] = n;
+        Serial::from_bytes(bytes).expect("a serial")
+    }
+
+    fn request(id: &str) -> IssueRequest {
+        IssueRequest::new(id, "tls-server", csr(0x22, "www.example.com"))
+    }
+
+    /// The intent a concurrent request with `req` records before it signs.
+    fn intent_of(req: &IssueRequest) -> Intent {
+        Intent {
+            certifier: "ca".into(),
+            ra: RA.into(),
+            request_id: Some(req.request_id.clone()),
+            tbs_sha256: [0; 32],
+            profile: req.profile.clone(),
+            created: now_unix(),
+            approval: None,
+        }
+    }
+
+    /// Hands out `serials` in order, counting the draws.
+    fn scripted<'a>(
+        serials: &[Serial],
+        draws: &'a Cell<usize>,
+    ) -> impl FnMut() -> Result<Serial, LedgerError> + 'a {
+        let serials = serials.to_vec();
+        move || {
+            let n = draws.get();
+            draws.set(n + 1);
+            Ok(serials[n.min(serials.len() - 1)])
+        }
+    }
+
+    fn state_of(ca: &TestCa, s: &Serial) -> Option<RecordState> {
+        ca.shared.ledger.get(s).expect("get").map(|r| r.state)
+    }
+
+    #[test]
+    fn issues_once_and_replays_after() {
+        let ca = TestCa::new(TLS_SERVER, GRANT);
+        let req = request("r1");
+        let first = issue(&ca.shared, &ca.grant(), &req).expect("issued");
+        assert!(!first.replayed);
+        let again = issue(&ca.shared, &ca.grant(), &req).expect("replayed");
+        assert!(again.replayed);
+        assert_eq!(
+            (&again.serial, &again.certificate),
+            (&first.serial, &first.certificate)
+        );
+        let records = ca.records();
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].0.to_hex(), first.serial);
+        assert_eq!(records[0].1.state, RecordState::Issued);
+        assert_eq!(ca.audit_kinds(), ["issuance_intent", "issued"]);
+    }
+
+    /// A serial that is already in the ledger is never used again: the
+    /// request draws another and is issued under that one.
+    #[test]
+    fn a_drawn_serial_already_in_the_ledger_is_drawn_again() {
+        let ca = TestCa::new(TLS_SERVER, GRANT);
+        let (taken, fresh) = (serial(1), serial(2));
+        let other = intent_of(&request("someone-else"));
+        let outcome = ca.shared.ledger.record_intent(&taken, other, None);
+        assert_eq!(outcome.expect("intent"), IntentOutcome::Recorded);
+        let before = ca.shared.ledger.get(&taken).expect("get");
+
+        let draws = Cell::new(0);
+        let resp = issue_drawing(
+            &ca.shared,
+            &ca.grant(),
+            &request("r1"),
+            &mut scripted(&[taken, fresh], &draws),
+        )
+        .expect("issued");
+        assert_eq!(draws.get(), 2);
+        assert_eq!(resp.serial, fresh.to_hex());
+        assert_eq!(state_of(&ca, &fresh), Some(RecordState::Issued));
+        assert_eq!(ca.shared.ledger.get(&taken).expect("get"), before);
+    }
+
+    #[test]
+    fn issuance_gives_up_when_every_draw_is_taken() {
+        let ca = TestCa::new(TLS_SERVER, GRANT);
+        let taken = serial(1);
+        let other = intent_of(&request("someone-else"));
+        let outcome = ca.shared.ledger.record_intent(&taken, other, None);
+        assert_eq!(outcome.expect("intent"), IntentOutcome::Recorded);
+
+        let draws = Cell::new(0);
+        let err = issue_drawing(
+            &ca.shared,
+            &ca.grant(),
+            &request("r1"),
+            &mut scripted(&[taken], &draws),
+        )
+        .expect_err("no unused serial");
+        assert_eq!(err.code, ErrorCode::Internal);
+        assert_eq!(err.message, "could not draw an unused serial number");
+        assert_eq!(draws.get(), SERIAL_DRAWS);
+        assert_eq!(ca.records().len(), 1);
+        let claim = ca.shared.ledger.idempotency_get(RA, "r1");
+        assert_eq!(claim.expect("get"), None);
+    }
+
+    /// The lint refuses before the intent is recorded: the answer names the
+    /// finding, and neither the serial nor the request_id is used up.
+    #[test]
+    fn a_lint_finding_refuses_before_anything_is_recorded() {
+        // What the configuration check refuses, as if it had let it through.
+        let ca = TestCa::adjusted(TLS_SERVER, GRANT, |c| {
+            c.profiles[0].crl_url = Some("https://crl.example.com/ca.crl".into());
+        });
+        let draws = Cell::new(0);
+        let err = issue_drawing(
+            &ca.shared,
+            &ca.grant(),
+            &request("r1"),
+            &mut scripted(&[serial(1)], &draws),
+        )
+        .expect_err("the lint refuses");
+        assert_eq!(err.code, ErrorCode::LintFailed);
+        assert_eq!(err.code.http_status(), 422);
+        assert_eq!(
+            err.message,
+            "pre-issuance lint refused the certificate: \
+             cRLDistributionPoints must hold plain http:// URLs only"
+        );
+        assert_eq!(draws.get(), 1);
+        assert!(ca.records().is_empty(), "{:?}", ca.records());
+        let claim = ca.shared.ledger.idempotency_get(RA, "r1");
+        assert_eq!(claim.expect("get"), None);
+        // The refusal is audited by the API layer, not here.
+        assert!(ca.audit_kinds().is_empty(), "{:?}", ca.audit_kinds());
+    }
+
+    /// A repeat of a request whose certificate is still being signed.
+    #[test]
+    fn a_replay_while_the_original_is_signed_is_in_progress() {
+        let ca = TestCa::new(TLS_SERVER, GRANT);
+        let req = request("r1");
+        let claim = Some((RA, "r1", request_digest(&req)));
+        let outcome = ca
+            .shared
+            .ledger
+            .record_intent(&serial(1), intent_of(&req), claim);
+        assert_eq!(outcome.expect("intent"), IntentOutcome::Recorded);
+
+        let draws = Cell::new(0);
+        let err = issue_drawing(
+            &ca.shared,
+            &ca.grant(),
+            &req,
+            &mut scripted(&[serial(2)], &draws),
+        )
+        .expect_err("in progress");
+        assert_eq!(err.code, ErrorCode::InProgress);
+        assert_eq!(
+            err.message,
+            "the original request with this request_id is still being signed; retry shortly"
+        );
+        assert_eq!(draws.get(), 0, "nothing is built for a replay");
+        assert_eq!(state_of(&ca, &serial(1)), Some(RecordState::Intent));
+        assert_eq!(ca.records().len(), 1);
+    }
+
+    /// Two requests with one request_id, the other one claiming it between
+    /// this one's look-up and its intent: while the other is being signed
+    /// this one is told so, and its own serial is not used.
+    #[test]
+    fn losing_the_claim_to_a_request_being_signed_is_in_progress() {
+        let ca = TestCa::new(TLS_SERVER, GRANT);
+        let req = request("r1");
+        let (theirs, ours) = (serial(1), serial(2));
+        let mut race = || {
+            let claim = Some((RA, "r1", request_digest(&req)));
+            let outcome = ca
+                .shared
+                .ledger
+                .record_intent(&theirs, intent_of(&req), claim)?;
+            assert_eq!(outcome, IntentOutcome::Recorded);
+            Ok(ours)
+        };
+        let err = issue_drawing(&ca.shared, &ca.grant(), &req, &mut race).expect_err("in progress");
+        assert_eq!(err.code, ErrorCode::InProgress);
+        assert_eq!(err.code.http_status(), 409);
+        assert_eq!(
+            err.message,
+            "the original request with this request_id is still being signed; retry shortly"
+        );
+        assert_eq!(state_of(&ca, &ours), None);
+        assert_eq!(
+            ca.shared.ledger.idempotency_get(RA, "r1").expect("get"),
+            Some(IdempotencyEntry {
+                body_sha256: request_digest(&req),
+                serial: theirs
+            })
+        );
+    }
+
+    /// The same race, lost to a request that has finished: its certificate
+    /// is the answer.
+    #[test]
+    fn losing_the_claim_to_a_finished_request_replays_it() {
+        let ca = TestCa::new(TLS_SERVER, GRANT);
+        let req = request("r1");
+        let theirs = Cell::new(None);
+        let mut race = || {
+            let done = issue(&ca.shared, &ca.grant(), &req).expect("the other request");
+            theirs.set(Some(done));
+            Ok(serial(2))
+        };
+        let resp = issue_drawing(&ca.shared, &ca.grant(), &req, &mut race).expect("replayed");
+        let theirs = theirs.take().expect("the other request ran");
+        assert!(resp.replayed && !theirs.replayed);
+        assert_eq!(
+            (&resp.serial, &resp.certificate),
+            (&theirs.serial, &theirs.certificate)
+        );
+        assert_eq!(state_of(&ca, &serial(2)), None);
+        assert_eq!(ca.records().len(), 1);
+    }
 }

@@ -15,17 +15,12 @@ use std::fmt;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
-
-/// Attempts at finding an unused random serial before giving up. With 127
-/// random bits a single collision is already a sign of a broken CSPRNG, so
-/// a small bound is plenty.
-const MAX_SERIAL_ATTEMPTS: usize = 8;
 
 /// Length in bytes of a certd serial number.
 pub const SERIAL_LEN: usize = 16;
@@ -275,15 +270,6 @@ pub struct IdempotencyEntry {
     pub serial: Serial,
 }
 
-/// Result of [`Ledger::idempotency_put`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PutOutcome {
-    /// The key was new and now maps to the given entry.
-    Inserted,
-    /// The key was already taken; this is what it maps to.
-    Exists(IdempotencyEntry),
-}
-
 /// One revoked certificate, as a CRL lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -343,13 +329,6 @@ pub enum LedgerError {
         /// The state the record is in.
         found: RecordState,
     },
-    /// No unused serial was found after several random draws, which means
-    /// the random number generator is not random.
-    #[error(
-        "no unused serial found after {MAX_SERIAL_ATTEMPTS} random draws; \
-         the OS random number generator is suspect, refusing to issue"
-    )]
-    SerialExhausted,
     /// The OS random number generator failed.
     #[error("the OS random number generator failed: {0}")]
     Rng(getrandom::Error),
@@ -365,7 +344,7 @@ impl LedgerError {
             Self::Storage(_) => "ledger_unavailable",
             Self::NotFound(_) => "not_found",
             Self::InvalidState { .. } => "invalid_state",
-            Self::SerialExhausted | Self::Rng(_) => "internal",
+            Self::Rng(_) => "internal",
             Self::Corrupt(_) => "ledger_corrupt",
         }
     }
@@ -383,10 +362,6 @@ impl From<TransactionError<LedgerError>> for LedgerError {
 /// The certificate ledger. Every mutating method returns only once its
 /// change is durable.
 pub trait Ledger: Send + Sync {
-    /// Reserves a fresh random serial for `intent`, in state
-    /// [`RecordState::Intent`]. An existing serial is never overwritten.
-    fn reserve_serial(&self, intent: Intent) -> Result<Serial, LedgerError>;
-
     /// Records the intent to sign `serial` (chosen by the caller, who has
     /// built the TBSCertificate around it) and, when given, claims the RA's
     /// idempotency key for it, in one durable transaction.
@@ -439,15 +414,6 @@ pub trait Ledger: Send + Sync {
         request_id: &str,
     ) -> Result<Option<IdempotencyEntry>, LedgerError>;
 
-    /// Claims an RA's idempotency key; of two concurrent claims exactly one
-    /// gets [`PutOutcome::Inserted`].
-    fn idempotency_put(
-        &self,
-        ra: &str,
-        request_id: &str,
-        entry: IdempotencyEntry,
-    ) -> Result<PutOutcome, LedgerError>;
-
     /// Counters for one certifier (zero for an unknown one).
     fn stats(&self, certifier: &str) -> Result<CertifierStats, LedgerError>;
 
@@ -479,138 +445,6 @@ pub trait Ledger: Send + Sync {
     ) -> Result<(), LedgerError>;
 }
 
-/// Group commit: many writers share one expensive sync (`fsync`, sled
-/// flush) instead of paying for one each.
-///
-/// Protocol: a writer finishes its write, then takes a [`ticket`], then calls
-/// [`durable`]. Because tickets are taken only after the write, every ticket
-/// at or below the current maximum belongs to a completed write, so a leader
-/// that notes that maximum before syncing covers all of them.
-///
-/// Once a sync has failed, every ticket it covered gets the error, even if a
-/// later sync succeeds: after a failed `fsync` the kernel may have dropped
-/// the dirty pages, so a later success proves nothing about them.
-///
-/// [`ticket`]: GroupCommit::ticket
-/// [`durable`]: GroupCommit::durable
-pub(crate) struct GroupCommit<E> {
-    issued: AtomicU64,
-    rounds: Mutex<Rounds<E>>,
-    finished: Condvar,
-}
-
-struct Rounds<E> {
-    /// Highest ticket included in a finished sync round, failed or not.
-    covered: u64,
-    leader_active: bool,
-    /// Failed rounds whose writers have not all collected the error yet.
-    failures: Vec<FailedRound<E>>,
-}
-
-struct FailedRound<E> {
-    /// Tickets in `(after, upto]` were covered by this round.
-    after: u64,
-    upto: u64,
-    unclaimed: u64,
-    error: E,
-}
-
-impl<E: Clone> GroupCommit<E> {
-    /// A helper with no writes yet.
-    pub(crate) fn new() -> Self {
-        Self {
-            issued: AtomicU64::new(0),
-            rounds: Mutex::new(Rounds {
-                covered: 0,
-                leader_active: false,
-                failures: Vec::new(),
-            }),
-            finished: Condvar::new(),
-        }
-    }
-
-    /// Takes a ticket for a write that has already completed.
-    pub(crate) fn ticket(&self) -> u64 {
-        self.issued.fetch_add(1, Ordering::SeqCst) + 1
-    }
-
-    /// Returns once the write behind `ticket` is durable, running `sync`
-    /// itself if no other writer is already doing so.
-    ///
-    /// `sync` must not panic: a panicking leader would leave the round open
-    /// forever (certd's release profile aborts on panic anyway).
-    pub(crate) fn durable(
-        &self,
-        ticket: u64,
-        sync: impl FnOnce() -> Result<(), E>,
-    ) -> Result<(), E> {
-        let mut rounds = self.lock();
-        loop {
-            if let Some(error) = Self::claim_failure(&mut rounds, ticket) {
-                return Err(error);
-            }
-            if ticket <= rounds.covered {
-                return Ok(());
-            }
-            if !rounds.leader_active {
-                break;
-            }
-            rounds = self
-                .finished
-                .wait(rounds)
-                .unwrap_or_else(PoisonError::into_inner);
-        }
-
-        rounds.leader_active = true;
-        let after = rounds.covered;
-        let upto = self.issued.load(Ordering::SeqCst);
-        debug_assert!(
-            ticket <= upto,
-            "durable() called with a ticket never issued"
-        );
-        drop(rounds);
-        let result = sync();
-        let mut rounds = self.lock();
-        rounds.leader_active = false;
-        rounds.covered = rounds.covered.max(upto);
-        if let Err(error) = result {
-            rounds.failures.push(FailedRound {
-                after,
-                upto,
-                unclaimed: upto.saturating_sub(after),
-                error,
-            });
-        }
-        self.finished.notify_all();
-        // Our own ticket is in `(after, upto]`, so this finds the failure
-        // just recorded, if any.
-        match Self::claim_failure(&mut rounds, ticket) {
-            Some(error) => Err(error),
-            None => Ok(()),
-        }
-    }
-
-    fn claim_failure(rounds: &mut Rounds<E>, ticket: u64) -> Option<E> {
-        let index = rounds
-            .failures
-            .iter()
-            .position(|f| f.after < ticket && ticket <= f.upto)?;
-        let failure = &mut rounds.failures[index];
-        let error = failure.error.clone();
-        failure.unclaimed = failure.unclaimed.saturating_sub(1);
-        if failure.unclaimed == 0 {
-            rounds.failures.swap_remove(index);
-        }
-        Some(error)
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Rounds<E>> {
-        // The state is only changed by plain assignments that cannot panic
-        // halfway, so a poisoned lock still guards consistent data.
-        self.rounds.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
 const CERTIFICATES_TREE: &str = "certificates";
 const IDEMPOTENCY_TREE: &str = "idempotency";
 const META_TREE: &str = "meta";
@@ -626,12 +460,10 @@ fn revoked_key(certifier: &str, serial: &Serial) -> Vec<u8> {
 /// `idempotency` (RA + request id → [`IdempotencyEntry`] JSON) and `meta`
 /// (per-certifier counters, CRL numbers, the pending-intent index).
 struct Store {
-    db: sled::Db,
     revoked: sled::Tree,
     certificates: sled::Tree,
     idempotency: sled::Tree,
     meta: sled::Tree,
-    commit: GroupCommit<sled::Error>,
     /// `None` only while dropping.
     writer: Option<mpsc::Sender<Job>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -957,8 +789,6 @@ impl Store {
             idempotency: trees.idempotency.clone(),
             meta: trees.meta.clone(),
             revoked: trees.revoked.clone(),
-            db,
-            commit: GroupCommit::new(),
             writer: Some(tx),
             thread: Some(
                 std::thread::Builder::new()
@@ -997,15 +827,6 @@ impl Store {
             Outcome::Transition(r) => r,
             _ => Err(LedgerError::Corrupt("unexpected writer answer".into())),
         }
-    }
-
-    /// Makes every write completed so far durable, sharing the flush with
-    /// concurrent writers.
-    fn make_durable(&self) -> Result<(), LedgerError> {
-        let ticket = self.commit.ticket();
-        self.commit
-            .durable(ticket, || self.db.flush().map(|_| ()))
-            .map_err(LedgerError::Storage)
     }
 }
 
@@ -1046,19 +867,6 @@ impl Ledger for Store {
             Outcome::Intent(o) => Ok(o),
             _ => Err(LedgerError::Corrupt("unexpected writer answer".into())),
         }
-    }
-
-    fn reserve_serial(&self, intent: Intent) -> Result<Serial, LedgerError> {
-        for _ in 0..MAX_SERIAL_ATTEMPTS {
-            let serial = Serial::random()?;
-            match self.record_intent(&serial, intent.clone(), None)? {
-                IntentOutcome::Recorded => return Ok(serial),
-                _ => {
-                    tracing::warn!(serial = %serial, "random serial collided with an existing one");
-                }
-            }
-        }
-        Err(LedgerError::SerialExhausted)
     }
 
     fn record_issued(
@@ -1161,33 +969,6 @@ impl Ledger for Store {
             .get(idempotency_key(ra, request_id))?
             .map(|bytes| decode_idempotency(&bytes))
             .transpose()
-    }
-
-    fn idempotency_put(
-        &self,
-        ra: &str,
-        request_id: &str,
-        entry: IdempotencyEntry,
-    ) -> Result<PutOutcome, LedgerError> {
-        let key = idempotency_key(ra, request_id);
-        let value = encode(&entry)?;
-        let swapped = self
-            .idempotency
-            .compare_and_swap(&key, None::<&[u8]>, Some(value))?;
-        match swapped {
-            Ok(()) => {
-                self.make_durable()?;
-                Ok(PutOutcome::Inserted)
-            }
-            // Entries are never deleted, so a failed swap from "absent"
-            // always reports the value that won.
-            Err(cas) => match cas.current {
-                Some(bytes) => Ok(PutOutcome::Exists(decode_idempotency(&bytes)?)),
-                None => Err(LedgerError::Corrupt(format!(
-                    "idempotency key for RA {ra:?} vanished during insertion"
-                ))),
-            },
-        }
     }
 
     fn stats(&self, certifier: &str) -> Result<CertifierStats, LedgerError> {
@@ -1379,9 +1160,6 @@ impl SledLedger {
 }
 
 impl Ledger for SledLedger {
-    fn reserve_serial(&self, intent: Intent) -> Result<Serial, LedgerError> {
-        self.with(true, |s| s.reserve_serial(intent))
-    }
     fn record_intent(
         &self,
         serial: &Serial,
@@ -1432,14 +1210,6 @@ impl Ledger for SledLedger {
         request_id: &str,
     ) -> Result<Option<IdempotencyEntry>, LedgerError> {
         self.with(false, |s| s.idempotency_get(ra, request_id))
-    }
-    fn idempotency_put(
-        &self,
-        ra: &str,
-        request_id: &str,
-        entry: IdempotencyEntry,
-    ) -> Result<PutOutcome, LedgerError> {
-        self.with(true, |s| s.idempotency_put(ra, request_id, entry))
     }
     fn stats(&self, certifier: &str) -> Result<CertifierStats, LedgerError> {
         self.with(false, |s| s.stats(certifier))
@@ -1550,8 +1320,7 @@ fn unaudited_key(serial: &Serial) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashSet;
-    use std::sync::Arc;
+    use std::sync::{Arc, Barrier};
 
     fn intent(certifier: &str) -> Intent {
         Intent {
@@ -1567,6 +1336,43 @@ mod tests {
 
     fn open(dir: &tempfile::TempDir) -> SledLedger {
         SledLedger::open(dir.path()).expect("open ledger")
+    }
+
+    /// Serial number `n`: distinct per `n`, in `n`'s order.
+    fn serial(n: u64) -> Serial {
+        let mut bytes = [0u8; SERIAL_LEN];
+        bytes[8..].copy_from_slice(&n.to_be_bytes());
+        Serial::from_bytes(bytes).expect("a positive, non-zero serial")
+    }
+
+    /// Records the intent for serial `n`, as issuance does before signing.
+    fn recorded(ledger: &dyn Ledger, n: u64, intent: Intent) -> Serial {
+        let serial = serial(n);
+        assert_eq!(
+            ledger.record_intent(&serial, intent, None).expect("intent"),
+            IntentOutcome::Recorded
+        );
+        serial
+    }
+
+    /// Runs `f(i)` on `n` threads released together, and returns what each
+    /// returned, in `i` order.
+    fn race<T: Send + 'static>(n: usize, f: impl Fn(usize) -> T + Send + Sync + 'static) -> Vec<T> {
+        let f = Arc::new(f);
+        let start = Arc::new(Barrier::new(n));
+        let threads: Vec<_> = (0..n)
+            .map(|i| {
+                let (f, start) = (Arc::clone(&f), Arc::clone(&start));
+                std::thread::spawn(move || {
+                    start.wait();
+                    f(i)
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| t.join().expect("thread"))
+            .collect()
     }
 
     #[test]
@@ -1589,37 +1395,132 @@ mod tests {
         );
     }
 
+    /// Several requests that drew the same serial: exactly one intent is
+    /// recorded, the others are told to draw again, and what is stored is
+    /// the winner's intent.
     #[test]
-    fn concurrent_reservations_are_unique_positive_and_persisted() {
+    fn concurrent_intents_for_one_serial_have_one_winner() {
+        const THREADS: usize = 8;
         let dir = tempfile::tempdir().expect("tempdir");
         let ledger = Arc::new(open(&dir));
-        let threads: Vec<_> = (0..4)
-            .map(|_| {
-                let ledger = Arc::clone(&ledger);
-                std::thread::spawn(move || {
-                    (0..250)
-                        .map(|_| ledger.reserve_serial(intent("ca1")).expect("reserve"))
-                        .collect::<Vec<_>>()
-                })
+        let contested = serial(42);
+        let of = |i: usize| Intent {
+            ra: format!("ra-{i}"),
+            ..intent("ca1")
+        };
+        let outcomes = {
+            let ledger = Arc::clone(&ledger);
+            race(THREADS, move |i| {
+                ledger
+                    .record_intent(&contested, of(i), None)
+                    .expect("intent")
             })
+        };
+        let winners: Vec<usize> = (0..THREADS)
+            .filter(|i| outcomes[*i] == IntentOutcome::Recorded)
             .collect();
-        let serials: Vec<Serial> = threads
-            .into_iter()
-            .flat_map(|t| t.join().expect("thread"))
+        assert_eq!(winners.len(), 1, "{outcomes:?}");
+        let taken = outcomes
+            .iter()
+            .filter(|o| **o == IntentOutcome::SerialTaken)
+            .count();
+        assert_eq!(taken, THREADS - 1, "{outcomes:?}");
+        drop(ledger);
+
+        let ledger = open(&dir);
+        let record = ledger.get(&contested).expect("get").expect("present");
+        assert_eq!(record.state, RecordState::Intent);
+        assert_eq!(record.intent, of(winners[0]));
+        assert_eq!(ledger.pending_intents().expect("pending").len(), 1);
+    }
+
+    /// Several requests with the same request_id, each with its own serial:
+    /// exactly one claims the key, the others learn whose it is, and none of
+    /// their serials is recorded.
+    #[test]
+    fn concurrent_claims_of_one_request_id_have_one_winner() {
+        const THREADS: usize = 8;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ledger = Arc::new(open(&dir));
+        let outcomes = {
+            let ledger = Arc::clone(&ledger);
+            race(THREADS, move |i| {
+                let body = [u8::try_from(i).expect("few threads"); 32];
+                ledger
+                    .record_intent(
+                        &serial(i as u64 + 1),
+                        intent("ca1"),
+                        Some(("ra", "same", body)),
+                    )
+                    .expect("intent")
+            })
+        };
+        let winners: Vec<usize> = (0..THREADS)
+            .filter(|i| outcomes[*i] == IntentOutcome::Recorded)
             .collect();
-        assert_eq!(serials.len(), 1000);
-        let unique: HashSet<_> = serials.iter().collect();
-        assert_eq!(unique.len(), 1000);
-        assert!(serials.iter().all(|s| s.as_bytes()[0] & 0x80 == 0));
+        assert_eq!(winners.len(), 1, "{outcomes:?}");
+        let winner = winners[0];
+        let claimed = IdempotencyEntry {
+            body_sha256: [u8::try_from(winner).expect("few threads"); 32],
+            serial: serial(winner as u64 + 1),
+        };
+        for (i, outcome) in outcomes.iter().enumerate() {
+            if i != winner {
+                assert_eq!(*outcome, IntentOutcome::KeyTaken(claimed.clone()));
+                assert_eq!(ledger.get(&serial(i as u64 + 1)).expect("get"), None);
+            }
+        }
+        drop(ledger);
+
+        let ledger = open(&dir);
+        assert_eq!(
+            ledger.idempotency_get("ra", "same").expect("get"),
+            Some(claimed)
+        );
+        assert_eq!(ledger.pending_intents().expect("pending").len(), 1);
+    }
+
+    /// Intents recorded from many threads at once share the writer's rounds;
+    /// each is stored as sent and survives a reopen.
+    #[test]
+    fn concurrent_intents_are_all_durable() {
+        const THREADS: usize = 4;
+        const EACH: u64 = 250;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ledger = Arc::new(open(&dir));
+        let of = |n: u64| Intent {
+            request_id: Some(format!("req-{n}")),
+            ..intent("ca1")
+        };
+        let outcomes = {
+            let ledger = Arc::clone(&ledger);
+            race(THREADS, move |t| {
+                (0..EACH)
+                    .map(|k| {
+                        let n = t as u64 * EACH + k + 1;
+                        ledger
+                            .record_intent(&serial(n), of(n), None)
+                            .expect("intent")
+                    })
+                    .collect::<Vec<_>>()
+            })
+        };
+        assert!(outcomes
+            .iter()
+            .flatten()
+            .all(|o| *o == IntentOutcome::Recorded));
         drop(ledger);
 
         let ledger = open(&dir);
         let pending = ledger.pending_intents().expect("pending");
-        assert_eq!(pending.len(), 1000);
-        for serial in &serials {
-            let record = ledger.get(serial).expect("get").expect("present");
+        let total = THREADS as u64 * EACH;
+        assert_eq!(
+            pending.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+            (1..=total).map(serial).collect::<Vec<_>>()
+        );
+        for (n, (_, record)) in (1..=total).zip(&pending) {
             assert_eq!(record.state, RecordState::Intent);
-            assert_eq!(record.intent, intent("ca1"));
+            assert_eq!(record.intent, of(n));
         }
     }
 
@@ -1627,15 +1528,16 @@ mod tests {
     fn pending_index_is_built_for_ledgers_without_it() {
         let dir = tempfile::tempdir().expect("tempdir");
         let ledger = open(&dir);
-        let a = ledger.reserve_serial(intent("ca1")).expect("reserve");
-        let b = ledger.reserve_serial(intent("ca1")).expect("reserve");
+        let a = recorded(&ledger, 1, intent("ca1"));
+        let b = recorded(&ledger, 2, intent("ca1"));
         ledger.record_issued(&b, b"der-b", 2_000).expect("issue b");
         // What a ledger written before the index existed looks like.
         let store = ledger.store(true).expect("store");
         for key in [pending_key(&a), PENDING_INDEX_KEY.to_vec()] {
             store.meta.remove(key).expect("remove");
         }
-        store.db.flush().expect("flush");
+        // Flushes the whole database, not only this tree.
+        store.meta.flush().expect("flush");
         drop(store);
         drop(ledger);
         let ledger = open(&dir);
@@ -1654,9 +1556,9 @@ mod tests {
     fn lifecycle_and_counters() {
         let dir = tempfile::tempdir().expect("tempdir");
         let ledger = open(&dir);
-        let a = ledger.reserve_serial(intent("ca1")).expect("reserve");
-        let b = ledger.reserve_serial(intent("ca1")).expect("reserve");
-        let other = ledger.reserve_serial(intent("ca2")).expect("reserve");
+        let a = recorded(&ledger, 1, intent("ca1"));
+        let b = recorded(&ledger, 2, intent("ca1"));
+        let other = recorded(&ledger, 3, intent("ca2"));
 
         ledger.record_issued(&a, b"der-a", 2_000).expect("issue a");
         ledger.record_issued(&b, b"der-b", 3_000).expect("issue b");
@@ -1735,7 +1637,7 @@ mod tests {
     fn invalid_transitions_are_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         let ledger = open(&dir);
-        let serial = ledger.reserve_serial(intent("ca1")).expect("reserve");
+        let serial = recorded(&ledger, 1, intent("ca1"));
 
         let err = ledger
             .record_revoked(&serial, 0, 1, "ra1")
@@ -1792,7 +1694,7 @@ mod tests {
         let ledger = open(&dir);
         let mut revoked = Vec::new();
         for (i, certifier) in ["a", "b", "a", "a"].into_iter().enumerate() {
-            let serial = ledger.reserve_serial(intent(certifier)).expect("reserve");
+            let serial = recorded(&ledger, i as u64 + 1, intent(certifier));
             ledger.record_issued(&serial, b"der", 1).expect("issue");
             if i != 3 {
                 ledger
@@ -1854,126 +1756,30 @@ mod tests {
     }
 
     #[test]
-    fn idempotency_put_twice_reports_existing() {
+    fn request_ids_are_scoped_per_ra_and_unambiguous() {
         let dir = tempfile::tempdir().expect("tempdir");
         let ledger = open(&dir);
-        let first = IdempotencyEntry {
-            body_sha256: [1; 32],
-            serial: Serial::random().expect("rng"),
-        };
-        let second = IdempotencyEntry {
-            body_sha256: [2; 32],
-            serial: Serial::random().expect("rng"),
-        };
-        assert_eq!(ledger.idempotency_get("ra", "r1").expect("get"), None);
-        assert_eq!(
-            ledger
-                .idempotency_put("ra", "r1", first.clone())
-                .expect("put"),
-            PutOutcome::Inserted
-        );
-        assert_eq!(
-            ledger
-                .idempotency_put("ra", "r1", second.clone())
-                .expect("put"),
-            PutOutcome::Exists(first.clone())
-        );
-        assert_eq!(
-            ledger.idempotency_get("ra", "r1").expect("get"),
-            Some(first)
-        );
-        // Keys are scoped per RA and unambiguous.
-        assert_eq!(
-            ledger
-                .idempotency_put("ra2", "r1", second.clone())
-                .expect("put"),
-            PutOutcome::Inserted
-        );
-        assert_eq!(
-            ledger.idempotency_put("r", "ar1", second).expect("put"),
-            PutOutcome::Inserted
-        );
-    }
-
-    #[test]
-    fn concurrent_idempotency_puts_have_one_winner() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let ledger = Arc::new(open(&dir));
-        let threads: Vec<_> = (0..8u8)
-            .map(|i| {
-                let ledger = Arc::clone(&ledger);
-                std::thread::spawn(move || {
-                    let entry = IdempotencyEntry {
-                        body_sha256: [i; 32],
-                        serial: Serial::random().expect("rng"),
-                    };
-                    ledger.idempotency_put("ra", "same", entry).expect("put")
-                })
-            })
-            .collect();
-        let outcomes: Vec<_> = threads
+        for (n, (ra, request_id)) in [("ra", "r1"), ("ra2", "r1"), ("r", "ar1")]
             .into_iter()
-            .map(|t| t.join().expect("thread"))
-            .collect();
-        let inserted = outcomes
-            .iter()
-            .filter(|o| **o == PutOutcome::Inserted)
-            .count();
-        assert_eq!(inserted, 1);
-    }
-
-    #[test]
-    fn group_commit_reports_failed_round_to_all_its_writers() {
-        let commit = Arc::new(GroupCommit::<String>::new());
-        // One failing round covering tickets 1..=3, taken before any sync.
-        let tickets: Vec<u64> = (0..3).map(|_| commit.ticket()).collect();
-        let results: Vec<_> = tickets
-            .iter()
-            .map(|t| commit.durable(*t, || Err("disk full".to_owned())))
-            .collect();
-        assert!(results.iter().all(|r| *r == Err("disk full".to_owned())));
-
-        // A later successful round does not whitewash anything and works.
-        let ticket = commit.ticket();
-        assert_eq!(commit.durable(ticket, || Ok(())), Ok(()));
-        assert!(commit.lock().failures.is_empty());
-
-        // Writes completed before a round starts share its single sync.
-        let syncs = Arc::new(AtomicU64::new(0));
-        let count = || {
-            syncs.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        };
-        let tickets: Vec<u64> = (0..3).map(|_| commit.ticket()).collect();
-        for ticket in tickets {
-            commit.durable(ticket, count).expect("durable");
-        }
-        assert_eq!(syncs.load(Ordering::SeqCst), 1);
-
-        // Many threads hammering it: every write still comes back durable.
-        let syncs = Arc::new(AtomicU64::new(0));
-        let threads: Vec<_> = (0..8)
-            .map(|_| {
-                let commit = Arc::clone(&commit);
-                let syncs = Arc::clone(&syncs);
-                std::thread::spawn(move || {
-                    for _ in 0..100 {
-                        let ticket = commit.ticket();
-                        commit
-                            .durable(ticket, || {
-                                syncs.fetch_add(1, Ordering::SeqCst);
-                                std::thread::yield_now();
-                                Ok(())
-                            })
-                            .expect("durable");
-                    }
+            .enumerate()
+        {
+            let n = n as u64 + 1;
+            assert_eq!(
+                ledger
+                    .record_intent(&serial(n), intent("c"), Some((ra, request_id, [1; 32])))
+                    .expect("intent"),
+                IntentOutcome::Recorded,
+                "{ra:?} {request_id:?}"
+            );
+            assert_eq!(
+                ledger.idempotency_get(ra, request_id).expect("get"),
+                Some(IdempotencyEntry {
+                    body_sha256: [1; 32],
+                    serial: serial(n)
                 })
-            })
-            .collect();
-        for thread in threads {
-            thread.join().expect("thread");
+            );
         }
-        assert!(syncs.load(Ordering::SeqCst) <= 800);
+        assert_eq!(ledger.idempotency_get("ra", "r2").expect("get"), None);
     }
 
     const CRASH_CHILD_ENV: &str = "CERTD_LEDGER_CRASH_CHILD";
@@ -1985,7 +1791,11 @@ mod tests {
     fn crash_between_intent_and_issuance_never_reuses_serial() {
         if let Some(dir) = std::env::var_os(CRASH_CHILD_ENV) {
             let ledger = SledLedger::open(Path::new(&dir)).expect("child open");
-            let serial = ledger.reserve_serial(intent("ca1")).expect("child reserve");
+            let serial = Serial::random().expect("child rng");
+            let outcome = ledger
+                .record_intent(&serial, intent("ca1"), None)
+                .expect("child intent");
+            assert_eq!(outcome, IntentOutcome::Recorded);
             println!("{CRASH_MARKER}{serial}");
             std::process::abort();
         }
@@ -2022,10 +1832,21 @@ mod tests {
             .expect("abandon");
         assert!(ledger.pending_intents().expect("pending").is_empty());
 
-        for _ in 0..200 {
-            let serial = ledger.reserve_serial(intent("ca1")).expect("reserve");
-            assert_ne!(serial, crashed);
-        }
+        // Drawn again, the abandoned serial is refused, with or without a
+        // request_id, and the request_id is not claimed by the refusal.
+        assert_eq!(
+            ledger
+                .record_intent(&crashed, intent("ca1"), None)
+                .expect("intent"),
+            IntentOutcome::SerialTaken
+        );
+        assert_eq!(
+            ledger
+                .record_intent(&crashed, intent("ca1"), Some(("ra", "retry", [1; 32])))
+                .expect("intent"),
+            IntentOutcome::SerialTaken
+        );
+        assert_eq!(ledger.idempotency_get("ra", "retry").expect("get"), None);
         let err = ledger
             .record_issued(&crashed, b"der", 1)
             .expect_err("abandoned serial must not be issued");

@@ -14,6 +14,7 @@ pub mod control;
 pub mod crl;
 pub mod csr;
 pub mod daemon;
+mod group_commit;
 pub mod hsm;
 pub mod issue;
 pub mod ledger;
@@ -24,4 +25,6 @@ pub mod secret;
 pub mod server;
 pub mod status;
 pub mod systemd;
+#[cfg(test)]
+mod testing;
 pub mod x509;

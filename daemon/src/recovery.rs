@@ -241,7 +241,7 @@ fn certificate_of(entry: &AuditRecord, record: &LedgerRecord) -> Option<Vec<u8>>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ledger::{Intent, RecordState, SledLedger};
+    use crate::ledger::{Intent, IntentOutcome, RecordState, SledLedger};
 
     /// A self-signed certificate made by openssl, as DER.
     fn some_certificate(dir: &std::path::Path) -> Vec<u8> {
@@ -271,6 +271,18 @@ mod tests {
         }
     }
 
+    /// Records the intent for serial `n`, as issuance does before signing.
+    fn recorded(ledger: &SledLedger, n: u8, intent: Intent) -> Serial {
+        let mut bytes = [0u8; crate::ledger::SERIAL_LEN];
+        bytes[15] = n;
+        let serial = Serial::from_bytes(bytes).expect("serial");
+        assert_eq!(
+            ledger.record_intent(&serial, intent, None).expect("intent"),
+            IntentOutcome::Recorded
+        );
+        serial
+    }
+
     fn event(kind: &str, serial: &Serial, certificate: Option<&[u8]>) -> AuditEvent {
         let mut detail = json!({ "serial": serial.to_hex() });
         if let Some(der) = certificate {
@@ -288,8 +300,8 @@ mod tests {
         log.append(AuditEvent::new(START_KIND, "certd"))
             .expect("append");
         let mut serials = Vec::new();
-        for _ in 0..2 {
-            let serial = ledger.reserve_serial(intent([1; 32])).expect("reserve");
+        for n in 1..=2 {
+            let serial = recorded(&ledger, n, intent([1; 32]));
             ledger.record_issued(&serial, &der, 10).expect("issue");
             ledger
                 .record_revoked(&serial, 1, 20, "ra-revoker")
@@ -334,21 +346,21 @@ mod tests {
         let ledger = SledLedger::open(&dir.path().join("ledger")).expect("ledger");
         let log = AuditLog::open(&dir.path().join("audit.log")).expect("audit");
         // Before the previous start: must not be looked at.
-        let stale = ledger.reserve_serial(intent(digest)).expect("reserve");
+        let stale = recorded(&ledger, 1, intent(digest));
         log.append(event("issued", &stale, Some(&der)))
             .expect("append");
         log.append(AuditEvent::new(START_KIND, "certd"))
             .expect("append");
         // Signed and audited, ledger write lost.
-        let audited = ledger.reserve_serial(intent(digest)).expect("reserve");
+        let audited = recorded(&ledger, 2, intent(digest));
         log.append(event("issuance_intent", &audited, None))
             .expect("append");
         // Intent only.
-        let unsigned = ledger.reserve_serial(intent(digest)).expect("reserve");
+        let unsigned = recorded(&ledger, 3, intent(digest));
         log.append(event("issuance_intent", &unsigned, None))
             .expect("append");
         // An `issued` entry whose certificate is not the intended one.
-        let mismatch = ledger.reserve_serial(intent([7; 32])).expect("reserve");
+        let mismatch = recorded(&ledger, 4, intent([7; 32]));
         log.append(event("issuance_intent", &mismatch, None))
             .expect("append");
         log.append(event("issued", &mismatch, Some(&der)))

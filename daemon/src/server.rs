@@ -278,27 +278,18 @@ pub async fn serve(
             let service = hyper_util::service::TowerToHyperService::new(svc);
             let conn = builder.serve_connection(io, service);
             tokio::pin!(conn);
-            let mut tick = tokio::time::interval(ACTIVITY_CHECK);
-            let mut closing: Option<tokio::time::Instant> = None;
-            loop {
-                tokio::select! {
-                    ended = conn.as_mut() => {
-                        if let Err(e) = ended {
-                            tracing::debug!(peer = %addr, error = %e, "connection ended with an error");
-                        }
-                        break;
-                    }
-                    _ = tick.tick() => match closing {
-                        // Asked to close and did not: cut it.
-                        Some(since) if since.elapsed() > CLOSE_GRACE => break,
-                        Some(_) => {}
-                        None if activity.idle_for() > idle_timeout => {
-                            tracing::debug!(peer = %addr, "closing an idle connection");
-                            conn.as_mut().graceful_shutdown();
-                            closing = Some(tokio::time::Instant::now());
-                        }
-                        None => {}
-                    },
+            let ended = supervise(conn, &activity, idle_timeout, |conn| {
+                tracing::debug!(peer = %addr, "closing an idle connection");
+                conn.graceful_shutdown();
+            })
+            .await;
+            match ended {
+                Ended::Closed(Err(e)) => {
+                    tracing::debug!(peer = %addr, error = %e, "connection ended with an error");
+                }
+                Ended::Closed(Ok(())) => {}
+                Ended::Cut => {
+                    tracing::debug!(peer = %addr, "cut an idle connection that did not close");
                 }
             }
         });
@@ -310,15 +301,88 @@ const ACTIVITY_CHECK: Duration = Duration::from_millis(250);
 /// How long an idle connection asked to close may take before it is cut.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
+/// What a connection's watchdog decides at one of its checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Watch {
+    Keep,
+    /// Idle too long: ask it to close after what is in flight.
+    AskToClose,
+    /// Asked to close and did not within [`CLOSE_GRACE`].
+    Cut,
+}
+
+/// Closes a connection that holds a slot without using it.
+struct Watchdog {
+    idle_timeout: Duration,
+    /// When it was asked to close.
+    closing: Option<tokio::time::Instant>,
+}
+
+impl Watchdog {
+    fn new(idle_timeout: Duration) -> Self {
+        Self {
+            idle_timeout,
+            closing: None,
+        }
+    }
+
+    fn check(&mut self, activity: &Activity) -> Watch {
+        match self.closing {
+            Some(since) if since.elapsed() > CLOSE_GRACE => Watch::Cut,
+            Some(_) => Watch::Keep,
+            None if activity.idle_for() > self.idle_timeout => {
+                self.closing = Some(tokio::time::Instant::now());
+                Watch::AskToClose
+            }
+            None => Watch::Keep,
+        }
+    }
+}
+
+/// How a supervised connection ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Ended<T> {
+    /// It finished by itself (perhaps after being asked to), with this.
+    Closed(T),
+    /// It was cut after ignoring the request to close.
+    Cut,
+}
+
+/// Drives `conn` to its end, every [`ACTIVITY_CHECK`] checking `activity`:
+/// idle for longer than `idle_timeout`, the connection is asked to close
+/// (`ask_to_close`, a graceful shutdown), and cut if it has not closed
+/// [`CLOSE_GRACE`] later.
+async fn supervise<C: std::future::Future>(
+    mut conn: std::pin::Pin<&mut C>,
+    activity: &Activity,
+    idle_timeout: Duration,
+    mut ask_to_close: impl FnMut(std::pin::Pin<&mut C>),
+) -> Ended<C::Output> {
+    let mut tick = tokio::time::interval(ACTIVITY_CHECK);
+    let mut watchdog = Watchdog::new(idle_timeout);
+    loop {
+        tokio::select! {
+            ended = conn.as_mut() => return Ended::Closed(ended),
+            _ = tick.tick() => match watchdog.check(activity) {
+                Watch::Keep => {}
+                Watch::AskToClose => ask_to_close(conn.as_mut()),
+                Watch::Cut => return Ended::Cut,
+            },
+        }
+    }
+}
+
 /// One connection's requests in flight and when it last did something, so
 /// that a connection holding a slot without using it is closed after
 /// `api.idle_timeout_secs` — whether it never sent a byte, trickles its
 /// headers, or sits between requests.
+///
+/// Times are tokio's, so tests can run the watchdog on a paused clock.
 struct Activity {
     in_flight: AtomicU64,
     /// Milliseconds after `epoch` of the last request start or end.
     last: AtomicU64,
-    epoch: std::time::Instant,
+    epoch: tokio::time::Instant,
 }
 
 impl Activity {
@@ -326,7 +390,7 @@ impl Activity {
         Self {
             in_flight: AtomicU64::new(0),
             last: AtomicU64::new(0),
-            epoch: std::time::Instant::now(),
+            epoch: tokio::time::Instant::now(),
         }
     }
 
@@ -1020,4 +1084,204 @@ async fn method_not_allowed(call: Call) -> Reply {
 /// instead), audited like every refusal.
 async fn refuse_known(call: Call, e: ApiError) -> Reply {
     with_grant(call, move |_, _| Err(e)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::{Intent, IntentOutcome};
+    use crate::testing::{csr, TestCa, RA, RA_FINGERPRINT};
+    use serde_json::Value;
+    use std::cell::Cell;
+    use std::pin::Pin;
+    use tokio::time::{Instant, Sleep};
+    use tower::ServiceExt;
+
+    const TLS_SERVER: &str =
+        "[[profile]]\nname = \"tls-server\"\nkind = \"tls-server\"\nmax_validity_days = 90\n";
+    const GRANT: &str = "profiles = [\"tls-server\"]\ndns_subtrees = [\"example.com\"]";
+
+    /// POSTs `req` to the router as the RA, past TLS; the status and body.
+    async fn post_issue(ca: &TestCa, req: &IssueRequest) -> (StatusCode, Value) {
+        let limit = BodyLimit {
+            bytes: 64 * 1024,
+            within: Duration::from_secs(30),
+        };
+        let peer = Peer {
+            fingerprint: RA_FINGERPRINT.into(),
+            addr: SocketAddr::from(([127, 0, 0, 1], 40_000)),
+        };
+        let app = router(ca.shared.clone(), limit).layer(Extension(peer));
+        let body = serde_json::to_vec(req).expect("JSON");
+        let http = axum::http::Request::post("/v1/certificates")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body))
+            .expect("a request");
+        let resp = app.oneshot(http).await.expect("the router answers");
+        let status = resp.status();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .expect("the body")
+            .to_bytes();
+        (status, serde_json::from_slice(&bytes).expect("a JSON body"))
+    }
+
+    /// The one audit entry a refusal leaves: `refused`, by the RA, naming
+    /// the request, the code and the message.
+    fn assert_refusal_audited(ca: &TestCa, code: &str, message: &str) {
+        let audit = ca.audit_entries();
+        let refused: Vec<&Value> = audit.iter().filter(|e| e["kind"] == "refused").collect();
+        assert_eq!(refused.len(), 1, "{audit:#?}");
+        let e = refused[0];
+        assert_eq!(e["actor"], RA);
+        assert_eq!(
+            e["detail"],
+            serde_json::json!({
+                "method": "POST",
+                "path": "/v1/certificates",
+                "code": code,
+                "message": message,
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn a_lint_refusal_is_answered_422_and_audited() {
+        let ca = TestCa::adjusted(TLS_SERVER, GRANT, |c| {
+            c.profiles[0].crl_url = Some("https://crl.example.com/ca.crl".into());
+        });
+        let req = IssueRequest::new("r1", "tls-server", csr(0x22, "www.example.com"));
+        let (status, body) = post_issue(&ca, &req).await;
+        let message = "pre-issuance lint refused the certificate: \
+                       cRLDistributionPoints must hold plain http:// URLs only";
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert_eq!(body["error"]["code"], "lint_failed");
+        assert_eq!(body["error"]["message"], message);
+        assert_refusal_audited(&ca, "lint_failed", message);
+        assert_eq!(ca.audit_entries().len(), 1);
+        assert!(ca.records().is_empty(), "{:?}", ca.records());
+    }
+
+    #[tokio::test]
+    async fn a_replay_of_a_request_being_signed_is_answered_409_and_audited() {
+        let ca = TestCa::new(TLS_SERVER, GRANT);
+        let req = IssueRequest::new("r1", "tls-server", csr(0x22, "www.example.com"));
+        // What the original request recorded before it went to the token.
+        let intent = Intent {
+            certifier: "ca".into(),
+            ra: RA.into(),
+            request_id: Some("r1".into()),
+            tbs_sha256: [0; 32],
+            profile: "tls-server".into(),
+            created: 0,
+            approval: None,
+        };
+        let serial = Serial::from_hex(&"01".repeat(16)).expect("a serial");
+        let claim = Some((RA, "r1", issue::request_digest(&req)));
+        let outcome = ca.shared.ledger.record_intent(&serial, intent, claim);
+        assert_eq!(outcome.expect("intent"), IntentOutcome::Recorded);
+
+        let (status, body) = post_issue(&ca, &req).await;
+        let message =
+            "the original request with this request_id is still being signed; retry shortly";
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        assert_eq!(body["error"]["code"], "in_progress");
+        assert_eq!(body["error"]["message"], message);
+        assert_refusal_audited(&ca, "in_progress", message);
+        assert_eq!(ca.records().len(), 1);
+    }
+
+    const IDLE: Duration = Duration::from_secs(10);
+
+    /// A connection that does not end by itself: a sleep of a day.
+    fn connection() -> Pin<Box<Sleep>> {
+        Box::pin(tokio::time::sleep(Duration::from_secs(86_400)))
+    }
+
+    /// Asks counted and timed.
+    struct Asks {
+        count: Cell<u32>,
+        last: Cell<Option<Instant>>,
+    }
+
+    impl Asks {
+        fn new() -> Self {
+            Self {
+                count: Cell::new(0),
+                last: Cell::new(None),
+            }
+        }
+
+        fn note(&self) {
+            self.count.set(self.count.get() + 1);
+            self.last.set(Some(Instant::now()));
+        }
+
+        /// The one ask there was, as time since `start`.
+        fn once_after(&self, start: Instant) -> Duration {
+            assert_eq!(self.count.get(), 1, "asked to close once");
+            self.last.get().expect("asked") - start
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_is_asked_to_close_then_cut() {
+        let start = Instant::now();
+        let activity = Activity::new();
+        let mut conn = connection();
+        let asks = Asks::new();
+        let ended = supervise(conn.as_mut(), &activity, IDLE, |_| asks.note()).await;
+        assert_eq!(ended, Ended::Cut);
+        let asked = asks.once_after(start);
+        // At the first check after the idle timeout, not before.
+        assert!(asked > IDLE && asked <= IDLE + ACTIVITY_CHECK, "{asked:?}");
+        let cut = Instant::now() - start - asked;
+        assert!(
+            cut > CLOSE_GRACE && cut <= CLOSE_GRACE + ACTIVITY_CHECK,
+            "{cut:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_that_closes_when_asked_is_not_cut() {
+        let start = Instant::now();
+        let activity = Activity::new();
+        let mut conn = connection();
+        let asks = Asks::new();
+        let reaction = Duration::from_millis(100);
+        let ended = supervise(conn.as_mut(), &activity, IDLE, |conn| {
+            asks.note();
+            conn.reset(Instant::now() + reaction);
+        })
+        .await;
+        assert_eq!(ended, Ended::Closed(()));
+        let asked = asks.once_after(start);
+        assert!(asked > IDLE && asked <= IDLE + ACTIVITY_CHECK, "{asked:?}");
+        assert_eq!(Instant::now() - start, asked + reaction);
+    }
+
+    /// A request that takes an hour keeps its connection; the idle time
+    /// counts from its end.
+    #[tokio::test(start_paused = true)]
+    async fn a_request_in_flight_keeps_its_connection() {
+        let start = Instant::now();
+        let activity = Arc::new(Activity::new());
+        let request = InFlight::new(activity.clone());
+        let hour = Duration::from_secs(3600);
+        tokio::spawn(async move {
+            tokio::time::sleep(hour).await;
+            drop(request);
+        });
+        let mut conn = connection();
+        let asks = Asks::new();
+        let ended = supervise(conn.as_mut(), &activity, IDLE, |_| asks.note()).await;
+        assert_eq!(ended, Ended::Cut);
+        let asked = asks.once_after(start);
+        assert!(
+            asked > hour + IDLE && asked <= hour + IDLE + ACTIVITY_CHECK,
+            "{asked:?}"
+        );
+    }
 }

@@ -202,10 +202,16 @@ pub fn to_pem<T: EncodePem>(value: &T) -> Result<String, X509Error> {
 pub fn random_serial(bytes: usize) -> Result<Vec<u8>, X509Error> {
     let mut s = vec![0u8; bytes.clamp(9, 20)];
     getrandom::fill(&mut s).map_err(|e| X509Error::Invalid(format!("OS RNG: {e}")))?;
-    // Positive and with a non-zero first octet so the full entropy survives
-    // DER's minimal encoding.
-    s[0] = (s[0] & 0x7f) | 0x01;
-    Ok(s)
+    Ok(positive_serial(s))
+}
+
+/// Random bytes made a serial: positive, and with a non-zero first octet
+/// so the full entropy survives DER's minimal encoding.
+fn positive_serial(mut s: Vec<u8>) -> Vec<u8> {
+    if let Some(first) = s.first_mut() {
+        *first = (*first & 0x7f) | 0x01;
+    }
+    s
 }
 
 /// The key type of `spki`, if certd supports it.
@@ -239,11 +245,24 @@ mod tests {
     }
 
     #[test]
-    fn serials_are_positive_and_full_length() {
-        for _ in 0..1000 {
-            let s = random_serial(16).expect("rng");
-            assert_eq!(s.len(), 16);
-            assert!(s[0] & 0x80 == 0 && s[0] != 0);
+    fn serials_are_positive_and_keep_every_octet_in_der() {
+        use x509_cert::serial_number::SerialNumber;
+        // The draws that DER would shorten or make negative.
+        for (drawn, first) in [(0x00, 0x01), (0x80, 0x01), (0xff, 0x7f), (0x42, 0x43)] {
+            let serial = positive_serial(vec![drawn; 16]);
+            assert_eq!(serial[0], first, "first octet drawn as {drawn:#04x}");
+            assert_eq!(serial[1..], [drawn; 15]);
+            let der = SerialNumber::<x509_cert::certificate::Rfc5280>::new(&serial)
+                .expect("a serial")
+                .to_der()
+                .expect("DER");
+            // INTEGER tag, length 16, then the 16 octets unchanged.
+            assert_eq!(der[..2], [0x02, 16]);
+            assert_eq!(der[2..], serial[..]);
+        }
+        // RFC 5280 caps serials at 20 octets; 64 random bits need at least 9.
+        for (asked, got) in [(1, 9), (9, 9), (16, 16), (20, 20), (64, 20)] {
+            assert_eq!(random_serial(asked).expect("rng").len(), got, "{asked}");
         }
     }
 }

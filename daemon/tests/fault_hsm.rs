@@ -14,7 +14,10 @@
 //! - afterwards every certificate any client received and every one in the
 //!   ledger verifies under the certifier (`openssl verify`), the ledger
 //!   holds exactly the certificates that were answered, and the audit chain
-//!   verifies with one `issuance_failed` entry per refused signature.
+//!   verifies with one `issuance_failed` entry per refused signature;
+//! - the token takes its time over a signature: a repeat of that request
+//!   is told `in_progress` without signing anything, and once the token
+//!   answers the original gets its certificate and the repeat replays it.
 //!
 //! The phases follow events, not the clock: each lasts until the answers
 //! (or health states, or count-file lines) that make it meaningful have
@@ -22,7 +25,7 @@
 //! catches hangs.
 #![forbid(unsafe_code)]
 
-use certd_api::{CertdClient, ErrorCode, IssueRequest};
+use certd_api::{CertdClient, ErrorCode, IssueRequest, IssueResponse};
 use certd_e2e::api::{make_csr, make_key, normalize_serial, ApiCaBuilder, ApiDaemon, KeyAlg};
 use certd_e2e::fault::{self, FaultControl, FaultMode};
 use certd_e2e::poll_until;
@@ -586,4 +589,78 @@ fn dead_token_and_wrong_signatures_under_load_lose_nothing() {
          signatures caught and never released; recovered without restart",
         received.len()
     );
+}
+
+/// Bounds the waits for events of the stall test, so a lost event fails
+/// it instead of hanging it.
+const EVENT_LIMIT: Duration = Duration::from_secs(60);
+
+#[test]
+fn a_repeat_while_the_token_stalls_is_in_progress_then_replays() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (d, control, count) = ca(tmp.path());
+    // The start-up CRL is the only other signature: it must not be the one
+    // that stalls.
+    poll_until(
+        EVENT_LIMIT,
+        "the start-up CRL",
+        || (!d.audit_of("crl_issued").is_empty()).then_some(()),
+        || d.log(),
+    );
+    let key = make_key(tmp.path(), "sub", KeyAlg::P256);
+    let csr = make_csr(tmp.path(), "sub", &key, "/CN=www.example.com", &[]).pem;
+    let body = serde_json::to_value(request(&csr, "stalled-1")).expect("JSON");
+    let post = || d.curl("ra-main", "POST", "/v1/certificates").json(&body);
+    let stalled = || fault::injected_fault_log(&count) == ["stall C_Sign"];
+
+    control.set(FaultMode::Stall);
+    let (first, repeat) = std::thread::scope(|s| {
+        let call = post();
+        let first = s.spawn(move || call.send());
+        // The intent is recorded before the token is asked to sign.
+        poll_until(
+            EVENT_LIMIT,
+            "the first request's signature to stall",
+            || stalled().then_some(()),
+            || d.log(),
+        );
+        let repeat = post().send();
+        assert!(
+            !first.is_finished(),
+            "the first request was answered while its signature stalled"
+        );
+        control.set(FaultMode::Pass);
+        (first.join().expect("the first request"), repeat)
+    });
+    assert_eq!(repeat.status, 409, "{repeat}");
+    assert_eq!(
+        repeat.error_code().as_deref(),
+        Some("in_progress"),
+        "{repeat}"
+    );
+    assert_eq!(first.status, 201, "{first}");
+    let answer = |reply: &certd_e2e::api::CurlReply| -> IssueResponse {
+        serde_json::from_slice(&reply.body).unwrap_or_else(|e| panic!("{e}: {reply}"))
+    };
+    let issued = answer(&first);
+    assert!(!issued.replayed);
+
+    let replay = post().send();
+    assert_eq!(replay.status, 200, "{replay}");
+    let replayed = answer(&replay);
+    assert!(replayed.replayed);
+    assert_eq!(
+        (&replayed.serial, &replayed.certificate),
+        (&issued.serial, &issued.certificate)
+    );
+
+    // One signature reached the token, the stalled one: neither repeat
+    // signed anything.
+    assert!(stalled(), "{:?}", fault::injected_fault_log(&count));
+    assert_eq!(d.issued("ca"), 1);
+    let refused = d.audit_of("refused");
+    assert_eq!(refused.len(), 1, "{refused:#?}");
+    assert_eq!(refused[0]["detail"]["code"], "in_progress");
+    assert_eq!(refused[0]["actor"], "ra-main");
+    d.verify_audit();
 }

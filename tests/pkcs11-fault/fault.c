@@ -25,6 +25,11 @@
  *            (non-NULL buffer), one bit in the middle of the signature is
  *            flipped: a token that returns a wrong signature. Size queries
  *            (NULL buffer) are left alone.
+ *   stall    C_Sign hangs: it records the fault when it starts to wait,
+ *            then reads the control file every few milliseconds for as long
+ *            as the mode is stall, and goes on in the mode it finds then
+ *            (a token that takes its time; the test decides how long).
+ *            Every other call is forwarded.
  *
  * Everything else (C_Initialize, C_GetInfo, key generation, ...) is always
  * forwarded unchanged.
@@ -53,6 +58,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <p11-kit/pkcs11.h>
@@ -67,6 +73,7 @@ enum fault_mode {
 	MODE_PASS,
 	MODE_ERROR,
 	MODE_CORRUPT,
+	MODE_STALL,
 };
 
 /* ---- State set once by init() ------------------------------------------ */
@@ -113,7 +120,20 @@ static enum fault_mode current_mode(void)
 		return MODE_ERROR;
 	if (strcmp(word, "corrupt") == 0)
 		return MODE_CORRUPT;
+	if (strcmp(word, "stall") == 0)
+		return MODE_STALL;
 	return MODE_PASS;
+}
+
+/* Waits while the mode is stall; returns the mode that ended the wait. */
+static enum fault_mode wait_while_stalled(void)
+{
+	const struct timespec poll = { .tv_sec = 0, .tv_nsec = 5 * 1000 * 1000 };
+	enum fault_mode mode;
+
+	while ((mode = current_mode()) == MODE_STALL)
+		nanosleep(&poll, NULL);
+	return mode;
 }
 
 /* Appends "<what> <function>\n" to the count file, if there is one. A single
@@ -216,6 +236,10 @@ static CK_RV fault_C_Sign(CK_SESSION_HANDLE session, CK_BYTE_PTR data,
 	enum fault_mode mode = current_mode();
 	CK_RV rv;
 
+	if (mode == MODE_STALL) {
+		record_fault("stall", "C_Sign");
+		mode = wait_while_stalled();
+	}
 	if (mode == MODE_ERROR) {
 		record_fault("error", "C_Sign");
 		return CKR_DEVICE_ERROR;

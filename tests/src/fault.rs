@@ -12,10 +12,14 @@
 //!   `C_SignInit` and `C_Sign` return `CKR_DEVICE_ERROR` (a dead HSM).
 //! - [`FaultMode::Corrupt`]: `C_Sign` succeeds but one bit of the signature
 //!   is flipped (a token that signs wrongly).
+//! - [`FaultMode::Stall`]: `C_Sign` waits until the mode changes, then goes
+//!   on in the new mode (a slow token, held as long as the test wants).
 //!
 //! The module reads the mode file at every such call, so the mode of a
 //! running daemon changes as soon as [`FaultControl::set`] returns. Every
-//! fault it injects appends a line to a count file ([`injected_faults`]).
+//! fault it injects appends a line to a count file ([`injected_faults`]);
+//! a stalled `C_Sign` appends `stall C_Sign` when it starts to wait, which
+//! tells a test that a signature is now held.
 //! The daemon finds the real module, the mode file and the count file
 //! through the variables [`env_for`] returns.
 
@@ -129,6 +133,8 @@ pub enum FaultMode {
     Error,
     /// Flip one bit of every signature `C_Sign` returns.
     Corrupt,
+    /// Hold every `C_Sign` until the mode is changed again.
+    Stall,
 }
 
 impl FaultMode {
@@ -138,6 +144,7 @@ impl FaultMode {
             FaultMode::Pass => "pass",
             FaultMode::Error => "error",
             FaultMode::Corrupt => "corrupt",
+            FaultMode::Stall => "stall",
         }
     }
 }
@@ -250,6 +257,8 @@ mod tests {
         assert_eq!(word(), "corrupt\n");
         control.set(FaultMode::Error);
         assert_eq!(word(), "error\n");
+        control.set(FaultMode::Stall);
+        assert_eq!(word(), "stall\n");
         let count = dir.path().join("faults");
         assert_eq!(injected_faults(&count), 0);
         std::fs::write(&count, "error C_Login\ncorrupt C_Sign\n").expect("the count file");
@@ -392,7 +401,7 @@ mod tests {
             out.stdout.contains("1 passed"),
             "the cryptoki child did not run\n{out}"
         );
-        assert_eq!(injected_faults(&count), 5);
+        assert_eq!(injected_faults(&count), 6);
     }
 
     /// Set to the user PIN file in the child started by
@@ -490,5 +499,29 @@ mod tests {
         control.set(FaultMode::Pass);
         verify(&sign().expect("pass again: C_Sign")).expect("pass again: the signature verifies");
         assert_eq!(injected_faults(&count), before + 3);
+
+        // Stalled: C_Sign (on a session of its own, in a thread of its
+        // own) waits, says so in the count file, and signs once released.
+        control.set(FaultMode::Stall);
+        std::thread::scope(|s| {
+            let held = s.spawn(|| {
+                let session = ctx.open_ro_session(slot).expect("C_OpenSession");
+                session.sign(&Mechanism::Ecdsa, private, &digest)
+            });
+            crate::poll_until(
+                std::time::Duration::from_secs(30),
+                "C_Sign to stall",
+                || (injected_faults(&count) == before + 4).then_some(()),
+                || format!("{:?}", injected_fault_log(&count)),
+            );
+            assert!(!held.is_finished(), "C_Sign returned while stalled");
+            control.set(FaultMode::Pass);
+            let sig = held.join().expect("the signing thread");
+            verify(&sig.expect("stalled: C_Sign")).expect("stalled: the signature verifies");
+        });
+        assert_eq!(
+            injected_fault_log(&count)[before + 3..],
+            ["stall C_Sign".to_string()]
+        );
     }
 }

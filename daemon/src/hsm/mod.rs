@@ -1,11 +1,14 @@
 //! Access to certifier keys.
 //!
 //! Everything that touches a private key goes through the small [`Signer`]
-//! trait. The production implementation lives in [`pkcs11`]; signatures are
+//! trait. The production implementation lives in [`pkcs11`] (unit tests
+//! use an in-memory key that release builds do not contain); signatures are
 //! always checked in software against the certifier's public key
 //! ([`verify`]) before anything signed leaves the daemon.
 
 pub mod keytype;
+#[cfg(test)]
+pub(crate) mod memory;
 pub mod pkcs11;
 pub mod verify;
 
@@ -118,6 +121,15 @@ pub trait Signer {
     /// CertificationRequestInfo) and returns the signature exactly as it
     /// goes into the signature BIT STRING (DER for ECDSA).
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, HsmError>;
+}
+
+/// A certifier key as an active certifier holds it: besides signing, its
+/// token can be asked whether it still answers, and logged out.
+pub trait TokenSigner: Signer {
+    /// Checks that the token still answers (the periodic health probe).
+    fn probe(&self) -> Result<(), HsmError>;
+    /// Ends the token's login.
+    fn logout(&self) -> Result<(), HsmError>;
 }
 
 /// Signs and then verifies the signature in software before returning it.

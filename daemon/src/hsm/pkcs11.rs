@@ -7,7 +7,7 @@
 //! keeps one session open for as long as it lives so the token's login state
 //! (which PKCS#11 keeps per application, not per session) survives pool churn.
 
-use super::{HsmError, KeyType, Signer};
+use super::{HsmError, KeyType, Signer, TokenSigner};
 use const_oid::db::{rfc5912, rfc8410};
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
@@ -557,23 +557,6 @@ impl Pkcs11Signer {
         })
     }
 
-    /// Logs the token out. Other signers on the same token lose their login too,
-    /// which is PKCS#11's model; the daemon deactivates per token accordingly.
-    pub fn logout(&self) -> Result<(), HsmError> {
-        match lock(&self.anchor).logout() {
-            Ok(()) | Err(CkError::Pkcs11(RvError::UserNotLoggedIn, _)) => Ok(()),
-            Err(e) => Err(ck_err("C_Logout", e)),
-        }
-    }
-
-    /// Checks that the token still answers on the signer's own session.
-    pub fn probe(&self) -> Result<(), HsmError> {
-        lock(&self.anchor)
-            .get_session_info()
-            .map(|_| ())
-            .map_err(|e| ck_err("C_GetSessionInfo", e))
-    }
-
     /// The token label.
     pub fn token_label(&self) -> &str {
         &self.token_label
@@ -582,6 +565,25 @@ impl Pkcs11Signer {
     /// The key label.
     pub fn key_label(&self) -> &str {
         &self.key_label
+    }
+}
+
+impl TokenSigner for Pkcs11Signer {
+    /// Logs the token out. Other signers on the same token lose their login too,
+    /// which is PKCS#11's model; the daemon deactivates per token accordingly.
+    fn logout(&self) -> Result<(), HsmError> {
+        match lock(&self.anchor).logout() {
+            Ok(()) | Err(CkError::Pkcs11(RvError::UserNotLoggedIn, _)) => Ok(()),
+            Err(e) => Err(ck_err("C_Logout", e)),
+        }
+    }
+
+    /// Checks that the token still answers on the signer's own session.
+    fn probe(&self) -> Result<(), HsmError> {
+        lock(&self.anchor)
+            .get_session_info()
+            .map(|_| ())
+            .map_err(|e| ck_err("C_GetSessionInfo", e))
     }
 }
 

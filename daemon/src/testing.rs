@@ -1,0 +1,177 @@
+//! A certifier daemon's shared state for unit tests: real configuration,
+//! ledger, audit log and CRL store in a temporary directory, with the
+//! certifier's key in memory instead of a token. Compiled into tests only.
+
+use crate::audit::AuditLog;
+use crate::certgen::FixedProfile;
+use crate::certifier::Certifiers;
+use crate::config::Config;
+use crate::daemon::Shared;
+use crate::hsm::memory::MemoryKey;
+use crate::hsm::Signer;
+use crate::ledger::{Ledger, LedgerRecord, Serial, SledLedger};
+use crate::policy::Grant;
+use crate::x509;
+use const_oid::db::rfc4519;
+use std::ops::ControlFlow;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use x509_cert::builder::{CertificateBuilder, RequestBuilder};
+use x509_cert::serial_number::SerialNumber;
+use x509_cert::time::{Time, Validity};
+
+/// The one RA of a [`TestCa`].
+pub(crate) const RA: &str = "ra1";
+/// Its client certificate's fingerprint.
+pub(crate) const RA_FINGERPRINT: &str =
+    "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+
+/// A daemon's shared state with one active certifier `ca` (a P-256 key in
+/// memory, certificate valid for ten years) and one RA, [`RA`].
+pub(crate) struct TestCa {
+    pub(crate) shared: Arc<Shared>,
+    _dir: tempfile::TempDir,
+}
+
+/// Writes a self-signed certifier certificate for `key` to `path`.
+fn write_certifier_certificate(key: &MemoryKey, path: &Path) {
+    let subject = x509::name_from(&[(rfc4519::CN, "certd unit-test CA")]).expect("a name");
+    let now = SystemTime::now();
+    let validity = Validity::new(
+        Time::try_from(now).expect("now"),
+        Time::try_from(now + Duration::from_secs(3650 * 86_400)).expect("in ten years"),
+    );
+    let serial = SerialNumber::new(&x509::random_serial(16).expect("rng")).expect("a serial");
+    let extensions = crate::ceremony::ca_extensions(key.public_key(), None).expect("CA extensions");
+    let profile = FixedProfile::new(subject.clone(), subject, extensions);
+    let builder = CertificateBuilder::new(profile, serial, validity, key.public_key().clone())
+        .expect("a certificate builder");
+    let cert = x509::build_signed(builder, key).expect("self-signed");
+    std::fs::write(path, x509::to_pem(&cert).expect("PEM")).expect("write the certificate");
+}
+
+impl TestCa {
+    /// A CA with `profiles` (`[[profile]]` tables) and the RA's grant lines
+    /// `grant` (besides its name, fingerprint and certifier).
+    pub(crate) fn new(profiles: &str, grant: &str) -> TestCa {
+        Self::adjusted(profiles, grant, |_| {})
+    }
+
+    /// [`TestCa::new`], with the parsed configuration changed by `adjust`
+    /// before anything uses it (to build what the configuration check
+    /// would refuse).
+    pub(crate) fn adjusted(
+        profiles: &str,
+        grant: &str,
+        adjust: impl FnOnce(&mut Config),
+    ) -> TestCa {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = Arc::new(MemoryKey::p256([0x11; 32]));
+        write_certifier_certificate(&key, &dir.path().join("ca.pem"));
+        let text = format!(
+            r#"
+[daemon]
+state_dir = "state"
+control_socket = "control.sock"
+min_free_mib = 0
+
+[hsm]
+# Never loaded: the certifier's key is in memory.
+module = "no-such-module.so"
+
+[[certifier]]
+name = "ca"
+token_label = "t"
+key_label = "ca"
+certificate = "ca.pem"
+
+[api]
+# Never bound or read.
+listen = "127.0.0.1:0"
+tls_certificate = "tls.pem"
+tls_key = "tls.key"
+ra_trust_anchor = "ras.pem"
+
+{profiles}
+
+[[ra]]
+name = "{RA}"
+fingerprints = ["{RA_FINGERPRINT}"]
+certifiers = ["ca"]
+{grant}
+"#
+        );
+        let mut config =
+            Config::parse(&text, &dir.path().join("certd.toml")).expect("the configuration");
+        adjust(&mut config);
+        let state_dir = config.daemon.state_dir.clone();
+        std::fs::create_dir_all(&state_dir).expect("the state directory");
+        let lock = std::fs::File::create(state_dir.join("lock")).expect("the lock file");
+        let ledger: Arc<dyn Ledger> = Arc::new(
+            SledLedger::open(&crate::daemon::ledger_path(&state_dir)).expect("the ledger"),
+        );
+        let audit = Arc::new(
+            AuditLog::open(&crate::daemon::audit_path(&state_dir)).expect("the audit log"),
+        );
+        let certifiers = Certifiers::load(&config).expect("the certifier");
+        certifiers
+            .find(Some("ca"))
+            .expect("certifier ca")
+            .activate_with(key);
+        let shared = Shared::new(config, certifiers, ledger, audit, lock).expect("shared state");
+        TestCa {
+            shared: Arc::new(shared),
+            _dir: dir,
+        }
+    }
+
+    /// The RA's grant, as the API finds it.
+    pub(crate) fn grant(&self) -> Grant {
+        self.shared
+            .policy()
+            .grant_for_fingerprint(RA_FINGERPRINT)
+            .cloned()
+            .expect("the RA's grant")
+    }
+
+    /// Every ledger record, in serial order.
+    pub(crate) fn records(&self) -> Vec<(Serial, LedgerRecord)> {
+        let mut all = Vec::new();
+        self.shared
+            .ledger
+            .visit_records(None, &mut |serial, record| {
+                all.push((serial, record));
+                ControlFlow::Continue(())
+            })
+            .expect("the ledger reads");
+        all
+    }
+
+    /// The kinds of the audit log's entries, oldest first.
+    pub(crate) fn audit_kinds(&self) -> Vec<String> {
+        self.audit_entries()
+            .iter()
+            .map(|e| e["kind"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+
+    /// The audit log's entries, oldest first.
+    pub(crate) fn audit_entries(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.shared.audit.path())
+            .expect("the audit log reads")
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("an audit entry is JSON"))
+            .collect()
+    }
+}
+
+/// A PEM CSR with subject `CN=cn`, signed by the subscriber P-256 key
+/// with secret scalar `[secret; 32]`.
+pub(crate) fn csr(secret: u8, cn: &str) -> String {
+    let key = MemoryKey::p256([secret; 32]);
+    let subject = x509::name_from(&[(rfc4519::CN, cn)]).expect("a name");
+    let builder = RequestBuilder::new(subject).expect("a request builder");
+    let csr = x509::build_signed(builder, &key).expect("a signed CSR");
+    x509::to_pem(&csr).expect("PEM")
+}
