@@ -15,9 +15,9 @@ fn tempdir() -> TempDir {
     tempfile::tempdir().expect("a temporary directory")
 }
 
+/// `openssl ARGS…`, whatever its outcome (the callers check it).
 fn openssl(args: &[&dyn AsRef<std::ffi::OsStr>]) -> CmdOutput {
-    let mut cmd = Command::new("openssl");
-    clean_env(&mut cmd);
+    let mut cmd = certd_e2e::tool("openssl");
     for a in args {
         cmd.arg(a);
     }
@@ -88,60 +88,13 @@ fn write_file(path: &Path, text: &str) {
 
 /// An openssl-made CA (key and self-signed certificate) named `name`.
 fn openssl_ca(dir: &Path, name: &str, cn: &str) -> (PathBuf, PathBuf) {
-    let key = dir.join(format!("{name}.key"));
-    let cert = dir.join(format!("{name}.pem"));
-    openssl(&[
-        &"req",
-        &"-x509",
-        &"-new",
-        &"-newkey",
-        &"ec",
-        &"-pkeyopt",
-        &"ec_paramgen_curve:P-256",
-        &"-nodes",
-        &"-keyout",
-        &key,
-        &"-out",
-        &cert,
-        &"-days",
-        &"30",
-        &"-subj",
-        &format!("/O=certd e2e/CN={cn}"),
-        &"-addext",
-        &"basicConstraints=critical,CA:TRUE",
-        &"-addext",
-        &"keyUsage=critical,keyCertSign,cRLSign",
-    ])
-    .assert_success();
-    (cert, key)
+    certd_e2e::api::openssl_ca(dir, name, cn, None)
 }
 
 /// Signs `csr` with the openssl CA (`ca_cert`, `ca_key`) using the given
 /// extension lines; returns the certificate's path.
 fn openssl_sign(dir: &Path, csr: &Path, ca: &(PathBuf, PathBuf), ext: &str, out: &str) -> PathBuf {
-    let extfile = dir.join(format!("{out}.ext"));
-    write_file(&extfile, ext);
-    let cert = dir.join(out);
-    openssl(&[
-        &"x509",
-        &"-req",
-        &"-in",
-        &csr,
-        &"-CA",
-        &ca.0,
-        &"-CAkey",
-        &ca.1,
-        &"-set_serial",
-        &"0x1234567890abcdef",
-        &"-days",
-        &"20",
-        &"-extfile",
-        &extfile,
-        &"-out",
-        &cert,
-    ])
-    .assert_success();
-    cert
+    certd_e2e::api::openssl_sign_csr(dir, csr, (&ca.0, &ca.1), ext, out, 20)
 }
 
 const SUB_CA_EXT: &str = "basicConstraints=critical,CA:TRUE\n\
@@ -150,16 +103,7 @@ const SUB_CA_EXT: &str = "basicConstraints=critical,CA:TRUE\n\
                           authorityKeyIdentifier=keyid\n";
 
 fn fingerprint(cert: &Path) -> String {
-    let out = openssl(&[
-        &"x509",
-        &"-in",
-        &cert,
-        &"-noout",
-        &"-fingerprint",
-        &"-sha256",
-    ]);
-    out.assert_success();
-    out.stdout.trim().to_string()
+    certd_e2e::api::fingerprint(cert)
 }
 
 /// The line after the one containing `heading` in `openssl x509 -text`.

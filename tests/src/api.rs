@@ -75,6 +75,76 @@ pub fn fingerprint(cert: &Path) -> String {
     hex.to_ascii_lowercase()
 }
 
+/// A CA made with `openssl`: a P-256 key `dir/NAME.key` and a self-signed
+/// certificate `dir/NAME.pem` (subject `/O=certd e2e/CN=<cn>`, 30 days,
+/// `basicConstraints` CA with `pathlen` when given). Returns (cert, key).
+pub fn openssl_ca(dir: &Path, name: &str, cn: &str, pathlen: Option<u32>) -> (PathBuf, PathBuf) {
+    std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    let key = dir.join(format!("{name}.key"));
+    let cert = dir.join(format!("{name}.pem"));
+    let subj = format!("/O=certd e2e/CN={cn}");
+    let bc = match pathlen {
+        Some(n) => format!("basicConstraints=critical,CA:TRUE,pathlen:{n}"),
+        None => "basicConstraints=critical,CA:TRUE".to_string(),
+    };
+    let mut args: Vec<&dyn AsRef<OsStr>> = vec![&"req", &"-x509", &"-new"];
+    for a in &EC_P256 {
+        args.push(a);
+    }
+    args.extend_from_slice(&[
+        &"-nodes",
+        &"-keyout",
+        &key,
+        &"-out",
+        &cert,
+        &"-days",
+        &"30",
+        &"-subj",
+        &subj,
+        &"-addext",
+        &bc,
+        &"-addext",
+        &"keyUsage=critical,keyCertSign,cRLSign",
+    ]);
+    openssl(&args);
+    (cert, key)
+}
+
+/// Signs the CSR `csr` with the CA (`ca_cert`, `ca_key`) for `days`, with
+/// the extension lines `ext` (openssl `-extfile` syntax), into
+/// `dir/<out>`; returns its path. Panics unless openssl succeeds.
+pub fn openssl_sign_csr(
+    dir: &Path,
+    csr: &Path,
+    (ca_cert, ca_key): (&Path, &Path),
+    ext: &str,
+    out: &str,
+    days: u32,
+) -> PathBuf {
+    let extfile = dir.join(format!("{out}.ext"));
+    write(&extfile, ext);
+    let cert = dir.join(out);
+    let days = days.to_string();
+    openssl(&[
+        &"x509",
+        &"-req",
+        &"-in",
+        &csr,
+        &"-CA",
+        &ca_cert,
+        &"-CAkey",
+        &ca_key,
+        &"-CAcreateserial",
+        &"-days",
+        &days,
+        &"-extfile",
+        &extfile,
+        &"-out",
+        &cert,
+    ]);
+    cert
+}
+
 /// An RA's client credential: certificate and key files.
 #[derive(Debug, Clone)]
 pub struct RaCredential {
@@ -123,30 +193,7 @@ const EC_P256: [&str; 4] = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-25
 impl TlsInfra {
     /// Creates the CA (named `cn`) and a server certificate in `dir`.
     pub fn create(dir: &Path, cn: &str) -> TlsInfra {
-        std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
-        let ca_cert = dir.join("infra-ca.pem");
-        let ca_key = dir.join("infra-ca.key");
-        let subj = format!("/O=certd e2e/CN={cn}");
-        let mut args: Vec<&dyn AsRef<OsStr>> = vec![&"req", &"-x509", &"-new"];
-        for a in &EC_P256 {
-            args.push(a);
-        }
-        args.extend_from_slice(&[
-            &"-nodes",
-            &"-keyout",
-            &ca_key,
-            &"-out",
-            &ca_cert,
-            &"-days",
-            &"30",
-            &"-subj",
-            &subj,
-            &"-addext",
-            &"basicConstraints=critical,CA:TRUE,pathlen:0",
-            &"-addext",
-            &"keyUsage=critical,keyCertSign,cRLSign",
-        ]);
-        openssl(&args);
+        let (ca_cert, ca_key) = openssl_ca(dir, "infra-ca", cn, Some(0));
         let mut infra = TlsInfra {
             dir: dir.to_path_buf(),
             ca_cert,
@@ -204,24 +251,14 @@ impl TlsInfra {
         );
         match dates {
             None => {
-                write(&ext, ext_lines);
-                openssl(&[
-                    &"x509",
-                    &"-req",
-                    &"-in",
+                openssl_sign_csr(
+                    &self.dir,
                     &csr,
-                    &"-CA",
-                    &self.ca_cert,
-                    &"-CAkey",
-                    &self.ca_key,
-                    &"-CAcreateserial",
-                    &"-days",
-                    &"30",
-                    &"-out",
-                    &cert,
-                    &"-extfile",
-                    &ext,
-                ]);
+                    (&self.ca_cert, &self.ca_key),
+                    &ext_lines,
+                    &format!("{name}.pem"),
+                    30,
+                );
             }
             Some((start, end)) => {
                 let db = self.dir.join(format!("{name}.ca"));
