@@ -1,5 +1,6 @@
 //! What the benchmarks share: the CA they set up with `./demo
-//! --setup-only`, the `certd` they start on it, and the end-to-end
+//! --setup-only` (through the `certd-e2e` harness the tests use), the
+//! `certd` they start on it, and the end-to-end
 //! issuance measurement over mutual TLS (pre-made P-256 CSRs, `tls-server`
 //! profile, persistent connections, every check on).
 //!
@@ -7,74 +8,67 @@
 //! `ra-cli-bench` (ra-cli batch issuance vs end-to-end issuance).
 #![forbid(unsafe_code)]
 
-use anyhow::{bail, Context, Result};
-use certd_api::{CertdClient, IssueRequest};
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use anyhow::{Context, Result};
+use certd_api::{CertdClient, ClientConfig, IssueRequest};
+use certd_e2e::api::ApiCa;
+use certd_e2e::CertdInstance;
+use ra_cli::keys::{KeyType, SubscriberKey};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// The repository's root (where `demo` is).
-pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."))
-}
-
-/// The variables of a `demo.env` file.
-pub fn read_env(path: &Path) -> Result<HashMap<String, String>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(text
-        .lines()
-        .filter_map(|l| l.strip_prefix("export "))
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
-        .collect())
-}
-
-/// Sets up a CA in `dir` with `./demo --setup-only` (`--debug-build` when
-/// `debug`) and returns its `demo.env`.
-pub fn setup_demo(dir: &Path, port: u16, debug: bool) -> Result<HashMap<String, String>> {
+/// Sets up a CA in `dir` with the real `./demo --setup-only`, on an API
+/// socket this process binds and hands to every certd it starts (so no
+/// port is chosen or raced for). Uses, and builds when needed, the
+/// binaries of this benchmark's own profile.
+pub fn setup_ca(dir: &Path) -> ApiCa {
     eprintln!("bench: setting up a CA in {}", dir.display());
-    let mut demo = Command::new(repo_root().join("demo"));
-    demo.args(["--setup-only", "--dir"])
-        .arg(dir)
-        .args(["--port", &port.to_string()]);
-    if debug {
-        demo.arg("--debug-build");
-    }
-    if !demo.stdout(Stdio::null()).status()?.success() {
-        bail!("./demo --setup-only failed");
-    }
-    read_env(&dir.join("demo.env"))
+    ApiCa::from_demo(dir, &certd_e2e::bin("certd"))
 }
 
-/// A P-256 CSR for `cn`, signed in software.
-pub fn make_csr(cn: &str) -> Result<String> {
-    use x509_cert::builder::{Builder, RequestBuilder};
-    use x509_cert::der::EncodePem;
-    let key = loop {
-        let mut bytes = [0u8; 32];
-        getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("rng: {e}"))?;
-        if let Ok(k) = p256::ecdsa::SigningKey::from_slice(&bytes) {
-            break k;
-        }
-    };
-    let subject: x509_cert::name::Name = format!("CN={cn}").parse()?;
-    let builder = RequestBuilder::new(subject)?;
-    let csr = builder.build::<_, p256::ecdsa::DerSignature>(&key)?;
-    Ok(csr.to_pem(x509_cert::der::pem::LineEnding::LF)?)
+/// Starts the `certd` binary at `certd` on the benchmark's CA, waits for
+/// its READY=1 and activates its certifier; the daemon is killed when the
+/// returned instance is dropped.
+pub fn start_certd(certd: &Path, ca: &ApiCa) -> Result<CertdInstance> {
+    let instance = CertdInstance::start_on(
+        certd,
+        &ca.config,
+        &ca.token,
+        &[("CERTD_LOG", "warn".as_ref())],
+        Some(&ca.api_socket),
+    );
+    let pin = ca.token.pin_file.to_string_lossy().into_owned();
+    let certifier = &ca.certifiers[0].name;
+    let out = instance.ctl(&["activate", certifier, "--pin-file", &pin]);
+    if !out.status.success() {
+        anyhow::bail!("activating {certifier} failed\n{out}");
+    }
+    Ok(instance)
 }
 
-/// `n` P-256 CSRs for hosts under bench.example.com.
+/// The RA client of the CA's RA `ra` (`ra-demo`, `ra-cli`, ...).
+pub fn client(ca: &ApiCa, ra: &str) -> Result<CertdClient> {
+    let cred = ca.ra(ra);
+    Ok(CertdClient::new(&ClientConfig {
+        url: ca.url(),
+        client_cert: cred.cert.clone(),
+        client_key: cred.key.clone(),
+        server_ca: ca.tls.ca_cert.clone(),
+        timeout: Duration::from_secs(30),
+    })?)
+}
+
+/// `n` P-256 CSRs for hosts under bench.example.com, made with ra-cli's
+/// own key generation (keys in software, signed CSRs).
 pub fn make_csrs(n: usize) -> Result<Arc<Vec<String>>> {
     eprintln!("bench: generating CSRs");
     let csrs = (0..n)
-        .map(|i| make_csr(&format!("host{i}.bench.example.com")))
-        .collect::<Result<_>>()?;
+        .map(|i| {
+            let key = SubscriberKey::generate(KeyType::P256)?;
+            key.csr_pem(Some(&format!("host{i}.bench.example.com")))
+        })
+        .collect::<Result<_, _>>()
+        .context("generating a CSR")?;
     Ok(Arc::new(csrs))
 }
 
@@ -134,9 +128,17 @@ pub async fn e2e(
     let mut all = Vec::new();
     let mut errors = 0;
     for t in tasks {
-        if let Ok((lat, e)) = t.await {
-            all.extend(lat);
-            errors += e;
+        // A task that panicked measured nothing: count it as failed, never
+        // as silently absent.
+        match t.await {
+            Ok((lat, e)) => {
+                all.extend(lat);
+                errors += e;
+            }
+            Err(e) => {
+                eprintln!("bench: a client task failed: {e}");
+                errors += 1;
+            }
         }
     }
     let elapsed = start.elapsed().as_secs_f64();
@@ -179,54 +181,9 @@ pub fn cpu_seconds(pid: &str) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-/// A running `certd`, stopped (SIGTERM, then waited for) on drop.
-pub struct Daemon(pub Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `certd` on the benchmark's CA and activates its certifier; the
-/// daemon stops when the returned guard is dropped.
-pub fn start_certd(certd: &Path, dir: &Path, env: &HashMap<String, String>) -> Result<Daemon> {
-    let log = std::fs::File::create(dir.join("certd.log"))?;
-    let child = Command::new(certd)
-        .args(["run", "--config", &env["CERTD_CONFIG"]])
-        .env("SOFTHSM2_CONF", &env["SOFTHSM2_CONF"])
-        .env("CERTD_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()?;
-    let daemon = Daemon(child);
-    let socket = PathBuf::from(&env["CERTD_CONTROL_SOCKET"]);
-    let until = Instant::now() + Duration::from_secs(10);
-    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-        if Instant::now() > until {
-            bail!(
-                "certd did not start; see {}",
-                dir.join("certd.log").display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let ok = Command::new(certd)
-        .args(["activate", "--socket"])
-        .arg(&socket)
-        .args(["--pin-file", &env["PIN_FILE"]])
-        .stdout(Stdio::null())
-        .status()?;
-    if !ok.success() {
-        bail!("activation failed");
-    }
-    Ok(daemon)
-}
-
 /// A random tag for this run's request ids.
-pub fn hex_id() -> String {
+pub fn hex_id() -> Result<String> {
     let mut b = [0u8; 6];
-    let _ = getrandom::fill(&mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    getrandom::fill(&mut b).map_err(|e| anyhow::anyhow!("the OS random source failed: {e}"))?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }

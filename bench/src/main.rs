@@ -7,10 +7,8 @@
 #![forbid(unsafe_code)]
 
 use anyhow::{bail, Context, Result};
-use certd_api::{CertdClient, ClientConfig};
-use certd_bench::{
-    cpu_seconds, e2e, hex_id, make_csrs, read_env, repo_root, setup_demo, start_certd, warm_up,
-};
+use certd_bench::{client, cpu_seconds, e2e, hex_id, make_csrs, setup_ca, start_certd, warm_up};
+use certd_e2e::DemoEnv;
 use clap::Parser;
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::mechanism::Mechanism;
@@ -18,7 +16,6 @@ use cryptoki::object::{Attribute, ObjectClass};
 use cryptoki::session::UserType;
 use secrecy::SecretString;
 use sha2::Digest;
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -33,13 +30,11 @@ struct Args {
     /// Concurrencies for end-to-end issuance.
     #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
     concurrency: Vec<usize>,
-    /// Port for the benchmark's certd.
-    #[arg(long, default_value_t = 18643)]
-    port: u16,
     /// Keep the benchmark's CA directory here instead of a temporary one.
     #[arg(long)]
     dir: Option<PathBuf>,
-    /// The certd binary to measure (default: target/release/certd). Given
+    /// The certd binary to measure (default: this profile's certd, built
+    /// when needed). Given
     /// more than once, each is measured in turn against the same CA and
     /// token, in the same run (e.g. a baseline build beside a change).
     #[arg(long = "certd", value_name = "PATH")]
@@ -53,13 +48,12 @@ struct Args {
 /// Raw signing: `sessions` threads, each with its own session, signing
 /// SHA-256 digests with the certifier key for `dur`.
 fn raw_sign_rate(
-    env: &HashMap<String, String>,
+    env: &DemoEnv,
     key_label: &str,
     sessions: usize,
     dur: Duration,
 ) -> Result<f64> {
-    let module = "/usr/lib/softhsm/libsofthsm2.so";
-    let ctx = Pkcs11::new(module)?;
+    let ctx = Pkcs11::new(certd_e2e::SOFTHSM_MODULE)?;
     ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))?;
     let slot = ctx
         .get_slots_with_initialized_token()?
@@ -70,7 +64,7 @@ fn raw_sign_rate(
                 .unwrap_or(false)
         })
         .context("demo token not found")?;
-    let pin = std::fs::read_to_string(&env["PIN_FILE"])?;
+    let pin = std::fs::read_to_string(env.path("PIN_FILE"))?;
     let login = ctx.open_rw_session(slot)?;
     login.login(
         UserType::User,
@@ -116,23 +110,22 @@ fn raw_sign_rate(
 fn main() -> Result<()> {
     let args = Args::parse();
     if let (Some(sessions), Some(dir)) = (args.raw_sign, &args.dir) {
-        let env = read_env(&dir.join("demo.env"))?;
+        let env = DemoEnv::read(&dir.join("demo.env"));
         let rate = raw_sign_rate(
             &env,
-            &env["CERTIFIER"],
+            env.get("CERTIFIER"),
             sessions,
             Duration::from_secs(args.seconds),
         )?;
         println!("{rate}");
         return Ok(());
     }
-    // Taken before ./demo builds the workspace, which may replace this binary.
     let me = std::env::current_exe()?;
     let tmp = tempfile::tempdir()?;
     let dir = args.dir.clone().unwrap_or_else(|| tmp.path().join("ca"));
-    let env = setup_demo(&dir, args.port, false)?;
+    let ca = setup_ca(&dir);
     let certds = if args.certds.is_empty() {
-        vec![repo_root().join("target/release/certd")]
+        vec![certd_e2e::bin("certd")]
     } else {
         args.certds.clone()
     };
@@ -151,7 +144,7 @@ fn main() -> Result<()> {
                 "--dir",
             ])
             .arg(&dir)
-            .env("SOFTHSM2_CONF", &env["SOFTHSM2_CONF"])
+            .env("SOFTHSM2_CONF", &ca.token.conf)
             .stderr(Stdio::inherit())
             .output()?;
         if !out.status.success() {
@@ -182,15 +175,9 @@ fn main() -> Result<()> {
             "  end-to-end issuance over mTLS (durable ledger and audit log, every check on), {}:",
             certd.display()
         );
-        let _daemon = start_certd(certd, &dir, &env)?;
-        let client = Arc::new(CertdClient::new(&ClientConfig {
-            url: env["CERTD_URL"].clone(),
-            client_cert: env["RA_CLIENT_CERT"].clone().into(),
-            client_key: env["RA_CLIENT_KEY"].clone().into(),
-            server_ca: env["CERTD_TLS_CA"].clone().into(),
-            timeout: Duration::from_secs(30),
-        })?);
-        let run_id = hex_id();
+        let daemon = start_certd(certd, &ca)?;
+        let client = Arc::new(client(&ca, "ra-demo")?);
+        let run_id = hex_id()?;
         rt.block_on(warm_up(client.clone(), csrs.clone(), &run_id));
         println!(
             "  {:>11} {:>10} {:>10} {:>10} {:>8} {:>14} {:>14} {:>14} {:>14}",
@@ -204,7 +191,7 @@ fn main() -> Result<()> {
             "certd CPU/cert",
             "client CPU/cert"
         );
-        let certd_pid = _daemon.0.id().to_string();
+        let certd_pid = daemon.pid().to_string();
         for c in &args.concurrency {
             let (d0, b0) = (cpu_seconds(&certd_pid), cpu_seconds("self"));
             let st = rt.block_on(e2e(

@@ -14,13 +14,13 @@
 //! cargo run --release -p certd-bench --bin ra-cli-bench -- --rows 1000,10000 --jobs 16
 //! ```
 //!
-//! It needs `target/release/certd` and `target/release/ra-cli` (and builds
-//! nothing else): the CA is set up with `./demo --setup-only`, or with
-//! `--debug-build` when `--setup-debug` is given.
+//! It uses (and builds when needed) the certd and ra-cli binaries of its own
+//! profile; the CA is set up with `./demo --setup-only` through the
+//! `certd-e2e` harness.
 #![forbid(unsafe_code)]
 
 use anyhow::{bail, Context, Result};
-use certd_bench::{e2e, hex_id, make_csrs, repo_root, setup_demo, start_certd, warm_up};
+use certd_bench::{e2e, hex_id, make_csrs, setup_ca, start_certd, warm_up};
 use clap::Parser;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -39,44 +39,28 @@ struct Args {
     /// Seconds of the certd end-to-end measurement.
     #[arg(long, default_value_t = 5)]
     seconds: u64,
-    /// Port of the benchmark's certd.
-    #[arg(long, default_value_t = 18743)]
-    port: u16,
     /// Keep the CA and outputs here instead of a temporary directory.
     #[arg(long)]
     dir: Option<PathBuf>,
-    /// Set the CA up with the debug binaries (`./demo --debug-build`)
-    /// instead of building the workspace in release mode.
-    #[arg(long)]
-    setup_debug: bool,
 }
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let ra_cli = repo_root().join("target/release/ra-cli");
-    let certd = repo_root().join("target/release/certd");
-    for b in [&ra_cli, &certd] {
-        if !b.is_file() {
-            bail!(
-                "{} is missing: cargo build --release -p ra-cli -p certd",
-                b.display()
-            );
-        }
-    }
+    let ra_cli = certd_e2e::bin("ra-cli");
+    let certd = certd_e2e::bin("certd");
     let tmp = tempfile::tempdir()?;
     let dir = args.dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
-    let ca = dir.join("ca");
-    let env = setup_demo(&ca, args.port, args.setup_debug)?;
-    let _daemon = start_certd(&certd, &ca, &env)?;
+    let ca = setup_ca(&dir.join("ca"));
+    let _daemon = start_certd(&certd, &ca)?;
 
-    let config_path = PathBuf::from(&env["RA_CLI_CONFIG"]);
+    let config_path = certd_e2e::DemoEnv::read(&ca.config.dir.join("demo.env")).path("RA_CLI_CONFIG");
     let config = ra_cli::config::Config::load(&config_path)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     let client = Arc::new(config.client()?);
     let csrs = make_csrs(512)?;
-    let run_id = hex_id();
+    let run_id = hex_id()?;
     rt.block_on(warm_up(client.clone(), csrs.clone(), &run_id));
     eprintln!(
         "bench: certd end-to-end, concurrency {}, {}s",
