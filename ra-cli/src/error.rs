@@ -192,6 +192,9 @@ pub fn hint_for(e: &ClientError) -> Option<String> {
                 || m.contains("broken pipe")
                 || m.contains("connection closed")
                 || m.contains("channel closed")
+                // A connection certd closed (refusing the certificate)
+                // before the client had sent on it.
+                || m.contains("connection was not ready")
             {
                 Some(
                     "certd refused the TLS handshake: is this RA's client certificate on certd's \
@@ -256,5 +259,22 @@ mod tests {
             assert_eq!(j["error"]["code"], code);
             assert_eq!(j["error"]["exit_code"], exit);
         }
+    }
+
+    #[test]
+    fn a_refused_client_certificate_gets_the_allowlist_hint_however_it_shows() {
+        // What the client reports for certd refusing its certificate
+        // depends on where the connection was when certd closed it.
+        for m in [
+            "client error (SendRequest): connection error: received fatal alert: AccessDenied",
+            "client error (Canceled): operation was canceled: connection closed",
+            "client error (Canceled): operation was canceled: connection was not ready",
+            "client error (SendRequest): channel closed",
+            "client error (SendRequest): connection error: stream closed because of a broken pipe",
+        ] {
+            let hint = hint_for(&ClientError::Transport(m.into())).unwrap_or_default();
+            assert!(hint.contains("allowlist"), "{m}");
+        }
+        assert!(hint_for(&ClientError::Transport("dns error".into())).is_none());
     }
 }
