@@ -47,12 +47,7 @@ struct Args {
 
 /// Raw signing: `sessions` threads, each with its own session, signing
 /// SHA-256 digests with the certifier key for `dur`.
-fn raw_sign_rate(
-    env: &DemoEnv,
-    key_label: &str,
-    sessions: usize,
-    dur: Duration,
-) -> Result<f64> {
+fn raw_sign_rate(env: &DemoEnv, key_label: &str, sessions: usize, dur: Duration) -> Result<f64> {
     let ctx = Pkcs11::new(certd_e2e::SOFTHSM_MODULE)?;
     ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))?;
     let slot = ctx

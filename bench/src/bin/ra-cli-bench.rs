@@ -53,7 +53,8 @@ fn main() -> Result<()> {
     let ca = setup_ca(&dir.join("ca"));
     let _daemon = start_certd(&certd, &ca)?;
 
-    let config_path = certd_e2e::DemoEnv::read(&ca.config.dir.join("demo.env")).path("RA_CLI_CONFIG");
+    let config_path =
+        certd_e2e::DemoEnv::read(&ca.config.dir.join("demo.env")).path("RA_CLI_CONFIG");
     let config = ra_cli::config::Config::load(&config_path)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
