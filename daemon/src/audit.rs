@@ -25,9 +25,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use time::macros::format_description;
-use time::OffsetDateTime;
 
+use crate::clock::{self, Clock};
 use crate::group_commit::GroupCommit;
 
 /// `prev` of the first entry.
@@ -238,6 +237,8 @@ pub struct AuditLog {
     /// `fsync` without holding the chain lock that appenders need.
     sync_handle: File,
     commit: GroupCommit<Arc<io::Error>>,
+    /// Where entry times come from.
+    clock: Arc<dyn Clock>,
 }
 
 /// Everything an append needs to extend the chain, kept together under one
@@ -258,8 +259,8 @@ impl AuditLog {
     ///
     /// A torn final line (a crash mid-append) is cut off and an
     /// [`KIND_RECOVERED`] entry records what was dropped. Any other damage is
-    /// left for [`verify`] to report.
-    pub fn open(path: &Path) -> Result<Self, AuditError> {
+    /// left for [`verify`] to report. Entries are timed by `clock`.
+    pub fn open(path: &Path, clock: Arc<dyn Clock>) -> Result<Self, AuditError> {
         let open_error = |source| AuditError::Open {
             path: path.to_owned(),
             source,
@@ -298,6 +299,7 @@ impl AuditLog {
             }),
             sync_handle,
             commit: GroupCommit::new(),
+            clock,
         };
 
         if let Some(dropped) = torn {
@@ -339,7 +341,8 @@ impl AuditLog {
             }
             // Taken under the lock so that times never go backwards in the
             // file (unless the wall clock itself does).
-            let time = now_rfc3339()?;
+            let time = clock::rfc3339_micros(self.clock.now())
+                .map_err(|e| AuditError::Encode(e.to_string()))?;
             let mut record = AuditRecord {
                 seq: chain.seq + 1,
                 time,
@@ -538,16 +541,6 @@ fn seq_hint(content: &[u8]) -> Option<u64> {
         .as_u64()
 }
 
-fn now_rfc3339() -> Result<String, AuditError> {
-    // Fixed-width microseconds rather than `Rfc3339`, which drops the
-    // fraction when it happens to be zero.
-    let format =
-        format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z");
-    OffsetDateTime::now_utc()
-        .format(format)
-        .map_err(|e| AuditError::Encode(e.to_string()))
-}
-
 fn open_or_create(path: &Path) -> io::Result<File> {
     let mut options = OpenOptions::new();
     options.read(true).append(true);
@@ -658,8 +651,13 @@ fn last_entry(file: &File, end: u64) -> io::Result<Option<AuditRecord>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::{ManualClock, SystemClock};
     use serde_json::json;
     use std::os::unix::fs::PermissionsExt;
+
+    fn open(path: &Path) -> Result<AuditLog, AuditError> {
+        AuditLog::open(path, Arc::new(SystemClock))
+    }
 
     fn new_log() -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -670,7 +668,7 @@ mod tests {
     /// A log of `n` entries with actor "alice".
     fn log_with(n: u64) -> (tempfile::TempDir, PathBuf) {
         let (dir, path) = new_log();
-        let log = AuditLog::open(&path).expect("open");
+        let log = open(&path).expect("open");
         for i in 0..n {
             log.append(
                 AuditEvent::new("certificate_issued", "alice")
@@ -712,7 +710,7 @@ mod tests {
     #[test]
     fn entry_format_is_stable() {
         let (_dir, path) = new_log();
-        let log = AuditLog::open(&path).expect("open");
+        let log = open(&path).expect("open");
         let first = log
             .append(AuditEvent::new("started", "certd"))
             .expect("append");
@@ -752,9 +750,22 @@ mod tests {
     }
 
     #[test]
+    fn entries_are_timed_by_the_log_clock() {
+        let (_dir, path) = new_log();
+        let start = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        let clock = Arc::new(ManualClock::at(start));
+        let log = AuditLog::open(&path, clock.clone()).expect("open");
+        let first = log.append(AuditEvent::new("a", "certd")).expect("append");
+        clock.advance(std::time::Duration::from_micros(2_500_001));
+        let second = log.append(AuditEvent::new("b", "certd")).expect("append");
+        assert_eq!(first.time, "2023-11-14T22:13:20.000000Z");
+        assert_eq!(second.time, "2023-11-14T22:13:22.500001Z");
+    }
+
+    #[test]
     fn concurrent_appends_form_a_gapless_chain() {
         let (_dir, path) = new_log();
-        let log = Arc::new(AuditLog::open(&path).expect("open"));
+        let log = Arc::new(open(&path).expect("open"));
         let threads: Vec<_> = (0..8)
             .map(|t| {
                 let log = Arc::clone(&log);
@@ -792,7 +803,7 @@ mod tests {
     #[test]
     fn reopen_continues_the_chain() {
         let (_dir, path) = log_with(3);
-        let log = AuditLog::open(&path).expect("reopen");
+        let log = open(&path).expect("reopen");
         assert_eq!(log.last_seq(), 3);
         let last = read_lines(&path).pop().expect("line");
         let last: AuditRecord = serde_json::from_str(&last).expect("parse");
@@ -830,7 +841,7 @@ mod tests {
     #[test]
     fn empty_log_verifies() {
         let (_dir, path) = new_log();
-        drop(AuditLog::open(&path).expect("open"));
+        drop(open(&path).expect("open"));
         let report = verify(&path).expect("verify");
         assert_eq!(report.entries, 0);
         assert!(report.is_ok());
@@ -916,7 +927,7 @@ mod tests {
         file.write_all(fragment).expect("write");
         drop(file);
 
-        let log = AuditLog::open(&path).expect("open repairs");
+        let log = open(&path).expect("open repairs");
         assert_eq!(log.last_seq(), 4);
         let lines = read_lines(&path);
         assert_eq!(lines.len(), 4);
@@ -946,7 +957,7 @@ mod tests {
         lines.push("garbage but complete".to_owned());
         write_lines(&path, &lines);
 
-        let log = AuditLog::open(&path).expect("open");
+        let log = open(&path).expect("open");
         assert_eq!(log.last_seq(), 3);
         let next = log.append(AuditEvent::new("after", "bob")).expect("append");
         assert_eq!(next.seq, 4);

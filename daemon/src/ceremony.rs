@@ -6,6 +6,7 @@
 //! destroyed and output files are written only at the very end, by rename.
 
 use crate::certgen::FixedProfile;
+use crate::clock::Clock;
 use crate::hsm::pkcs11::{self, Module};
 use crate::hsm::{HsmError, KeyType, Signer};
 use crate::x509::{self, SubjectSpec, X509Error};
@@ -15,7 +16,7 @@ use der::{Decode, DecodePem};
 use secrecy::SecretString;
 use spki::SubjectPublicKeyInfoOwned;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use x509_cert::builder::{CertificateBuilder, RequestBuilder};
 use x509_cert::ext::pkix::{
     AuthorityKeyIdentifier, BasicConstraints, KeyUsage, KeyUsages, SubjectKeyIdentifier,
@@ -220,8 +221,8 @@ fn open_logged_in(
     Ok(session)
 }
 
-/// Runs the key ceremony.
-pub fn init_ca(req: &InitCa) -> Result<InitCaResult, CeremonyError> {
+/// Runs the key ceremony; a self-signed root is valid from `clock`'s now.
+pub fn init_ca(req: &InitCa, clock: &dyn Clock) -> Result<InitCaResult, CeremonyError> {
     let subject = req.subject.to_name()?;
     let out_path = match &req.output {
         CeremonyOutput::SelfSigned { cert_out, .. } => cert_out,
@@ -250,7 +251,7 @@ pub fn init_ca(req: &InitCa) -> Result<InitCaResult, CeremonyError> {
     };
     let pem = match &req.output {
         CeremonyOutput::SelfSigned { days, .. } => {
-            let now = SystemTime::now();
+            let now = clock.now();
             let not_after = now + Duration::from_secs(u64::from(*days) * 86_400);
             let validity = Validity::new(
                 Time::try_from(now).map_err(|e| X509Error::Invalid(e.to_string()))?,

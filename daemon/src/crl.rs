@@ -5,8 +5,9 @@
 
 use crate::audit::AuditEvent;
 use crate::certifier::Certifier;
+use crate::clock::rfc3339;
 use crate::daemon::Shared;
-use crate::issue::{hsm_error, ledger_error, now_unix};
+use crate::issue::{hsm_error, ledger_error};
 use certd_api::{ApiError, ErrorCode};
 use der::asn1::{BitString, OctetString, Uint};
 use der::{Decode, Encode};
@@ -152,7 +153,7 @@ pub fn generate(shared: &Shared, certifier: &Certifier) -> Result<CrlState, ApiE
     // Durable before signing: a crash after this never reuses the number.
     let number = shared.ledger.next_crl_number(name).map_err(ledger_error)?;
     let issuer = &certifier.issuer;
-    let now = now_unix();
+    let now = shared.clock.unix();
     let next = now + i64::from(shared.config.crl.validity_hours) * 3600;
     let mut revoked: Vec<RevokedCert> = Vec::with_capacity(entries.len());
     for e in &entries {
@@ -220,7 +221,7 @@ pub fn generate(shared: &Shared, certifier: &Certifier) -> Result<CrlState, ApiE
         .audit(
             AuditEvent::new("crl_issued", "certd")
                 .certifier(name.to_string())
-                .detail(json!({"crl_number": number, "entries": entries.len(), "next_update": crate::issue::rfc3339(next)})),
+                .detail(json!({"crl_number": number, "entries": entries.len(), "next_update": rfc3339(next)})),
         )
         .map_err(|e| ApiError::new(ErrorCode::AuditUnavailable, e.to_string()))?;
     Ok(state)
@@ -241,7 +242,7 @@ pub async fn keep_fresh(shared: Arc<Shared>, certifier: Arc<Certifier>) {
     loop {
         let due_in = match shared.crl.current(certifier.name()) {
             Some(s) if !pending => Duration::from_secs(
-                u64::try_from(s.next_update - refresh - now_unix()).unwrap_or(0),
+                u64::try_from(s.next_update - refresh - shared.clock.unix()).unwrap_or(0),
             ),
             _ => Duration::ZERO,
         };

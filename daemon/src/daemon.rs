@@ -3,6 +3,7 @@
 
 use crate::audit::{AuditEvent, AuditLog};
 use crate::certifier::{Certifier, Certifiers, State};
+use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::control::{Request, Response, MAX_REQUEST};
 use crate::ledger::{Ledger, SledLedger};
@@ -119,6 +120,8 @@ pub struct Shared {
     pub audit: Arc<AuditLog>,
     /// CRLs.
     pub crl: crate::crl::CrlStore,
+    /// The time.
+    pub clock: Arc<dyn Clock>,
     /// Held for the daemon's lifetime: one daemon per state directory.
     _lock: std::fs::File,
     policy: arc_swap::ArcSwap<Policy>,
@@ -161,6 +164,7 @@ impl Shared {
         ledger: Arc<dyn Ledger>,
         audit: Arc<AuditLog>,
         lock: std::fs::File,
+        clock: Arc<dyn Clock>,
     ) -> Result<Shared, DaemonError> {
         let state_dir = &config.daemon.state_dir;
         let crl = crate::crl::CrlStore::open(state_dir, certifiers.all()).map_err(io(format!(
@@ -176,7 +180,8 @@ impl Shared {
             certifiers,
             ledger,
             audit,
-            started: Instant::now(),
+            started: clock.instant(),
+            clock,
         })
     }
 
@@ -200,7 +205,7 @@ impl Shared {
 
     /// Takes one request from the RA's rate budget.
     pub fn rate_limit(&self, grant: &Grant) -> Result<(), ApiError> {
-        self.rate_limit_at(grant, Instant::now())
+        self.rate_limit_at(grant, self.clock.instant())
     }
 
     /// [`Shared::rate_limit`] as of `now`.
@@ -256,7 +261,11 @@ impl Shared {
             .collect();
         DaemonStatus {
             version: env!("CARGO_PKG_VERSION").to_string(),
-            uptime_seconds: self.started.elapsed().as_secs(),
+            uptime_seconds: self
+                .clock
+                .instant()
+                .saturating_duration_since(self.started)
+                .as_secs(),
             pid: std::process::id(),
             certifiers,
         }
@@ -302,8 +311,9 @@ impl Shared {
 }
 
 /// Prepares the daemon: state directory, ledger and audit log, crash
-/// recovery, certifiers, PIN-file activation.
-pub fn start(config: Config) -> Result<Arc<Shared>, DaemonError> {
+/// recovery, certifiers, PIN-file activation; everything reads the time
+/// from `clock`.
+pub fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Arc<Shared>, DaemonError> {
     let state_dir = config.daemon.state_dir.clone();
     std::fs::create_dir_all(&state_dir)
         .map_err(io(format!("creating state_dir {}", state_dir.display())))?;
@@ -322,12 +332,13 @@ pub fn start(config: Config) -> Result<Arc<Shared>, DaemonError> {
             state_dir.display()
         )));
     }
-    let ledger: Arc<dyn Ledger> = Arc::new(SledLedger::open(&ledger_path(&state_dir))?);
-    let audit = Arc::new(AuditLog::open(&audit_path(&state_dir))?);
+    let ledger: Arc<dyn Ledger> =
+        Arc::new(SledLedger::open(&ledger_path(&state_dir), clock.clone())?);
+    let audit = Arc::new(AuditLog::open(&audit_path(&state_dir), clock.clone())?);
     // Before this start's own `config_loaded` entry: recovery looks back
     // to the previous one.
     crate::recovery::recover_interrupted(ledger.as_ref(), &audit)?;
-    crate::recovery::settle_revocations(ledger.as_ref(), &audit, 0)?;
+    crate::recovery::settle_revocations(ledger.as_ref(), &audit, clock.unix(), 0)?;
     let certifiers = Certifiers::load(&config)?;
     let config_sha256 = std::fs::read(&config.source)
         .map(|b| {
@@ -343,7 +354,7 @@ pub fn start(config: Config) -> Result<Arc<Shared>, DaemonError> {
             "version": env!("CARGO_PKG_VERSION"),
         })),
     )?;
-    let shared = Arc::new(Shared::new(config, certifiers, ledger, audit, lock)?);
+    let shared = Arc::new(Shared::new(config, certifiers, ledger, audit, lock, clock)?);
     for c in shared.certifiers.all() {
         let Some(pin_path) = c.config.pin_source() else {
             tracing::info!(
@@ -387,7 +398,7 @@ pub fn start(config: Config) -> Result<Arc<Shared>, DaemonError> {
 pub fn run(config_path: &Path) -> Result<(), DaemonError> {
     let config = Config::load(config_path)?;
     check_files(&config)?;
-    let shared = start(config)?;
+    let shared = start(config, Arc::new(SystemClock))?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -696,6 +707,7 @@ async fn probe_loop(shared: Arc<Shared>) {
             let done = crate::recovery::complete_stale(
                 s2.ledger.as_ref(),
                 &s2.audit,
+                s2.clock.unix(),
                 STALE_INTENT_SECS,
                 &mut skip,
             )
@@ -703,6 +715,7 @@ async fn probe_loop(shared: Arc<Shared>) {
                 crate::recovery::settle_revocations(
                     s2.ledger.as_ref(),
                     &s2.audit,
+                    s2.clock.unix(),
                     UNAUDITED_REVOCATION_SECS,
                 )
             });
@@ -715,10 +728,11 @@ async fn probe_loop(shared: Arc<Shared>) {
                 tracing::debug!(error = %e, "cannot settle stale intents yet");
             }
         }
+        let now = shared.clock.instant();
         if shared.certifiers.awaiting_token()
-            && last_reinit.is_none_or(|t| t.elapsed() >= REINIT_INTERVAL)
+            && last_reinit.is_none_or(|t| now.saturating_duration_since(t) >= REINIT_INTERVAL)
         {
-            last_reinit = Some(Instant::now());
+            last_reinit = Some(now);
             let s2 = shared.clone();
             match tokio::task::spawn_blocking(move || s2.certifiers.reinitialize_module()).await {
                 Ok(Ok(states)) => {

@@ -8,6 +8,7 @@
 use crate::audit::AuditEvent;
 use crate::certgen::{self, LeafSpec};
 use crate::certifier::Certifier;
+use crate::clock::{self, rfc3339};
 use crate::csr;
 use crate::daemon::Shared;
 use crate::hsm::HsmError;
@@ -21,7 +22,6 @@ use der::{Decode, Encode};
 use serde_json::json;
 use sha2::Digest;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 use x509_cert::builder::Builder;
 use x509_cert::Certificate;
 
@@ -56,34 +56,13 @@ fn x509_error(e: X509Error) -> ApiError {
     }
 }
 
-/// Seconds since the Unix epoch.
-pub fn now_unix() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
-/// RFC 3339 text of Unix seconds.
-pub fn rfc3339(secs: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(secs)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
-}
-
-fn parse_rfc3339(s: &str) -> Result<i64, ApiError> {
-    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-        .map(|t| t.unix_timestamp())
-        .map_err(|e| {
-            ApiError::new(
-                ErrorCode::BadValidity,
-                format!("not_after {s:?} is not an RFC 3339 time: {e}"),
-            )
-        })
+fn parse_not_after(s: &str) -> Result<i64, ApiError> {
+    clock::parse_rfc3339(s).map_err(|e| {
+        ApiError::new(
+            ErrorCode::BadValidity,
+            format!("not_after {s:?} is not an RFC 3339 time: {e}"),
+        )
+    })
 }
 
 /// A request's identity in the idempotency store: SHA-256 of its
@@ -156,7 +135,10 @@ fn replay(
     let record = shared.ledger.get(&entry.serial).map_err(ledger_error)?;
     match record {
         Some(r) if matches!(r.state, RecordState::Issued | RecordState::Revoked) => {
-            let requested = req.not_after.as_deref().and_then(|t| parse_rfc3339(t).ok());
+            let requested = req
+                .not_after
+                .as_deref()
+                .and_then(|t| parse_not_after(t).ok());
             response_from_record(shared, &entry.serial, &r, requested).map(Some)
         }
         Some(r) if r.state == RecordState::Intent => Err(ApiError::new(
@@ -240,14 +222,14 @@ fn issue_drawing(
     policy::check_names(profile, grant, &names)?;
 
     let issuer = &certifier.issuer;
-    let requested = req.not_after.as_deref().map(parse_rfc3339).transpose()?;
+    let requested = req.not_after.as_deref().map(parse_not_after).transpose()?;
     let max_days = grant
         .config
         .max_validity_days
         .map_or(profile.max_validity_days, |g| {
             g.min(profile.max_validity_days)
         });
-    let now = now_unix();
+    let now = shared.clock.unix();
     let validity = certgen::choose_validity(now, requested, max_days, issuer.not_after)
         .map_err(|m| ApiError::new(ErrorCode::BadValidity, m))?;
 
@@ -518,6 +500,7 @@ pub fn check_ip_syntax(req: &IssueRequest) -> Result<(), ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::{Clock, SystemClock};
     use crate::ledger::{IdempotencyEntry, SERIAL_LEN};
     use crate::testing::{csr, TestCa, RA};
     use std::cell::Cell;
@@ -544,7 +527,7 @@ mod tests {
             request_id: Some(req.request_id.clone()),
             tbs_sha256: [0; 32],
             profile: req.profile.clone(),
-            created: now_unix(),
+            created: SystemClock.unix(),
             approval: None,
         }
     }
@@ -583,6 +566,19 @@ mod tests {
         assert_eq!(records[0].0.to_hex(), first.serial);
         assert_eq!(records[0].1.state, RecordState::Issued);
         assert_eq!(ca.audit_kinds(), ["issuance_intent", "issued"]);
+    }
+
+    /// Validity counts from the daemon's clock, to the profile's maximum.
+    #[test]
+    fn validity_counts_from_the_clock() {
+        let ca = TestCa::new(TLS_SERVER, GRANT);
+        let start = ca.clock.unix();
+        let first = issue(&ca.shared, &ca.grant(), &request("r1")).expect("issued");
+        ca.clock.advance(std::time::Duration::from_secs(86_400));
+        let second = issue(&ca.shared, &ca.grant(), &request("r2")).expect("issued");
+        assert_eq!(first.not_before, rfc3339(start));
+        assert_eq!(second.not_before, rfc3339(start + 86_400));
+        assert_eq!(second.not_after, rfc3339(start + 86_400 + 90 * 86_400 - 1));
     }
 
     /// A serial that is already in the ledger is never used again: the

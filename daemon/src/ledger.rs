@@ -17,10 +17,12 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex, PoisonError, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+
+use crate::clock::Clock;
 
 /// Length in bytes of a certd serial number.
 pub const SERIAL_LEN: usize = 16;
@@ -469,6 +471,8 @@ struct Store {
     thread: Option<std::thread::JoinHandle<()>>,
     /// Set after a storage error: sled refuses everything from then on.
     failed: AtomicBool,
+    /// Times the records.
+    clock: Arc<dyn Clock>,
 }
 
 impl Drop for Store {
@@ -773,7 +777,7 @@ fn apply(
 }
 
 impl Store {
-    fn open(dir: &Path) -> Result<Self, LedgerError> {
+    fn open(dir: &Path, clock: Arc<dyn Clock>) -> Result<Self, LedgerError> {
         let db = sled::Config::new().path(dir).open()?;
         let trees = Trees {
             certificates: db.open_tree(CERTIFICATES_TREE)?,
@@ -797,6 +801,7 @@ impl Store {
                     .map_err(|e| LedgerError::Storage(sled::Error::Io(e)))?,
             ),
             failed: AtomicBool::new(false),
+            clock,
         };
         Ok(ledger)
     }
@@ -881,7 +886,7 @@ impl Ledger for Store {
             Change::Issued {
                 der: certificate_der.to_vec(),
                 not_after,
-                at: unix_now(),
+                at: self.clock.unix(),
             },
         )
     }
@@ -1032,6 +1037,7 @@ pub struct SledLedger {
     retry: Mutex<Option<Instant>>,
     /// What made the store fail, told to callers while it is closed.
     cause: Mutex<String>,
+    clock: Arc<dyn Clock>,
 }
 
 /// Time between attempts at reopening a failed store.
@@ -1039,18 +1045,23 @@ const REOPEN_INTERVAL: Duration = Duration::from_secs(1);
 /// Free bytes the ledger's file system needs before a failed store is
 /// reopened (opening writes to it).
 const REOPEN_MIN_FREE: u64 = 1 << 20;
-/// How long a reopening waits for calls still using the failed store.
-const DRAIN_LIMIT: Duration = Duration::from_secs(5);
+/// How long a reopening waits for calls still using the failed store: this
+/// many pauses of [`DRAIN_PAUSE`] (about 5 s). A bound counted in pauses
+/// reads no clock, so it also ends under a clock that tests hold still.
+const DRAIN_PAUSES: u32 = 1_000;
+const DRAIN_PAUSE: Duration = Duration::from_millis(5);
 
 impl SledLedger {
-    /// Opens (or creates) the ledger in `dir`. sled locks the directory, so
-    /// a second process opening it gets [`LedgerError::Storage`].
-    pub fn open(dir: &Path) -> Result<Self, LedgerError> {
+    /// Opens (or creates) the ledger in `dir`, its records timed by
+    /// `clock`. sled locks the directory, so a second process opening it
+    /// gets [`LedgerError::Storage`].
+    pub fn open(dir: &Path, clock: Arc<dyn Clock>) -> Result<Self, LedgerError> {
         Ok(Self {
             dir: dir.to_path_buf(),
-            store: RwLock::new(Some(Arc::new(Store::open(dir)?))),
+            store: RwLock::new(Some(Arc::new(Store::open(dir, clock.clone())?))),
             retry: Mutex::new(None),
             cause: Mutex::new(String::new()),
+            clock,
         })
     }
 
@@ -1088,17 +1099,18 @@ impl SledLedger {
         {
             return Ok(s.clone());
         }
-        if retry.is_some_and(|t| t.elapsed() < REOPEN_INTERVAL) {
+        let now = self.clock.instant();
+        if retry.is_some_and(|t| now.saturating_duration_since(t) < REOPEN_INTERVAL) {
             return Err(self.closed());
         }
         let room = rustix::fs::statvfs(&self.dir)
             .map(|st| st.f_bavail.saturating_mul(st.f_frsize))
             .unwrap_or(0);
         if room < REOPEN_MIN_FREE {
-            *retry = Some(Instant::now());
+            *retry = Some(now);
             return Err(self.closed());
         }
-        *retry = Some(Instant::now());
+        *retry = Some(now);
         let old = self
             .store
             .write()
@@ -1107,9 +1119,11 @@ impl SledLedger {
         if let Some(old) = old {
             // sled locks its directory: every handle on the failed store
             // must be gone before it can be opened again.
-            let began = Instant::now();
-            while Arc::strong_count(&old) > 1 && began.elapsed() < DRAIN_LIMIT {
-                std::thread::sleep(Duration::from_millis(5));
+            for _ in 0..DRAIN_PAUSES {
+                if Arc::strong_count(&old) == 1 {
+                    break;
+                }
+                std::thread::sleep(DRAIN_PAUSE);
             }
             if Arc::strong_count(&old) > 1 {
                 *self.store.write().unwrap_or_else(PoisonError::into_inner) = Some(old);
@@ -1117,7 +1131,7 @@ impl SledLedger {
             }
             drop(old);
         }
-        let store = Arc::new(Store::open(&self.dir).inspect_err(|e| {
+        let store = Arc::new(Store::open(&self.dir, self.clock.clone()).inspect_err(|e| {
             tracing::warn!(error = %e, "the ledger cannot be reopened yet");
         })?);
         tracing::warn!(dir = %self.dir.display(), "reopened the ledger after a storage failure");
@@ -1243,13 +1257,6 @@ fn serial_of_key(key: &[u8]) -> Result<Serial, LedgerError> {
         .map_err(|e| LedgerError::Corrupt(format!("certificate key {}: {e}", hex::encode(bytes))))
 }
 
-fn unix_now() -> i64 {
-    // A clock before 1970 is treated as 1970 rather than failing issuance.
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
-
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, LedgerError> {
     serde_json::to_vec(value).map_err(|e| LedgerError::Corrupt(format!("cannot encode: {e}")))
 }
@@ -1320,6 +1327,7 @@ fn unaudited_key(serial: &Serial) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::SystemClock;
     use std::sync::{Arc, Barrier};
 
     fn intent(certifier: &str) -> Intent {
@@ -1335,7 +1343,7 @@ mod tests {
     }
 
     fn open(dir: &tempfile::TempDir) -> SledLedger {
-        SledLedger::open(dir.path()).expect("open ledger")
+        SledLedger::open(dir.path(), Arc::new(SystemClock)).expect("open ledger")
     }
 
     /// Serial number `n`: distinct per `n`, in `n`'s order.
@@ -1790,7 +1798,8 @@ mod tests {
     #[test]
     fn crash_between_intent_and_issuance_never_reuses_serial() {
         if let Some(dir) = std::env::var_os(CRASH_CHILD_ENV) {
-            let ledger = SledLedger::open(Path::new(&dir)).expect("child open");
+            let ledger =
+                SledLedger::open(Path::new(&dir), Arc::new(SystemClock)).expect("child open");
             let serial = Serial::random().expect("child rng");
             let outcome = ledger
                 .record_intent(&serial, intent("ca1"), None)

@@ -9,6 +9,7 @@ pub mod audit;
 pub mod ceremony;
 pub mod certgen;
 pub mod certifier;
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod crl;

@@ -3,6 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use certd::ceremony::{self, CeremonyOutput, ImportCaCert, InitCa};
+use certd::clock::SystemClock;
 use certd::config::Config;
 use certd::control::{self, Request};
 use certd::hsm::KeyType;
@@ -307,7 +308,7 @@ fn init_ca(a: InitCaArgs) -> Result<ExitCode> {
         ),
     };
     let pin = secret::pin_from(a.token.pin_file.as_deref(), "Token user PIN: ")?;
-    let result = ceremony::init_ca(&InitCa {
+    let request = InitCa {
         module: a.token.module,
         token_label: a.token.token_label.clone(),
         key_label: a.token.key_label.clone(),
@@ -323,7 +324,8 @@ fn init_ca(a: InitCaArgs) -> Result<ExitCode> {
         },
         path_len: a.path_len,
         output,
-    })?;
+    };
+    let result = ceremony::init_ca(&request, &SystemClock)?;
     println!(
         "generated {} key {:?} in token {:?} (SPKI SHA-256 {})",
         result.key_type, a.token.key_label, a.token.token_label, result.spki_sha256

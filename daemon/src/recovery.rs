@@ -47,13 +47,14 @@ pub fn recover_interrupted(ledger: &dyn Ledger, log: &AuditLog) -> Result<Recove
 /// so that a retry of the same `request_id` gets the certificate. Never
 /// abandons anything (a slow issuance may still be under way); what it
 /// cannot complete goes into `skip`, and start-up recovery settles it.
+/// `now` is the time in Unix seconds.
 pub fn complete_stale(
     ledger: &dyn Ledger,
     log: &AuditLog,
+    now: i64,
     min_age_secs: i64,
     skip: &mut HashSet<Serial>,
 ) -> Result<Recovered, DaemonError> {
-    let now = crate::issue::now_unix();
     let stale: Vec<(Serial, LedgerRecord)> = ledger
         .pending_intents()?
         .into_iter()
@@ -71,13 +72,14 @@ pub fn complete_stale(
 /// Writes the audit entry of every revocation (older than `min_age_secs`)
 /// that is in the ledger but whose `revoked` entry never became durable —
 /// the audit write failed (a full disk) or the daemon stopped in between.
-/// A revocation thus always ends up in the audit log.
+/// A revocation thus always ends up in the audit log. `now` is the time in
+/// Unix seconds.
 pub fn settle_revocations(
     ledger: &dyn Ledger,
     log: &AuditLog,
+    now: i64,
     min_age_secs: i64,
 ) -> Result<usize, DaemonError> {
-    let now = crate::issue::now_unix();
     let unaudited: Vec<(Serial, LedgerRecord)> = ledger
         .unaudited_revocations()?
         .into_iter()
@@ -121,7 +123,7 @@ pub fn settle_revocations(
                     .detail(json!({
                         "serial": serial.to_hex(),
                         "reason": reason,
-                        "revoked_at": crate::issue::rfc3339(record.revoked_at.unwrap_or_default()),
+                        "revoked_at": crate::clock::rfc3339(record.revoked_at.unwrap_or_default()),
                         "ra": record.intent.ra,
                         "recovered": "the revocation is in the ledger but its audit entry could not be written at the time",
                     })),
@@ -241,7 +243,9 @@ fn certificate_of(entry: &AuditRecord, record: &LedgerRecord) -> Option<Vec<u8>>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::{Clock, SystemClock};
     use crate::ledger::{Intent, IntentOutcome, RecordState, SledLedger};
+    use std::sync::Arc;
 
     /// A self-signed certificate made by openssl, as DER.
     fn some_certificate(dir: &std::path::Path) -> Vec<u8> {
@@ -295,8 +299,10 @@ mod tests {
     fn revocations_missing_from_the_audit_log_are_written_under_the_ra() {
         let dir = tempfile::tempdir().expect("tempdir");
         let der = some_certificate(dir.path());
-        let ledger = SledLedger::open(&dir.path().join("ledger")).expect("ledger");
-        let log = AuditLog::open(&dir.path().join("audit.log")).expect("audit");
+        let ledger =
+            SledLedger::open(&dir.path().join("ledger"), Arc::new(SystemClock)).expect("ledger");
+        let log =
+            AuditLog::open(&dir.path().join("audit.log"), Arc::new(SystemClock)).expect("audit");
         log.append(AuditEvent::new(START_KIND, "certd"))
             .expect("append");
         let mut serials = Vec::new();
@@ -315,7 +321,10 @@ mod tests {
         )
         .expect("append");
 
-        assert_eq!(settle_revocations(&ledger, &log, 0).expect("settle"), 1);
+        assert_eq!(
+            settle_revocations(&ledger, &log, SystemClock.unix(), 0).expect("settle"),
+            1
+        );
         let text = std::fs::read_to_string(log.path()).expect("audit");
         let written: Vec<serde_json::Value> = text
             .lines()
@@ -330,7 +339,10 @@ mod tests {
         assert!(ledger.unaudited_revocations().expect("list").is_empty());
         assert!(audit::verify(log.path()).expect("verify").is_ok());
         // Settled once: nothing the second time.
-        assert_eq!(settle_revocations(&ledger, &log, 0).expect("settle"), 0);
+        assert_eq!(
+            settle_revocations(&ledger, &log, SystemClock.unix(), 0).expect("settle"),
+            0
+        );
     }
 
     #[test]
@@ -343,8 +355,10 @@ mod tests {
             .to_der()
             .expect("tbs");
         let digest: [u8; 32] = sha2::Sha256::digest(&tbs).into();
-        let ledger = SledLedger::open(&dir.path().join("ledger")).expect("ledger");
-        let log = AuditLog::open(&dir.path().join("audit.log")).expect("audit");
+        let ledger =
+            SledLedger::open(&dir.path().join("ledger"), Arc::new(SystemClock)).expect("ledger");
+        let log =
+            AuditLog::open(&dir.path().join("audit.log"), Arc::new(SystemClock)).expect("audit");
         // Before the previous start: must not be looked at.
         let stale = recorded(&ledger, 1, intent(digest));
         log.append(event("issued", &stale, Some(&der)))

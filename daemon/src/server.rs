@@ -8,9 +8,10 @@
 
 use crate::audit::AuditEvent;
 use crate::certgen;
+use crate::clock::{self, rfc3339};
 use crate::config::ApiConfig;
 use crate::daemon::{DaemonError, Shared};
-use crate::issue::{self, ledger_error, rfc3339};
+use crate::issue::{self, ledger_error};
 use crate::ledger::{LedgerRecord, RecordState, Serial};
 use crate::policy::Grant;
 use axum::body::Body;
@@ -183,8 +184,10 @@ struct RefusalBudget {
 }
 
 impl RefusalBudget {
-    fn allow(&self) -> (bool, u64) {
-        let minute = crate::issue::now_unix() as u64 / 60;
+    /// Whether a refusal at `now` (Unix seconds) is audited, and how many
+    /// went unaudited in the minute before, if this one starts a new minute.
+    fn allow(&self, now: i64) -> (bool, u64) {
+        let minute = now as u64 / 60;
         if self.window.swap(minute, Ordering::Relaxed) != minute {
             let dropped = self
                 .count
@@ -459,7 +462,7 @@ async fn refuse_handshake(
     reason: &str,
 ) {
     tracing::info!(peer = %addr, reason, "TLS handshake refused");
-    let (audit, dropped) = budget.allow();
+    let (audit, dropped) = budget.allow(shared.clock.unix());
     let mut events = Vec::new();
     if dropped > 0 {
         events.push(
@@ -859,7 +862,7 @@ async fn revoke_handler(
                     format!("{} is already revoked", serial.to_hex()),
                 ));
             }
-            let now = issue::now_unix();
+            let now = s.clock.unix();
             s.ledger
                 .record_revoked(&serial, code, now, g.name())
                 .map_err(|e| match e {
@@ -940,8 +943,8 @@ async fn list_handler(
         let parse_time = |v: &Option<String>| -> Result<Option<String>, ApiError> {
             v.as_ref()
                 .map(|t| {
-                    time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
-                        .map(|d| rfc3339(d.unix_timestamp()))
+                    clock::parse_rfc3339(t)
+                        .map(rfc3339)
                         .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("{t:?}: {e}")))
                 })
                 .transpose()
@@ -1005,7 +1008,7 @@ async fn crl_handler(call: Call, Path(name): Path<String>) -> Reply {
             )
         })?;
         let state = match s.crl.current(certifier.name()) {
-            Some(st) if st.next_update > issue::now_unix() => st,
+            Some(st) if st.next_update > s.clock.unix() => st,
             _ => crate::crl::generate(s, &certifier)?,
         };
         Ok((StatusCode::OK, state.der.to_vec(), "application/pkix-crl"))

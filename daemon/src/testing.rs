@@ -1,10 +1,12 @@
 //! A certifier daemon's shared state for unit tests: real configuration,
 //! ledger, audit log and CRL store in a temporary directory, with the
-//! certifier's key in memory instead of a token. Compiled into tests only.
+//! certifier's key in memory instead of a token and a clock that moves only
+//! when the test moves it. Compiled into tests only.
 
 use crate::audit::AuditLog;
 use crate::certgen::FixedProfile;
 use crate::certifier::Certifiers;
+use crate::clock::{Clock, ManualClock};
 use crate::config::Config;
 use crate::daemon::Shared;
 use crate::hsm::memory::MemoryKey;
@@ -31,13 +33,15 @@ pub(crate) const RA_FINGERPRINT: &str =
 /// memory, certificate valid for ten years) and one RA, [`RA`].
 pub(crate) struct TestCa {
     pub(crate) shared: Arc<Shared>,
+    /// The time everything reads: the real time when the CA was made, until
+    /// the test moves it.
+    pub(crate) clock: Arc<ManualClock>,
     _dir: tempfile::TempDir,
 }
 
 /// Writes a self-signed certifier certificate for `key` to `path`.
-fn write_certifier_certificate(key: &MemoryKey, path: &Path) {
+fn write_certifier_certificate(key: &MemoryKey, path: &Path, now: SystemTime) {
     let subject = x509::name_from(&[(rfc4519::CN, "certd unit-test CA")]).expect("a name");
-    let now = SystemTime::now();
     let validity = Validity::new(
         Time::try_from(now).expect("now"),
         Time::try_from(now + Duration::from_secs(3650 * 86_400)).expect("in ten years"),
@@ -67,8 +71,9 @@ impl TestCa {
         adjust: impl FnOnce(&mut Config),
     ) -> TestCa {
         let dir = tempfile::tempdir().expect("tempdir");
+        let clock = Arc::new(ManualClock::at(SystemTime::now()));
         let key = Arc::new(MemoryKey::p256([0x11; 32]));
-        write_certifier_certificate(&key, &dir.path().join("ca.pem"));
+        write_certifier_certificate(&key, &dir.path().join("ca.pem"), clock.now());
         let text = format!(
             r#"
 [daemon]
@@ -109,19 +114,23 @@ certifiers = ["ca"]
         std::fs::create_dir_all(&state_dir).expect("the state directory");
         let lock = std::fs::File::create(state_dir.join("lock")).expect("the lock file");
         let ledger: Arc<dyn Ledger> = Arc::new(
-            SledLedger::open(&crate::daemon::ledger_path(&state_dir)).expect("the ledger"),
+            SledLedger::open(&crate::daemon::ledger_path(&state_dir), clock.clone())
+                .expect("the ledger"),
         );
         let audit = Arc::new(
-            AuditLog::open(&crate::daemon::audit_path(&state_dir)).expect("the audit log"),
+            AuditLog::open(&crate::daemon::audit_path(&state_dir), clock.clone())
+                .expect("the audit log"),
         );
         let certifiers = Certifiers::load(&config).expect("the certifier");
         certifiers
             .find(Some("ca"))
             .expect("certifier ca")
             .activate_with(key);
-        let shared = Shared::new(config, certifiers, ledger, audit, lock).expect("shared state");
+        let shared = Shared::new(config, certifiers, ledger, audit, lock, clock.clone())
+            .expect("shared state");
         TestCa {
             shared: Arc::new(shared),
+            clock,
             _dir: dir,
         }
     }
