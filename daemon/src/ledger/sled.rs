@@ -1,356 +1,22 @@
-//! The certificate ledger: the source of truth for every serial certd has
-//! ever handed out.
-//!
-//! A serial is recorded durably as an *intent* before the HSM signs, and the
-//! certificate is stored after. Because a serial only ever moves forward
-//! through [`RecordState`] and records are never deleted, a crash between
-//! intent and issuance can burn a serial but never lets it be reused.
-//!
-//! The storage sits behind the [`Ledger`] trait so that a shared backend
-//! (PostgreSQL) can later replace the embedded [`SledLedger`] without the
-//! issuance pipeline noticing.
+//! The embedded ledger on sled: one writer thread that applies every
+//! waiting change in one transaction and one flush, and a wrapper that
+//! reopens the store after sled has failed on an I/O error.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::Serialize;
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
+use super::{
+    CertifierStats, IdempotencyEntry, Intent, IntentOutcome, Ledger, LedgerError, LedgerRecord,
+    RecordState, RevokedEntry, Serial, SERIAL_LEN,
+};
 use crate::clock::Clock;
-
-/// Length in bytes of a certd serial number.
-pub const SERIAL_LEN: usize = 16;
-
-/// A certificate serial number issued by certd: 16 bytes from the OS CSPRNG,
-/// positive (top bit clear) and non-zero.
-///
-/// The invariants are checked on every construction, so holding a `Serial`
-/// means holding a valid one.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Serial([u8; SERIAL_LEN]);
-
-/// Why a string or byte slice is not a valid certd serial.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum SerialError {
-    /// The text is not 32 hexadecimal digits.
-    #[error("a serial is {} hexadecimal digits", SERIAL_LEN * 2)]
-    Malformed,
-    /// The value has its top bit set, so it would be a negative INTEGER.
-    #[error("a serial must be positive (top bit clear)")]
-    Negative,
-    /// The value is zero, which RFC 5280 forbids.
-    #[error("a serial must not be zero")]
-    Zero,
-}
-
-impl Serial {
-    /// Draws a fresh serial from the OS CSPRNG.
-    pub fn random() -> Result<Self, LedgerError> {
-        loop {
-            let mut bytes = [0u8; SERIAL_LEN];
-            getrandom::fill(&mut bytes).map_err(LedgerError::Rng)?;
-            // Clearing the top bit keeps the DER INTEGER positive while
-            // leaving 127 bits of entropy, far above the 64 that the
-            // Baseline Requirements demand.
-            bytes[0] &= 0x7f;
-            // An all-zero draw (probability 2^-127) is simply drawn again.
-            if let Ok(serial) = Self::from_bytes(bytes) {
-                return Ok(serial);
-            }
-        }
-    }
-
-    /// Wraps raw bytes, checking that they form a positive, non-zero serial.
-    pub fn from_bytes(bytes: [u8; SERIAL_LEN]) -> Result<Self, SerialError> {
-        if bytes[0] & 0x80 != 0 {
-            return Err(SerialError::Negative);
-        }
-        if bytes.iter().all(|b| *b == 0) {
-            return Err(SerialError::Zero);
-        }
-        Ok(Self(bytes))
-    }
-
-    /// Parses the 32-digit hexadecimal form (either case).
-    pub fn from_hex(text: &str) -> Result<Self, SerialError> {
-        let mut bytes = [0u8; SERIAL_LEN];
-        hex::decode_to_slice(text, &mut bytes).map_err(|_| SerialError::Malformed)?;
-        Self::from_bytes(bytes)
-    }
-
-    /// The lowercase hexadecimal form used in the API, logs and the ledger.
-    pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
-    }
-
-    /// The big-endian bytes, ready for the certificate's serialNumber.
-    pub fn as_bytes(&self) -> &[u8; SERIAL_LEN] {
-        &self.0
-    }
-}
-
-impl fmt::Display for Serial {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_hex())
-    }
-}
-
-impl fmt::Debug for Serial {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Serial({})", self.to_hex())
-    }
-}
-
-impl FromStr for Serial {
-    type Err = SerialError;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        Self::from_hex(text)
-    }
-}
-
-impl Serialize for Serial {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.to_hex())
-    }
-}
-
-impl<'de> Deserialize<'de> for Serial {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        Self::from_hex(&text).map_err(serde::de::Error::custom)
-    }
-}
-
-/// Hashes and DER are stored as hex so the ledger stays readable with
-/// generic tools when an operator has to investigate.
-mod hex_bytes {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(bytes: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&hex::encode(bytes))
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
-        let text = String::deserialize(d)?;
-        let mut out = [0u8; 32];
-        hex::decode_to_slice(&text, &mut out).map_err(serde::de::Error::custom)?;
-        Ok(out)
-    }
-
-    pub(super) mod option_vec {
-        use serde::{Deserialize, Deserializer, Serializer};
-
-        pub(crate) fn serialize<S: Serializer>(
-            bytes: &Option<Vec<u8>>,
-            s: S,
-        ) -> Result<S::Ok, S::Error> {
-            match bytes {
-                Some(bytes) => s.serialize_some(&hex::encode(bytes)),
-                None => s.serialize_none(),
-            }
-        }
-
-        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
-            d: D,
-        ) -> Result<Option<Vec<u8>>, D::Error> {
-            Option::<String>::deserialize(d)?
-                .map(|text| hex::decode(text).map_err(serde::de::Error::custom))
-                .transpose()
-        }
-    }
-}
-
-/// What the issuance pipeline is about to sign, recorded before the HSM is
-/// asked to sign it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Intent {
-    /// Name of the certifier (CA) that will sign.
-    pub certifier: String,
-    /// Identity of the registration authority that asked.
-    pub ra: String,
-    /// The RA's idempotency key, when it sent one.
-    pub request_id: Option<String>,
-    /// SHA-256 of the TBSCertificate to be signed.
-    #[serde(with = "hex_bytes")]
-    pub tbs_sha256: [u8; 32],
-    /// Issuance profile the certificate is built from.
-    pub profile: String,
-    /// When the intent was formed, in Unix seconds.
-    pub created: i64,
-    /// Approval and validation evidence the RA sent with the request.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub approval: Option<serde_json::Value>,
-}
-
-/// Where a serial is in its life. It only ever moves forward:
-/// `Intent → Issued → Revoked`, or `Intent → Abandoned`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RecordState {
-    /// Reserved before signing; the certificate may or may not exist.
-    Intent,
-    /// Signed and stored.
-    Issued,
-    /// Signing failed or was interrupted; the serial is burned forever.
-    Abandoned,
-    /// Issued and later revoked.
-    Revoked,
-}
-
-impl fmt::Display for RecordState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Intent => "intent",
-            Self::Issued => "issued",
-            Self::Abandoned => "abandoned",
-            Self::Revoked => "revoked",
-        })
-    }
-}
-
-/// Everything the ledger knows about one serial.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LedgerRecord {
-    /// Current state.
-    pub state: RecordState,
-    /// What was about to be signed when the serial was reserved.
-    pub intent: Intent,
-    /// The issued certificate, once signed (kept after revocation).
-    #[serde(with = "hex_bytes::option_vec")]
-    pub certificate_der: Option<Vec<u8>>,
-    /// The certificate's notAfter, in Unix seconds.
-    pub not_after: Option<i64>,
-    /// When the certificate was stored, in Unix seconds.
-    pub issued_at: Option<i64>,
-    /// When the certificate was revoked, in Unix seconds.
-    pub revoked_at: Option<i64>,
-    /// RFC 5280 CRLReason code of the revocation.
-    pub revocation_reason: Option<u8>,
-    /// The RA that revoked it (absent in records written before it was
-    /// kept).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub revoked_by: Option<String>,
-    /// Why issuance was abandoned.
-    pub abandoned_reason: Option<String>,
-}
-
-impl LedgerRecord {
-    fn new_intent(intent: Intent) -> Self {
-        Self {
-            state: RecordState::Intent,
-            intent,
-            certificate_der: None,
-            not_after: None,
-            issued_at: None,
-            revoked_at: None,
-            revocation_reason: None,
-            revoked_by: None,
-            abandoned_reason: None,
-        }
-    }
-}
-
-/// The stored answer to an RA's idempotency key.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct IdempotencyEntry {
-    /// SHA-256 of the request body, to tell a replay from a conflicting reuse
-    /// of the same key.
-    #[serde(with = "hex_bytes")]
-    pub body_sha256: [u8; 32],
-    /// The serial reserved for the original request.
-    pub serial: Serial,
-}
-
-/// One revoked certificate, as a CRL lists it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RevokedEntry {
-    /// Its serial.
-    pub serial: Serial,
-    /// When it was revoked, Unix seconds.
-    pub revoked_at: i64,
-    /// RFC 5280 CRLReason code.
-    pub reason: u8,
-}
-
-/// Result of [`Ledger::record_intent`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum IntentOutcome {
-    /// The intent is durable; signing may proceed.
-    Recorded,
-    /// The serial exists already; draw another.
-    SerialTaken,
-    /// The idempotency key belongs to this earlier request.
-    KeyTaken(IdempotencyEntry),
-}
-
-/// Per-certifier counters, updated atomically with the records they count.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CertifierStats {
-    /// Certificates ever issued (revoked ones included).
-    pub issued: u64,
-    /// Certificates revoked.
-    pub revoked: u64,
-    /// Serial of the most recently issued certificate.
-    pub last_serial: Option<Serial>,
-}
-
-/// Errors from the ledger.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum LedgerError {
-    /// The storage engine failed (I/O error, full disk, lock held by another
-    /// process, on-disk corruption detected by sled).
-    #[error(
-        "ledger storage failed: {0}; check free disk space and the permissions \
-         of the certd state directory"
-    )]
-    Storage(#[from] sled::Error),
-    /// No record exists for this serial (hex).
-    #[error("no ledger record for serial {0}")]
-    NotFound(String),
-    /// The record exists but is not in the state the operation requires.
-    #[error("serial {serial} is {found}, but this operation needs it to be {expected}")]
-    InvalidState {
-        /// The serial, in hex.
-        serial: String,
-        /// The state the operation requires.
-        expected: RecordState,
-        /// The state the record is in.
-        found: RecordState,
-    },
-    /// The OS random number generator failed.
-    #[error("the OS random number generator failed: {0}")]
-    Rng(getrandom::Error),
-    /// A stored value could not be decoded; the ledger needs inspection.
-    #[error("ledger data is corrupt: {0}; restore the state directory from backup")]
-    Corrupt(String),
-}
-
-impl LedgerError {
-    /// Stable machine-readable code for the API and logs.
-    pub fn code(&self) -> &'static str {
-        match self {
-            Self::Storage(_) => "ledger_unavailable",
-            Self::NotFound(_) => "not_found",
-            Self::InvalidState { .. } => "invalid_state",
-            Self::Rng(_) => "internal",
-            Self::Corrupt(_) => "ledger_corrupt",
-        }
-    }
-}
 
 impl From<TransactionError<LedgerError>> for LedgerError {
     fn from(error: TransactionError<LedgerError>) -> Self {
@@ -359,92 +25,6 @@ impl From<TransactionError<LedgerError>> for LedgerError {
             TransactionError::Storage(error) => Self::Storage(error),
         }
     }
-}
-
-/// The certificate ledger. Every mutating method returns only once its
-/// change is durable.
-pub trait Ledger: Send + Sync {
-    /// Records the intent to sign `serial` (chosen by the caller, who has
-    /// built the TBSCertificate around it) and, when given, claims the RA's
-    /// idempotency key for it, in one durable transaction.
-    ///
-    /// An existing serial is never overwritten ([`IntentOutcome::SerialTaken`]).
-    /// An idempotency key already claimed for a serial that was not
-    /// abandoned is left alone ([`IntentOutcome::KeyTaken`]); one whose
-    /// serial was abandoned (signing failed) is taken over, so a client's
-    /// retry after a transient failure can succeed.
-    fn record_intent(
-        &self,
-        serial: &Serial,
-        intent: Intent,
-        idempotency: Option<(&str, &str, [u8; 32])>,
-    ) -> Result<IntentOutcome, LedgerError>;
-
-    /// Stores the signed certificate: `Intent → Issued`.
-    fn record_issued(
-        &self,
-        serial: &Serial,
-        certificate_der: &[u8],
-        not_after: i64,
-    ) -> Result<(), LedgerError>;
-
-    /// Burns a serial whose signing failed: `Intent → Abandoned`.
-    fn record_abandoned(&self, serial: &Serial, reason: &str) -> Result<(), LedgerError>;
-
-    /// Revokes an issued certificate: `Issued → Revoked`, on behalf of RA
-    /// `by`. The reason code is stored as given; checking it is the
-    /// caller's policy.
-    fn record_revoked(
-        &self,
-        serial: &Serial,
-        reason_code: u8,
-        revoked_at: i64,
-        by: &str,
-    ) -> Result<(), LedgerError>;
-
-    /// Looks up one serial.
-    fn get(&self, serial: &Serial) -> Result<Option<LedgerRecord>, LedgerError>;
-
-    /// Records still in state `Intent`, i.e. signings interrupted by a crash
-    /// (when called at start-up).
-    fn pending_intents(&self) -> Result<Vec<(Serial, LedgerRecord)>, LedgerError>;
-
-    /// Looks up an RA's idempotency key.
-    fn idempotency_get(
-        &self,
-        ra: &str,
-        request_id: &str,
-    ) -> Result<Option<IdempotencyEntry>, LedgerError>;
-
-    /// Counters for one certifier (zero for an unknown one).
-    fn stats(&self, certifier: &str) -> Result<CertifierStats, LedgerError>;
-
-    /// The next CRL number for a certifier: starts at 1, strictly increasing,
-    /// durable before it is returned.
-    fn next_crl_number(&self, certifier: &str) -> Result<u64, LedgerError>;
-
-    /// The last CRL number handed out by [`Ledger::next_crl_number`], or
-    /// `None` if the certifier has never had one (for status displays).
-    fn current_crl_number(&self, certifier: &str) -> Result<Option<u64>, LedgerError>;
-
-    /// Every revoked certificate of a certifier, in serial order (the CRL).
-    fn revoked_entries(&self, certifier: &str) -> Result<Vec<RevokedEntry>, LedgerError>;
-
-    /// Revoked certificates whose `revoked` audit entry is not known to be
-    /// durable yet.
-    fn unaudited_revocations(&self) -> Result<Vec<(Serial, LedgerRecord)>, LedgerError>;
-
-    /// Notes that the revocation of `serial` is in the audit log.
-    fn mark_revocation_audited(&self, serial: &Serial) -> Result<(), LedgerError>;
-
-    /// Hands every record with a serial above `after` (all when `None`) to
-    /// `visit`, in serial order, until it answers `Break`. A page of a
-    /// listing thus reads only what it shows and what it skips.
-    fn visit_records(
-        &self,
-        after: Option<&Serial>,
-        visit: &mut dyn FnMut(Serial, LedgerRecord) -> ControlFlow<()>,
-    ) -> Result<(), LedgerError>;
 }
 
 const CERTIFICATES_TREE: &str = "certificates";
@@ -1327,7 +907,7 @@ fn unaudited_key(serial: &Serial) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::SystemClock;
+    use crate::clock::{ManualClock, SystemClock};
     use std::sync::{Arc, Barrier};
 
     fn intent(certifier: &str) -> Intent {
@@ -1388,19 +968,6 @@ mod tests {
         fn assert_send_sync<T: Send + Sync>() {}
         assert_send_sync::<SledLedger>();
         assert_send_sync::<Box<dyn Ledger>>();
-    }
-
-    #[test]
-    fn serial_hex_round_trip_and_invariants() {
-        let serial = Serial::random().expect("rng");
-        assert_eq!(Serial::from_hex(&serial.to_hex()), Ok(serial));
-        assert_eq!(serial.to_hex(), serial.to_hex().to_lowercase());
-        assert_eq!(Serial::from_hex("00"), Err(SerialError::Malformed));
-        assert_eq!(Serial::from_hex(&"0".repeat(32)), Err(SerialError::Zero));
-        assert_eq!(
-            Serial::from_hex(&format!("80{}", "0".repeat(30))),
-            Err(SerialError::Negative)
-        );
     }
 
     /// Several requests that drew the same serial: exactly one intent is
@@ -1530,6 +1097,21 @@ mod tests {
             assert_eq!(record.state, RecordState::Intent);
             assert_eq!(record.intent, of(n));
         }
+    }
+
+    #[test]
+    fn issuance_is_timed_by_the_ledger_clock() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let start = std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let clock = Arc::new(ManualClock::at(start));
+        let ledger = SledLedger::open(dir.path(), clock.clone()).expect("open ledger");
+        let serial = recorded(&ledger, 1, intent("ca1"));
+        clock.advance(Duration::from_secs(5));
+        ledger
+            .record_issued(&serial, b"der", 2_000_000_000)
+            .expect("issue");
+        let record = ledger.get(&serial).expect("get").expect("present");
+        assert_eq!(record.issued_at, Some(1_700_000_005));
     }
 
     #[test]
