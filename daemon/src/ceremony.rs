@@ -9,10 +9,10 @@ use crate::certgen::FixedProfile;
 use crate::clock::Clock;
 use crate::hsm::pkcs11::{self, Module};
 use crate::hsm::{HsmError, KeyType, Signer};
-use crate::x509::{self, SubjectSpec, X509Error};
+use crate::x509::{self, read_certificates, CertificateFileError, SubjectSpec, X509Error};
 use cryptoki::object::ObjectHandle;
 use cryptoki::session::Session;
-use der::{Decode, DecodePem};
+use der::DecodePem;
 use secrecy::SecretString;
 use spki::SubjectPublicKeyInfoOwned;
 use std::path::{Path, PathBuf};
@@ -55,6 +55,17 @@ pub enum CeremonyError {
         /// What is wrong.
         message: String,
     },
+}
+
+impl From<CertificateFileError> for CeremonyError {
+    fn from(e: CertificateFileError) -> Self {
+        match e {
+            CertificateFileError::Io { path, source } => CeremonyError::Io { path, source },
+            CertificateFileError::Bad { path, message } => {
+                CeremonyError::BadCertificate { path, message }
+            }
+        }
+    }
 }
 
 /// What the ceremony produces besides the key.
@@ -293,29 +304,6 @@ pub fn spki_fingerprint(spki: &SubjectPublicKeyInfoOwned) -> String {
     spki.to_der()
         .map(|d| hex::encode(sha2::Sha256::digest(d)))
         .unwrap_or_default()
-}
-
-/// Reads one or more PEM certificates from a file.
-pub fn read_certificates(path: &Path) -> Result<Vec<Certificate>, CeremonyError> {
-    let bytes = std::fs::read(path).map_err(|source| CeremonyError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let bad = |message: String| CeremonyError::BadCertificate {
-        path: path.to_path_buf(),
-        message,
-    };
-    if bytes.starts_with(&[0x30]) {
-        return Certificate::from_der(&bytes)
-            .map(|c| vec![c])
-            .map_err(|e| bad(format!("not a DER certificate: {e}")));
-    }
-    let certs = Certificate::load_pem_chain(&bytes)
-        .map_err(|e| bad(format!("not a PEM certificate: {e}")))?;
-    if certs.is_empty() {
-        return Err(bad("holds no certificate".into()));
-    }
-    Ok(certs)
 }
 
 /// Parameters of `certd import-ca-cert`.

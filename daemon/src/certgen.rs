@@ -13,7 +13,6 @@ use const_oid::ObjectIdentifier;
 use der::asn1::{Ia5String, OctetString};
 use der::Decode;
 use spki::SubjectPublicKeyInfoOwned;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use x509_cert::builder::profile::BuilderProfile;
 use x509_cert::builder::CertificateBuilder;
 use x509_cert::certificate::TbsCertificate;
@@ -28,7 +27,7 @@ use x509_cert::ext::pkix::{
 use x509_cert::ext::Extension;
 use x509_cert::name::Name;
 use x509_cert::serial_number::SerialNumber;
-use x509_cert::time::{Time, Validity};
+use x509_cert::time::Validity;
 use x509_cert::Certificate;
 
 /// CA/Browser Forum reserved policy OIDs.
@@ -68,15 +67,8 @@ impl IssuerInfo {
         IssuerInfo {
             name: tbs.subject().clone(),
             key_id,
-            not_after: unix(tbs.validity().not_after.to_system_time()),
+            not_after: x509::unix_of(&tbs.validity().not_after),
         }
-    }
-}
-
-fn unix(t: SystemTime) -> i64 {
-    match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-        Err(_) => 0,
     }
 }
 
@@ -122,11 +114,6 @@ pub fn choose_validity(
             clamped: false,
         }),
     }
-}
-
-fn time(secs: i64) -> Result<Time, X509Error> {
-    let t = UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0));
-    Time::try_from(t).map_err(|e| X509Error::Invalid(e.to_string()))
 }
 
 /// The subject Name of `names`, in the order C, ST, L, O, OU, CN, emailAddress.
@@ -343,8 +330,8 @@ pub fn leaf_builder(spec: &LeafSpec<'_>) -> Result<CertificateBuilder<FixedProfi
         extensions(spec.profile, spec.issuer, spec.key_type, spec.names)?,
     );
     let validity = Validity::new(
-        time(spec.validity.not_before)?,
-        time(spec.validity.not_after)?,
+        x509::time_at(spec.validity.not_before)?,
+        x509::time_at(spec.validity.not_after)?,
     );
     let serial = SerialNumber::new(spec.serial).map_err(|e| X509Error::Invalid(e.to_string()))?;
     CertificateBuilder::new(profile, serial, validity, spec.spki.clone())
@@ -354,11 +341,6 @@ pub fn leaf_builder(spec: &LeafSpec<'_>) -> Result<CertificateBuilder<FixedProfi
 /// Decodes TBS bytes back (for lint and hashing).
 pub fn decode_tbs(bytes: &[u8]) -> Result<TbsCertificate, X509Error> {
     TbsCertificate::from_der(bytes).map_err(|e| X509Error::Invalid(e.to_string()))
-}
-
-/// Unix seconds of an X.509 time.
-pub fn unix_of(t: &Time) -> i64 {
-    unix(t.to_system_time())
 }
 
 #[cfg(test)]

@@ -10,7 +10,12 @@ use crate::x509;
 use secrecy::SecretString;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 use x509_cert::Certificate;
+
+/// How often certifier tokens are probed (and unavailable ones retried),
+/// and how soon work that waits for an active certifier looks again.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 
 /// The state of a certifier, as shown by `certd status` and the health API.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -287,7 +292,7 @@ impl Certifiers {
                 name: c.name.clone(),
                 message,
             };
-            let certs = crate::ceremony::read_certificates(&c.certificate).map_err(|e| {
+            let certs = x509::read_certificates(&c.certificate).map_err(|e| {
                 fail(format!(
                     "{e}; write it with `certd init-ca --cert-out` or `certd import-ca-cert`"
                 ))
@@ -297,9 +302,7 @@ impl Certifiers {
                 .next()
                 .ok_or_else(|| fail("certificate file holds no certificate".into()))?;
             let chain = match &c.chain {
-                Some(p) => {
-                    crate::ceremony::read_certificates(p).map_err(|e| fail(e.to_string()))?
-                }
+                Some(p) => x509::read_certificates(p).map_err(|e| fail(e.to_string()))?,
                 None => Vec::new(),
             };
             let key_type =

@@ -4,6 +4,7 @@
 //! file, so a configuration directory can be moved as a whole.
 
 use serde::Deserialize;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 /// Errors from loading or checking a configuration file.
@@ -580,7 +581,7 @@ impl Config {
                 }
             }
             for n in &ra.ip_networks {
-                if crate::policy::IpNet::parse(n).is_none() {
+                if IpNet::parse(n).is_none() {
                     return Err(self.invalid(format!(
                         "RA {:?}: {n:?} is not a CIDR network like 10.0.0.0/8",
                         ra.name
@@ -617,6 +618,42 @@ pub fn valid_name(name: &str) -> bool {
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
         && !name.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// An IP network in CIDR form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl IpNet {
+    /// Parses `10.0.0.0/8` or `2001:db8::/32`.
+    pub fn parse(s: &str) -> Option<IpNet> {
+        let (a, p) = s.split_once('/')?;
+        let addr: IpAddr = a.parse().ok()?;
+        let prefix: u8 = p.parse().ok()?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        (prefix <= max).then_some(IpNet { addr, prefix })
+    }
+
+    /// Whether `ip` lies inside the network.
+    pub fn contains(&self, ip: &IpAddr) -> bool {
+        fn bits(a: &IpAddr) -> (u128, u32) {
+            match a {
+                IpAddr::V4(v) => (u128::from(u32::from(*v)), 32),
+                IpAddr::V6(v) => (u128::from(*v), 128),
+            }
+        }
+        let (net, width) = bits(&self.addr);
+        let (host, host_width) = bits(ip);
+        if width != host_width {
+            return false;
+        }
+        let shift = width - u32::from(self.prefix);
+        let mask = if shift >= 128 { 0 } else { u128::MAX << shift };
+        (net & mask) == (host & mask)
+    }
 }
 
 /// Lower-case hex without separators, if `f` is a SHA-256 fingerprint.
@@ -694,5 +731,16 @@ certificate = "root.pem"
         assert!(err.to_string().contains("others"), "{err}");
         let bad_name = GOOD.replace("name = \"root\"", "name = \"Root CA\"");
         assert!(Config::parse(&bad_name, Path::new("c.toml")).is_err());
+    }
+
+    #[test]
+    fn ipnet() {
+        let n = IpNet::parse("10.0.0.0/8").expect("net");
+        assert!(n.contains(&"10.1.2.3".parse().expect("ip")));
+        assert!(!n.contains(&"11.1.2.3".parse().expect("ip")));
+        let all = IpNet::parse("0.0.0.0/0").expect("net");
+        assert!(all.contains(&"1.2.3.4".parse().expect("ip")));
+        assert!(IpNet::parse("10.0.0.0/33").is_none());
+        assert!(IpNet::parse("10.0.0.0").is_none());
     }
 }

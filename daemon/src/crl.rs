@@ -7,7 +7,6 @@ use crate::audit::AuditEvent;
 use crate::certifier::Certifier;
 use crate::clock::rfc3339;
 use crate::daemon::Shared;
-use crate::issue::{hsm_error, ledger_error};
 use certd_api::{ApiError, ErrorCode};
 use der::asn1::{BitString, OctetString, Uint};
 use der::{Decode, Encode};
@@ -15,7 +14,7 @@ use serde_json::json;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 use x509_cert::crl::{CertificateList, RevokedCert, TbsCertList};
 use x509_cert::ext::pkix::crl::CrlReason;
 use x509_cert::ext::pkix::{AuthorityKeyIdentifier, CrlNumber};
@@ -55,8 +54,7 @@ fn reason(code: u8) -> Option<CrlReason> {
 }
 
 fn time(secs: i64) -> Result<Time, ApiError> {
-    Time::try_from(UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0)))
-        .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))
+    crate::x509::time_at(secs).map_err(internal)
 }
 
 fn internal(e: impl std::fmt::Display) -> ApiError {
@@ -80,8 +78,8 @@ pub fn describe(der: &[u8]) -> Option<CrlState> {
     Some(CrlState {
         der: Arc::new(der.to_vec()),
         number,
-        this_update: crate::certgen::unix_of(&tbs.this_update),
-        next_update: crate::certgen::unix_of(tbs.next_update.as_ref()?),
+        this_update: crate::x509::unix_of(&tbs.this_update),
+        next_update: crate::x509::unix_of(tbs.next_update.as_ref()?),
     })
 }
 
@@ -147,11 +145,17 @@ impl CrlStore {
 
 /// Makes, signs, verifies, stores and audits a new CRL for `certifier`.
 pub fn generate(shared: &Shared, certifier: &Certifier) -> Result<CrlState, ApiError> {
-    let signer = certifier.signer().map_err(|e| hsm_error(&e))?;
+    let signer = certifier.signer().map_err(|e| e.api_error())?;
     let name = certifier.name();
-    let entries = shared.ledger.revoked_entries(name).map_err(ledger_error)?;
+    let entries = shared
+        .ledger
+        .revoked_entries(name)
+        .map_err(|e| e.api_error())?;
     // Durable before signing: a crash after this never reuses the number.
-    let number = shared.ledger.next_crl_number(name).map_err(ledger_error)?;
+    let number = shared
+        .ledger
+        .next_crl_number(name)
+        .map_err(|e| e.api_error())?;
     let issuer = &certifier.issuer;
     let now = shared.clock.unix();
     let next = now + i64::from(shared.config.crl.validity_hours) * 3600;
@@ -197,7 +201,7 @@ pub fn generate(shared: &Shared, certifier: &Certifier) -> Result<CrlState, ApiE
         if matches!(e, crate::hsm::HsmError::Unavailable(_)) {
             certifier.report_fault(&e.to_string());
         }
-        hsm_error(&e)
+        e.api_error()
     })?;
     let crl = CertificateList {
         tbs_cert_list: tbs,
@@ -258,7 +262,7 @@ pub async fn keep_fresh(shared: Arc<Shared>, certifier: Arc<Certifier>) {
         if certifier.signer().is_err() {
             // Locked or unavailable: look again shortly.
             tokio::select! {
-                _ = tokio::time::sleep(crate::daemon::PROBE_INTERVAL) => {}
+                _ = tokio::time::sleep(crate::certifier::PROBE_INTERVAL) => {}
                 _ = trigger.notified() => { pending = true; }
             }
             continue;

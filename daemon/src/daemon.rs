@@ -2,7 +2,7 @@
 //! notification and shutdown.
 
 use crate::audit::{AuditEvent, AuditLog};
-use crate::certifier::{Certifier, Certifiers, State};
+use crate::certifier::{Certifier, Certifiers, State, PROBE_INTERVAL};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::control::{Request, Response, MAX_REQUEST};
@@ -20,9 +20,6 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use zeroize::Zeroizing;
 
-/// How often certifier tokens are probed (and unavailable ones retried).
-pub const PROBE_INTERVAL: Duration = Duration::from_secs(2);
-
 /// Errors that stop the daemon from starting.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -36,6 +33,9 @@ pub enum DaemonError {
     /// The ledger cannot be opened.
     #[error(transparent)]
     Ledger(#[from] crate::ledger::LedgerError),
+    /// Interrupted issuances or revocations cannot be settled.
+    #[error(transparent)]
+    Recovery(#[from] crate::recovery::RecoveryError),
     /// The audit log cannot be opened or written.
     #[error(transparent)]
     Audit(#[from] crate::audit::AuditError),

@@ -15,7 +15,7 @@ use crate::hsm::HsmError;
 use crate::ledger::{Intent, IntentOutcome, LedgerError, LedgerRecord, RecordState, Serial};
 use crate::lint::{self, LintContext};
 use crate::policy::{self, Grant, Names, SubjectFields};
-use crate::x509::{self, X509Error};
+use crate::x509;
 use base64::Engine;
 use certd_api::{ApiError, ErrorCode, IssueRequest, IssueResponse};
 use der::{Decode, Encode};
@@ -24,37 +24,6 @@ use sha2::Digest;
 use std::sync::Arc;
 use x509_cert::builder::Builder;
 use x509_cert::Certificate;
-
-/// Maps ledger errors to API errors.
-pub fn ledger_error(e: LedgerError) -> ApiError {
-    match e {
-        LedgerError::Storage(_) => ApiError::new(ErrorCode::LedgerUnavailable, e.to_string()),
-        other => ApiError::new(ErrorCode::Internal, other.to_string()),
-    }
-}
-
-/// Maps HSM errors to API errors.
-pub fn hsm_error(e: &HsmError) -> ApiError {
-    let code = match e {
-        HsmError::Locked => ErrorCode::CertifierLocked,
-        HsmError::BadSignature => ErrorCode::CertifierFault,
-        _ => ErrorCode::CertifierUnavailable,
-    };
-    let message = match e {
-        HsmError::Locked => {
-            "the certifier is locked: an operator must run `certd activate`".to_string()
-        }
-        other => other.to_string(),
-    };
-    ApiError::new(code, message)
-}
-
-fn x509_error(e: X509Error) -> ApiError {
-    match e {
-        X509Error::Hsm(h) => hsm_error(&h),
-        X509Error::Invalid(m) => ApiError::new(ErrorCode::BadRequest, m),
-    }
-}
 
 fn parse_not_after(s: &str) -> Result<i64, ApiError> {
     clock::parse_rfc3339(s).map_err(|e| {
@@ -82,11 +51,6 @@ fn check_request_id(id: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// PEM of a DER certificate.
-pub fn cert_pem(der: &[u8]) -> String {
-    der::pem::encode_string("CERTIFICATE", der::pem::LineEnding::LF, der).unwrap_or_default()
-}
-
 fn response_from_record(
     shared: &Shared,
     serial: &Serial,
@@ -100,7 +64,7 @@ fn response_from_record(
     let cert = Certificate::from_der(der)
         .map_err(|e| ApiError::new(ErrorCode::Internal, format!("stored certificate: {e}")))?;
     let validity = cert.tbs_certificate().validity();
-    let not_after = certgen::unix_of(&validity.not_after);
+    let not_after = x509::unix_of(&validity.not_after);
     let chain = shared
         .certifiers
         .find(Some(&record.intent.certifier))
@@ -108,9 +72,9 @@ fn response_from_record(
         .unwrap_or_default();
     Ok(IssueResponse {
         serial: serial.to_hex(),
-        certificate: cert_pem(der),
+        certificate: x509::cert_pem(der),
         chain,
-        not_before: rfc3339(certgen::unix_of(&validity.not_before)),
+        not_before: rfc3339(x509::unix_of(&validity.not_before)),
         not_after: rfc3339(not_after),
         // The same request asked for the same not_after the first time.
         not_after_clamped: requested_not_after.is_some_and(|r| r > not_after),
@@ -132,7 +96,10 @@ fn replay(
             "this request_id was used before with a different request; use a new request_id",
         ));
     }
-    let record = shared.ledger.get(&entry.serial).map_err(ledger_error)?;
+    let record = shared
+        .ledger
+        .get(&entry.serial)
+        .map_err(|e| e.api_error())?;
     match record {
         Some(r) if matches!(r.state, RecordState::Issued | RecordState::Revoked) => {
             let requested = req
@@ -182,7 +149,7 @@ fn issue_drawing(
     if let Some(entry) = shared
         .ledger
         .idempotency_get(grant.name(), &req.request_id)
-        .map_err(ledger_error)?
+        .map_err(|e| e.api_error())?
     {
         if let Some(resp) = replay(shared, &entry, &digest, req)? {
             return Ok(resp);
@@ -193,7 +160,7 @@ fn issue_drawing(
         .find(Some(&certifier_name))
         .map_err(|e| ApiError::new(ErrorCode::UnknownCertifier, e.to_string()))?;
     // Fail fast while locked; checked again when signing.
-    certifier.signer().map_err(|e| hsm_error(&e))?;
+    certifier.signer().map_err(|e| e.api_error())?;
     shared.check_free_space()?;
     if profile.require_approval
         && req
@@ -233,7 +200,7 @@ fn issue_drawing(
     let validity = certgen::choose_validity(now, requested, max_days, issuer.not_after)
         .map_err(|m| ApiError::new(ErrorCode::BadValidity, m))?;
 
-    let signer = certifier.signer().map_err(|e| hsm_error(&e))?;
+    let signer = certifier.signer().map_err(|e| e.api_error())?;
     let lint_ctx = LintContext {
         profile,
         issuer,
@@ -250,7 +217,7 @@ fn issue_drawing(
     // A 127-bit random serial collides with essentially zero probability;
     // the ledger still checks, and a collision just draws again.
     for _ in 0..SERIAL_DRAWS {
-        let serial = draw_serial().map_err(ledger_error)?;
+        let serial = draw_serial().map_err(|e| e.api_error())?;
         let mut builder = certgen::leaf_builder(&LeafSpec {
             profile,
             issuer,
@@ -260,7 +227,7 @@ fn issue_drawing(
             validity,
             serial: serial.as_bytes(),
         })
-        .map_err(x509_error)?;
+        .map_err(|e| e.api_error())?;
         let key = x509::TokenKeyRef::of(signer.as_ref());
         let tbs = builder
             .finalize(&key)
@@ -292,7 +259,7 @@ fn issue_drawing(
                 intent,
                 Some((grant.name(), &req.request_id, digest)),
             )
-            .map_err(ledger_error)?;
+            .map_err(|e| e.api_error())?;
         match outcome {
             IntentOutcome::Recorded => {}
             IntentOutcome::SerialTaken => {
@@ -374,7 +341,7 @@ fn sign_and_store(
             if matches!(e, HsmError::Unavailable(_) | HsmError::Pkcs11 { .. }) {
                 certifier.report_fault(&e.to_string());
             }
-            let api = hsm_error(&e);
+            let api = e.api_error();
             let _ = shared.audit(
                 AuditEvent::new("issuance_failed", grant.name())
                     .certifier(certifier.name().to_string())
@@ -433,10 +400,10 @@ fn sign_and_store(
     shared
         .ledger
         .record_issued(&serial, &der, validity.not_after)
-        .map_err(ledger_error)?;
+        .map_err(|e| e.api_error())?;
     Ok(IssueResponse {
         serial: serial.to_hex(),
-        certificate: cert_pem(&der),
+        certificate: x509::cert_pem(&der),
         chain: certifier.chain_pems.clone(),
         not_before: rfc3339(validity.not_before),
         not_after: rfc3339(validity.not_after),

@@ -9,6 +9,7 @@ use crate::certgen::{self, IssuerInfo};
 use crate::config::{ProfileConfig, ProfileKind};
 use crate::hsm::KeyType;
 use crate::policy;
+use crate::x509;
 use const_oid::db::rfc5280;
 use const_oid::AssociatedOid;
 use der::Decode;
@@ -89,8 +90,8 @@ pub fn lint(tbs: &TbsCertificate, ctx: &LintContext<'_>) -> Vec<String> {
     if tbs.issuer() != &ctx.issuer.name {
         f.push("issuer is not the certifier's subject".into());
     }
-    let nb = certgen::unix_of(&tbs.validity().not_before);
-    let na = certgen::unix_of(&tbs.validity().not_after);
+    let nb = x509::unix_of(&tbs.validity().not_before);
+    let na = x509::unix_of(&tbs.validity().not_after);
     if na <= nb {
         f.push("notAfter is not after notBefore".into());
     }

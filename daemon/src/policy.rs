@@ -7,43 +7,8 @@ use certd_api::{ApiError, ErrorCode};
 use std::collections::HashMap;
 use std::net::IpAddr;
 
+pub use crate::config::IpNet;
 pub use certd_api::names::{check_dns_name, check_email};
-
-/// An IP network in CIDR form.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IpNet {
-    addr: IpAddr,
-    prefix: u8,
-}
-
-impl IpNet {
-    /// Parses `10.0.0.0/8` or `2001:db8::/32`.
-    pub fn parse(s: &str) -> Option<IpNet> {
-        let (a, p) = s.split_once('/')?;
-        let addr: IpAddr = a.parse().ok()?;
-        let prefix: u8 = p.parse().ok()?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        (prefix <= max).then_some(IpNet { addr, prefix })
-    }
-
-    /// Whether `ip` lies inside the network.
-    pub fn contains(&self, ip: &IpAddr) -> bool {
-        fn bits(a: &IpAddr) -> (u128, u32) {
-            match a {
-                IpAddr::V4(v) => (u128::from(u32::from(*v)), 32),
-                IpAddr::V6(v) => (u128::from(*v), 128),
-            }
-        }
-        let (net, width) = bits(&self.addr);
-        let (host, host_width) = bits(ip);
-        if width != host_width {
-            return false;
-        }
-        let shift = width - u32::from(self.prefix);
-        let mask = if shift >= 128 { 0 } else { u128::MAX << shift };
-        (net & mask) == (host & mask)
-    }
-}
 
 /// An RA's grant, ready for checks.
 #[derive(Debug, Clone)]
@@ -692,16 +657,5 @@ mod tests {
         for p in ["8.8.8.8", "1.1.1.1", "2606:4700::1111"] {
             assert!(!is_reserved_ip(&p.parse().expect("ip")), "{p}");
         }
-    }
-
-    #[test]
-    fn ipnet() {
-        let n = IpNet::parse("10.0.0.0/8").expect("net");
-        assert!(n.contains(&"10.1.2.3".parse().expect("ip")));
-        assert!(!n.contains(&"11.1.2.3".parse().expect("ip")));
-        let all = IpNet::parse("0.0.0.0/0").expect("net");
-        assert!(all.contains(&"1.2.3.4".parse().expect("ip")));
-        assert!(IpNet::parse("10.0.0.0/33").is_none());
-        assert!(IpNet::parse("10.0.0.0").is_none());
     }
 }

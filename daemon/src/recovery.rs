@@ -10,7 +10,6 @@
 //! audit log agree afterwards, and no serial is ever used twice.
 
 use crate::audit::{self, AuditEvent, AuditLog, AuditRecord};
-use crate::daemon::DaemonError;
 use crate::ledger::{Ledger, LedgerRecord, Serial};
 use base64::Engine;
 use der::{Decode, Encode};
@@ -19,6 +18,19 @@ use sha2::Digest;
 use std::collections::{HashMap, HashSet};
 use std::ops::ControlFlow;
 use x509_cert::Certificate;
+
+/// Why interrupted work cannot be settled: the ledger or the audit log
+/// failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecoveryError {
+    /// The ledger failed.
+    #[error(transparent)]
+    Ledger(#[from] crate::ledger::LedgerError),
+    /// The audit log failed.
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
+}
 
 /// What start-up recovery did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -36,7 +48,10 @@ pub const START_KIND: &str = "config_loaded";
 
 /// Resolves every intent left pending by the last stop. Runs before the
 /// start writes its own [`START_KIND`] entry.
-pub fn recover_interrupted(ledger: &dyn Ledger, log: &AuditLog) -> Result<Recovered, DaemonError> {
+pub fn recover_interrupted(
+    ledger: &dyn Ledger,
+    log: &AuditLog,
+) -> Result<Recovered, RecoveryError> {
     let pending = ledger.pending_intents()?;
     resolve(ledger, log, pending, true)
 }
@@ -54,7 +69,7 @@ pub fn complete_stale(
     now: i64,
     min_age_secs: i64,
     skip: &mut HashSet<Serial>,
-) -> Result<Recovered, DaemonError> {
+) -> Result<Recovered, RecoveryError> {
     let stale: Vec<(Serial, LedgerRecord)> = ledger
         .pending_intents()?
         .into_iter()
@@ -79,7 +94,7 @@ pub fn settle_revocations(
     log: &AuditLog,
     now: i64,
     min_age_secs: i64,
-) -> Result<usize, DaemonError> {
+) -> Result<usize, RecoveryError> {
     let unaudited: Vec<(Serial, LedgerRecord)> = ledger
         .unaudited_revocations()?
         .into_iter()
@@ -144,7 +159,7 @@ fn resolve(
     log: &AuditLog,
     pending: Vec<(Serial, LedgerRecord)>,
     abandon_rest: bool,
-) -> Result<Recovered, DaemonError> {
+) -> Result<Recovered, RecoveryError> {
     let mut done = Recovered::default();
     if pending.is_empty() {
         return Ok(done);
@@ -189,7 +204,7 @@ fn resolve(
         let event = match signed.remove(&serial.to_hex()) {
             Some(der) => {
                 let not_after = Certificate::from_der(&der)
-                    .map(|c| crate::certgen::unix_of(&c.tbs_certificate().validity().not_after))
+                    .map(|c| crate::x509::unix_of(&c.tbs_certificate().validity().not_after))
                     .unwrap_or_default();
                 ledger.record_issued(&serial, &der, not_after)?;
                 tracing::warn!(serial = %serial.to_hex(), "completed an interrupted issuance from its audit entry");

@@ -7,13 +7,13 @@
 //! removes an RA takes effect on open connections too.
 
 use crate::audit::AuditEvent;
-use crate::certgen;
 use crate::clock::{self, rfc3339};
 use crate::config::ApiConfig;
 use crate::daemon::{DaemonError, Shared};
-use crate::issue::{self, ledger_error};
+use crate::issue;
 use crate::ledger::{LedgerRecord, RecordState, Serial};
 use crate::policy::Grant;
+use crate::x509;
 use axum::body::Body;
 use axum::extract::{FromRequestParts, Path, Query};
 use axum::http::request::Parts;
@@ -775,9 +775,9 @@ pub fn certificate_info(serial: &Serial, record: &LedgerRecord) -> Option<Certif
         subject: tbs.subject().to_string(),
         emails,
         dns,
-        not_before: rfc3339(certgen::unix_of(&tbs.validity().not_before)),
-        not_after: rfc3339(certgen::unix_of(&tbs.validity().not_after)),
-        certificate: issue::cert_pem(der),
+        not_before: rfc3339(x509::unix_of(&tbs.validity().not_before)),
+        not_after: rfc3339(x509::unix_of(&tbs.validity().not_after)),
+        certificate: x509::cert_pem(der),
         revoked_at: record.revoked_at.map(rfc3339),
         revocation_reason: record
             .revocation_reason
@@ -801,7 +801,7 @@ fn lookup(
     let record = shared
         .ledger
         .get(&serial)
-        .map_err(ledger_error)?
+        .map_err(|e| e.api_error())?
         .ok_or_else(not_found)?;
     if !visible(grant, &record)
         || !matches!(record.state, RecordState::Issued | RecordState::Revoked)
@@ -870,7 +870,7 @@ async fn revoke_handler(
                         ErrorCode::AlreadyRevoked,
                         format!("{} is already revoked", serial.to_hex()),
                     ),
-                    other => ledger_error(other),
+                    other => other.api_error(),
                 })?;
             // In effect from here on: the CRL is remade even if the audit
             // entry cannot be written now (it is then written later, see
@@ -888,7 +888,7 @@ async fn revoke_handler(
             let record = s
                 .ledger
                 .get(&serial)
-                .map_err(ledger_error)?
+                .map_err(|e| e.api_error())?
                 .ok_or_else(|| ApiError::new(ErrorCode::Internal, "record vanished"))?;
             let info = certificate_info(&serial, &record).ok_or_else(|| {
                 ApiError::new(ErrorCode::Internal, "stored certificate does not decode")
@@ -993,7 +993,7 @@ async fn list_handler(
         };
         s.ledger
             .visit_records(cursor.as_ref(), &mut visit)
-            .map_err(ledger_error)?;
+            .map_err(|e| e.api_error())?;
         json_ok(StatusCode::OK, &CertificateList { items, next })
     })
     .await

@@ -1,11 +1,14 @@
-//! Certificate and request assembly around a token key.
+//! X.509 around a token key: certificate and request assembly, names and
+//! extensions, times, and certificates in files and PEM.
 //!
 //! The `x509-cert` builders expect a software key pair; [`TokenKeyRef`]
 //! stands in for one by carrying only the public half and the signature
 //! algorithm, so the builders produce the to-be-signed bytes, the token
 //! signs them, and the builders assemble the result.
 
+use crate::clock;
 use crate::hsm::{self, HsmError, KeyType, Signer};
+use certd_api::{ApiError, ErrorCode};
 use const_oid::db::rfc4519;
 use const_oid::ObjectIdentifier;
 use der::asn1::{BitString, OctetString, PrintableStringRef, Utf8StringRef};
@@ -16,6 +19,8 @@ use x509_cert::attr::AttributeTypeAndValue;
 use x509_cert::builder::Builder;
 use x509_cert::ext::Extension;
 use x509_cert::name::{Name, RdnSequence, RelativeDistinguishedName};
+use x509_cert::time::Time;
+use x509_cert::Certificate;
 
 /// The public half of a token key, as the `x509-cert` builders need it.
 #[derive(Clone, Debug)]
@@ -67,6 +72,17 @@ pub enum X509Error {
     /// The token failed to sign.
     #[error(transparent)]
     Hsm(#[from] HsmError),
+}
+
+impl X509Error {
+    /// The API's answer to this error: the token's for a signing failure,
+    /// `bad_request` for a value that cannot be encoded.
+    pub fn api_error(&self) -> ApiError {
+        match self {
+            X509Error::Hsm(h) => h.api_error(),
+            X509Error::Invalid(m) => ApiError::new(ErrorCode::BadRequest, m.clone()),
+        }
+    }
 }
 
 fn enc(e: impl std::fmt::Display) -> X509Error {
@@ -196,6 +212,68 @@ pub fn extension<T: Encode + const_oid::AssociatedOid>(
 /// PEM-encodes a DER object with its label.
 pub fn to_pem<T: EncodePem>(value: &T) -> Result<String, X509Error> {
     value.to_pem(der::pem::LineEnding::LF).map_err(enc)
+}
+
+/// PEM of a DER certificate.
+pub fn cert_pem(der: &[u8]) -> String {
+    der::pem::encode_string("CERTIFICATE", der::pem::LineEnding::LF, der).unwrap_or_default()
+}
+
+/// Errors reading a certificate file.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CertificateFileError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The file holds no certificate, or something else.
+    #[error("{path}: {message}")]
+    Bad {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Reads one or more certificates from a file: PEM, or one DER certificate.
+pub fn read_certificates(path: &std::path::Path) -> Result<Vec<Certificate>, CertificateFileError> {
+    let bytes = std::fs::read(path).map_err(|source| CertificateFileError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let bad = |message: String| CertificateFileError::Bad {
+        path: path.to_path_buf(),
+        message,
+    };
+    if bytes.starts_with(&[0x30]) {
+        return Certificate::from_der(&bytes)
+            .map(|c| vec![c])
+            .map_err(|e| bad(format!("not a DER certificate: {e}")));
+    }
+    let certs = Certificate::load_pem_chain(&bytes)
+        .map_err(|e| bad(format!("not a PEM certificate: {e}")))?;
+    if certs.is_empty() {
+        return Err(bad("holds no certificate".into()));
+    }
+    Ok(certs)
+}
+
+/// Unix seconds of an X.509 time.
+pub fn unix_of(t: &Time) -> i64 {
+    clock::unix_seconds(t.to_system_time())
+}
+
+/// The X.509 time of Unix seconds (a time before 1970 as 1970).
+pub fn time_at(secs: i64) -> Result<Time, X509Error> {
+    let t =
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(secs).unwrap_or(0));
+    Time::try_from(t).map_err(enc)
 }
 
 /// A positive serial number of `bytes` random bytes from the OS CSPRNG.

@@ -14,6 +14,7 @@ pub mod verify;
 
 pub use keytype::KeyType;
 
+use certd_api::{ApiError, ErrorCode};
 use spki::SubjectPublicKeyInfoOwned;
 
 /// Errors from the HSM layer. Each has a stable code for the API and the
@@ -107,6 +108,24 @@ impl HsmError {
             | HsmError::Unavailable(_)
             | HsmError::Pkcs11 { .. } => "certifier_unavailable",
         }
+    }
+
+    /// The API's answer to this error: `certifier_locked` (with what the
+    /// operator must do), `certifier_fault` for a signature that does not
+    /// verify, `certifier_unavailable` for everything else.
+    pub fn api_error(&self) -> ApiError {
+        let code = match self {
+            HsmError::Locked => ErrorCode::CertifierLocked,
+            HsmError::BadSignature => ErrorCode::CertifierFault,
+            _ => ErrorCode::CertifierUnavailable,
+        };
+        let message = match self {
+            HsmError::Locked => {
+                "the certifier is locked: an operator must run `certd activate`".to_string()
+            }
+            other => other.to_string(),
+        };
+        ApiError::new(code, message)
     }
 }
 

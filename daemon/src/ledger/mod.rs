@@ -18,6 +18,8 @@ mod sled;
 
 use std::ops::ControlFlow;
 
+use certd_api::{ApiError, ErrorCode};
+
 pub use self::sled::SledLedger;
 pub use record::{
     CertifierStats, IdempotencyEntry, Intent, LedgerRecord, RecordState, RevokedEntry,
@@ -76,6 +78,15 @@ impl LedgerError {
             Self::InvalidState { .. } => "invalid_state",
             Self::Rng(_) => "internal",
             Self::Corrupt(_) => "ledger_corrupt",
+        }
+    }
+
+    /// The API's answer to this error: `ledger_unavailable` while the
+    /// storage fails (clients retry), `internal` for everything else.
+    pub fn api_error(&self) -> ApiError {
+        match self {
+            Self::Storage(_) => ApiError::new(ErrorCode::LedgerUnavailable, self.to_string()),
+            other => ApiError::new(ErrorCode::Internal, other.to_string()),
         }
     }
 }
