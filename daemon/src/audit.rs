@@ -326,6 +326,14 @@ impl AuditLog {
         Ok(record)
     }
 
+    /// Appends `event` durably, like [`AuditLog::append`]; a failure is
+    /// logged loudly, and the caller decides whether to go on.
+    pub fn record(&self, event: AuditEvent) -> Result<(), AuditError> {
+        self.append(event).map(|_| ()).inspect_err(|e| {
+            tracing::error!(error = %e, "cannot write the audit log");
+        })
+    }
+
     /// Writes an entry without waiting for it to reach the disk; returns
     /// the ticket to pass to [`AuditLog::make_durable`]. A later durable
     /// append covers it too (tickets are ordered), so a pipeline can defer

@@ -222,7 +222,8 @@ pub fn generate(shared: &Shared, certifier: &Certifier) -> Result<CrlState, ApiE
         )
     })?;
     shared
-        .audit(
+        .audit
+        .record(
             AuditEvent::new("crl_issued", "certd")
                 .certifier(name.to_string())
                 .detail(json!({"crl_number": number, "entries": entries.len(), "next_update": rfc3339(next)})),

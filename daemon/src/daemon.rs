@@ -6,11 +6,11 @@ use crate::certifier::{Certifier, Certifiers, State, PROBE_INTERVAL};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::control::{Request, Response, MAX_REQUEST};
+use crate::issue::Issuer;
 use crate::ledger::{Ledger, SledLedger};
-use crate::policy::{Grant, Policy};
+use crate::policy::{LivePolicy, Policy};
 use crate::status::{CertifierStatus, DaemonStatus};
 use crate::systemd;
-use certd_api::{ApiError, ErrorCode};
 use serde_json::json;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -113,46 +113,22 @@ pub struct Shared {
     /// Configuration as loaded.
     pub config: Config,
     /// The certifiers.
-    pub certifiers: Certifiers,
+    pub certifiers: Arc<Certifiers>,
     /// The ledger.
     pub ledger: Arc<dyn Ledger>,
     /// The audit log.
     pub audit: Arc<AuditLog>,
     /// CRLs.
     pub crl: crate::crl::CrlStore,
+    /// The policy in force.
+    pub policy: Arc<LivePolicy>,
+    /// The issuance pipeline.
+    pub issuer: Issuer,
     /// The time.
     pub clock: Arc<dyn Clock>,
     /// Held for the daemon's lifetime: one daemon per state directory.
     _lock: std::fs::File,
-    policy: arc_swap::ArcSwap<Policy>,
-    limiter: RateLimiter,
     started: Instant,
-}
-
-/// Per-RA token buckets.
-#[derive(Default)]
-struct RateLimiter {
-    buckets: std::sync::Mutex<std::collections::HashMap<String, (f64, Instant)>>,
-}
-
-impl RateLimiter {
-    /// Takes one token from `ra`'s bucket as of `now`. The bucket holds
-    /// `per_minute` tokens, starts full and refills continuously at
-    /// `per_minute` a minute; a lowered limit applies at once.
-    fn take(&self, ra: &str, per_minute: u32, now: Instant) -> bool {
-        let capacity = f64::from(per_minute);
-        let mut b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        let (tokens, last) = b.entry(ra.to_string()).or_insert((capacity, now));
-        *tokens =
-            (*tokens + now.duration_since(*last).as_secs_f64() * capacity / 60.0).min(capacity);
-        *last = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
 }
 
 impl Shared {
@@ -160,7 +136,7 @@ impl Shared {
     /// held lock file of the state directory.
     pub(crate) fn new(
         config: Config,
-        certifiers: Certifiers,
+        certifiers: Arc<Certifiers>,
         ledger: Arc<dyn Ledger>,
         audit: Arc<AuditLog>,
         lock: std::fs::File,
@@ -171,11 +147,20 @@ impl Shared {
             "opening the CRL store in {}",
             state_dir.display()
         )))?;
+        let policy = Arc::new(LivePolicy::new(Policy::from_config(&config)));
+        let issuer = Issuer::new(
+            policy.clone(),
+            certifiers.clone(),
+            ledger.clone(),
+            audit.clone(),
+            clock.clone(),
+            &config.daemon,
+        );
         Ok(Shared {
             _lock: lock,
             crl,
-            policy: arc_swap::ArcSwap::from_pointee(Policy::from_config(&config)),
-            limiter: RateLimiter::default(),
+            policy,
+            issuer,
             config,
             certifiers,
             ledger,
@@ -185,70 +170,9 @@ impl Shared {
         })
     }
 
-    /// Writes an audit entry; a failure to audit is logged loudly (the
-    /// caller decides whether to go on).
-    pub fn audit(&self, event: AuditEvent) -> Result<(), crate::audit::AuditError> {
-        self.audit.append(event).map(|_| ()).inspect_err(|e| {
-            tracing::error!(error = %e, "cannot write the audit log");
-        })
-    }
-
     /// The policy in force.
     pub fn policy(&self) -> Arc<Policy> {
-        self.policy.load_full()
-    }
-
-    /// Replaces the policy (profiles, RAs, grants) on reload.
-    pub fn set_policy(&self, policy: Policy) {
-        self.policy.store(Arc::new(policy));
-    }
-
-    /// Takes one request from the RA's rate budget.
-    pub fn rate_limit(&self, grant: &Grant) -> Result<(), ApiError> {
-        self.rate_limit_at(grant, self.clock.instant())
-    }
-
-    /// [`Shared::rate_limit`] as of `now`.
-    fn rate_limit_at(&self, grant: &Grant, now: Instant) -> Result<(), ApiError> {
-        match grant.config.rate_limit_per_minute {
-            Some(n) if n > 0 && !self.limiter.take(grant.name(), n, now) => Err(ApiError::new(
-                ErrorCode::RateLimited,
-                format!(
-                    "RA {:?} is over its limit of {n} requests per minute; retry later",
-                    grant.name()
-                ),
-            )),
-            _ => Ok(()),
-        }
-    }
-
-    /// Refuses issuance while the state directory's file system has less
-    /// than `daemon.min_free_mib` free.
-    pub fn check_free_space(&self) -> Result<(), ApiError> {
-        let dir = &self.config.daemon.state_dir;
-        let min = self.config.daemon.min_free_mib.saturating_mul(1 << 20);
-        let free = match rustix::fs::statvfs(dir) {
-            Ok(st) => st.f_bavail.saturating_mul(st.f_frsize),
-            Err(e) => {
-                return Err(ApiError::new(
-                    ErrorCode::LedgerUnavailable,
-                    format!("cannot tell the free space of {}: {e}", dir.display()),
-                ))
-            }
-        };
-        if free < min {
-            return Err(ApiError::new(
-                ErrorCode::StorageFull,
-                format!(
-                    "the disk holding {} has {} KiB free, under daemon.min_free_mib = {}: \
-                     issuance is paused until space is freed (revocation goes on)",
-                    dir.display(),
-                    free >> 10,
-                    self.config.daemon.min_free_mib
-                ),
-            ));
-        }
-        Ok(())
+        self.policy.current()
     }
 
     /// The daemon's status.
@@ -339,7 +263,7 @@ pub fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Arc<Shared>, Daemo
     // to the previous one.
     crate::recovery::recover_interrupted(ledger.as_ref(), &audit)?;
     crate::recovery::settle_revocations(ledger.as_ref(), &audit, clock.unix(), 0)?;
-    let certifiers = Certifiers::load(&config)?;
+    let certifiers = Arc::new(Certifiers::load(&config)?);
     let config_sha256 = std::fs::read(&config.source)
         .map(|b| {
             use sha2::Digest;
@@ -375,7 +299,7 @@ pub fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Arc<Shared>, Daemo
         match result {
             Ok(_) => {
                 tracing::info!(certifier = c.name(), "activated from PIN file");
-                shared.audit(
+                shared.audit.record(
                     AuditEvent::new("activated", "certd")
                         .certifier(c.name().to_string())
                         .detail(json!({"source": pin_path.display().to_string()})),
@@ -383,7 +307,7 @@ pub fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Arc<Shared>, Daemo
             }
             Err((code, message)) => {
                 tracing::error!(certifier = c.name(), %message, "activation from PIN file failed; certifier stays locked");
-                shared.audit(
+                shared.audit.record(
                     AuditEvent::new("activation_refused", "certd")
                         .certifier(c.name().to_string())
                         .detail(json!({"source": pin_path.display().to_string(), "code": code, "message": message})),
@@ -432,12 +356,14 @@ pub fn reload(shared: &Shared) -> Result<String, String> {
     match result {
         Ok(new) => {
             let policy = Policy::from_config(&new);
-            shared.set_policy(policy);
-            let _ = shared.audit(AuditEvent::new("config_reloaded", "certd").detail(json!({
-                "path": new.source.display().to_string(),
-                "ras": new.ras.iter().map(|r| &r.name).collect::<Vec<_>>(),
-                "profiles": new.profiles.iter().map(|p| &p.name).collect::<Vec<_>>(),
-            })));
+            shared.policy.replace(policy);
+            let _ = shared
+                .audit
+                .record(AuditEvent::new("config_reloaded", "certd").detail(json!({
+                    "path": new.source.display().to_string(),
+                    "ras": new.ras.iter().map(|r| &r.name).collect::<Vec<_>>(),
+                    "profiles": new.profiles.iter().map(|p| &p.name).collect::<Vec<_>>(),
+                })));
             tracing::info!("configuration reloaded: profiles, RAs and grants updated");
             Ok(format!(
                 "reloaded {}: {} profiles, {} RAs (daemon, hsm, api and certifier settings apply at the next start)",
@@ -448,7 +374,8 @@ pub fn reload(shared: &Shared) -> Result<String, String> {
         }
         Err(e) => {
             let _ = shared
-                .audit(AuditEvent::new("reload_refused", "certd").detail(json!({"error": e})));
+                .audit
+                .record(AuditEvent::new("reload_refused", "certd").detail(json!({"error": e})));
             tracing::error!(error = %e, "reload refused; the previous configuration stays in force");
             Err(e)
         }
@@ -507,7 +434,7 @@ async fn serve(shared: Arc<Shared>) -> Result<(), DaemonError> {
     }
     systemd::notify_stopping();
     tracing::info!("stopping");
-    let _ = shared.audit(AuditEvent::new("stopped", "certd"));
+    let _ = shared.audit.record(AuditEvent::new("stopped", "certd"));
     let _ = std::fs::remove_file(&socket_path);
     Ok(())
 }
@@ -564,7 +491,7 @@ async fn handle_control(shared: Arc<Shared>, stream: UnixStream) -> std::io::Res
     let allowed =
         uid == 0 || Some(uid) == own_uid() || shared.config.daemon.control_group.is_some();
     let response = if !allowed {
-        let _ = shared.audit(
+        let _ = shared.audit.record(
             AuditEvent::new("control_refused", &actor)
                 .detail(json!({"reason": "peer not permitted"})),
         );
@@ -639,7 +566,7 @@ async fn dispatch(shared: &Arc<Shared>, actor: &str, req: Request) -> Response {
                     .certifier(c.name().to_string())
                     .detail(json!({"code": e.code(), "message": e.to_string()})),
             };
-            if let Err(e) = shared.audit(event) {
+            if let Err(e) = shared.audit.record(event) {
                 // Nothing may be done without its audit record.
                 if result.is_ok() {
                     let _ = shared.certifiers.deactivate(&c);
@@ -670,8 +597,9 @@ async fn dispatch(shared: &Arc<Shared>, actor: &str, req: Request) -> Response {
             let c2 = c.clone();
             let result =
                 tokio::task::spawn_blocking(move || shared2.certifiers.deactivate(&c2)).await;
-            let _ =
-                shared.audit(AuditEvent::new("deactivated", actor).certifier(c.name().to_string()));
+            let _ = shared
+                .audit
+                .record(AuditEvent::new("deactivated", actor).certifier(c.name().to_string()));
             systemd::notify_status(&shared.systemd_status());
             match result {
                 Ok(Ok(())) => {
@@ -739,7 +667,7 @@ async fn probe_loop(shared: Arc<Shared>) {
                     for (name, state) in states {
                         if state == State::Active {
                             tracing::info!(certifier = %name, "token is back: certifier active again");
-                            let _ = shared.audit(
+                            let _ = shared.audit.record(
                                 AuditEvent::new("certifier_state", "certd")
                                     .certifier(name)
                                     .detail(json!({"state": "active", "reason": "token available again"})),
@@ -771,85 +699,13 @@ async fn probe_loop(shared: Arc<Shared>) {
                     state = state.name(),
                     "certifier state changed"
                 );
-                let _ = shared.audit(
+                let _ = shared.audit.record(
                     AuditEvent::new("certifier_state", "certd")
                         .certifier(c.name().to_string())
                         .detail(detail),
                 );
                 systemd::notify_status(&shared.systemd_status());
             }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::testing::TestCa;
-
-    /// How many requests in a row the bucket lets through at `now`.
-    fn burst(limiter: &RateLimiter, ra: &str, per_minute: u32, now: Instant) -> usize {
-        (0..10 * per_minute as usize)
-            .take_while(|_| limiter.take(ra, per_minute, now))
-            .count()
-    }
-
-    #[test]
-    fn rate_limit_buckets_hold_a_minute_and_refill_continuously() {
-        let limiter = RateLimiter::default();
-        let t0 = Instant::now();
-        let at = |ms: u64| t0 + Duration::from_millis(ms);
-        // Full at first: a minute's worth at once, and no more.
-        assert_eq!(burst(&limiter, "ra1", 60, t0), 60);
-        // At 60 a minute, half a second refills half a request: none yet.
-        assert_eq!(burst(&limiter, "ra1", 60, at(500)), 0);
-        // The other half arrives by the second.
-        assert_eq!(burst(&limiter, "ra1", 60, at(1_000)), 1);
-        // 2.5 s later: two requests, with half of one left over.
-        assert_eq!(burst(&limiter, "ra1", 60, at(3_500)), 2);
-        assert_eq!(burst(&limiter, "ra1", 60, at(4_000)), 1);
-        // Another RA has its own bucket.
-        assert_eq!(burst(&limiter, "ra2", 60, at(4_000)), 60);
-        // A long pause refills only up to the capacity.
-        assert_eq!(burst(&limiter, "ra1", 60, at(3_600_000)), 60);
-        // A lowered limit caps a refilled bucket at once.
-        assert_eq!(burst(&limiter, "ra2", 2, at(7_200_000)), 2);
-    }
-
-    #[test]
-    fn rate_limited_requests_are_refused_with_their_code() {
-        const PROFILE: &str =
-            "[[profile]]\nname = \"tls-client\"\nkind = \"tls-client\"\nmax_validity_days = 30\n";
-        let limited = TestCa::new(
-            PROFILE,
-            "profiles = [\"tls-client\"]\nrate_limit_per_minute = 2",
-        );
-        let t0 = Instant::now();
-        let grant = limited.grant();
-        assert!(limited.shared.rate_limit_at(&grant, t0).is_ok());
-        assert!(limited.shared.rate_limit_at(&grant, t0).is_ok());
-        let err = limited
-            .shared
-            .rate_limit_at(&grant, t0)
-            .expect_err("over the limit");
-        assert_eq!(err.code, ErrorCode::RateLimited);
-        assert_eq!(
-            err.message,
-            "RA \"ra1\" is over its limit of 2 requests per minute; retry later"
-        );
-        // Thirty seconds bring one request back.
-        let later = t0 + Duration::from_secs(30);
-        assert!(limited.shared.rate_limit_at(&grant, later).is_ok());
-        assert!(limited.shared.rate_limit_at(&grant, later).is_err());
-
-        // 0 (like no setting) means no limit.
-        let unlimited = TestCa::new(
-            PROFILE,
-            "profiles = [\"tls-client\"]\nrate_limit_per_minute = 0",
-        );
-        let grant = unlimited.grant();
-        for _ in 0..1_000 {
-            assert!(unlimited.shared.rate_limit_at(&grant, t0).is_ok());
         }
     }
 }

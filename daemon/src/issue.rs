@@ -5,22 +5,26 @@
 //! Everything here is blocking (token and ledger I/O); the HTTP layer runs
 //! it on the blocking pool.
 
-use crate::audit::AuditEvent;
+use crate::audit::{AuditEvent, AuditLog};
 use crate::certgen::{self, LeafSpec};
-use crate::certifier::Certifier;
-use crate::clock::{self, rfc3339};
+use crate::certifier::{Certifier, Certifiers};
+use crate::clock::{self, rfc3339, Clock};
+use crate::config::DaemonConfig;
 use crate::csr;
-use crate::daemon::Shared;
 use crate::hsm::HsmError;
-use crate::ledger::{Intent, IntentOutcome, LedgerError, LedgerRecord, RecordState, Serial};
+use crate::ledger::{
+    Intent, IntentOutcome, Ledger, LedgerError, LedgerRecord, RecordState, Serial,
+};
 use crate::lint::{self, LintContext};
-use crate::policy::{self, Grant, Names, SubjectFields};
+use crate::policy::{self, Grant, LivePolicy, Names, SubjectFields};
+use crate::rate_limit::RateLimiter;
 use crate::x509;
 use base64::Engine;
 use certd_api::{ApiError, ErrorCode, IssueRequest, IssueResponse};
 use der::{Decode, Encode};
 use serde_json::json;
 use sha2::Digest;
+use std::path::PathBuf;
 use std::sync::Arc;
 use x509_cert::builder::Builder;
 use x509_cert::Certificate;
@@ -51,365 +55,412 @@ fn check_request_id(id: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn response_from_record(
-    shared: &Shared,
-    serial: &Serial,
-    record: &LedgerRecord,
-    requested_not_after: Option<i64>,
-) -> Result<IssueResponse, ApiError> {
-    let der = record
-        .certificate_der
-        .as_deref()
-        .ok_or_else(|| ApiError::new(ErrorCode::Internal, "ledger record has no certificate"))?;
-    let cert = Certificate::from_der(der)
-        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("stored certificate: {e}")))?;
-    let validity = cert.tbs_certificate().validity();
-    let not_after = x509::unix_of(&validity.not_after);
-    let chain = shared
-        .certifiers
-        .find(Some(&record.intent.certifier))
-        .map(|c| c.chain_pems.clone())
-        .unwrap_or_default();
-    Ok(IssueResponse {
-        serial: serial.to_hex(),
-        certificate: x509::cert_pem(der),
-        chain,
-        not_before: rfc3339(x509::unix_of(&validity.not_before)),
-        not_after: rfc3339(not_after),
-        // The same request asked for the same not_after the first time.
-        not_after_clamped: requested_not_after.is_some_and(|r| r > not_after),
-        replayed: true,
-    })
-}
-
-/// Answers a repeated request_id: the original certificate, a conflict,
-/// or "in progress".
-fn replay(
-    shared: &Shared,
-    entry: &crate::ledger::IdempotencyEntry,
-    digest: &[u8; 32],
-    req: &IssueRequest,
-) -> Result<Option<IssueResponse>, ApiError> {
-    if &entry.body_sha256 != digest {
-        return Err(ApiError::new(
-            ErrorCode::Conflict,
-            "this request_id was used before with a different request; use a new request_id",
-        ));
-    }
-    let record = shared
-        .ledger
-        .get(&entry.serial)
-        .map_err(|e| e.api_error())?;
-    match record {
-        Some(r) if matches!(r.state, RecordState::Issued | RecordState::Revoked) => {
-            let requested = req
-                .not_after
-                .as_deref()
-                .and_then(|t| parse_not_after(t).ok());
-            response_from_record(shared, &entry.serial, &r, requested).map(Some)
-        }
-        Some(r) if r.state == RecordState::Intent => Err(ApiError::new(
-            ErrorCode::InProgress,
-            "the original request with this request_id is still being signed; retry shortly",
-        )),
-        // Abandoned (signing failed): go on and try again.
-        _ => Ok(None),
-    }
-}
-
 /// How many fresh serials one request draws before giving up. With 127
 /// random bits even one collision means the random number generator is
 /// broken, so a few draws are plenty.
 const SERIAL_DRAWS: usize = 4;
 
-/// Runs the whole pipeline for one request from RA `grant`.
-pub fn issue(
-    shared: &Shared,
-    grant: &Grant,
-    req: &IssueRequest,
-) -> Result<IssueResponse, ApiError> {
-    issue_drawing(shared, grant, req, &mut Serial::random)
+/// The issuance pipeline with everything it works with: the policy in
+/// force, the certifiers, the ledger, the audit log, the clock, the RAs'
+/// rate budgets and the free-space guard. Built once by the daemon.
+pub struct Issuer {
+    policy: Arc<LivePolicy>,
+    certifiers: Arc<Certifiers>,
+    ledger: Arc<dyn Ledger>,
+    audit: Arc<AuditLog>,
+    clock: Arc<dyn Clock>,
+    limiter: RateLimiter,
+    free_space: FreeSpaceGuard,
 }
 
-/// [`issue`] with serials drawn by `draw_serial`: the OS CSPRNG in
-/// production, a scripted sequence in tests of what a collision does.
-fn issue_drawing(
-    shared: &Shared,
-    grant: &Grant,
-    req: &IssueRequest,
-    draw_serial: &mut dyn FnMut() -> Result<Serial, LedgerError>,
-) -> Result<IssueResponse, ApiError> {
-    check_request_id(&req.request_id)?;
-    check_ip_syntax(req)?;
-    let policy = shared.policy();
-    let (certifier_name, profile) =
-        policy.authorize(grant, req.certifier.as_deref(), &req.profile)?;
-    shared.rate_limit(grant)?;
-    let digest = request_digest(req);
-    if let Some(entry) = shared
-        .ledger
-        .idempotency_get(grant.name(), &req.request_id)
-        .map_err(|e| e.api_error())?
-    {
-        if let Some(resp) = replay(shared, &entry, &digest, req)? {
-            return Ok(resp);
-        }
-    }
-    let certifier = shared
-        .certifiers
-        .find(Some(&certifier_name))
-        .map_err(|e| ApiError::new(ErrorCode::UnknownCertifier, e.to_string()))?;
-    // Fail fast while locked; checked again when signing.
-    certifier.signer().map_err(|e| e.api_error())?;
-    shared.check_free_space()?;
-    if profile.require_approval
-        && req
-            .approval
-            .as_ref()
-            .is_none_or(|a| a.approved_by.is_empty() || a.validations.is_empty())
-    {
-        return Err(ApiError::new(
-            ErrorCode::ApprovalRequired,
-            format!(
-                "profile {:?} requires approval evidence: approval.approved_by and approval.validations",
-                profile.name
-            ),
-        ));
-    }
+/// Pauses issuance while the file system of the state directory runs
+/// short of space, before the ledger or the audit log run into ENOSPC.
+struct FreeSpaceGuard {
+    dir: PathBuf,
+    min_free_mib: u64,
+}
 
-    let checked = csr::check_csr(
-        &req.csr,
-        &profile.key_types,
-        certifier
-            .certificate
-            .tbs_certificate()
-            .subject_public_key_info(),
-    )?;
-    let names = requested_names(req, &checked.names, profile.kind);
-    policy::check_names(profile, grant, &names)?;
-
-    let issuer = &certifier.issuer;
-    let requested = req.not_after.as_deref().map(parse_not_after).transpose()?;
-    let max_days = grant
-        .config
-        .max_validity_days
-        .map_or(profile.max_validity_days, |g| {
-            g.min(profile.max_validity_days)
-        });
-    let now = shared.clock.unix();
-    let validity = certgen::choose_validity(now, requested, max_days, issuer.not_after)
-        .map_err(|m| ApiError::new(ErrorCode::BadValidity, m))?;
-
-    let signer = certifier.signer().map_err(|e| e.api_error())?;
-    let lint_ctx = LintContext {
-        profile,
-        issuer,
-        certifier_key: certifier.key_type,
-        certifier_public_key: certifier
-            .certificate
-            .tbs_certificate()
-            .subject_public_key_info(),
-    };
-    let approval = req
-        .approval
-        .as_ref()
-        .and_then(|a| serde_json::to_value(a).ok());
-    // A 127-bit random serial collides with essentially zero probability;
-    // the ledger still checks, and a collision just draws again.
-    for _ in 0..SERIAL_DRAWS {
-        let serial = draw_serial().map_err(|e| e.api_error())?;
-        let mut builder = certgen::leaf_builder(&LeafSpec {
-            profile,
-            issuer,
-            spki: &checked.spki,
-            key_type: checked.key_type,
-            names: &names,
-            validity,
-            serial: serial.as_bytes(),
-        })
-        .map_err(|e| e.api_error())?;
-        let key = x509::TokenKeyRef::of(signer.as_ref());
-        let tbs = builder
-            .finalize(&key)
-            .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
-        let findings = lint::lint_tbs_der(&tbs, &lint_ctx);
-        if !findings.is_empty() {
+impl FreeSpaceGuard {
+    /// Refuses while the file system has less than `min_free_mib` free.
+    fn check(&self) -> Result<(), ApiError> {
+        let dir = &self.dir;
+        let min = self.min_free_mib.saturating_mul(1 << 20);
+        let free = match rustix::fs::statvfs(dir) {
+            Ok(st) => st.f_bavail.saturating_mul(st.f_frsize),
+            Err(e) => {
+                return Err(ApiError::new(
+                    ErrorCode::LedgerUnavailable,
+                    format!("cannot tell the free space of {}: {e}", dir.display()),
+                ))
+            }
+        };
+        if free < min {
             return Err(ApiError::new(
-                ErrorCode::LintFailed,
+                ErrorCode::StorageFull,
                 format!(
-                    "pre-issuance lint refused the certificate: {}",
-                    findings.join("; ")
+                    "the disk holding {} has {} KiB free, under daemon.min_free_mib = {}: \
+                     issuance is paused until space is freed (revocation goes on)",
+                    dir.display(),
+                    free >> 10,
+                    self.min_free_mib
                 ),
             ));
         }
-        let tbs_sha256: [u8; 32] = sha2::Sha256::digest(&tbs).into();
-        let intent = Intent {
-            certifier: certifier_name.clone(),
-            ra: grant.name().to_string(),
-            request_id: Some(req.request_id.clone()),
-            tbs_sha256,
-            profile: profile.name.clone(),
-            created: now,
-            approval: approval.clone(),
-        };
-        let outcome = shared
+        Ok(())
+    }
+}
+
+impl Issuer {
+    /// The pipeline over these parts; `daemon` gives the state directory
+    /// whose free space is guarded and the minimum.
+    pub fn new(
+        policy: Arc<LivePolicy>,
+        certifiers: Arc<Certifiers>,
+        ledger: Arc<dyn Ledger>,
+        audit: Arc<AuditLog>,
+        clock: Arc<dyn Clock>,
+        daemon: &DaemonConfig,
+    ) -> Issuer {
+        Issuer {
+            policy,
+            certifiers,
+            ledger,
+            audit,
+            clock,
+            limiter: RateLimiter::default(),
+            free_space: FreeSpaceGuard {
+                dir: daemon.state_dir.clone(),
+                min_free_mib: daemon.min_free_mib,
+            },
+        }
+    }
+
+    fn response_from_record(
+        &self,
+        serial: &Serial,
+        record: &LedgerRecord,
+        requested_not_after: Option<i64>,
+    ) -> Result<IssueResponse, ApiError> {
+        let der = record.certificate_der.as_deref().ok_or_else(|| {
+            ApiError::new(ErrorCode::Internal, "ledger record has no certificate")
+        })?;
+        let cert = Certificate::from_der(der)
+            .map_err(|e| ApiError::new(ErrorCode::Internal, format!("stored certificate: {e}")))?;
+        let validity = cert.tbs_certificate().validity();
+        let not_after = x509::unix_of(&validity.not_after);
+        let chain = self
+            .certifiers
+            .find(Some(&record.intent.certifier))
+            .map(|c| c.chain_pems.clone())
+            .unwrap_or_default();
+        Ok(IssueResponse {
+            serial: serial.to_hex(),
+            certificate: x509::cert_pem(der),
+            chain,
+            not_before: rfc3339(x509::unix_of(&validity.not_before)),
+            not_after: rfc3339(not_after),
+            // The same request asked for the same not_after the first time.
+            not_after_clamped: requested_not_after.is_some_and(|r| r > not_after),
+            replayed: true,
+        })
+    }
+
+    /// Answers a repeated request_id: the original certificate, a conflict,
+    /// or "in progress".
+    fn replay(
+        &self,
+        entry: &crate::ledger::IdempotencyEntry,
+        digest: &[u8; 32],
+        req: &IssueRequest,
+    ) -> Result<Option<IssueResponse>, ApiError> {
+        if &entry.body_sha256 != digest {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                "this request_id was used before with a different request; use a new request_id",
+            ));
+        }
+        let record = self.ledger.get(&entry.serial).map_err(|e| e.api_error())?;
+        match record {
+            Some(r) if matches!(r.state, RecordState::Issued | RecordState::Revoked) => {
+                let requested = req
+                    .not_after
+                    .as_deref()
+                    .and_then(|t| parse_not_after(t).ok());
+                self.response_from_record(&entry.serial, &r, requested)
+                    .map(Some)
+            }
+            Some(r) if r.state == RecordState::Intent => Err(ApiError::new(
+                ErrorCode::InProgress,
+                "the original request with this request_id is still being signed; retry shortly",
+            )),
+            // Abandoned (signing failed): go on and try again.
+            _ => Ok(None),
+        }
+    }
+
+    /// Runs the whole pipeline for one request from RA `grant`.
+    pub fn issue(&self, grant: &Grant, req: &IssueRequest) -> Result<IssueResponse, ApiError> {
+        self.issue_drawing(grant, req, &mut Serial::random)
+    }
+
+    /// [`issue`] with serials drawn by `draw_serial`: the OS CSPRNG in
+    /// production, a scripted sequence in tests of what a collision does.
+    fn issue_drawing(
+        &self,
+        grant: &Grant,
+        req: &IssueRequest,
+        draw_serial: &mut dyn FnMut() -> Result<Serial, LedgerError>,
+    ) -> Result<IssueResponse, ApiError> {
+        check_request_id(&req.request_id)?;
+        check_ip_syntax(req)?;
+        let policy = self.policy.current();
+        let (certifier_name, profile) =
+            policy.authorize(grant, req.certifier.as_deref(), &req.profile)?;
+        self.limiter.check(grant, self.clock.instant())?;
+        let digest = request_digest(req);
+        if let Some(entry) = self
             .ledger
-            .record_intent(
-                &serial,
-                intent,
-                Some((grant.name(), &req.request_id, digest)),
-            )
+            .idempotency_get(grant.name(), &req.request_id)
+            .map_err(|e| e.api_error())?
+        {
+            if let Some(resp) = self.replay(&entry, &digest, req)? {
+                return Ok(resp);
+            }
+        }
+        let certifier = self
+            .certifiers
+            .find(Some(&certifier_name))
+            .map_err(|e| ApiError::new(ErrorCode::UnknownCertifier, e.to_string()))?;
+        // Fail fast while locked; checked again when signing.
+        certifier.signer().map_err(|e| e.api_error())?;
+        self.free_space.check()?;
+        if profile.require_approval
+            && req
+                .approval
+                .as_ref()
+                .is_none_or(|a| a.approved_by.is_empty() || a.validations.is_empty())
+        {
+            return Err(ApiError::new(
+                ErrorCode::ApprovalRequired,
+                format!(
+                    "profile {:?} requires approval evidence: approval.approved_by and approval.validations",
+                    profile.name
+                ),
+            ));
+        }
+
+        let checked = csr::check_csr(
+            &req.csr,
+            &profile.key_types,
+            certifier
+                .certificate
+                .tbs_certificate()
+                .subject_public_key_info(),
+        )?;
+        let names = requested_names(req, &checked.names, profile.kind);
+        policy::check_names(profile, grant, &names)?;
+
+        let issuer = &certifier.issuer;
+        let requested = req.not_after.as_deref().map(parse_not_after).transpose()?;
+        let max_days = grant.max_validity_days(profile);
+        let now = self.clock.unix();
+        let validity = certgen::choose_validity(now, requested, max_days, issuer.not_after)
+            .map_err(|m| ApiError::new(ErrorCode::BadValidity, m))?;
+
+        let signer = certifier.signer().map_err(|e| e.api_error())?;
+        let lint_ctx = LintContext {
+            profile,
+            issuer,
+            certifier_key: certifier.key_type,
+            certifier_public_key: certifier
+                .certificate
+                .tbs_certificate()
+                .subject_public_key_info(),
+        };
+        let approval = req
+            .approval
+            .as_ref()
+            .and_then(|a| serde_json::to_value(a).ok());
+        // A 127-bit random serial collides with essentially zero probability;
+        // the ledger still checks, and a collision just draws again.
+        for _ in 0..SERIAL_DRAWS {
+            let serial = draw_serial().map_err(|e| e.api_error())?;
+            let mut builder = certgen::leaf_builder(&LeafSpec {
+                profile,
+                issuer,
+                spki: &checked.spki,
+                key_type: checked.key_type,
+                names: &names,
+                validity,
+                serial: serial.as_bytes(),
+            })
             .map_err(|e| e.api_error())?;
-        match outcome {
-            IntentOutcome::Recorded => {}
-            IntentOutcome::SerialTaken => {
-                tracing::warn!(serial = %serial, "a freshly drawn serial is already in the ledger; drawing another (is the OS random number generator sound?)");
-                continue;
+            let key = x509::TokenKeyRef::of(signer.as_ref());
+            let tbs = builder
+                .finalize(&key)
+                .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?;
+            let findings = lint::lint_tbs_der(&tbs, &lint_ctx);
+            if !findings.is_empty() {
+                return Err(ApiError::new(
+                    ErrorCode::LintFailed,
+                    format!(
+                        "pre-issuance lint refused the certificate: {}",
+                        findings.join("; ")
+                    ),
+                ));
             }
-            IntentOutcome::KeyTaken(entry) => {
-                return match replay(shared, &entry, &digest, req)? {
-                    Some(resp) => Ok(resp),
-                    None => Err(ApiError::new(
-                        ErrorCode::InProgress,
-                        "a concurrent request with this request_id is being processed; retry shortly",
-                    )),
-                };
-            }
-        }
-        // The intent is durable in the ledger already; its audit entry
-        // becomes durable with the issuance entry that follows it.
-        shared
-            .audit
-            .append_deferred(
-                AuditEvent::new("issuance_intent", grant.name())
-                    .certifier(certifier_name.clone())
-                    .detail(json!({
-                        "serial": serial.to_hex(),
-                        "request_id": req.request_id,
-                        "profile": profile.name,
-                        "tbs_sha256": hex::encode(tbs_sha256),
-                    })),
-            )
-            .map_err(|e| {
-                abandon(
-                    shared,
+            let tbs_sha256: [u8; 32] = sha2::Sha256::digest(&tbs).into();
+            let intent = Intent {
+                certifier: certifier_name.clone(),
+                ra: grant.name().to_string(),
+                request_id: Some(req.request_id.clone()),
+                tbs_sha256,
+                profile: profile.name.clone(),
+                created: now,
+                approval: approval.clone(),
+            };
+            let outcome = self
+                .ledger
+                .record_intent(
                     &serial,
-                    ApiError::new(ErrorCode::AuditUnavailable, e.to_string()),
+                    intent,
+                    Some((grant.name(), &req.request_id, digest)),
                 )
-            })?;
-        return sign_and_store(
-            shared,
-            grant,
-            req,
-            &certifier,
-            signer.as_ref(),
-            builder,
-            &tbs,
-            serial,
-            validity,
-        );
-    }
-    Err(ApiError::new(
-        ErrorCode::Internal,
-        "could not draw an unused serial number",
-    ))
-}
-
-/// Burns the serial after a failure between intent and signature.
-fn abandon(shared: &Shared, serial: &Serial, err: ApiError) -> ApiError {
-    if let Err(e) = shared.ledger.record_abandoned(serial, &err.message) {
-        tracing::error!(serial = %serial.to_hex(), error = %e, "cannot mark the serial abandoned; it stays an intent and is abandoned at the next start");
-    }
-    err
-}
-
-#[allow(clippy::too_many_arguments)]
-fn sign_and_store(
-    shared: &Shared,
-    grant: &Grant,
-    req: &IssueRequest,
-    certifier: &Arc<Certifier>,
-    signer: &(dyn crate::hsm::Signer + Send + Sync),
-    builder: x509_cert::builder::CertificateBuilder<certgen::FixedProfile>,
-    tbs: &[u8],
-    serial: Serial,
-    validity: certgen::ValidityChoice,
-) -> Result<IssueResponse, ApiError> {
-    let signature = match crate::hsm::sign_checked(signer, tbs) {
-        Ok(s) => s,
-        Err(e) => {
-            if matches!(e, HsmError::Unavailable(_) | HsmError::Pkcs11 { .. }) {
-                certifier.report_fault(&e.to_string());
+                .map_err(|e| e.api_error())?;
+            match outcome {
+                IntentOutcome::Recorded => {}
+                IntentOutcome::SerialTaken => {
+                    tracing::warn!(serial = %serial, "a freshly drawn serial is already in the ledger; drawing another (is the OS random number generator sound?)");
+                    continue;
+                }
+                IntentOutcome::KeyTaken(entry) => {
+                    return match self.replay(&entry, &digest, req)? {
+                        Some(resp) => Ok(resp),
+                        None => Err(ApiError::new(
+                            ErrorCode::InProgress,
+                            "a concurrent request with this request_id is being processed; retry shortly",
+                        )),
+                    };
+                }
             }
-            let api = e.api_error();
-            let _ = shared.audit(
-                AuditEvent::new("issuance_failed", grant.name())
-                    .certifier(certifier.name().to_string())
-                    .detail(json!({"serial": serial.to_hex(), "code": api.code.as_str(), "message": api.message})),
+            // The intent is durable in the ledger already; its audit entry
+            // becomes durable with the issuance entry that follows it.
+            self.audit
+                .append_deferred(
+                    AuditEvent::new("issuance_intent", grant.name())
+                        .certifier(certifier_name.clone())
+                        .detail(json!({
+                            "serial": serial.to_hex(),
+                            "request_id": req.request_id,
+                            "profile": profile.name,
+                            "tbs_sha256": hex::encode(tbs_sha256),
+                        })),
+                )
+                .map_err(|e| {
+                    self.abandon(
+                        &serial,
+                        ApiError::new(ErrorCode::AuditUnavailable, e.to_string()),
+                    )
+                })?;
+            return self.sign_and_store(
+                grant,
+                req,
+                &certifier,
+                signer.as_ref(),
+                builder,
+                &tbs,
+                serial,
+                validity,
             );
-            return Err(abandon(shared, &serial, api));
         }
-    };
-    let key = x509::TokenKeyRef::of(signer);
-    let bits = der::asn1::BitString::from_bytes(&signature).map_err(|e| {
-        abandon(
-            shared,
-            &serial,
-            ApiError::new(ErrorCode::Internal, e.to_string()),
-        )
-    })?;
-    let cert = builder.assemble(bits, &key).map_err(|e| {
-        abandon(
-            shared,
-            &serial,
-            ApiError::new(ErrorCode::Internal, e.to_string()),
-        )
-    })?;
-    let der = cert.to_der().map_err(|e| {
-        abandon(
-            shared,
-            &serial,
-            ApiError::new(ErrorCode::Internal, e.to_string()),
-        )
-    })?;
-    // The audit entry, with the certificate, is durable before the ledger
-    // stores it: a crash in between leaves an intent that start-up
-    // completes from this entry (see `recovery`), so the ledger never
-    // holds a certificate the audit log does not.
-    let subject = cert.tbs_certificate().subject().to_string();
-    if let Err(e) = shared.audit(
-        AuditEvent::new("issued", grant.name())
-            .certifier(certifier.name().to_string())
-            .detail(json!({
-                "serial": serial.to_hex(),
-                "request_id": req.request_id,
-                "profile": req.profile,
-                "subject": subject,
-                "not_after": rfc3339(validity.not_after),
-                "certificate": base64::engine::general_purpose::STANDARD.encode(&der),
-            })),
-    ) {
-        return Err(abandon(
-            shared,
-            &serial,
-            ApiError::new(ErrorCode::AuditUnavailable, e.to_string()),
-        ));
+        Err(ApiError::new(
+            ErrorCode::Internal,
+            "could not draw an unused serial number",
+        ))
     }
-    // On failure the serial stays an intent: the certificate is signed and
-    // audited but not released; the next start completes the record.
-    shared
-        .ledger
-        .record_issued(&serial, &der, validity.not_after)
-        .map_err(|e| e.api_error())?;
-    Ok(IssueResponse {
-        serial: serial.to_hex(),
-        certificate: x509::cert_pem(&der),
-        chain: certifier.chain_pems.clone(),
-        not_before: rfc3339(validity.not_before),
-        not_after: rfc3339(validity.not_after),
-        not_after_clamped: validity.clamped,
-        replayed: false,
-    })
+
+    /// Burns the serial after a failure between intent and signature.
+    fn abandon(&self, serial: &Serial, err: ApiError) -> ApiError {
+        if let Err(e) = self.ledger.record_abandoned(serial, &err.message) {
+            tracing::error!(serial = %serial.to_hex(), error = %e, "cannot mark the serial abandoned; it stays an intent and is abandoned at the next start");
+        }
+        err
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn sign_and_store(
+        &self,
+        grant: &Grant,
+        req: &IssueRequest,
+        certifier: &Arc<Certifier>,
+        signer: &(dyn crate::hsm::Signer + Send + Sync),
+        builder: x509_cert::builder::CertificateBuilder<certgen::FixedProfile>,
+        tbs: &[u8],
+        serial: Serial,
+        validity: certgen::ValidityChoice,
+    ) -> Result<IssueResponse, ApiError> {
+        let signature = match crate::hsm::sign_checked(signer, tbs) {
+            Ok(s) => s,
+            Err(e) => {
+                if matches!(e, HsmError::Unavailable(_) | HsmError::Pkcs11 { .. }) {
+                    certifier.report_fault(&e.to_string());
+                }
+                let api = e.api_error();
+                let _ = self.audit.record(
+                    AuditEvent::new("issuance_failed", grant.name())
+                        .certifier(certifier.name().to_string())
+                        .detail(json!({"serial": serial.to_hex(), "code": api.code.as_str(), "message": api.message})),
+                );
+                return Err(self.abandon(&serial, api));
+            }
+        };
+        let key = x509::TokenKeyRef::of(signer);
+        let bits = der::asn1::BitString::from_bytes(&signature).map_err(|e| {
+            self.abandon(&serial, ApiError::new(ErrorCode::Internal, e.to_string()))
+        })?;
+        let cert = builder.assemble(bits, &key).map_err(|e| {
+            self.abandon(&serial, ApiError::new(ErrorCode::Internal, e.to_string()))
+        })?;
+        let der = cert.to_der().map_err(|e| {
+            self.abandon(&serial, ApiError::new(ErrorCode::Internal, e.to_string()))
+        })?;
+        // The audit entry, with the certificate, is durable before the ledger
+        // stores it: a crash in between leaves an intent that start-up
+        // completes from this entry (see `recovery`), so the ledger never
+        // holds a certificate the audit log does not.
+        let subject = cert.tbs_certificate().subject().to_string();
+        if let Err(e) = self.audit.record(
+            AuditEvent::new("issued", grant.name())
+                .certifier(certifier.name().to_string())
+                .detail(json!({
+                    "serial": serial.to_hex(),
+                    "request_id": req.request_id,
+                    "profile": req.profile,
+                    "subject": subject,
+                    "not_after": rfc3339(validity.not_after),
+                    "certificate": base64::engine::general_purpose::STANDARD.encode(&der),
+                })),
+        ) {
+            return Err(self.abandon(
+                &serial,
+                ApiError::new(ErrorCode::AuditUnavailable, e.to_string()),
+            ));
+        }
+        // On failure the serial stays an intent: the certificate is signed and
+        // audited but not released; the next start completes the record.
+        self.ledger
+            .record_issued(&serial, &der, validity.not_after)
+            .map_err(|e| e.api_error())?;
+        Ok(IssueResponse {
+            serial: serial.to_hex(),
+            certificate: x509::cert_pem(&der),
+            chain: certifier.chain_pems.clone(),
+            not_before: rfc3339(validity.not_before),
+            not_after: rfc3339(validity.not_after),
+            not_after_clamped: validity.clamped,
+            replayed: false,
+        })
+    }
 }
 
 /// The names to certify: the RA's subject and SANs where given, else the
@@ -520,9 +571,9 @@ mod tests {
     fn issues_once_and_replays_after() {
         let ca = TestCa::new(TLS_SERVER, GRANT);
         let req = request("r1");
-        let first = issue(&ca.shared, &ca.grant(), &req).expect("issued");
+        let first = ca.shared.issuer.issue(&ca.grant(), &req).expect("issued");
         assert!(!first.replayed);
-        let again = issue(&ca.shared, &ca.grant(), &req).expect("replayed");
+        let again = ca.shared.issuer.issue(&ca.grant(), &req).expect("replayed");
         assert!(again.replayed);
         assert_eq!(
             (&again.serial, &again.certificate),
@@ -540,12 +591,36 @@ mod tests {
     fn validity_counts_from_the_clock() {
         let ca = TestCa::new(TLS_SERVER, GRANT);
         let start = ca.clock.unix();
-        let first = issue(&ca.shared, &ca.grant(), &request("r1")).expect("issued");
+        let first = ca
+            .shared
+            .issuer
+            .issue(&ca.grant(), &request("r1"))
+            .expect("issued");
         ca.clock.advance(std::time::Duration::from_secs(86_400));
-        let second = issue(&ca.shared, &ca.grant(), &request("r2")).expect("issued");
+        let second = ca
+            .shared
+            .issuer
+            .issue(&ca.grant(), &request("r2"))
+            .expect("issued");
         assert_eq!(first.not_before, rfc3339(start));
         assert_eq!(second.not_before, rfc3339(start + 86_400));
         assert_eq!(second.not_after, rfc3339(start + 86_400 + 90 * 86_400 - 1));
+    }
+
+    /// Requests spend the RA's rate budget; the daemon's clock refills it.
+    #[test]
+    fn the_rate_budget_refills_with_the_clock() {
+        let ca = TestCa::new(TLS_SERVER, &format!("{GRANT}\nrate_limit_per_minute = 1"));
+        let issuer = &ca.shared.issuer;
+        issuer.issue(&ca.grant(), &request("r1")).expect("issued");
+        let err = issuer
+            .issue(&ca.grant(), &request("r2"))
+            .expect_err("over the budget");
+        assert_eq!(err.code, ErrorCode::RateLimited);
+        ca.clock.advance(std::time::Duration::from_secs(60));
+        issuer
+            .issue(&ca.grant(), &request("r2"))
+            .expect("issued a minute later");
     }
 
     /// A serial that is already in the ledger is never used again: the
@@ -560,13 +635,15 @@ mod tests {
         let before = ca.shared.ledger.get(&taken).expect("get");
 
         let draws = Cell::new(0);
-        let resp = issue_drawing(
-            &ca.shared,
-            &ca.grant(),
-            &request("r1"),
-            &mut scripted(&[taken, fresh], &draws),
-        )
-        .expect("issued");
+        let resp = ca
+            .shared
+            .issuer
+            .issue_drawing(
+                &ca.grant(),
+                &request("r1"),
+                &mut scripted(&[taken, fresh], &draws),
+            )
+            .expect("issued");
         assert_eq!(draws.get(), 2);
         assert_eq!(resp.serial, fresh.to_hex());
         assert_eq!(state_of(&ca, &fresh), Some(RecordState::Issued));
@@ -582,13 +659,11 @@ mod tests {
         assert_eq!(outcome.expect("intent"), IntentOutcome::Recorded);
 
         let draws = Cell::new(0);
-        let err = issue_drawing(
-            &ca.shared,
-            &ca.grant(),
-            &request("r1"),
-            &mut scripted(&[taken], &draws),
-        )
-        .expect_err("no unused serial");
+        let err = ca
+            .shared
+            .issuer
+            .issue_drawing(&ca.grant(), &request("r1"), &mut scripted(&[taken], &draws))
+            .expect_err("no unused serial");
         assert_eq!(err.code, ErrorCode::Internal);
         assert_eq!(err.message, "could not draw an unused serial number");
         assert_eq!(draws.get(), SERIAL_DRAWS);
@@ -606,13 +681,15 @@ mod tests {
             c.profiles[0].crl_url = Some("https://crl.example.com/ca.crl".into());
         });
         let draws = Cell::new(0);
-        let err = issue_drawing(
-            &ca.shared,
-            &ca.grant(),
-            &request("r1"),
-            &mut scripted(&[serial(1)], &draws),
-        )
-        .expect_err("the lint refuses");
+        let err = ca
+            .shared
+            .issuer
+            .issue_drawing(
+                &ca.grant(),
+                &request("r1"),
+                &mut scripted(&[serial(1)], &draws),
+            )
+            .expect_err("the lint refuses");
         assert_eq!(err.code, ErrorCode::LintFailed);
         assert_eq!(err.code.http_status(), 422);
         assert_eq!(
@@ -641,13 +718,11 @@ mod tests {
         assert_eq!(outcome.expect("intent"), IntentOutcome::Recorded);
 
         let draws = Cell::new(0);
-        let err = issue_drawing(
-            &ca.shared,
-            &ca.grant(),
-            &req,
-            &mut scripted(&[serial(2)], &draws),
-        )
-        .expect_err("in progress");
+        let err = ca
+            .shared
+            .issuer
+            .issue_drawing(&ca.grant(), &req, &mut scripted(&[serial(2)], &draws))
+            .expect_err("in progress");
         assert_eq!(err.code, ErrorCode::InProgress);
         assert_eq!(
             err.message,
@@ -675,7 +750,11 @@ mod tests {
             assert_eq!(outcome, IntentOutcome::Recorded);
             Ok(ours)
         };
-        let err = issue_drawing(&ca.shared, &ca.grant(), &req, &mut race).expect_err("in progress");
+        let err = ca
+            .shared
+            .issuer
+            .issue_drawing(&ca.grant(), &req, &mut race)
+            .expect_err("in progress");
         assert_eq!(err.code, ErrorCode::InProgress);
         assert_eq!(err.code.http_status(), 409);
         assert_eq!(
@@ -700,11 +779,19 @@ mod tests {
         let req = request("r1");
         let theirs = Cell::new(None);
         let mut race = || {
-            let done = issue(&ca.shared, &ca.grant(), &req).expect("the other request");
+            let done = ca
+                .shared
+                .issuer
+                .issue(&ca.grant(), &req)
+                .expect("the other request");
             theirs.set(Some(done));
             Ok(serial(2))
         };
-        let resp = issue_drawing(&ca.shared, &ca.grant(), &req, &mut race).expect("replayed");
+        let resp = ca
+            .shared
+            .issuer
+            .issue_drawing(&ca.grant(), &req, &mut race)
+            .expect("replayed");
         let theirs = theirs.take().expect("the other request ran");
         assert!(resp.replayed && !theirs.replayed);
         assert_eq!(

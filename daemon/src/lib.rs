@@ -21,6 +21,7 @@ pub mod issue;
 pub mod ledger;
 pub mod lint;
 pub mod policy;
+pub mod rate_limit;
 pub mod recovery;
 pub mod secret;
 pub mod server;

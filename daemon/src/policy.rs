@@ -6,6 +6,7 @@ use crate::config::{Config, ProfileConfig, ProfileKind, RaConfig};
 use certd_api::{ApiError, ErrorCode};
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 pub use crate::config::IpNet;
 pub use certd_api::names::{check_dns_name, check_email};
@@ -22,6 +23,16 @@ impl Grant {
     /// The RA's name.
     pub fn name(&self) -> &str {
         &self.config.name
+    }
+
+    /// The longest validity, in days, this RA may ask for under `profile`:
+    /// the profile's maximum, lowered by the grant's own.
+    pub fn max_validity_days(&self, profile: &ProfileConfig) -> u32 {
+        self.config
+            .max_validity_days
+            .map_or(profile.max_validity_days, |g| {
+                g.min(profile.max_validity_days)
+            })
     }
 
     /// Whether the RA may request the DNS name `name` (already syntax-checked).
@@ -95,6 +106,27 @@ fn in_subtree(name: &str, tree: &str) -> bool {
         || (name.len() > tree.len()
             && name.ends_with(tree)
             && name.as_bytes()[name.len() - tree.len() - 1] == b'.')
+}
+
+/// The policy in force. A request reads it once and finishes under what it
+/// read; a reload replaces it whole.
+pub struct LivePolicy(arc_swap::ArcSwap<Policy>);
+
+impl LivePolicy {
+    /// Puts `policy` in force.
+    pub fn new(policy: Policy) -> LivePolicy {
+        LivePolicy(arc_swap::ArcSwap::from_pointee(policy))
+    }
+
+    /// The policy in force now.
+    pub fn current(&self) -> Arc<Policy> {
+        self.0.load_full()
+    }
+
+    /// Puts `policy` in force instead (on reload).
+    pub fn replace(&self, policy: Policy) {
+        self.0.store(Arc::new(policy));
+    }
 }
 
 /// Profiles and grants, rebuilt on reload.

@@ -10,7 +10,6 @@ use crate::audit::AuditEvent;
 use crate::clock::{self, rfc3339};
 use crate::config::ApiConfig;
 use crate::daemon::{DaemonError, Shared};
-use crate::issue;
 use crate::ledger::{LedgerRecord, RecordState, Serial};
 use crate::policy::Grant;
 use crate::x509;
@@ -449,7 +448,7 @@ async fn audit_off_reactor(shared: &Arc<Shared>, events: Vec<AuditEvent>) {
     let shared = shared.clone();
     let _ = tokio::task::spawn_blocking(move || {
         for event in events {
-            let _ = shared.audit(event);
+            let _ = shared.audit.record(event);
         }
     })
     .await;
@@ -589,7 +588,9 @@ where
             Err(e) => Err((format!("peer:{}", peer.addr), e)),
         };
         outcome.map_err(|(actor, e)| {
-            let _ = shared.audit(refusal_event(&actor, &method, &uri, &e));
+            let _ = shared
+                .audit
+                .record(refusal_event(&actor, &method, &uri, &e));
             e
         })
     })
@@ -712,7 +713,7 @@ async fn issue_handler(
     body: Body,
 ) -> Reply {
     with_body(call, headers, body, limit, |s, g, req: IssueRequest| {
-        let resp = issue::issue(s, g, &req)?;
+        let resp = s.issuer.issue(g, &req)?;
         let status = if resp.replayed {
             StatusCode::OK
         } else {
@@ -876,7 +877,7 @@ async fn revoke_handler(
             // entry cannot be written now (it is then written later, see
             // `recovery::settle_revocations`).
             s.crl.trigger(&record.intent.certifier);
-            s.audit(
+            s.audit.record(
                 AuditEvent::new("revoked", g.name())
                     .certifier(record.intent.certifier.clone())
                     .detail(json!({"serial": serial.to_hex(), "reason": req.reason})),
@@ -1027,10 +1028,7 @@ async fn profiles_handler(call: Call) -> Reply {
                 kind: p.kind.as_str().to_string(),
                 certifiers,
                 key_types: p.key_types.iter().map(|k| k.to_string()).collect(),
-                max_validity_days: g
-                    .config
-                    .max_validity_days
-                    .map_or(p.max_validity_days, |m| m.min(p.max_validity_days)),
+                max_validity_days: g.max_validity_days(p),
                 requires_approval: p.require_approval,
             })
             .collect();
@@ -1182,7 +1180,7 @@ mod tests {
             approval: None,
         };
         let serial = Serial::from_hex(&"01".repeat(16)).expect("a serial");
-        let claim = Some((RA, "r1", issue::request_digest(&req)));
+        let claim = Some((RA, "r1", crate::issue::request_digest(&req)));
         let outcome = ca.shared.ledger.record_intent(&serial, intent, claim);
         assert_eq!(outcome.expect("intent"), IntentOutcome::Recorded);
 

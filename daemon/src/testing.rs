@@ -121,7 +121,7 @@ certifiers = ["ca"]
             AuditLog::open(&crate::daemon::audit_path(&state_dir), clock.clone())
                 .expect("the audit log"),
         );
-        let certifiers = Certifiers::load(&config).expect("the certifier");
+        let certifiers = Arc::new(Certifiers::load(&config).expect("the certifier"));
         certifiers
             .find(Some("ca"))
             .expect("certifier ca")
