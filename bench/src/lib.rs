@@ -4,6 +4,9 @@
 //! issuance measurement over mutual TLS (pre-made P-256 CSRs, `tls-server`
 //! profile, persistent connections, every check on).
 //!
+//! The loop issues through the [`Issuer`] trait, so other servers can be
+//! measured with it too.
+//!
 //! Binaries: `certd-bench` (raw `C_Sign` vs end-to-end issuance) and
 //! `ra-cli-bench` (ra-cli batch issuance vs end-to-end issuance).
 #![forbid(unsafe_code)]
@@ -13,9 +16,30 @@ use certd_api::{CertdClient, ClientConfig, IssueRequest};
 use certd_e2e::api::ApiCa;
 use certd_e2e::CertdInstance;
 use ra_cli::keys::{KeyType, SubscriberKey};
+use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// The profile every measurement issues under: certd's `tls-server`, and
+/// the peer's profile of the same name.
+pub const PROFILE: &str = "tls-server";
+
+/// A server the end-to-end loop issues from: one certificate for one CSR.
+pub trait Issuer: Send + Sync + 'static {
+    /// Issues a certificate for `csr` under [`PROFILE`]; `request_id` is
+    /// unique to this request (for servers that take one).
+    fn issue_one(&self, request_id: String, csr: &Csr) -> impl Future<Output = Result<()>> + Send;
+}
+
+impl Issuer for CertdClient {
+    async fn issue_one(&self, request_id: String, csr: &Csr) -> Result<()> {
+        // certd takes the host from the CSR's commonName, as a SAN too.
+        let req = IssueRequest::new(request_id, PROFILE, csr.pem.as_str());
+        self.issue(&req).await?;
+        Ok(())
+    }
+}
 
 /// Sets up a CA in `dir` with the real `./demo --setup-only`, on an API
 /// socket this process binds and hands to every certd it starts (so no
@@ -58,14 +82,25 @@ pub fn client(ca: &ApiCa, ra: &str) -> Result<CertdClient> {
     })?)
 }
 
+/// A pre-made certificate request.
+#[derive(Debug, Clone)]
+pub struct Csr {
+    /// The PKCS#10 request, PEM; its subject is only the host's CN.
+    pub pem: String,
+    /// The host it is for (for servers that want the names beside the CSR).
+    pub host: String,
+}
+
 /// `n` P-256 CSRs for hosts under bench.example.com, made with ra-cli's
 /// own key generation (keys in software, signed CSRs).
-pub fn make_csrs(n: usize) -> Result<Arc<Vec<String>>> {
+pub fn make_csrs(n: usize) -> Result<Arc<Vec<Csr>>> {
     eprintln!("bench: generating CSRs");
     let csrs = (0..n)
         .map(|i| {
             let key = SubscriberKey::generate(KeyType::P256)?;
-            key.csr_pem(Some(&format!("host{i}.bench.example.com")))
+            let host = format!("host{i}.bench.example.com");
+            let pem = key.csr_pem(Some(&host))?;
+            Ok::<_, ra_cli::Error>(Csr { pem, host })
         })
         .collect::<Result<_, _>>()
         .context("generating a CSR")?;
@@ -86,11 +121,11 @@ pub struct Stats {
     pub p99: Duration,
 }
 
-/// End-to-end issuance: `concurrency` tasks issuing for `dur`, each
-/// request with a fresh `request_id` under `tag`.
-pub async fn e2e(
-    client: Arc<CertdClient>,
-    csrs: Arc<Vec<String>>,
+/// End-to-end issuance: `concurrency` tasks issuing from `client` for
+/// `dur`, each request with a fresh `request_id` under `tag`.
+pub async fn e2e<I: Issuer>(
+    client: Arc<I>,
+    csrs: Arc<Vec<Csr>>,
     concurrency: usize,
     dur: Duration,
     tag: &str,
@@ -105,18 +140,14 @@ pub async fn e2e(
             let mut errors = 0;
             let mut i = t;
             while Instant::now() < deadline {
-                let req = IssueRequest::new(
-                    format!("{tag}-{t}-{i}"),
-                    "tls-server",
-                    csrs[i % csrs.len()].clone(),
-                );
+                let id = format!("{tag}-{t}-{i}");
                 let t0 = Instant::now();
-                match client.issue(&req).await {
-                    Ok(_) => lat.push(t0.elapsed()),
+                match client.issue_one(id, &csrs[i % csrs.len()]).await {
+                    Ok(()) => lat.push(t0.elapsed()),
                     Err(e) => {
                         errors += 1;
                         if errors < 3 {
-                            eprintln!("bench: request failed: {e}");
+                            eprintln!("bench: request failed: {e:#}");
                         }
                     }
                 }
@@ -158,8 +189,8 @@ pub async fn e2e(
 }
 
 /// A short run at concurrency 4 before measuring: connections opened,
-/// caches and the daemon's thread pools warm.
-pub async fn warm_up(client: Arc<CertdClient>, csrs: Arc<Vec<String>>, run_id: &str) {
+/// caches and the server's thread pools warm.
+pub async fn warm_up<I: Issuer>(client: Arc<I>, csrs: Arc<Vec<Csr>>, run_id: &str) {
     e2e(
         client,
         csrs,
