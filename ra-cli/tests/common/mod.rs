@@ -3,14 +3,17 @@
 //! demo CA ([`Ca`]), and the CSV files ra-cli writes ([`read_csv`]).
 //! Everything else is certd-e2e's: `./demo --setup-only`, certd on a socket
 //! the test binds (ready at its `READY=1`), running commands, CSRs,
-//! transport credentials and polling.
+//! transport credentials, the fault-injecting PKCS#11 module and polling.
 #![allow(dead_code)]
 
 use certd_e2e::api::{ApiCa, ApiDaemon, RaCredential};
-use certd_e2e::{run, tool, ChildGuard, CmdOutput, DemoEnv};
+use certd_e2e::fault::{self, FaultControl};
+use certd_e2e::{poll_until, run, tool, ChildGuard, CmdOutput, DemoEnv};
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 /// The ra-cli binary under test.
 pub const RA_CLI: &str = env!("CARGO_BIN_EXE_ra-cli");
@@ -31,6 +34,17 @@ pub struct Ca {
     pub dir: tempfile::TempDir,
 }
 
+/// The fault-injecting PKCS#11 module certd signs through in a CA from
+/// [`Ca::start_through_fault_module`]: its control file (the mode) and its
+/// count file (one line per injected fault; `stall C_Sign` when a
+/// signature starts to be held).
+pub struct FaultyToken {
+    /// Switches the module's mode.
+    pub control: FaultControl,
+    /// The count file.
+    pub count: PathBuf,
+}
+
 impl Ca {
     /// Sets up a CA with the real `./demo --setup-only`, starts certd and,
     /// with `activate`, unlocks the demo certifier.
@@ -38,6 +52,47 @@ impl Ca {
         let dir = tempfile::tempdir().expect("tempdir");
         let ca_dir = dir.path().join("ca");
         let certd = ApiCa::from_demo(&ca_dir, &certd_e2e::bin("certd")).start();
+        Ca::with(dir, certd, activate)
+    }
+
+    /// A demo CA ([`Ca::start`], certifier activated) whose certd reaches
+    /// the demo token through the fault-injecting PKCS#11 module
+    /// (`certd_e2e::fault`), in mode `pass`: the demo's `hsm.module` line
+    /// is pointed at the module, which forwards to the same SoftHSM token,
+    /// and certd gets the module's variables. Returns once the CRL certd
+    /// signs at activation has been signed, so that from then on only
+    /// certificates are signed (no CRL is due again within a test, and
+    /// nothing is revoked).
+    pub fn start_through_fault_module() -> (Ca, FaultyToken) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca_dir = dir.path().join("ca");
+        let api = ApiCa::from_demo(&ca_dir, &certd_e2e::bin("certd"));
+        api.edit_config(
+            &format!("module = {:?}", api.token.module.display().to_string()),
+            &format!("module = {:?}", fault::fault_module().display().to_string()),
+        );
+        api.check_config();
+        let token = FaultyToken {
+            control: FaultControl::new(&ca_dir),
+            count: ca_dir.join("faults.log"),
+        };
+        let env = fault::env_for(&token.control, &token.count);
+        let env: Vec<(&str, &OsStr)> = env
+            .iter()
+            .map(|(k, v)| (k.as_str(), OsStr::new(v.as_str())))
+            .collect();
+        let ca = Ca::with(dir, api.start_with_env(&env), true);
+        poll_until(
+            Duration::from_secs(120),
+            "the CRL certd signs at activation",
+            || (!ca.certd.audit_of("crl_issued").is_empty()).then_some(()),
+            || ca.certd.log(),
+        );
+        (ca, token)
+    }
+
+    fn with(dir: tempfile::TempDir, certd: ApiDaemon, activate: bool) -> Ca {
+        let ca_dir = dir.path().join("ca");
         let env = DemoEnv::read(&ca_dir.join("demo.env"));
         let config = env.path("RA_CLI_CONFIG");
         if activate {
