@@ -4,6 +4,16 @@
 //! file that cannot be written, SIGKILL, a torn journal, and an input
 //! edited under an explicit `--batch-id`.
 //!
+//! The tests that act while a run is under way (lock the certifier, put
+//! something in the way of a row's file, edit the input) do so while
+//! certd's token holds a signature: certd signs through the
+//! fault-injecting PKCS#11 module ([`Ca::start_through_fault_module`]),
+//! set to stall every `C_Sign` before the run starts ([`hold`]). Its count
+//! file then says when the first rows' signatures are held, which pins
+//! where the run is (nothing delivered, nothing read beyond a few rows)
+//! while the test acts; releasing the token lets the run go on. None of
+//! them depends on how fast anything runs.
+//!
 //! Every resume ends in the same final state, checked by
 //! [`assert_complete`]: every row delivered exactly once, the serial certd
 //! issued first kept, no certificate in certd's ledger that the report
@@ -15,11 +25,13 @@
 mod common;
 
 use certd_e2e::api::openssl;
+use certd_e2e::fault::{injected_fault_log, FaultMode};
 use certd_e2e::{poll_until, ChildGuard};
-use common::{finish, read_csv, Ca, CERTIFIER};
+use common::{finish, read_csv, Ca, FaultyToken, CERTIFIER};
 use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::time::Duration;
 
 /// Only catches hangs; nothing here measures speed.
@@ -61,6 +73,81 @@ fn refs(v: &[String]) -> Vec<&str> {
 
 fn spawn(ca: &Ca, args: &[String]) -> ChildGuard {
     ca.spawn_ra(&refs(args))
+}
+
+/// `ra-cli ARGS` in the background, with a request timeout as long as
+/// [`HANG`]: its first requests wait in certd while the token holds their
+/// signatures, for as long as the test takes to act.
+fn spawn_patient(ca: &Ca, args: &[String]) -> ChildGuard {
+    let config = ca.config_variant(
+        "ra-cli-patient.toml",
+        "\n[defaults]\n",
+        &format!("timeout_seconds = {}\n\n[defaults]\n", HANG.as_secs()),
+    );
+    ChildGuard::spawn(
+        ca.ra_command_with(&config, &refs(args))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    )
+}
+
+/// certd's token holding every signature (`C_Sign` stalls in the fault
+/// module) until [`Held::release`], or until dropped (a failing test does
+/// not leave certd waiting on its token).
+struct Held<'a> {
+    token: &'a FaultyToken,
+}
+
+/// Holds every signature certd starts from now on.
+fn hold(token: &FaultyToken) -> Held<'_> {
+    assert!(
+        injected_fault_log(&token.count).is_empty(),
+        "no signature was held before"
+    );
+    token.control.set(FaultMode::Stall);
+    Held { token }
+}
+
+impl Held<'_> {
+    /// Waits until `n` signatures are held: the count file's `stall
+    /// C_Sign` lines, one written as each starts to wait. A held signature
+    /// is certd signing a certificate: its ledger has the intent, the
+    /// requester waits for the answer. (cryptoki's `C_Sign` asks for the
+    /// length first; that first call is the one held, and the second comes
+    /// only after the release, in `pass` mode, so each line is one
+    /// certificate.)
+    fn wait_for(&self, n: usize, out: &Path) {
+        let lines = poll_until(
+            HANG,
+            &format!("{n} signatures held by the token"),
+            || Some(injected_fault_log(&self.token.count)).filter(|l| l.len() >= n),
+            || {
+                format!(
+                    "faults: {:?}\njournal:\n{}",
+                    injected_fault_log(&self.token.count),
+                    std::fs::read_to_string(out.join("journal.jsonl")).unwrap_or_default()
+                )
+            },
+        );
+        assert_eq!(lines, vec!["stall C_Sign"; n], "exactly {n} held");
+    }
+
+    /// Lets the held signatures, and every one after them, through.
+    fn release(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // No second panic: an empty or partly written file is `pass`
+            // to the module as well.
+            let _ = std::fs::write(self.token.control.path(), "pass\n");
+        } else {
+            self.token.control.set(FaultMode::Pass);
+        }
+    }
 }
 
 /// Waits until the journal holds `n` whole `issued` lines of a run under
@@ -292,22 +379,33 @@ fn assert_complete(
 #[test]
 fn certifier_locked_mid_batch_then_activated_and_resumed() {
     const ROWS: usize = 120;
-    let ca = Ca::start(true);
+    const JOBS: usize = 2;
+    let (ca, token) = Ca::start_through_fault_module();
     let work = ca.scratch("work");
     let input = work.join("people.csv");
     let emails = people(&input, ROWS);
     let out = work.join("out");
-    let args = batch(&input, &out, &["--jobs", "2"]);
+    let args = batch(&input, &out, &["--jobs", &JOBS.to_string()]);
 
-    let child = spawn(&ca, &args);
-    wait_for_deliveries(&out, 5);
+    // The first rows' signatures are held in the token; the certifier is
+    // locked while they are under way (certd does not wait for them), and
+    // before any other row reaches certd.
+    let held = hold(&token);
+    let child = spawn_patient(&ca, &args);
+    held.wait_for(JOBS, &out);
     ca.certd.deactivate(CERTIFIER);
+    assert_eq!(ca.certd.certifier_status(CERTIFIER)["state"], "locked");
+    assert_eq!(issued_lines(&out), 0, "nothing delivered yet");
+    held.release();
     let first = finish(child);
     first.assert_code(1);
     let sum = first.json();
     assert_eq!(sum["stopped"]["code"], "certifier_locked", "{first}");
     let failed = sum["failed"].as_u64().expect("failed");
     let issued = sum["issued"].as_u64().expect("issued");
+    // Locking stops new signatures, not one already under way: the rows
+    // being signed are delivered; the next ones meet the locked certifier.
+    assert_eq!(issued, JOBS as u64, "the rows under way: {first}");
     assert!(failed >= 1, "some row met the locked certifier: {first}");
     assert_eq!(
         issued + failed + sum["not_attempted"].as_u64().expect("n"),
@@ -399,7 +497,7 @@ fn retries_exhausted_then_resumed_across_a_torn_journal_line() {
 #[test]
 fn an_output_file_that_cannot_be_written_then_resumed_with_the_same_serial() {
     const ROWS: usize = 60;
-    let ca = Ca::start(true);
+    let (ca, token) = Ca::start_through_fault_module();
     let work = ca.scratch("work");
     let input = work.join("people.csv");
     let emails = people(&input, ROWS);
@@ -421,14 +519,23 @@ fn an_output_file_that_cannot_be_written_then_resumed_with_the_same_serial() {
     std::fs::remove_dir_all(&blocker).expect("unblock");
 
     // In the way once the run is under way (a directory: root cannot
-    // write a file over it): certd issues the last row, its PKCS#12
-    // cannot be renamed into place.
-    let child = spawn(&ca, &args);
-    wait_for_deliveries(&out, 1);
+    // write a file over it): put there while the first row's signature is
+    // held, so after the check of the output paths and long before the
+    // last row (--jobs 1 goes row by row). certd issues the last row, its
+    // PKCS#12 cannot be renamed into place.
+    let held = hold(&token);
+    let child = spawn_patient(&ca, &args);
+    held.wait_for(1, &out);
     std::fs::create_dir_all(blocker.join("x")).expect("blocker");
+    held.release();
     let first = finish(child);
     first.assert_code(1);
-    assert_eq!(first.json()["failed"], 1, "{first}");
+    let sum = first.json();
+    assert_eq!(
+        (&sum["issued"], &sum["failed"]),
+        (&(ROWS - 1).into(), &1.into()),
+        "{first}"
+    );
     let report = read_csv(&out.join("report.csv"));
     let row = report.last().expect("last row");
     assert_eq!(
@@ -682,11 +789,14 @@ fn an_edited_input_under_an_explicit_batch_id() {
 #[test]
 fn an_input_edited_while_the_batch_runs_stops_before_the_changed_row() {
     const ROWS: usize = 10;
-    let ca = Ca::start(true);
+    let (ca, token) = Ca::start_through_fault_module();
     let work = ca.scratch("work");
     let input = work.join("people.csv");
-    // Long rows (an ignored column), so the second read of the file has
-    // not reached the last rows when the file is edited.
+    // Long rows (an ignored column): while the first row's signature is
+    // held, ra-cli's second read of the file has read at most four rows
+    // (the one being issued, two in the queue of 2 × --jobs rows, one
+    // waiting for room in it) and the CSV reader's 8 KiB of read-ahead
+    // beyond: less than five rows, and the last row starts nine rows in.
     let notes = "n".repeat(16 * 1024);
     let text = |changed: Option<usize>| {
         let mut t = String::from("email,notes\n");
@@ -707,9 +817,11 @@ fn an_input_edited_while_the_batch_runs_stops_before_the_changed_row() {
     let out = work.join("out");
     let args = batch(&input, &out, &["--jobs", "1", "--ignore-unknown-columns"]);
 
-    let child = spawn(&ca, &args);
-    wait_for_deliveries(&out, 1);
+    let held = hold(&token);
+    let child = spawn_patient(&ca, &args);
+    held.wait_for(1, &out);
     std::fs::write(&input, text(Some(ROWS - 1))).expect("edit");
+    held.release();
     let first = finish(child);
     first.assert_code(2);
     assert_eq!(first.json()["error"]["code"], "input_changed", "{first}");
@@ -718,7 +830,10 @@ fn an_input_edited_while_the_batch_runs_stops_before_the_changed_row() {
         ledger_now.values().all(|e| !e[0].starts_with("mallory")),
         "the changed row was not sent: {ledger_now:?}"
     );
-    assert!(ledger_now.len() < ROWS);
+    assert!(
+        !ledger_now.is_empty() && ledger_now.len() < ROWS,
+        "the rows before the changed one were issued: {ledger_now:?}"
+    );
 
     std::fs::write(&input, text(None)).expect("restore");
     let second = ca.ra(&refs(&args));
