@@ -3,10 +3,11 @@
 //! before nextUpdate and shortly after revocations (a burst of revocations
 //! makes one CRL).
 
-use crate::audit::AuditEvent;
-use crate::certifier::Certifier;
-use crate::clock::rfc3339;
-use crate::daemon::Shared;
+use crate::audit::{AuditEvent, AuditLog};
+use crate::certifier::{Certifier, Certifiers};
+use crate::clock::{rfc3339, Clock};
+use crate::config::CrlConfig;
+use crate::ledger::Ledger;
 use certd_api::{ApiError, ErrorCode};
 use der::asn1::{BitString, OctetString, Uint};
 use der::{Decode, Encode};
@@ -34,8 +35,9 @@ pub struct CrlState {
     pub next_update: i64,
 }
 
-/// The current CRL of every certifier and the triggers for new ones.
-pub struct CrlStore {
+/// The current CRL of every certifier, on disk and in memory, and the
+/// triggers for new ones.
+struct CrlStore {
     dir: PathBuf,
     current: Mutex<HashMap<String, CrlState>>,
     triggers: HashMap<String, Arc<tokio::sync::Notify>>,
@@ -85,7 +87,7 @@ pub fn describe(der: &[u8]) -> Option<CrlState> {
 
 impl CrlStore {
     /// Loads the CRLs kept in `state_dir/crl` for these certifiers.
-    pub fn open(state_dir: &Path, certifiers: &[Arc<Certifier>]) -> std::io::Result<CrlStore> {
+    fn open(state_dir: &Path, certifiers: &[Arc<Certifier>]) -> std::io::Result<CrlStore> {
         let dir = state_dir.join("crl");
         std::fs::create_dir_all(&dir)?;
         let mut current = HashMap::new();
@@ -105,8 +107,7 @@ impl CrlStore {
         })
     }
 
-    /// The current CRL of a certifier.
-    pub fn current(&self, certifier: &str) -> Option<CrlState> {
+    fn current(&self, certifier: &str) -> Option<CrlState> {
         self.current
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -114,8 +115,7 @@ impl CrlStore {
             .cloned()
     }
 
-    /// Asks for a new CRL soon (after a revocation).
-    pub fn trigger(&self, certifier: &str) {
+    fn trigger(&self, certifier: &str) {
         if let Some(n) = self.triggers.get(certifier) {
             n.notify_one();
         }
@@ -143,149 +143,242 @@ impl CrlStore {
     }
 }
 
-/// Makes, signs, verifies, stores and audits a new CRL for `certifier`.
-pub fn generate(shared: &Shared, certifier: &Certifier) -> Result<CrlState, ApiError> {
-    let signer = certifier.signer().map_err(|e| e.api_error())?;
-    let name = certifier.name();
-    let entries = shared
-        .ledger
-        .revoked_entries(name)
-        .map_err(|e| e.api_error())?;
-    // Durable before signing: a crash after this never reuses the number.
-    let number = shared
-        .ledger
-        .next_crl_number(name)
-        .map_err(|e| e.api_error())?;
-    let issuer = &certifier.issuer;
-    let now = shared.clock.unix();
-    let next = now + i64::from(shared.config.crl.validity_hours) * 3600;
-    let mut revoked: Vec<RevokedCert> = Vec::with_capacity(entries.len());
-    for e in &entries {
-        let crl_entry_extensions = match reason(e.reason) {
-            Some(r) => Some(vec![crate::x509::extension(&r, false).map_err(internal)?]),
-            None => None,
-        };
-        revoked.push(RevokedCert {
-            serial_number: SerialNumber::new(e.serial.as_bytes()).map_err(internal)?,
-            revocation_date: time(e.revoked_at)?,
-            crl_entry_extensions,
-        });
-    }
-    let tbs = TbsCertList {
-        version: x509_cert::Version::V2,
-        signature: certifier.key_type.signature_algorithm(),
-        issuer: issuer.name.clone(),
-        this_update: time(now)?,
-        next_update: Some(time(next)?),
-        revoked_certificates: (!revoked.is_empty()).then_some(revoked),
-        crl_extensions: Some(vec![
-            crate::x509::extension(
-                &AuthorityKeyIdentifier {
-                    key_identifier: Some(
-                        OctetString::new(issuer.key_id.clone()).map_err(internal)?,
-                    ),
-                    ..Default::default()
-                },
-                false,
-            )
-            .map_err(internal)?,
-            crate::x509::extension(
-                &CrlNumber(Uint::new(&number.to_be_bytes()).map_err(internal)?),
-                false,
-            )
-            .map_err(internal)?,
-        ]),
-    };
-    let tbs_der = tbs.to_der().map_err(internal)?;
-    let signature = crate::hsm::sign_checked(signer.as_ref(), &tbs_der).map_err(|e| {
-        if matches!(e, crate::hsm::HsmError::Unavailable(_)) {
-            certifier.report_fault(&e.to_string());
-        }
-        e.api_error()
-    })?;
-    let crl = CertificateList {
-        tbs_cert_list: tbs,
-        signature_algorithm: certifier.key_type.signature_algorithm(),
-        signature: BitString::from_bytes(&signature).map_err(internal)?,
-    };
-    let der = crl.to_der().map_err(internal)?;
-    let state = CrlState {
-        der: Arc::new(der),
-        number,
-        this_update: now,
-        next_update: next,
-    };
-    shared.crl.install(name, state.clone()).map_err(|e| {
-        ApiError::new(
-            ErrorCode::LedgerUnavailable,
-            format!("storing the CRL: {e}"),
-        )
-    })?;
-    shared
-        .audit
-        .record(
-            AuditEvent::new("crl_issued", "certd")
-                .certifier(name.to_string())
-                .detail(json!({"crl_number": number, "entries": entries.len(), "next_update": rfc3339(next)})),
-        )
-        .map_err(|e| ApiError::new(ErrorCode::AuditUnavailable, e.to_string()))?;
-    Ok(state)
+/// The CRLs of every certifier: made, signed, stored, audited, served, and
+/// kept fresh. Built once by the daemon.
+pub struct CrlService {
+    store: CrlStore,
+    certifiers: Arc<Certifiers>,
+    ledger: Arc<dyn Ledger>,
+    audit: Arc<AuditLog>,
+    clock: Arc<dyn Clock>,
+    settings: CrlConfig,
 }
 
-/// Keeps one certifier's CRL fresh: regenerates `refresh_hours` before
-/// nextUpdate, and `coalesce_seconds` after the first of a burst of
-/// revocations. Waits while the certifier is locked.
-pub async fn keep_fresh(shared: Arc<Shared>, certifier: Arc<Certifier>) {
-    let Some(trigger) = shared.crl.trigger_of(certifier.name()) else {
-        return;
-    };
-    let refresh = i64::from(shared.config.crl.refresh_hours) * 3600;
-    let coalesce = Duration::from_secs(shared.config.crl.coalesce_seconds);
-    // A CRL saved before a restart may lack revocations acknowledged just
-    // before it stopped: make a fresh one as soon as the certifier is active.
-    let mut pending = true;
-    loop {
-        let due_in = match shared.crl.current(certifier.name()) {
-            Some(s) if !pending => Duration::from_secs(
-                u64::try_from(s.next_update - refresh - shared.clock.unix()).unwrap_or(0),
-            ),
-            _ => Duration::ZERO,
+impl CrlService {
+    /// Loads the CRLs kept in `state_dir/crl` for `certifiers`, to be made
+    /// from the revocations in `ledger` with the timing of `settings`.
+    pub fn open(
+        state_dir: &Path,
+        settings: CrlConfig,
+        certifiers: Arc<Certifiers>,
+        ledger: Arc<dyn Ledger>,
+        audit: Arc<AuditLog>,
+        clock: Arc<dyn Clock>,
+    ) -> std::io::Result<CrlService> {
+        Ok(CrlService {
+            store: CrlStore::open(state_dir, certifiers.all())?,
+            certifiers,
+            ledger,
+            audit,
+            clock,
+            settings,
+        })
+    }
+
+    /// The current CRL of a certifier.
+    pub fn current(&self, certifier: &str) -> Option<CrlState> {
+        self.store.current(certifier)
+    }
+
+    /// Asks for a new CRL soon (after a revocation).
+    pub fn trigger(&self, certifier: &str) {
+        self.store.trigger(certifier);
+    }
+
+    /// The CRL of the certifier named `name` as it is served: the current
+    /// one until its nextUpdate, else a new one.
+    pub fn latest(&self, name: &str) -> Result<CrlState, ApiError> {
+        let certifier = self.certifiers.find(Some(name)).map_err(|_| {
+            ApiError::new(
+                ErrorCode::UnknownCertifier,
+                format!("there is no certifier {name:?}"),
+            )
+        })?;
+        match self.current(certifier.name()) {
+            Some(st) if st.next_update > self.clock.unix() => Ok(st),
+            _ => self.generate(&certifier),
+        }
+    }
+
+    /// Makes, signs, verifies, stores and audits a new CRL for `certifier`.
+    pub fn generate(&self, certifier: &Certifier) -> Result<CrlState, ApiError> {
+        let signer = certifier.signer().map_err(|e| e.api_error())?;
+        let name = certifier.name();
+        let entries = self
+            .ledger
+            .revoked_entries(name)
+            .map_err(|e| e.api_error())?;
+        // Durable before signing: a crash after this never reuses the number.
+        let number = self
+            .ledger
+            .next_crl_number(name)
+            .map_err(|e| e.api_error())?;
+        let issuer = &certifier.issuer;
+        let now = self.clock.unix();
+        let next = now + i64::from(self.settings.validity_hours) * 3600;
+        let mut revoked: Vec<RevokedCert> = Vec::with_capacity(entries.len());
+        for e in &entries {
+            let crl_entry_extensions = match reason(e.reason) {
+                Some(r) => Some(vec![crate::x509::extension(&r, false).map_err(internal)?]),
+                None => None,
+            };
+            revoked.push(RevokedCert {
+                serial_number: SerialNumber::new(e.serial.as_bytes()).map_err(internal)?,
+                revocation_date: time(e.revoked_at)?,
+                crl_entry_extensions,
+            });
+        }
+        let tbs = TbsCertList {
+            version: x509_cert::Version::V2,
+            signature: certifier.key_type.signature_algorithm(),
+            issuer: issuer.name.clone(),
+            this_update: time(now)?,
+            next_update: Some(time(next)?),
+            revoked_certificates: (!revoked.is_empty()).then_some(revoked),
+            crl_extensions: Some(vec![
+                crate::x509::extension(
+                    &AuthorityKeyIdentifier {
+                        key_identifier: Some(
+                            OctetString::new(issuer.key_id.clone()).map_err(internal)?,
+                        ),
+                        ..Default::default()
+                    },
+                    false,
+                )
+                .map_err(internal)?,
+                crate::x509::extension(
+                    &CrlNumber(Uint::new(&number.to_be_bytes()).map_err(internal)?),
+                    false,
+                )
+                .map_err(internal)?,
+            ]),
         };
-        if !due_in.is_zero() {
-            tokio::select! {
-                _ = tokio::time::sleep(due_in) => {}
-                _ = trigger.notified() => {
-                    pending = true;
-                    tokio::time::sleep(coalesce).await;
+        let tbs_der = tbs.to_der().map_err(internal)?;
+        let signature = crate::hsm::sign_checked(signer.as_ref(), &tbs_der).map_err(|e| {
+            if matches!(e, crate::hsm::HsmError::Unavailable(_)) {
+                certifier.report_fault(&e.to_string());
+            }
+            e.api_error()
+        })?;
+        let crl = CertificateList {
+            tbs_cert_list: tbs,
+            signature_algorithm: certifier.key_type.signature_algorithm(),
+            signature: BitString::from_bytes(&signature).map_err(internal)?,
+        };
+        let der = crl.to_der().map_err(internal)?;
+        let state = CrlState {
+            der: Arc::new(der),
+            number,
+            this_update: now,
+            next_update: next,
+        };
+        self.store.install(name, state.clone()).map_err(|e| {
+            ApiError::new(
+                ErrorCode::LedgerUnavailable,
+                format!("storing the CRL: {e}"),
+            )
+        })?;
+        self
+            .audit
+            .record(
+                AuditEvent::new("crl_issued", "certd")
+                    .certifier(name.to_string())
+                    .detail(json!({"crl_number": number, "entries": entries.len(), "next_update": rfc3339(next)})),
+            )
+            .map_err(|e| ApiError::new(ErrorCode::AuditUnavailable, e.to_string()))?;
+        Ok(state)
+    }
+
+    /// Keeps one certifier's CRL fresh: regenerates `refresh_hours` before
+    /// nextUpdate, and `coalesce_seconds` after the first of a burst of
+    /// revocations. Waits while the certifier is locked.
+    pub async fn keep_fresh(self: Arc<Self>, certifier: Arc<Certifier>) {
+        let Some(trigger) = self.store.trigger_of(certifier.name()) else {
+            return;
+        };
+        let refresh = i64::from(self.settings.refresh_hours) * 3600;
+        let coalesce = Duration::from_secs(self.settings.coalesce_seconds);
+        // A CRL saved before a restart may lack revocations acknowledged just
+        // before it stopped: make a fresh one as soon as the certifier is active.
+        let mut pending = true;
+        loop {
+            let due_in = match self.store.current(certifier.name()) {
+                Some(s) if !pending => Duration::from_secs(
+                    u64::try_from(s.next_update - refresh - self.clock.unix()).unwrap_or(0),
+                ),
+                _ => Duration::ZERO,
+            };
+            if !due_in.is_zero() {
+                tokio::select! {
+                    _ = tokio::time::sleep(due_in) => {}
+                    _ = trigger.notified() => {
+                        pending = true;
+                        tokio::time::sleep(coalesce).await;
+                    }
+                }
+            }
+            if certifier.signer().is_err() {
+                // Locked or unavailable: look again shortly.
+                tokio::select! {
+                    _ = tokio::time::sleep(crate::certifier::PROBE_INTERVAL) => {}
+                    _ = trigger.notified() => { pending = true; }
+                }
+                continue;
+            }
+            let (service, c2) = (self.clone(), certifier.clone());
+            match tokio::task::spawn_blocking(move || service.generate(&c2)).await {
+                Ok(Ok(state)) => {
+                    pending = false;
+                    tracing::info!(
+                        certifier = certifier.name(),
+                        number = state.number,
+                        "CRL issued"
+                    );
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(certifier = certifier.name(), error = %e, "CRL generation failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "CRL task failed");
+                    tokio::time::sleep(Duration::from_secs(5)).await;
                 }
             }
         }
-        if certifier.signer().is_err() {
-            // Locked or unavailable: look again shortly.
-            tokio::select! {
-                _ = tokio::time::sleep(crate::certifier::PROBE_INTERVAL) => {}
-                _ = trigger.notified() => { pending = true; }
-            }
-            continue;
-        }
-        let (s2, c2) = (shared.clone(), certifier.clone());
-        match tokio::task::spawn_blocking(move || generate(&s2, &c2)).await {
-            Ok(Ok(state)) => {
-                pending = false;
-                tracing::info!(
-                    certifier = certifier.name(),
-                    number = state.number,
-                    "CRL issued"
-                );
-            }
-            Ok(Err(e)) => {
-                tracing::error!(certifier = certifier.name(), error = %e, "CRL generation failed; retrying");
-                tokio::time::sleep(Duration::from_secs(5)).await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "CRL task failed");
-                tokio::time::sleep(Duration::from_secs(5)).await;
-            }
-        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::clock::Clock;
+    use crate::testing::TestCa;
+    use std::time::Duration;
+
+    const PROFILE: &str =
+        "[[profile]]\nname = \"tls-client\"\nkind = \"tls-client\"\nmax_validity_days = 30\n";
+
+    /// The served CRL runs from the clock's now for `crl.validity_hours`,
+    /// and is served until the clock passes its nextUpdate.
+    #[test]
+    fn the_served_crl_is_remade_once_the_clock_passes_its_next_update() {
+        let ca = TestCa::new(PROFILE, "profiles = [\"tls-client\"]");
+        let crl = &ca.shared.crl;
+        let start = ca.clock.unix();
+        let first = crl.latest("ca").expect("a CRL");
+        assert_eq!(first.number, 1);
+        assert_eq!(first.this_update, start);
+        assert_eq!(first.next_update, start + 24 * 3_600);
+        assert_eq!(crate::crl::describe(&first.der).map(|d| d.number), Some(1));
+        ca.clock.advance(Duration::from_secs(24 * 3_600 - 1));
+        assert_eq!(crl.latest("ca").expect("a CRL").number, 1);
+        ca.clock.advance(Duration::from_secs(1));
+        let second = crl.latest("ca").expect("a CRL");
+        assert_eq!(second.number, 2);
+        assert_eq!(second.this_update, start + 24 * 3_600);
+        assert_eq!(
+            ca.audit_kinds(),
+            ["crl_issued", "crl_issued"],
+            "one entry per CRL made"
+        );
     }
 }

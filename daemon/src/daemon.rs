@@ -6,9 +6,12 @@ use crate::certifier::{Certifier, Certifiers, State, PROBE_INTERVAL};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::control::{Request, Response, MAX_REQUEST};
+use crate::crl::CrlService;
 use crate::issue::Issuer;
 use crate::ledger::{Ledger, SledLedger};
+use crate::lookup::Lookup;
 use crate::policy::{LivePolicy, Policy};
+use crate::revoke::Revoker;
 use crate::status::{CertifierStatus, DaemonStatus};
 use crate::systemd;
 use serde_json::json;
@@ -119,11 +122,15 @@ pub struct Shared {
     /// The audit log.
     pub audit: Arc<AuditLog>,
     /// CRLs.
-    pub crl: crate::crl::CrlStore,
+    pub crl: Arc<CrlService>,
     /// The policy in force.
     pub policy: Arc<LivePolicy>,
     /// The issuance pipeline.
     pub issuer: Issuer,
+    /// Revocation.
+    pub revoker: Revoker,
+    /// Look-ups and listings.
+    pub lookup: Lookup,
     /// The time.
     pub clock: Arc<dyn Clock>,
     /// Held for the daemon's lifetime: one daemon per state directory.
@@ -143,10 +150,20 @@ impl Shared {
         clock: Arc<dyn Clock>,
     ) -> Result<Shared, DaemonError> {
         let state_dir = &config.daemon.state_dir;
-        let crl = crate::crl::CrlStore::open(state_dir, certifiers.all()).map_err(io(format!(
-            "opening the CRL store in {}",
-            state_dir.display()
-        )))?;
+        let crl = Arc::new(
+            CrlService::open(
+                state_dir,
+                config.crl.clone(),
+                certifiers.clone(),
+                ledger.clone(),
+                audit.clone(),
+                clock.clone(),
+            )
+            .map_err(io(format!(
+                "opening the CRL store in {}",
+                state_dir.display()
+            )))?,
+        );
         let policy = Arc::new(LivePolicy::new(Policy::from_config(&config)));
         let issuer = Issuer::new(
             policy.clone(),
@@ -156,11 +173,15 @@ impl Shared {
             clock.clone(),
             &config.daemon,
         );
+        let revoker = Revoker::new(ledger.clone(), audit.clone(), crl.clone(), clock.clone());
+        let lookup = Lookup::new(ledger.clone());
         Ok(Shared {
             _lock: lock,
             crl,
             policy,
             issuer,
+            revoker,
+            lookup,
             config,
             certifiers,
             ledger,
@@ -404,7 +425,7 @@ async fn serve(shared: Arc<Shared>) -> Result<(), DaemonError> {
     }
     tokio::spawn(probe_loop(shared.clone()));
     for c in shared.certifiers.all() {
-        tokio::spawn(crate::crl::keep_fresh(shared.clone(), c.clone()));
+        tokio::spawn(shared.crl.clone().keep_fresh(c.clone()));
     }
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -3,7 +3,7 @@
 //! network, so every rule is testable on its own.
 
 use crate::config::{Config, ProfileConfig, ProfileKind, RaConfig};
-use certd_api::{ApiError, ErrorCode};
+use certd_api::{ApiError, ErrorCode, ProfileInfo};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -297,6 +297,21 @@ impl Policy {
             .collect();
         out.sort_by(|a, b| a.0.name.cmp(&b.0.name));
         out
+    }
+
+    /// The profiles an RA may use, as `GET /v1/profiles` shows them.
+    pub fn profile_infos(&self, grant: &Grant) -> Vec<ProfileInfo> {
+        self.profiles_for(grant)
+            .into_iter()
+            .map(|(p, certifiers)| ProfileInfo {
+                name: p.name.clone(),
+                kind: p.kind.as_str().to_string(),
+                certifiers,
+                key_types: p.key_types.iter().map(|k| k.to_string()).collect(),
+                max_validity_days: grant.max_validity_days(p),
+                requires_approval: p.require_approval,
+            })
+            .collect()
     }
 }
 

@@ -7,12 +7,11 @@
 //! removes an RA takes effect on open connections too.
 
 use crate::audit::AuditEvent;
-use crate::clock::{self, rfc3339};
 use crate::config::ApiConfig;
 use crate::daemon::{DaemonError, Shared};
-use crate::ledger::{LedgerRecord, RecordState, Serial};
+use crate::lookup::ListQuery;
 use crate::policy::Grant;
-use crate::x509;
+use crate::status;
 use axum::body::Body;
 use axum::extract::{FromRequestParts, Path, Query};
 use axum::http::request::Parts;
@@ -20,11 +19,7 @@ use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Router};
-use certd_api::{
-    ApiError, CertStatus, CertificateInfo, CertificateList, CertifierHealth, ErrorCode, Health,
-    IssueRequest, ProfileInfo, RevokeRequest,
-};
-use der::Decode;
+use certd_api::{ApiError, ErrorCode, IssueRequest, RevokeRequest};
 use http_body_util::BodyExt;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
@@ -34,13 +29,9 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 use sha2::Digest;
 use std::net::SocketAddr;
-use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use x509_cert::ext::pkix::name::GeneralName;
-use x509_cert::ext::pkix::SubjectAltName;
-use x509_cert::Certificate;
 
 /// Checks the chain with webpki, then the fingerprint against the
 /// allowlist in the current policy.
@@ -724,101 +715,9 @@ async fn issue_handler(
     .await
 }
 
-/// A serial as hex: the API's 32 digits, or the integer as tools print it
-/// (leading zeros dropped, or colon-separated bytes as `openssl x509 -text`
-/// shows them).
-fn parse_serial(s: &str) -> Result<Serial, ApiError> {
-    let digits: String = s.chars().filter(|c| *c != ':').collect();
-    let padded = if !digits.is_empty() && digits.len() < 32 {
-        format!("{digits:0>32}")
-    } else {
-        digits
-    };
-    Serial::from_hex(&padded.to_ascii_lowercase()).map_err(|_| {
-        ApiError::new(
-            ErrorCode::NotFound,
-            format!("no certificate with serial {s:?}"),
-        )
-    })
-}
-
-fn visible(grant: &Grant, record: &LedgerRecord) -> bool {
-    grant.config.read_all || record.intent.ra == grant.name()
-}
-
-/// The API's view of a ledger record (issued or revoked only).
-pub fn certificate_info(serial: &Serial, record: &LedgerRecord) -> Option<CertificateInfo> {
-    let status = match record.state {
-        RecordState::Issued => CertStatus::Valid,
-        RecordState::Revoked => CertStatus::Revoked,
-        _ => return None,
-    };
-    let der = record.certificate_der.as_deref()?;
-    let cert = Certificate::from_der(der).ok()?;
-    let tbs = cert.tbs_certificate();
-    let mut emails = Vec::new();
-    let mut dns = Vec::new();
-    if let Ok(Some((_, san))) = tbs.get_extension::<SubjectAltName>() {
-        for gn in san.0 {
-            match gn {
-                GeneralName::Rfc822Name(e) => emails.push(e.as_str().to_string()),
-                GeneralName::DnsName(d) => dns.push(d.as_str().to_string()),
-                _ => {}
-            }
-        }
-    }
-    Some(CertificateInfo {
-        serial: serial.to_hex(),
-        status,
-        certifier: record.intent.certifier.clone(),
-        profile: record.intent.profile.clone(),
-        ra: record.intent.ra.clone(),
-        subject: tbs.subject().to_string(),
-        emails,
-        dns,
-        not_before: rfc3339(x509::unix_of(&tbs.validity().not_before)),
-        not_after: rfc3339(x509::unix_of(&tbs.validity().not_after)),
-        certificate: x509::cert_pem(der),
-        revoked_at: record.revoked_at.map(rfc3339),
-        revocation_reason: record
-            .revocation_reason
-            .and_then(certd_api::reason_name)
-            .map(str::to_string),
-    })
-}
-
-fn lookup(
-    shared: &Shared,
-    grant: &Grant,
-    serial: &str,
-) -> Result<(Serial, LedgerRecord), ApiError> {
-    let serial = parse_serial(serial)?;
-    let not_found = || {
-        ApiError::new(
-            ErrorCode::NotFound,
-            format!("no certificate with serial {}", serial.to_hex()),
-        )
-    };
-    let record = shared
-        .ledger
-        .get(&serial)
-        .map_err(|e| e.api_error())?
-        .ok_or_else(not_found)?;
-    if !visible(grant, &record)
-        || !matches!(record.state, RecordState::Issued | RecordState::Revoked)
-    {
-        return Err(not_found());
-    }
-    Ok((serial, record))
-}
-
 async fn get_handler(call: Call, Path(serial): Path<String>) -> Reply {
     with_grant(call, move |s, g| {
-        let (serial, record) = lookup(s, g, &serial)?;
-        let info = certificate_info(&serial, &record).ok_or_else(|| {
-            ApiError::new(ErrorCode::Internal, "stored certificate does not decode")
-        })?;
-        json_ok(StatusCode::OK, &info)
+        json_ok(StatusCode::OK, &s.lookup.get(g, &serial)?)
     })
     .await
 }
@@ -836,85 +735,10 @@ async fn revoke_handler(
         body,
         limit,
         move |s, g, req: RevokeRequest| {
-            if !g.config.may_revoke {
-                return Err(ApiError::new(
-                    ErrorCode::NotAuthorized,
-                    format!("RA {:?} may not revoke certificates", g.name()),
-                ));
-            }
-            let code = certd_api::reason_code(&req.reason).ok_or_else(|| {
-                ApiError::new(
-                    ErrorCode::BadRequest,
-                    format!(
-                        "unknown revocation reason {:?}; use one of: {}",
-                        req.reason,
-                        certd_api::REVOCATION_REASONS
-                            .iter()
-                            .map(|(n, _)| *n)
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                )
-            })?;
-            let (serial, record) = lookup(s, g, &serial)?;
-            if record.state == RecordState::Revoked {
-                return Err(ApiError::new(
-                    ErrorCode::AlreadyRevoked,
-                    format!("{} is already revoked", serial.to_hex()),
-                ));
-            }
-            let now = s.clock.unix();
-            s.ledger
-                .record_revoked(&serial, code, now, g.name())
-                .map_err(|e| match e {
-                    crate::ledger::LedgerError::InvalidState { .. } => ApiError::new(
-                        ErrorCode::AlreadyRevoked,
-                        format!("{} is already revoked", serial.to_hex()),
-                    ),
-                    other => other.api_error(),
-                })?;
-            // In effect from here on: the CRL is remade even if the audit
-            // entry cannot be written now (it is then written later, see
-            // `recovery::settle_revocations`).
-            s.crl.trigger(&record.intent.certifier);
-            s.audit.record(
-                AuditEvent::new("revoked", g.name())
-                    .certifier(record.intent.certifier.clone())
-                    .detail(json!({"serial": serial.to_hex(), "reason": req.reason})),
-            )
-            .map_err(|e| ApiError::new(ErrorCode::AuditUnavailable, e.to_string()))?;
-            if let Err(e) = s.ledger.mark_revocation_audited(&serial) {
-                tracing::warn!(serial = %serial.to_hex(), error = %e, "cannot note that a revocation is audited; start-up will check");
-            }
-            let record = s
-                .ledger
-                .get(&serial)
-                .map_err(|e| e.api_error())?
-                .ok_or_else(|| ApiError::new(ErrorCode::Internal, "record vanished"))?;
-            let info = certificate_info(&serial, &record).ok_or_else(|| {
-                ApiError::new(ErrorCode::Internal, "stored certificate does not decode")
-            })?;
-            json_ok(StatusCode::OK, &info)
+            json_ok(StatusCode::OK, &s.revoker.revoke(g, &serial, &req)?)
         },
     )
     .await
-}
-
-/// Filters of the listing endpoint.
-#[derive(Debug, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ListQuery {
-    status: Option<String>,
-    profile: Option<String>,
-    certifier: Option<String>,
-    subject: Option<String>,
-    email: Option<String>,
-    dns: Option<String>,
-    ra: Option<String>,
-    expires_before: Option<String>,
-    expires_after: Option<String>,
-    after: Option<String>,
-    limit: Option<usize>,
 }
 
 async fn list_handler(
@@ -929,89 +753,14 @@ async fn list_handler(
         }
     };
     with_grant(call, move |s, g| {
-        let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-        let status = match q.status.as_deref() {
-            None => None,
-            Some("valid") => Some(CertStatus::Valid),
-            Some("revoked") => Some(CertStatus::Revoked),
-            Some(other) => {
-                return Err(ApiError::new(
-                    ErrorCode::BadRequest,
-                    format!("status {other:?}: use valid or revoked"),
-                ))
-            }
-        };
-        let parse_time = |v: &Option<String>| -> Result<Option<String>, ApiError> {
-            v.as_ref()
-                .map(|t| {
-                    clock::parse_rfc3339(t)
-                        .map(rfc3339)
-                        .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("{t:?}: {e}")))
-                })
-                .transpose()
-        };
-        let (before, after_t) = (
-            parse_time(&q.expires_before)?,
-            parse_time(&q.expires_after)?,
-        );
-        let cursor = q.after.as_deref().map(parse_serial).transpose()?;
-        let mut items = Vec::new();
-        let mut next = None;
-        let mut visit = |serial: Serial, record: LedgerRecord| {
-            if !visible(g, &record)
-                || q.certifier
-                    .as_ref()
-                    .is_some_and(|c| *c != record.intent.certifier)
-            {
-                return ControlFlow::Continue(());
-            }
-            let Some(info) = certificate_info(&serial, &record) else {
-                return ControlFlow::Continue(());
-            };
-            let keep = status.is_none_or(|st| st == info.status)
-                && q.profile.as_ref().is_none_or(|p| *p == info.profile)
-                && q.ra.as_ref().is_none_or(|r| *r == info.ra)
-                && q.subject
-                    .as_ref()
-                    .is_none_or(|t| info.subject.contains(t.as_str()))
-                && q.email
-                    .as_ref()
-                    .is_none_or(|e| info.emails.iter().any(|x| x.eq_ignore_ascii_case(e)))
-                && q.dns
-                    .as_ref()
-                    .is_none_or(|d| info.dns.iter().any(|x| x == d))
-                && before.as_ref().is_none_or(|b| info.not_after < *b)
-                && after_t.as_ref().is_none_or(|a| info.not_after > *a);
-            if !keep {
-                return ControlFlow::Continue(());
-            }
-            if items.len() == limit {
-                next = items.last().map(|i: &CertificateInfo| i.serial.clone());
-                return ControlFlow::Break(());
-            }
-            items.push(info);
-            ControlFlow::Continue(())
-        };
-        s.ledger
-            .visit_records(cursor.as_ref(), &mut visit)
-            .map_err(|e| e.api_error())?;
-        json_ok(StatusCode::OK, &CertificateList { items, next })
+        json_ok(StatusCode::OK, &s.lookup.list(g, &q)?)
     })
     .await
 }
 
 async fn crl_handler(call: Call, Path(name): Path<String>) -> Reply {
     with_grant(call, move |s, _g| {
-        let certifier = s.certifiers.find(Some(&name)).map_err(|_| {
-            ApiError::new(
-                ErrorCode::UnknownCertifier,
-                format!("there is no certifier {name:?}"),
-            )
-        })?;
-        let state = match s.crl.current(certifier.name()) {
-            Some(st) if st.next_update > s.clock.unix() => st,
-            _ => crate::crl::generate(s, &certifier)?,
-        };
+        let state = s.crl.latest(&name)?;
         Ok((StatusCode::OK, state.der.to_vec(), "application/pkix-crl"))
     })
     .await
@@ -1019,54 +768,14 @@ async fn crl_handler(call: Call, Path(name): Path<String>) -> Reply {
 
 async fn profiles_handler(call: Call) -> Reply {
     with_grant(call, |s, g| {
-        let list: Vec<ProfileInfo> = s
-            .policy()
-            .profiles_for(g)
-            .into_iter()
-            .map(|(p, certifiers)| ProfileInfo {
-                name: p.name.clone(),
-                kind: p.kind.as_str().to_string(),
-                certifiers,
-                key_types: p.key_types.iter().map(|k| k.to_string()).collect(),
-                max_validity_days: g.max_validity_days(p),
-                requires_approval: p.require_approval,
-            })
-            .collect();
-        json_ok(StatusCode::OK, &list)
+        json_ok(StatusCode::OK, &s.policy().profile_infos(g))
     })
     .await
 }
 
 async fn health_handler(call: Call) -> Reply {
     with_grant(call, |s, _g| {
-        let certifiers: Vec<CertifierHealth> = s
-            .certifiers
-            .all()
-            .iter()
-            .map(|c| {
-                let state = c.state();
-                CertifierHealth {
-                    name: c.name().to_string(),
-                    state: state.name().to_string(),
-                    reason: match state {
-                        crate::certifier::State::Unavailable(r) => Some(r),
-                        _ => None,
-                    },
-                }
-            })
-            .collect();
-        let status = if certifiers.iter().all(|c| c.state == "active") {
-            "ok"
-        } else {
-            "degraded"
-        };
-        json_ok(
-            StatusCode::OK,
-            &Health {
-                status: status.into(),
-                certifiers,
-            },
-        )
+        json_ok(StatusCode::OK, &status::health(&s.certifiers))
     })
     .await
 }
@@ -1090,7 +799,7 @@ async fn refuse_known(call: Call, e: ApiError) -> Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ledger::{Intent, IntentOutcome};
+    use crate::ledger::{Intent, IntentOutcome, Serial};
     use crate::testing::{csr, TestCa, RA, RA_FINGERPRINT};
     use serde_json::Value;
     use std::cell::Cell;

@@ -1,7 +1,39 @@
-//! What `certd status` shows: the first thing an operator runs.
+//! The daemon's state as others see it: what `certd status` shows (the
+//! first thing an operator runs), and the API's health report.
 
+use crate::certifier::{Certifiers, State};
+use certd_api::{CertifierHealth, Health};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write;
+
+/// Every certifier's state, as `GET /v1/health` reports it: `ok` while all
+/// are active, `degraded` otherwise.
+pub fn health(certifiers: &Certifiers) -> Health {
+    let certifiers: Vec<CertifierHealth> = certifiers
+        .all()
+        .iter()
+        .map(|c| {
+            let state = c.state();
+            CertifierHealth {
+                name: c.name().to_string(),
+                state: state.name().to_string(),
+                reason: match state {
+                    State::Unavailable(r) => Some(r),
+                    _ => None,
+                },
+            }
+        })
+        .collect();
+    let status = if certifiers.iter().all(|c| c.state == "active") {
+        "ok"
+    } else {
+        "degraded"
+    };
+    Health {
+        status: status.into(),
+        certifiers,
+    }
+}
 
 /// The daemon's state.
 #[derive(Debug, Clone, Serialize, Deserialize)]
