@@ -1,15 +1,31 @@
-//! The local control socket: activation, deactivation and status.
+//! The local control socket: activation, deactivation, status and reload.
+//! Both ends: the protocol, the client the `certd` commands use, and the
+//! daemon's side (binding the socket, answering its connections).
 //!
 //! One JSON request line, one JSON response line per connection. The socket
 //! file's mode and group decide who may connect; the daemon additionally
 //! checks the peer's credentials (root, the daemon's own user, or — when
 //! `control_group` is set — whoever the socket's permissions let in).
 
-use crate::status::DaemonStatus;
+use crate::audit::{AuditEvent, AuditLog};
+use crate::certifier::Certifiers;
+use crate::clock::Clock;
+use crate::config::{Config, DaemonConfig};
+use crate::ledger::Ledger;
+use crate::policy::{LivePolicy, Policy};
+use crate::status::{self, DaemonStatus};
+use crate::systemd;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
-use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
+use serde_json::json;
+use std::convert::Infallible;
+use std::io::{BufRead, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
 use zeroize::Zeroizing;
 
 /// The largest request line accepted.
@@ -177,7 +193,7 @@ pub fn call(socket: &Path, request: &Request) -> Result<Response, ControlError> 
     stream.write_all(&request.encode())?;
     stream.flush()?;
     let mut line = String::new();
-    BufReader::new(stream).read_line(&mut line)?;
+    std::io::BufReader::new(stream).read_line(&mut line)?;
     let resp: Response =
         serde_json::from_str(&line).map_err(|e| ControlError::Protocol(e.to_string()))?;
     if resp.ok {
@@ -191,6 +207,284 @@ pub fn call(socket: &Path, request: &Request) -> Result<Response, ControlError> 
             code: e.code,
             message: e.message,
         })
+    }
+}
+
+/// Errors setting up the control socket.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SocketError {
+    /// A file or socket operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The socket cannot be set up as configured.
+    #[error("{0}")]
+    Refused(String),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SocketError {
+    let what = what.into();
+    move |source| SocketError::Io { what, source }
+}
+
+/// What the control socket works with: the configuration file (read again
+/// on reload), the policy it replaces, the certifiers it activates, the
+/// ledger and clock of the status report, and the audit log. Built once by
+/// the daemon.
+pub struct Controller {
+    /// The configuration file.
+    pub config_source: PathBuf,
+    /// `daemon.control_group`: when set, whoever the socket's permissions
+    /// let in may use it.
+    pub control_group: Option<String>,
+    /// The policy in force.
+    pub policy: Arc<LivePolicy>,
+    /// The certifiers.
+    pub certifiers: Arc<Certifiers>,
+    /// The ledger (for the certifiers' counters).
+    pub ledger: Arc<dyn Ledger>,
+    /// The audit log.
+    pub audit: Arc<AuditLog>,
+    /// The time.
+    pub clock: Arc<dyn Clock>,
+    /// When the daemon started, on `clock`'s monotonic time.
+    pub started: Instant,
+}
+
+/// Binds the control socket at `daemon.control_socket` with its mode and
+/// group. A stale socket file is replaced; one a running certd answers on
+/// is refused.
+pub fn bind(d: &DaemonConfig) -> Result<UnixListener, SocketError> {
+    let path = &d.control_socket;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(io(format!("creating {}", parent.display())))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(SocketError::Refused(format!(
+                "control socket {} is in use: another certd is running with this configuration",
+                path.display()
+            )));
+        }
+        std::fs::remove_file(path).map_err(io(format!("removing stale {}", path.display())))?;
+    }
+    let listener = UnixListener::bind(path)
+        .map_err(io(format!("binding control socket {}", path.display())))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(d.control_socket_mode))
+        .map_err(io(format!("setting the mode of {}", path.display())))?;
+    if let Some(group) = &d.control_group {
+        let gid = group_id(group).ok_or_else(|| {
+            SocketError::Refused(format!("daemon.control_group {group:?} does not exist"))
+        })?;
+        std::os::unix::fs::chown(path, None, Some(gid))
+            .map_err(io(format!("giving {} to group {group}", path.display())))?;
+    }
+    Ok(listener)
+}
+
+fn group_id(name: &str) -> Option<u32> {
+    let groups = std::fs::read_to_string("/etc/group").ok()?;
+    groups.lines().find_map(|l| {
+        let mut f = l.split(':');
+        (f.next()? == name).then_some(())?;
+        f.nth(1)?.parse().ok()
+    })
+}
+
+/// The effective uid of this process, read without libc.
+fn own_uid() -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").ok().map(|m| m.uid())
+}
+
+/// Answers every connection to `listener`, each in a task of its own, until
+/// the daemon stops (it never returns by itself).
+pub async fn serve(controller: Arc<Controller>, listener: UnixListener) -> Infallible {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let controller = controller.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = handle(controller, stream).await {
+                        tracing::warn!(error = %e, "control connection failed");
+                    }
+                });
+            }
+            Err(e) => tracing::warn!(error = %e, "accepting on the control socket failed"),
+        }
+    }
+}
+
+async fn handle(controller: Arc<Controller>, stream: UnixStream) -> std::io::Result<()> {
+    let peer = stream.peer_cred()?;
+    let uid = peer.uid();
+    let actor = format!("control:uid={uid}");
+    let (read, mut write) = stream.into_split();
+    let allowed = uid == 0 || Some(uid) == own_uid() || controller.control_group.is_some();
+    let response = if !allowed {
+        let _ = controller.audit.record(
+            AuditEvent::new("control_refused", &actor)
+                .detail(json!({"reason": "peer not permitted"})),
+        );
+        Response::error(
+            "not_authorized",
+            "this user may not control certd: run as root or as the certd user",
+        )
+    } else {
+        let mut line = Zeroizing::new(Vec::with_capacity(512));
+        let mut reader = tokio::io::BufReader::new(read).take(MAX_REQUEST as u64 + 1);
+        tokio::time::timeout(Duration::from_secs(30), reader.read_until(b'\n', &mut line))
+            .await
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "request timed out")
+            })??;
+        if line.len() > MAX_REQUEST {
+            Response::error("too_large", "request too large")
+        } else {
+            match Request::decode(&line) {
+                Ok(req) => controller.dispatch(&actor, req).await,
+                Err(e) => Response::error("bad_request", e),
+            }
+        }
+    };
+    let mut out = serde_json::to_vec(&response).unwrap_or_default();
+    out.push(b'\n');
+    write.write_all(&out).await?;
+    write.shutdown().await
+}
+
+impl Controller {
+    /// The daemon's status.
+    pub fn status(&self) -> DaemonStatus {
+        let uptime = self.clock.instant().saturating_duration_since(self.started);
+        status::report(&self.certifiers, self.ledger.as_ref(), uptime)
+    }
+
+    /// Re-reads the configuration and swaps in its profiles, RAs and grants.
+    /// Other sections take effect at the next start. In-flight requests finish
+    /// under the policy they started with.
+    pub fn reload(&self) -> Result<String, String> {
+        let result = Config::load(&self.config_source).map_err(|e| e.to_string());
+        match result {
+            Ok(new) => {
+                let policy = Policy::from_config(&new);
+                self.policy.replace(policy);
+                let _ = self
+                    .audit
+                    .record(AuditEvent::new("config_reloaded", "certd").detail(json!({
+                        "path": new.source.display().to_string(),
+                        "ras": new.ras.iter().map(|r| &r.name).collect::<Vec<_>>(),
+                        "profiles": new.profiles.iter().map(|p| &p.name).collect::<Vec<_>>(),
+                    })));
+                tracing::info!("configuration reloaded: profiles, RAs and grants updated");
+                Ok(format!(
+                    "reloaded {}: {} profiles, {} RAs (daemon, hsm, api and certifier settings apply at the next start)",
+                    new.source.display(),
+                    new.profiles.len(),
+                    new.ras.len()
+                ))
+            }
+            Err(e) => {
+                let _ = self
+                    .audit
+                    .record(AuditEvent::new("reload_refused", "certd").detail(json!({"error": e})));
+                tracing::error!(error = %e, "reload refused; the previous configuration stays in force");
+                Err(e)
+            }
+        }
+    }
+
+    async fn dispatch(self: &Arc<Self>, actor: &str, req: Request) -> Response {
+        match req {
+            Request::Reload => {
+                let controller = self.clone();
+                match tokio::task::spawn_blocking(move || controller.reload()).await {
+                    Ok(Ok(msg)) => Response::ok(msg),
+                    Ok(Err(e)) => Response::error("bad_config", e),
+                    Err(e) => Response::error("internal", e.to_string()),
+                }
+            }
+            Request::Status => Response {
+                ok: true,
+                status: Some(self.status()),
+                ..Default::default()
+            },
+            Request::Activate { certifier, pin } => {
+                let c = match self.certifiers.find(certifier.as_deref()) {
+                    Ok(c) => c,
+                    Err(e) => return Response::error(e.code(), e.to_string()),
+                };
+                let (certifiers, c2) = (self.certifiers.clone(), c.clone());
+                let result =
+                    tokio::task::spawn_blocking(move || certifiers.activate(&c2, pin)).await;
+                let result = match result {
+                    Ok(r) => r,
+                    Err(e) => {
+                        return Response::error("internal", format!("activation task failed: {e}"))
+                    }
+                };
+                if let Ok(false) = result {
+                    return Response::ok(format!(
+                        "certifier #{} {} is already active",
+                        c.number,
+                        c.name()
+                    ));
+                }
+                let event = match &result {
+                    Ok(_) => AuditEvent::new("activated", actor).certifier(c.name().to_string()),
+                    Err(e) => AuditEvent::new("activation_refused", actor)
+                        .certifier(c.name().to_string())
+                        .detail(json!({"code": e.code(), "message": e.to_string()})),
+                };
+                if let Err(e) = self.audit.record(event) {
+                    // Nothing may be done without its audit record.
+                    if result.is_ok() {
+                        let _ = self.certifiers.deactivate(&c);
+                    }
+                    return Response::error(
+                        "audit_unavailable",
+                        format!("cannot write the audit log: {e}"),
+                    );
+                }
+                systemd::notify_status(&status::summary(&self.certifiers));
+                match result {
+                    Ok(_) => {
+                        tracing::info!(certifier = c.name(), %actor, "activated");
+                        Response::ok(format!("certifier #{} {} is active", c.number, c.name()))
+                    }
+                    Err(e) => {
+                        tracing::warn!(certifier = c.name(), %actor, error = %e, "activation refused");
+                        Response::error(e.code(), e.to_string())
+                    }
+                }
+            }
+            Request::Deactivate { certifier } => {
+                let c = match self.certifiers.find(certifier.as_deref()) {
+                    Ok(c) => c,
+                    Err(e) => return Response::error(e.code(), e.to_string()),
+                };
+                let (certifiers, c2) = (self.certifiers.clone(), c.clone());
+                let result = tokio::task::spawn_blocking(move || certifiers.deactivate(&c2)).await;
+                let _ = self
+                    .audit
+                    .record(AuditEvent::new("deactivated", actor).certifier(c.name().to_string()));
+                systemd::notify_status(&status::summary(&self.certifiers));
+                match result {
+                    Ok(Ok(())) => {
+                        Response::ok(format!("certifier #{} {} is locked", c.number, c.name()))
+                    }
+                    Ok(Err(e)) => {
+                        Response::error(e.code(), format!("locked, but logout failed: {e}"))
+                    }
+                    Err(e) => Response::error("internal", format!("deactivation task failed: {e}")),
+                }
+            }
+        }
     }
 }
 

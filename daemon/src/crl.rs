@@ -362,7 +362,7 @@ mod tests {
     #[test]
     fn the_served_crl_is_remade_once_the_clock_passes_its_next_update() {
         let ca = TestCa::new(PROFILE, "profiles = [\"tls-client\"]");
-        let crl = &ca.shared.crl;
+        let crl = &ca.services.crl;
         let start = ca.clock.unix();
         let first = crl.latest("ca").expect("a CRL");
         assert_eq!(first.number, 1);

@@ -1,27 +1,27 @@
-//! The daemon: start-up, the control socket, health probing, systemd
-//! notification and shutdown.
+//! The daemon: start-up wiring (state directory, ledger, audit log, crash
+//! recovery, certifiers and every service built once over them), the run
+//! loop (API server, control socket, token probes, CRL schedules, systemd
+//! notification, signals) and shutdown.
 
 use crate::audit::{AuditEvent, AuditLog};
-use crate::certifier::{Certifier, Certifiers, State, PROBE_INTERVAL};
+use crate::certifier::{Certifiers, State, PROBE_INTERVAL};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
-use crate::control::{Request, Response, MAX_REQUEST};
+use crate::control::{self, Controller, SocketError};
 use crate::crl::CrlService;
 use crate::issue::Issuer;
 use crate::ledger::{Ledger, SledLedger};
 use crate::lookup::Lookup;
 use crate::policy::{LivePolicy, Policy};
 use crate::revoke::Revoker;
-use crate::status::{CertifierStatus, DaemonStatus};
+use crate::server::{self, Api, TlsSetupError};
+use crate::status;
 use crate::systemd;
 use serde_json::json;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{UnixListener, UnixStream};
-use zeroize::Zeroizing;
 
 /// Errors that stop the daemon from starting.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +53,21 @@ pub enum DaemonError {
     /// A file named by the configuration is missing or unusable.
     #[error("{0}")]
     Missing(String),
+}
+
+impl From<SocketError> for DaemonError {
+    fn from(e: SocketError) -> Self {
+        match e {
+            SocketError::Io { what, source } => DaemonError::Io { what, source },
+            SocketError::Refused(message) => DaemonError::Missing(message),
+        }
+    }
+}
+
+impl From<TlsSetupError> for DaemonError {
+    fn from(e: TlsSetupError) -> Self {
+        DaemonError::Missing(e.to_string())
+    }
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
@@ -111,10 +126,16 @@ pub fn init_logging() {
     };
 }
 
-/// Everything the running daemon shares between tasks.
-pub struct Shared {
+/// What the running daemon is made of: the pipeline's services, each built
+/// once here, and what the API server, the control socket and the probes
+/// are given of them.
+pub struct Services {
     /// Configuration as loaded.
     pub config: Config,
+    /// The time.
+    pub clock: Arc<dyn Clock>,
+    /// The policy in force.
+    pub policy: Arc<LivePolicy>,
     /// The certifiers.
     pub certifiers: Arc<Certifiers>,
     /// The ledger.
@@ -123,24 +144,21 @@ pub struct Shared {
     pub audit: Arc<AuditLog>,
     /// CRLs.
     pub crl: Arc<CrlService>,
-    /// The policy in force.
-    pub policy: Arc<LivePolicy>,
-    /// The issuance pipeline.
-    pub issuer: Issuer,
+    /// Issuance.
+    pub issuer: Arc<Issuer>,
     /// Revocation.
-    pub revoker: Revoker,
+    pub revoker: Arc<Revoker>,
     /// Look-ups and listings.
-    pub lookup: Lookup,
-    /// The time.
-    pub clock: Arc<dyn Clock>,
+    pub lookup: Arc<Lookup>,
+    /// When the daemon started, on `clock`'s monotonic time.
+    started: Instant,
     /// Held for the daemon's lifetime: one daemon per state directory.
     _lock: std::fs::File,
-    started: Instant,
 }
 
-impl Shared {
-    /// Puts together what [`start`] has opened and checked; `lock` is the
-    /// held lock file of the state directory.
+impl Services {
+    /// Builds the services over what [`start`] has opened and checked;
+    /// `lock` is the held lock file of the state directory.
     pub(crate) fn new(
         config: Config,
         certifiers: Arc<Certifiers>,
@@ -148,7 +166,7 @@ impl Shared {
         audit: Arc<AuditLog>,
         lock: std::fs::File,
         clock: Arc<dyn Clock>,
-    ) -> Result<Shared, DaemonError> {
+    ) -> Result<Services, DaemonError> {
         let state_dir = &config.daemon.state_dir;
         let crl = Arc::new(
             CrlService::open(
@@ -165,92 +183,63 @@ impl Shared {
             )))?,
         );
         let policy = Arc::new(LivePolicy::new(Policy::from_config(&config)));
-        let issuer = Issuer::new(
+        let issuer = Arc::new(Issuer::new(
             policy.clone(),
             certifiers.clone(),
             ledger.clone(),
             audit.clone(),
             clock.clone(),
             &config.daemon,
-        );
-        let revoker = Revoker::new(ledger.clone(), audit.clone(), crl.clone(), clock.clone());
-        let lookup = Lookup::new(ledger.clone());
-        Ok(Shared {
-            _lock: lock,
-            crl,
-            policy,
-            issuer,
-            revoker,
-            lookup,
+        ));
+        let revoker = Arc::new(Revoker::new(
+            ledger.clone(),
+            audit.clone(),
+            crl.clone(),
+            clock.clone(),
+        ));
+        let lookup = Arc::new(Lookup::new(ledger.clone()));
+        Ok(Services {
+            started: clock.instant(),
             config,
+            clock,
+            policy,
             certifiers,
             ledger,
             audit,
-            started: clock.instant(),
-            clock,
+            crl,
+            issuer,
+            revoker,
+            lookup,
+            _lock: lock,
         })
     }
 
-    /// The policy in force.
-    pub fn policy(&self) -> Arc<Policy> {
-        self.policy.current()
+    /// What the API server is given, when the configuration has an API.
+    pub fn api(&self) -> Option<Api> {
+        Some(Api {
+            settings: self.config.api.clone()?,
+            policy: self.policy.clone(),
+            certifiers: self.certifiers.clone(),
+            audit: self.audit.clone(),
+            clock: self.clock.clone(),
+            issuer: self.issuer.clone(),
+            revoker: self.revoker.clone(),
+            lookup: self.lookup.clone(),
+            crl: self.crl.clone(),
+        })
     }
 
-    /// The daemon's status.
-    pub fn status(&self) -> DaemonStatus {
-        let certifiers = self
-            .certifiers
-            .all()
-            .iter()
-            .map(|c| self.certifier_status(c))
-            .collect();
-        DaemonStatus {
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            uptime_seconds: self
-                .clock
-                .instant()
-                .saturating_duration_since(self.started)
-                .as_secs(),
-            pid: std::process::id(),
-            certifiers,
-        }
-    }
-
-    fn certifier_status(&self, c: &Certifier) -> CertifierStatus {
-        let state = c.state();
-        let stats = self.ledger.stats(c.name()).unwrap_or_default();
-        let not_after = c.certificate.tbs_certificate().validity().not_after;
-        CertifierStatus {
-            number: c.number,
-            name: c.name().to_string(),
-            subject: c.subject(),
-            key_type: c.key_type.to_string(),
-            token_label: c.config.token_label.clone(),
-            key_label: c.config.key_label.clone(),
-            state: state.name().to_string(),
-            reason: match state {
-                State::Unavailable(r) => Some(r),
-                _ => None,
-            },
-            not_after: not_after.to_string(),
-            certificates_issued: stats.issued,
-            certificates_revoked: stats.revoked,
-            last_serial: stats.last_serial.map(|s| s.to_hex()),
-            crl_number: self.ledger.current_crl_number(c.name()).ok().flatten(),
-        }
-    }
-
-    fn systemd_status(&self) -> String {
-        let parts: Vec<String> = self
-            .certifiers
-            .all()
-            .iter()
-            .map(|c| format!("{}: {}", c.name(), c.state().name()))
-            .collect();
-        if parts.is_empty() {
-            "no certifiers configured".into()
-        } else {
-            parts.join(", ")
+    /// What the control socket is given.
+    pub fn controller(&self) -> Controller {
+        Controller {
+            config_source: self.config.source.clone(),
+            control_group: self.config.daemon.control_group.clone(),
+            policy: self.policy.clone(),
+            certifiers: self.certifiers.clone(),
+            ledger: self.ledger.clone(),
+            audit: self.audit.clone(),
+            clock: self.clock.clone(),
+            started: self.started,
         }
     }
 }
@@ -258,7 +247,7 @@ impl Shared {
 /// Prepares the daemon: state directory, ledger and audit log, crash
 /// recovery, certifiers, PIN-file activation; everything reads the time
 /// from `clock`.
-pub fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Arc<Shared>, DaemonError> {
+pub fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Arc<Services>, DaemonError> {
     let state_dir = config.daemon.state_dir.clone();
     std::fs::create_dir_all(&state_dir)
         .map_err(io(format!("creating state_dir {}", state_dir.display())))?;
@@ -299,8 +288,10 @@ pub fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Arc<Shared>, Daemo
             "version": env!("CARGO_PKG_VERSION"),
         })),
     )?;
-    let shared = Arc::new(Shared::new(config, certifiers, ledger, audit, lock, clock)?);
-    for c in shared.certifiers.all() {
+    let services = Arc::new(Services::new(
+        config, certifiers, ledger, audit, lock, clock,
+    )?);
+    for c in services.certifiers.all() {
         let Some(pin_path) = c.config.pin_source() else {
             tracing::info!(
                 certifier = c.name(),
@@ -312,7 +303,7 @@ pub fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Arc<Shared>, Daemo
         let result = crate::secret::read_pin_file(&pin_path)
             .map_err(|e| (String::from("pin_unreadable"), e.to_string()))
             .and_then(|pin| {
-                shared
+                services
                     .certifiers
                     .activate(c, pin)
                     .map_err(|e| (e.code().to_string(), e.to_string()))
@@ -320,7 +311,7 @@ pub fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Arc<Shared>, Daemo
         match result {
             Ok(_) => {
                 tracing::info!(certifier = c.name(), "activated from PIN file");
-                shared.audit.record(
+                services.audit.record(
                     AuditEvent::new("activated", "certd")
                         .certifier(c.name().to_string())
                         .detail(json!({"source": pin_path.display().to_string()})),
@@ -328,7 +319,7 @@ pub fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Arc<Shared>, Daemo
             }
             Err((code, message)) => {
                 tracing::error!(certifier = c.name(), %message, "activation from PIN file failed; certifier stays locked");
-                shared.audit.record(
+                services.audit.record(
                     AuditEvent::new("activation_refused", "certd")
                         .certifier(c.name().to_string())
                         .detail(json!({"source": pin_path.display().to_string(), "code": code, "message": message})),
@@ -336,19 +327,19 @@ pub fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Arc<Shared>, Daemo
             }
         }
     }
-    Ok(shared)
+    Ok(services)
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(config_path: &Path) -> Result<(), DaemonError> {
     let config = Config::load(config_path)?;
     check_files(&config)?;
-    let shared = start(config, Arc::new(SystemClock))?;
+    let services = start(config, Arc::new(SystemClock))?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(io("starting the async runtime"))?;
-    rt.block_on(serve(shared))
+    rt.block_on(serve(services))
 }
 
 /// The API listener: the socket systemd passed (`LISTEN_FDS`), else a
@@ -369,50 +360,20 @@ fn api_listener(api: &crate::config::ApiConfig) -> Result<tokio::net::TcpListene
     tokio::net::TcpListener::from_std(std_listener).map_err(io("registering the API socket"))
 }
 
-/// Re-reads the configuration and swaps in its profiles, RAs and grants.
-/// Other sections take effect at the next start. In-flight requests finish
-/// under the policy they started with.
-pub fn reload(shared: &Shared) -> Result<String, String> {
-    let result = Config::load(&shared.config.source).map_err(|e| e.to_string());
-    match result {
-        Ok(new) => {
-            let policy = Policy::from_config(&new);
-            shared.policy.replace(policy);
-            let _ = shared
-                .audit
-                .record(AuditEvent::new("config_reloaded", "certd").detail(json!({
-                    "path": new.source.display().to_string(),
-                    "ras": new.ras.iter().map(|r| &r.name).collect::<Vec<_>>(),
-                    "profiles": new.profiles.iter().map(|p| &p.name).collect::<Vec<_>>(),
-                })));
-            tracing::info!("configuration reloaded: profiles, RAs and grants updated");
-            Ok(format!(
-                "reloaded {}: {} profiles, {} RAs (daemon, hsm, api and certifier settings apply at the next start)",
-                new.source.display(),
-                new.profiles.len(),
-                new.ras.len()
-            ))
-        }
-        Err(e) => {
-            let _ = shared
-                .audit
-                .record(AuditEvent::new("reload_refused", "certd").detail(json!({"error": e})));
-            tracing::error!(error = %e, "reload refused; the previous configuration stays in force");
-            Err(e)
-        }
-    }
-}
-
-async fn serve(shared: Arc<Shared>) -> Result<(), DaemonError> {
-    let socket_path = shared.config.daemon.control_socket.clone();
-    let listener = bind_control_socket(&shared)?;
-    if let Some(api) = shared.config.api.clone() {
-        let tls = crate::server::tls_config(&shared, &api)?;
-        let tcp = api_listener(&api)?;
+async fn serve(services: Arc<Services>) -> Result<(), DaemonError> {
+    let socket_path = services.config.daemon.control_socket.clone();
+    let listener = control::bind(&services.config.daemon)?;
+    if let Some(api) = services.api() {
+        let tls = server::tls_config(
+            services.policy.clone(),
+            services.clock.clone(),
+            &api.settings,
+        )?;
+        let tcp = api_listener(&api.settings)?;
         tracing::info!(address = %tcp.local_addr().map(|a| a.to_string()).unwrap_or_default(), "API listening");
-        tokio::spawn(crate::server::serve(shared.clone(), tcp, tls));
+        tokio::spawn(server::serve(Arc::new(api), tcp, tls));
     }
-    systemd::notify_ready(&shared.systemd_status());
+    systemd::notify_ready(&status::summary(&services.certifiers));
     tracing::info!(socket = %socket_path.display(), "certd ready");
     if let Some(interval) = systemd::watchdog_interval() {
         tokio::spawn(async move {
@@ -423,214 +384,36 @@ async fn serve(shared: Arc<Shared>) -> Result<(), DaemonError> {
             }
         });
     }
-    tokio::spawn(probe_loop(shared.clone()));
-    for c in shared.certifiers.all() {
-        tokio::spawn(shared.crl.clone().keep_fresh(c.clone()));
+    tokio::spawn(probe_loop(services.clone()));
+    for c in services.certifiers.all() {
+        tokio::spawn(services.crl.clone().keep_fresh(c.clone()));
     }
 
+    let controller = Arc::new(services.controller());
+    // Polled in the loop below rather than spawned, so that nothing is
+    // answered on the control socket once a signal has stopped the loop.
+    let control = control::serve(controller.clone(), listener);
+    tokio::pin!(control);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(io("installing the SIGTERM handler"))?;
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(io("installing the SIGHUP handler"))?;
     loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let shared = shared.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = handle_control(shared, stream).await {
-                            tracing::warn!(error = %e, "control connection failed");
-                        }
-                    });
-                }
-                Err(e) => tracing::warn!(error = %e, "accepting on the control socket failed"),
-            },
+            never = &mut control => match never {},
             _ = term.recv() => break,
             _ = hup.recv() => {
-                let s2 = shared.clone();
-                let _ = tokio::task::spawn_blocking(move || reload(&s2)).await;
+                let c = controller.clone();
+                let _ = tokio::task::spawn_blocking(move || c.reload()).await;
             }
             _ = tokio::signal::ctrl_c() => break,
         }
     }
     systemd::notify_stopping();
     tracing::info!("stopping");
-    let _ = shared.audit.record(AuditEvent::new("stopped", "certd"));
+    let _ = services.audit.record(AuditEvent::new("stopped", "certd"));
     let _ = std::fs::remove_file(&socket_path);
     Ok(())
-}
-
-fn bind_control_socket(shared: &Shared) -> Result<UnixListener, DaemonError> {
-    let d = &shared.config.daemon;
-    let path = &d.control_socket;
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(io(format!("creating {}", parent.display())))?;
-    }
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(DaemonError::Missing(format!(
-                "control socket {} is in use: another certd is running with this configuration",
-                path.display()
-            )));
-        }
-        std::fs::remove_file(path).map_err(io(format!("removing stale {}", path.display())))?;
-    }
-    let listener = UnixListener::bind(path)
-        .map_err(io(format!("binding control socket {}", path.display())))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(d.control_socket_mode))
-        .map_err(io(format!("setting the mode of {}", path.display())))?;
-    if let Some(group) = &d.control_group {
-        let gid = group_id(group).ok_or_else(|| {
-            DaemonError::Missing(format!("daemon.control_group {group:?} does not exist"))
-        })?;
-        std::os::unix::fs::chown(path, None, Some(gid))
-            .map_err(io(format!("giving {} to group {group}", path.display())))?;
-    }
-    Ok(listener)
-}
-
-fn group_id(name: &str) -> Option<u32> {
-    let groups = std::fs::read_to_string("/etc/group").ok()?;
-    groups.lines().find_map(|l| {
-        let mut f = l.split(':');
-        (f.next()? == name).then_some(())?;
-        f.nth(1)?.parse().ok()
-    })
-}
-
-/// The effective uid of this process, read without libc.
-fn own_uid() -> Option<u32> {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self").ok().map(|m| m.uid())
-}
-
-async fn handle_control(shared: Arc<Shared>, stream: UnixStream) -> std::io::Result<()> {
-    let peer = stream.peer_cred()?;
-    let uid = peer.uid();
-    let actor = format!("control:uid={uid}");
-    let (read, mut write) = stream.into_split();
-    let allowed =
-        uid == 0 || Some(uid) == own_uid() || shared.config.daemon.control_group.is_some();
-    let response = if !allowed {
-        let _ = shared.audit.record(
-            AuditEvent::new("control_refused", &actor)
-                .detail(json!({"reason": "peer not permitted"})),
-        );
-        Response::error(
-            "not_authorized",
-            "this user may not control certd: run as root or as the certd user",
-        )
-    } else {
-        let mut line = Zeroizing::new(Vec::with_capacity(512));
-        let mut reader = BufReader::new(read).take(MAX_REQUEST as u64 + 1);
-        tokio::time::timeout(Duration::from_secs(30), reader.read_until(b'\n', &mut line))
-            .await
-            .map_err(|_| {
-                std::io::Error::new(std::io::ErrorKind::TimedOut, "request timed out")
-            })??;
-        if line.len() > MAX_REQUEST {
-            Response::error("too_large", "request too large")
-        } else {
-            match Request::decode(&line) {
-                Ok(req) => dispatch(&shared, &actor, req).await,
-                Err(e) => Response::error("bad_request", e),
-            }
-        }
-    };
-    let mut out = serde_json::to_vec(&response).unwrap_or_default();
-    out.push(b'\n');
-    write.write_all(&out).await?;
-    write.shutdown().await
-}
-
-use tokio::io::AsyncReadExt;
-
-async fn dispatch(shared: &Arc<Shared>, actor: &str, req: Request) -> Response {
-    match req {
-        Request::Reload => {
-            let s2 = shared.clone();
-            match tokio::task::spawn_blocking(move || reload(&s2)).await {
-                Ok(Ok(msg)) => Response::ok(msg),
-                Ok(Err(e)) => Response::error("bad_config", e),
-                Err(e) => Response::error("internal", e.to_string()),
-            }
-        }
-        Request::Status => Response {
-            ok: true,
-            status: Some(shared.status()),
-            ..Default::default()
-        },
-        Request::Activate { certifier, pin } => {
-            let c = match shared.certifiers.find(certifier.as_deref()) {
-                Ok(c) => c,
-                Err(e) => return Response::error(e.code(), e.to_string()),
-            };
-            let (shared2, c2) = (shared.clone(), c.clone());
-            let result =
-                tokio::task::spawn_blocking(move || shared2.certifiers.activate(&c2, pin)).await;
-            let result = match result {
-                Ok(r) => r,
-                Err(e) => {
-                    return Response::error("internal", format!("activation task failed: {e}"))
-                }
-            };
-            if let Ok(false) = result {
-                return Response::ok(format!(
-                    "certifier #{} {} is already active",
-                    c.number,
-                    c.name()
-                ));
-            }
-            let event = match &result {
-                Ok(_) => AuditEvent::new("activated", actor).certifier(c.name().to_string()),
-                Err(e) => AuditEvent::new("activation_refused", actor)
-                    .certifier(c.name().to_string())
-                    .detail(json!({"code": e.code(), "message": e.to_string()})),
-            };
-            if let Err(e) = shared.audit.record(event) {
-                // Nothing may be done without its audit record.
-                if result.is_ok() {
-                    let _ = shared.certifiers.deactivate(&c);
-                }
-                return Response::error(
-                    "audit_unavailable",
-                    format!("cannot write the audit log: {e}"),
-                );
-            }
-            systemd::notify_status(&shared.systemd_status());
-            match result {
-                Ok(_) => {
-                    tracing::info!(certifier = c.name(), %actor, "activated");
-                    Response::ok(format!("certifier #{} {} is active", c.number, c.name()))
-                }
-                Err(e) => {
-                    tracing::warn!(certifier = c.name(), %actor, error = %e, "activation refused");
-                    Response::error(e.code(), e.to_string())
-                }
-            }
-        }
-        Request::Deactivate { certifier } => {
-            let c = match shared.certifiers.find(certifier.as_deref()) {
-                Ok(c) => c,
-                Err(e) => return Response::error(e.code(), e.to_string()),
-            };
-            let shared2 = shared.clone();
-            let c2 = c.clone();
-            let result =
-                tokio::task::spawn_blocking(move || shared2.certifiers.deactivate(&c2)).await;
-            let _ = shared
-                .audit
-                .record(AuditEvent::new("deactivated", actor).certifier(c.name().to_string()));
-            systemd::notify_status(&shared.systemd_status());
-            match result {
-                Ok(Ok(())) => {
-                    Response::ok(format!("certifier #{} {} is locked", c.number, c.name()))
-                }
-                Ok(Err(e)) => Response::error(e.code(), format!("locked, but logout failed: {e}")),
-                Err(e) => Response::error("internal", format!("deactivation task failed: {e}")),
-            }
-        }
-    }
 }
 
 /// How often at most the PKCS#11 module is re-initialised to find a
@@ -644,13 +427,16 @@ const STALE_INTENT_SECS: i64 = 30;
 /// while running (see `recovery::settle_revocations`).
 const UNAUDITED_REVOCATION_SECS: i64 = 5;
 
-async fn probe_loop(shared: Arc<Shared>) {
+/// Settles what runtime settling may (see `recovery`), re-initialises the
+/// PKCS#11 module while a token is away, and probes every certifier's
+/// token, every [`PROBE_INTERVAL`].
+async fn probe_loop(services: Arc<Services>) {
     let mut tick = tokio::time::interval(PROBE_INTERVAL);
     let mut last_reinit: Option<Instant> = None;
     let mut unsettled = std::collections::HashSet::new();
     loop {
         tick.tick().await;
-        let s2 = shared.clone();
+        let s2 = services.clone();
         let mut skip = std::mem::take(&mut unsettled);
         let settled = tokio::task::spawn_blocking(move || {
             let done = crate::recovery::complete_stale(
@@ -677,25 +463,25 @@ async fn probe_loop(shared: Arc<Shared>) {
                 tracing::debug!(error = %e, "cannot settle stale intents yet");
             }
         }
-        let now = shared.clock.instant();
-        if shared.certifiers.awaiting_token()
+        let now = services.clock.instant();
+        if services.certifiers.awaiting_token()
             && last_reinit.is_none_or(|t| now.saturating_duration_since(t) >= REINIT_INTERVAL)
         {
             last_reinit = Some(now);
-            let s2 = shared.clone();
+            let s2 = services.clone();
             match tokio::task::spawn_blocking(move || s2.certifiers.reinitialize_module()).await {
                 Ok(Ok(states)) => {
                     for (name, state) in states {
                         if state == State::Active {
                             tracing::info!(certifier = %name, "token is back: certifier active again");
-                            let _ = shared.audit.record(
+                            let _ = services.audit.record(
                                 AuditEvent::new("certifier_state", "certd")
                                     .certifier(name)
                                     .detail(json!({"state": "active", "reason": "token available again"})),
                             );
                         }
                     }
-                    systemd::notify_status(&shared.systemd_status());
+                    systemd::notify_status(&status::summary(&services.certifiers));
                 }
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "re-initialising the PKCS#11 module failed")
@@ -704,7 +490,7 @@ async fn probe_loop(shared: Arc<Shared>) {
             }
             continue;
         }
-        for c in shared.certifiers.all() {
+        for c in services.certifiers.all() {
             let c2 = c.clone();
             let changed = match tokio::task::spawn_blocking(move || c2.probe()).await {
                 Ok(changed) => changed,
@@ -720,12 +506,12 @@ async fn probe_loop(shared: Arc<Shared>) {
                     state = state.name(),
                     "certifier state changed"
                 );
-                let _ = shared.audit.record(
+                let _ = services.audit.record(
                     AuditEvent::new("certifier_state", "certd")
                         .certifier(c.name().to_string())
                         .detail(detail),
                 );
-                systemd::notify_status(&shared.systemd_status());
+                systemd::notify_status(&status::summary(&services.certifiers));
             }
         }
     }

@@ -564,16 +564,20 @@ mod tests {
     }
 
     fn state_of(ca: &TestCa, s: &Serial) -> Option<RecordState> {
-        ca.shared.ledger.get(s).expect("get").map(|r| r.state)
+        ca.services.ledger.get(s).expect("get").map(|r| r.state)
     }
 
     #[test]
     fn issues_once_and_replays_after() {
         let ca = TestCa::new(TLS_SERVER, GRANT);
         let req = request("r1");
-        let first = ca.shared.issuer.issue(&ca.grant(), &req).expect("issued");
+        let first = ca.services.issuer.issue(&ca.grant(), &req).expect("issued");
         assert!(!first.replayed);
-        let again = ca.shared.issuer.issue(&ca.grant(), &req).expect("replayed");
+        let again = ca
+            .services
+            .issuer
+            .issue(&ca.grant(), &req)
+            .expect("replayed");
         assert!(again.replayed);
         assert_eq!(
             (&again.serial, &again.certificate),
@@ -592,13 +596,13 @@ mod tests {
         let ca = TestCa::new(TLS_SERVER, GRANT);
         let start = ca.clock.unix();
         let first = ca
-            .shared
+            .services
             .issuer
             .issue(&ca.grant(), &request("r1"))
             .expect("issued");
         ca.clock.advance(std::time::Duration::from_secs(86_400));
         let second = ca
-            .shared
+            .services
             .issuer
             .issue(&ca.grant(), &request("r2"))
             .expect("issued");
@@ -611,7 +615,7 @@ mod tests {
     #[test]
     fn the_rate_budget_refills_with_the_clock() {
         let ca = TestCa::new(TLS_SERVER, &format!("{GRANT}\nrate_limit_per_minute = 1"));
-        let issuer = &ca.shared.issuer;
+        let issuer = &ca.services.issuer;
         issuer.issue(&ca.grant(), &request("r1")).expect("issued");
         let err = issuer
             .issue(&ca.grant(), &request("r2"))
@@ -630,13 +634,13 @@ mod tests {
         let ca = TestCa::new(TLS_SERVER, GRANT);
         let (taken, fresh) = (serial(1), serial(2));
         let other = intent_of(&request("someone-else"));
-        let outcome = ca.shared.ledger.record_intent(&taken, other, None);
+        let outcome = ca.services.ledger.record_intent(&taken, other, None);
         assert_eq!(outcome.expect("intent"), IntentOutcome::Recorded);
-        let before = ca.shared.ledger.get(&taken).expect("get");
+        let before = ca.services.ledger.get(&taken).expect("get");
 
         let draws = Cell::new(0);
         let resp = ca
-            .shared
+            .services
             .issuer
             .issue_drawing(
                 &ca.grant(),
@@ -647,7 +651,7 @@ mod tests {
         assert_eq!(draws.get(), 2);
         assert_eq!(resp.serial, fresh.to_hex());
         assert_eq!(state_of(&ca, &fresh), Some(RecordState::Issued));
-        assert_eq!(ca.shared.ledger.get(&taken).expect("get"), before);
+        assert_eq!(ca.services.ledger.get(&taken).expect("get"), before);
     }
 
     #[test]
@@ -655,12 +659,12 @@ mod tests {
         let ca = TestCa::new(TLS_SERVER, GRANT);
         let taken = serial(1);
         let other = intent_of(&request("someone-else"));
-        let outcome = ca.shared.ledger.record_intent(&taken, other, None);
+        let outcome = ca.services.ledger.record_intent(&taken, other, None);
         assert_eq!(outcome.expect("intent"), IntentOutcome::Recorded);
 
         let draws = Cell::new(0);
         let err = ca
-            .shared
+            .services
             .issuer
             .issue_drawing(&ca.grant(), &request("r1"), &mut scripted(&[taken], &draws))
             .expect_err("no unused serial");
@@ -668,7 +672,7 @@ mod tests {
         assert_eq!(err.message, "could not draw an unused serial number");
         assert_eq!(draws.get(), SERIAL_DRAWS);
         assert_eq!(ca.records().len(), 1);
-        let claim = ca.shared.ledger.idempotency_get(RA, "r1");
+        let claim = ca.services.ledger.idempotency_get(RA, "r1");
         assert_eq!(claim.expect("get"), None);
     }
 
@@ -682,7 +686,7 @@ mod tests {
         });
         let draws = Cell::new(0);
         let err = ca
-            .shared
+            .services
             .issuer
             .issue_drawing(
                 &ca.grant(),
@@ -699,7 +703,7 @@ mod tests {
         );
         assert_eq!(draws.get(), 1);
         assert!(ca.records().is_empty(), "{:?}", ca.records());
-        let claim = ca.shared.ledger.idempotency_get(RA, "r1");
+        let claim = ca.services.ledger.idempotency_get(RA, "r1");
         assert_eq!(claim.expect("get"), None);
         // The refusal is audited by the API layer, not here.
         assert!(ca.audit_kinds().is_empty(), "{:?}", ca.audit_kinds());
@@ -712,14 +716,14 @@ mod tests {
         let req = request("r1");
         let claim = Some((RA, "r1", request_digest(&req)));
         let outcome = ca
-            .shared
+            .services
             .ledger
             .record_intent(&serial(1), intent_of(&req), claim);
         assert_eq!(outcome.expect("intent"), IntentOutcome::Recorded);
 
         let draws = Cell::new(0);
         let err = ca
-            .shared
+            .services
             .issuer
             .issue_drawing(&ca.grant(), &req, &mut scripted(&[serial(2)], &draws))
             .expect_err("in progress");
@@ -744,14 +748,14 @@ mod tests {
         let mut race = || {
             let claim = Some((RA, "r1", request_digest(&req)));
             let outcome = ca
-                .shared
+                .services
                 .ledger
                 .record_intent(&theirs, intent_of(&req), claim)?;
             assert_eq!(outcome, IntentOutcome::Recorded);
             Ok(ours)
         };
         let err = ca
-            .shared
+            .services
             .issuer
             .issue_drawing(&ca.grant(), &req, &mut race)
             .expect_err("in progress");
@@ -763,7 +767,7 @@ mod tests {
         );
         assert_eq!(state_of(&ca, &ours), None);
         assert_eq!(
-            ca.shared.ledger.idempotency_get(RA, "r1").expect("get"),
+            ca.services.ledger.idempotency_get(RA, "r1").expect("get"),
             Some(IdempotencyEntry {
                 body_sha256: request_digest(&req),
                 serial: theirs
@@ -780,7 +784,7 @@ mod tests {
         let theirs = Cell::new(None);
         let mut race = || {
             let done = ca
-                .shared
+                .services
                 .issuer
                 .issue(&ca.grant(), &req)
                 .expect("the other request");
@@ -788,7 +792,7 @@ mod tests {
             Ok(serial(2))
         };
         let resp = ca
-            .shared
+            .services
             .issuer
             .issue_drawing(&ca.grant(), &req, &mut race)
             .expect("replayed");

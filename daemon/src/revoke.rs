@@ -131,9 +131,9 @@ mod tests {
     fn a_revocation_is_timed_by_the_clock_audited_and_done_once() {
         let ca = TestCa::new(TLS_SERVER, GRANT);
         let req = IssueRequest::new("r1", "tls-server", csr(0x22, "www.example.com"));
-        let issued = ca.shared.issuer.issue(&ca.grant(), &req).expect("issued");
+        let issued = ca.services.issuer.issue(&ca.grant(), &req).expect("issued");
         ca.clock.advance(Duration::from_secs(3_600));
-        let revoker = &ca.shared.revoker;
+        let revoker = &ca.services.revoker;
         let info = revoker
             .revoke(&ca.grant(), &issued.serial, &key_compromise())
             .expect("revoked");

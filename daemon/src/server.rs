@@ -6,11 +6,15 @@
 //! The RA identity is looked up again for every request, so a reload that
 //! removes an RA takes effect on open connections too.
 
-use crate::audit::AuditEvent;
+use crate::audit::{AuditEvent, AuditLog};
+use crate::certifier::Certifiers;
+use crate::clock::Clock;
 use crate::config::ApiConfig;
-use crate::daemon::{DaemonError, Shared};
-use crate::lookup::ListQuery;
-use crate::policy::Grant;
+use crate::crl::CrlService;
+use crate::issue::Issuer;
+use crate::lookup::{ListQuery, Lookup};
+use crate::policy::{Grant, LivePolicy};
+use crate::revoke::Revoker;
 use crate::status;
 use axum::body::Body;
 use axum::extract::{FromRequestParts, Path, Query};
@@ -33,11 +37,35 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// What the API works with: its settings, the policy in force (for the
+/// allowlist and grants), the audit log (for refusals), the clock, and the
+/// pipeline's services it translates HTTP into. Built once by the daemon.
+pub struct Api {
+    /// The `[api]` settings.
+    pub settings: ApiConfig,
+    /// The policy in force.
+    pub policy: Arc<LivePolicy>,
+    /// The certifiers (for health).
+    pub certifiers: Arc<Certifiers>,
+    /// The audit log.
+    pub audit: Arc<AuditLog>,
+    /// The time.
+    pub clock: Arc<dyn Clock>,
+    /// Issuance.
+    pub issuer: Arc<Issuer>,
+    /// Revocation.
+    pub revoker: Arc<Revoker>,
+    /// Look-ups and listings.
+    pub lookup: Arc<Lookup>,
+    /// CRLs.
+    pub crl: Arc<CrlService>,
+}
+
 /// Checks the chain with webpki, then the fingerprint against the
 /// allowlist in the current policy.
 struct AllowlistVerifier {
     inner: Arc<dyn ClientCertVerifier>,
-    shared: Arc<Shared>,
+    policy: Arc<LivePolicy>,
 }
 
 impl std::fmt::Debug for AllowlistVerifier {
@@ -71,8 +99,8 @@ impl ClientCertVerifier for AllowlistVerifier {
             .inner
             .verify_client_cert(end_entity, intermediates, now)?;
         if self
-            .shared
-            .policy()
+            .policy
+            .current()
             .knows_fingerprint(&fingerprint(end_entity))
         {
             Ok(verified)
@@ -103,29 +131,55 @@ impl ClientCertVerifier for AllowlistVerifier {
     }
 }
 
-fn missing(what: String) -> DaemonError {
-    DaemonError::Missing(what)
+/// The API's TLS settings cannot be used: what is wrong and where.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TlsSetupError(String);
+
+fn missing(what: String) -> TlsSetupError {
+    TlsSetupError(what)
 }
 
-/// The TLS configuration of the API.
+/// Tells rustls the time of the daemon's clock, against which client
+/// certificates are checked.
+struct ClockTime(Arc<dyn Clock>);
+
+impl std::fmt::Debug for ClockTime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClockTime")
+    }
+}
+
+impl rustls::time_provider::TimeProvider for ClockTime {
+    fn current_time(&self) -> Option<UnixTime> {
+        let since_epoch = self.0.now().duration_since(std::time::UNIX_EPOCH).ok()?;
+        Some(UnixTime::since_unix_epoch(since_epoch))
+    }
+}
+
+/// The TLS configuration of the API: client certificates checked against
+/// `api.ra_trust_anchor` at `clock`'s time, then against the allowlist of
+/// the policy in force.
 pub fn tls_config(
-    shared: &Arc<Shared>,
+    policy: Arc<LivePolicy>,
+    clock: Arc<dyn Clock>,
     api: &ApiConfig,
-) -> Result<Arc<rustls::ServerConfig>, DaemonError> {
+) -> Result<Arc<rustls::ServerConfig>, TlsSetupError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let read_certs =
-        |path: &std::path::Path, what: &str| -> Result<Vec<CertificateDer<'static>>, DaemonError> {
-            let certs: Vec<_> = CertificateDer::pem_file_iter(path)
-                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| missing(format!("api.{what} {}: {e}", path.display())))?;
-            if certs.is_empty() {
-                return Err(missing(format!(
-                    "api.{what} {} holds no certificate",
-                    path.display()
-                )));
-            }
-            Ok(certs)
-        };
+    let read_certs = |path: &std::path::Path,
+                      what: &str|
+     -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
+        let certs: Vec<_> = CertificateDer::pem_file_iter(path)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| missing(format!("api.{what} {}: {e}", path.display())))?;
+        if certs.is_empty() {
+            return Err(missing(format!(
+                "api.{what} {} holds no certificate",
+                path.display()
+            )));
+        }
+        Ok(certs)
+    };
     let chain = read_certs(&api.tls_certificate, "tls_certificate")?;
     let key = PrivateKeyDer::from_pem_file(&api.tls_key)
         .map_err(|e| missing(format!("api.tls_key {}: {e}", api.tls_key.display())))?;
@@ -138,21 +192,19 @@ pub fn tls_config(
     let inner = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
         .map_err(|e| missing(format!("api.ra_trust_anchor: {e}")))?;
-    let verifier = Arc::new(AllowlistVerifier {
-        inner,
-        shared: shared.clone(),
-    });
+    let verifier = Arc::new(AllowlistVerifier { inner, policy });
     // TLS 1.3, and TLS 1.2 only with the provider's ECDHE + AEAD suites.
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| missing(format!("TLS: {e}")))?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
-        .map_err(|e| {
-            missing(format!(
-                "api.tls_certificate and api.tls_key do not fit together: {e}"
-            ))
-        })?;
+    let mut config =
+        rustls::ServerConfig::builder_with_details(provider, Arc::new(ClockTime(clock)))
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| missing(format!("TLS: {e}")))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .map_err(|e| {
+                missing(format!(
+                    "api.tls_certificate and api.tls_key do not fit together: {e}"
+                ))
+            })?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
@@ -193,29 +245,27 @@ impl RefusalBudget {
 
 /// Serves the API on `listener` until the process ends.
 pub async fn serve(
-    shared: Arc<Shared>,
+    api: Arc<Api>,
     listener: tokio::net::TcpListener,
     tls: Arc<rustls::ServerConfig>,
 ) {
-    let Some(api) = shared.config.api.clone() else {
-        return;
-    };
+    let settings = api.settings.clone();
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let router = router(
-        shared.clone(),
+        api.clone(),
         BodyLimit {
-            bytes: api.max_body_bytes,
-            within: Duration::from_secs(api.request_timeout_secs),
+            bytes: settings.max_body_bytes,
+            within: Duration::from_secs(settings.request_timeout_secs),
         },
     );
-    let slots = Arc::new(tokio::sync::Semaphore::new(api.max_connections));
+    let slots = Arc::new(tokio::sync::Semaphore::new(settings.max_connections));
     let budget = Arc::new(RefusalBudget {
         window: AtomicU64::new(0),
         count: AtomicU64::new(0),
     });
-    let handshake_timeout = Duration::from_secs(api.handshake_timeout_secs);
-    let header_timeout = Duration::from_secs(api.header_timeout_secs);
-    let idle_timeout = Duration::from_secs(api.idle_timeout_secs);
+    let handshake_timeout = Duration::from_secs(settings.handshake_timeout_secs);
+    let header_timeout = Duration::from_secs(settings.header_timeout_secs);
+    let idle_timeout = Duration::from_secs(settings.idle_timeout_secs);
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
@@ -229,28 +279,24 @@ pub async fn serve(
             }
         };
         let _ = tcp.set_nodelay(true);
-        let (acceptor, router, shared, budget) = (
+        let (acceptor, router, api, budget) = (
             acceptor.clone(),
             router.clone(),
-            shared.clone(),
+            api.clone(),
             budget.clone(),
         );
         tokio::spawn(async move {
             let _permit = permit;
             let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    return refuse_handshake(&shared, &budget, addr, &e.to_string()).await
-                }
+                Ok(Err(e)) => return refuse_handshake(&api, &budget, addr, &e.to_string()).await,
                 Err(_) => {
-                    return refuse_handshake(&shared, &budget, addr, "handshake timed out").await
+                    return refuse_handshake(&api, &budget, addr, "handshake timed out").await
                 }
             };
             let fingerprint = match stream.get_ref().1.peer_certificates() {
                 Some([leaf, ..]) => fingerprint(leaf),
-                _ => {
-                    return refuse_handshake(&shared, &budget, addr, "no client certificate").await
-                }
+                _ => return refuse_handshake(&api, &budget, addr, "no client certificate").await,
             };
             let svc = router.layer(Extension(Peer { fingerprint, addr }));
             let mut builder =
@@ -432,27 +478,22 @@ impl Drop for InFlight {
 
 /// Appends `events` to the audit log on the blocking pool: an append
 /// waits for its fsync, which must not hold up the reactor.
-async fn audit_off_reactor(shared: &Arc<Shared>, events: Vec<AuditEvent>) {
+async fn audit_off_reactor(api: &Arc<Api>, events: Vec<AuditEvent>) {
     if events.is_empty() {
         return;
     }
-    let shared = shared.clone();
+    let api = api.clone();
     let _ = tokio::task::spawn_blocking(move || {
         for event in events {
-            let _ = shared.audit.record(event);
+            let _ = api.audit.record(event);
         }
     })
     .await;
 }
 
-async fn refuse_handshake(
-    shared: &Arc<Shared>,
-    budget: &RefusalBudget,
-    addr: SocketAddr,
-    reason: &str,
-) {
+async fn refuse_handshake(api: &Arc<Api>, budget: &RefusalBudget, addr: SocketAddr, reason: &str) {
     tracing::info!(peer = %addr, reason, "TLS handshake refused");
-    let (audit, dropped) = budget.allow(shared.clock.unix());
+    let (audit, dropped) = budget.allow(api.clock.unix());
     let mut events = Vec::new();
     if dropped > 0 {
         events.push(
@@ -466,10 +507,10 @@ async fn refuse_handshake(
                 .detail(json!({"reason": reason})),
         );
     }
-    audit_off_reactor(shared, events).await;
+    audit_off_reactor(api, events).await;
 }
 
-fn router(shared: Arc<Shared>, limit: BodyLimit) -> Router {
+fn router(api: Arc<Api>, limit: BodyLimit) -> Router {
     Router::new()
         .route("/v1/certificates", post(issue_handler).get(list_handler))
         .route("/v1/certificates/{serial}", get(get_handler))
@@ -481,7 +522,7 @@ fn router(shared: Arc<Shared>, limit: BodyLimit) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(Extension(limit))
         .layer(axum::middleware::from_fn(track_activity))
-        .with_state(shared)
+        .with_state(api)
 }
 
 /// How large a request body may be, and how long it may take to arrive.
@@ -527,9 +568,9 @@ fn json_ok<T: serde::Serialize>(
 }
 
 /// Looks up the RA for this request and audits refusals.
-fn grant_of(shared: &Shared, peer: &Peer) -> Result<Grant, ApiError> {
-    shared
-        .policy()
+fn grant_of(api: &Api, peer: &Peer) -> Result<Grant, ApiError> {
+    api.policy
+        .current()
         .grant_for_fingerprint(&peer.fingerprint)
         .cloned()
         .ok_or_else(|| {
@@ -552,36 +593,34 @@ fn refusal_event(actor: &str, method: &Method, uri: &Uri, e: &ApiError) -> Audit
 /// Refuses a request before it reaches its handler (bad body or query):
 /// audited under the RA's name, or the peer address if it has none.
 async fn refuse(call: Call, e: ApiError) -> Reply {
-    let actor = grant_of(&call.shared, &call.peer)
+    let actor = grant_of(&call.api, &call.peer)
         .map(|g| g.name().to_string())
         .unwrap_or_else(|_| format!("peer:{}", call.peer.addr));
     let event = refusal_event(&actor, &call.method, &call.uri, &e);
-    audit_off_reactor(&call.shared, vec![event]).await;
+    audit_off_reactor(&call.api, vec![event]).await;
     Reply(Err(e))
 }
 
 /// Runs `f` with the request's RA on the blocking pool and audits a refusal.
 async fn with_grant<F>(call: Call, f: F) -> Reply
 where
-    F: FnOnce(&Shared, &Grant) -> Result<(StatusCode, Vec<u8>, &'static str), ApiError>
+    F: FnOnce(&Api, &Grant) -> Result<(StatusCode, Vec<u8>, &'static str), ApiError>
         + Send
         + 'static,
 {
     let Call {
-        shared,
+        api,
         peer,
         method,
         uri,
     } = call;
     let result = tokio::task::spawn_blocking(move || {
-        let outcome = match grant_of(&shared, &peer) {
-            Ok(grant) => f(&shared, &grant).map_err(|e| (grant.name().to_string(), e)),
+        let outcome = match grant_of(&api, &peer) {
+            Ok(grant) => f(&api, &grant).map_err(|e| (grant.name().to_string(), e)),
             Err(e) => Err((format!("peer:{}", peer.addr), e)),
         };
         outcome.map_err(|(actor, e)| {
-            let _ = shared
-                .audit
-                .record(refusal_event(&actor, &method, &uri, &e));
+            let _ = api.audit.record(refusal_event(&actor, &method, &uri, &e));
             e
         })
     })
@@ -649,18 +688,18 @@ async fn read_json<T: DeserializeOwned>(
 /// A request as the handlers see it: the daemon, the authenticated peer
 /// (set by the connection's layer), and what to name in an audit entry.
 struct Call {
-    shared: Arc<Shared>,
+    api: Arc<Api>,
     peer: Peer,
     method: Method,
     uri: Uri,
 }
 
-impl FromRequestParts<Arc<Shared>> for Call {
+impl FromRequestParts<Arc<Api>> for Call {
     type Rejection = Reply;
 
     async fn from_request_parts(
         parts: &mut Parts,
-        shared: &Arc<Shared>,
+        api: &Arc<Api>,
     ) -> Result<Self, Self::Rejection> {
         let peer = parts.extensions.get::<Peer>().cloned().ok_or_else(|| {
             Reply(Err(ApiError::new(
@@ -669,7 +708,7 @@ impl FromRequestParts<Arc<Shared>> for Call {
             )))
         })?;
         Ok(Call {
-            shared: shared.clone(),
+            api: api.clone(),
             peer,
             method: parts.method.clone(),
             uri: parts.uri.clone(),
@@ -687,7 +726,7 @@ async fn with_body<T, F>(
 ) -> Reply
 where
     T: DeserializeOwned + Send + 'static,
-    F: FnOnce(&Shared, &Grant, T) -> Result<(StatusCode, Vec<u8>, &'static str), ApiError>
+    F: FnOnce(&Api, &Grant, T) -> Result<(StatusCode, Vec<u8>, &'static str), ApiError>
         + Send
         + 'static,
 {
@@ -768,7 +807,7 @@ async fn crl_handler(call: Call, Path(name): Path<String>) -> Reply {
 
 async fn profiles_handler(call: Call) -> Reply {
     with_grant(call, |s, g| {
-        json_ok(StatusCode::OK, &s.policy().profile_infos(g))
+        json_ok(StatusCode::OK, &s.policy.current().profile_infos(g))
     })
     .await
 }
@@ -821,7 +860,8 @@ mod tests {
             fingerprint: RA_FINGERPRINT.into(),
             addr: SocketAddr::from(([127, 0, 0, 1], 40_000)),
         };
-        let app = router(ca.shared.clone(), limit).layer(Extension(peer));
+        let api = ca.services.api().expect("the API's services");
+        let app = router(Arc::new(api), limit).layer(Extension(peer));
         let body = serde_json::to_vec(req).expect("JSON");
         let http = axum::http::Request::post("/v1/certificates")
             .header(header::CONTENT_TYPE, "application/json")
@@ -890,7 +930,7 @@ mod tests {
         };
         let serial = Serial::from_hex(&"01".repeat(16)).expect("a serial");
         let claim = Some((RA, "r1", crate::issue::request_digest(&req)));
-        let outcome = ca.shared.ledger.record_intent(&serial, intent, claim);
+        let outcome = ca.services.ledger.record_intent(&serial, intent, claim);
         assert_eq!(outcome.expect("intent"), IntentOutcome::Recorded);
 
         let (status, body) = post_issue(&ca, &req).await;

@@ -1,10 +1,65 @@
 //! The daemon's state as others see it: what `certd status` shows (the
 //! first thing an operator runs), and the API's health report.
 
-use crate::certifier::{Certifiers, State};
+use crate::certifier::{Certifier, Certifiers, State};
+use crate::ledger::Ledger;
 use certd_api::{CertifierHealth, Health};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write;
+use std::time::Duration;
+
+/// The daemon's status: this process, up for `uptime`, and every
+/// certifier with its counters from `ledger`.
+pub fn report(certifiers: &Certifiers, ledger: &dyn Ledger, uptime: Duration) -> DaemonStatus {
+    DaemonStatus {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        uptime_seconds: uptime.as_secs(),
+        pid: std::process::id(),
+        certifiers: certifiers
+            .all()
+            .iter()
+            .map(|c| certifier_status(c, ledger))
+            .collect(),
+    }
+}
+
+fn certifier_status(c: &Certifier, ledger: &dyn Ledger) -> CertifierStatus {
+    let state = c.state();
+    let stats = ledger.stats(c.name()).unwrap_or_default();
+    let not_after = c.certificate.tbs_certificate().validity().not_after;
+    CertifierStatus {
+        number: c.number,
+        name: c.name().to_string(),
+        subject: c.subject(),
+        key_type: c.key_type.to_string(),
+        token_label: c.config.token_label.clone(),
+        key_label: c.config.key_label.clone(),
+        state: state.name().to_string(),
+        reason: match state {
+            State::Unavailable(r) => Some(r),
+            _ => None,
+        },
+        not_after: not_after.to_string(),
+        certificates_issued: stats.issued,
+        certificates_revoked: stats.revoked,
+        last_serial: stats.last_serial.map(|s| s.to_hex()),
+        crl_number: ledger.current_crl_number(c.name()).ok().flatten(),
+    }
+}
+
+/// Every certifier's state on one line, for `systemctl status`.
+pub fn summary(certifiers: &Certifiers) -> String {
+    let parts: Vec<String> = certifiers
+        .all()
+        .iter()
+        .map(|c| format!("{}: {}", c.name(), c.state().name()))
+        .collect();
+    if parts.is_empty() {
+        "no certifiers configured".into()
+    } else {
+        parts.join(", ")
+    }
+}
 
 /// Every certifier's state, as `GET /v1/health` reports it: `ok` while all
 /// are active, `degraded` otherwise.

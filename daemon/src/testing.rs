@@ -1,4 +1,4 @@
-//! A certifier daemon's shared state for unit tests: real configuration,
+//! A certifier daemon's services for unit tests: real configuration,
 //! ledger, audit log and CRL store in a temporary directory, with the
 //! certifier's key in memory instead of a token and a clock that moves only
 //! when the test moves it. Compiled into tests only.
@@ -8,7 +8,7 @@ use crate::certgen::FixedProfile;
 use crate::certifier::Certifiers;
 use crate::clock::{Clock, ManualClock};
 use crate::config::Config;
-use crate::daemon::Shared;
+use crate::daemon::Services;
 use crate::hsm::memory::MemoryKey;
 use crate::hsm::Signer;
 use crate::ledger::{Ledger, LedgerRecord, Serial, SledLedger};
@@ -29,10 +29,10 @@ pub(crate) const RA: &str = "ra1";
 pub(crate) const RA_FINGERPRINT: &str =
     "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 
-/// A daemon's shared state with one active certifier `ca` (a P-256 key in
+/// A daemon's services with one active certifier `ca` (a P-256 key in
 /// memory, certificate valid for ten years) and one RA, [`RA`].
 pub(crate) struct TestCa {
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) services: Arc<Services>,
     /// The time everything reads: the real time when the CA was made, until
     /// the test moves it.
     pub(crate) clock: Arc<ManualClock>,
@@ -126,10 +126,10 @@ certifiers = ["ca"]
             .find(Some("ca"))
             .expect("certifier ca")
             .activate_with(key);
-        let shared = Shared::new(config, certifiers, ledger, audit, lock, clock.clone())
-            .expect("shared state");
+        let services = Services::new(config, certifiers, ledger, audit, lock, clock.clone())
+            .expect("the services");
         TestCa {
-            shared: Arc::new(shared),
+            services: Arc::new(services),
             clock,
             _dir: dir,
         }
@@ -137,8 +137,9 @@ certifiers = ["ca"]
 
     /// The RA's grant, as the API finds it.
     pub(crate) fn grant(&self) -> Grant {
-        self.shared
-            .policy()
+        self.services
+            .policy
+            .current()
             .grant_for_fingerprint(RA_FINGERPRINT)
             .cloned()
             .expect("the RA's grant")
@@ -147,7 +148,7 @@ certifiers = ["ca"]
     /// Every ledger record, in serial order.
     pub(crate) fn records(&self) -> Vec<(Serial, LedgerRecord)> {
         let mut all = Vec::new();
-        self.shared
+        self.services
             .ledger
             .visit_records(None, &mut |serial, record| {
                 all.push((serial, record));
@@ -167,7 +168,7 @@ certifiers = ["ca"]
 
     /// The audit log's entries, oldest first.
     pub(crate) fn audit_entries(&self) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(self.shared.audit.path())
+        std::fs::read_to_string(self.services.audit.path())
             .expect("the audit log reads")
             .lines()
             .map(|l| serde_json::from_str(l).expect("an audit entry is JSON"))
