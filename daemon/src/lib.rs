@@ -1,8 +1,45 @@
 //! certd: an HSM-backed certificate authority signing daemon.
 //!
 //! The library holds everything; the `certd` binary only parses arguments
-//! and calls into it. Modules follow the issuance pipeline described in
-//! the project's design document.
+//! and calls into it.
+//!
+//! # Layers
+//!
+//! The modules read top-down, from what everything stands on, along the
+//! issuance pipeline, to the daemon that wires them together. A module uses
+//! only modules above it in this list (its own test code may use anything);
+//! a test reads every module's `crate::` paths and keeps it so.
+//!
+//! 1. `clock` — the one source of the time, and its text forms.
+//! 2. `secret` — PINs from files or the terminal.
+//! 3. `hsm` — certifier keys in a PKCS#11 token behind the `Signer` trait.
+//! 4. `config` — the configuration file as typed structs.
+//! 5. `policy` — profiles, grants and name rules: data and pure functions.
+//! 6. `rate_limit` — per-RA request budgets.
+//! 7. `csr` — strict CSR parsing, proof of possession, the names asked for.
+//! 8. `x509` — X.509 assembly around a token key, names, times, PEM.
+//! 9. `certgen` — subscriber certificates built from the profile only.
+//! 10. `certifier` — the certifiers and their locked/active/unavailable life.
+//! 11. `lint` — pre-issuance lint of the exact TBSCertificate.
+//! 12. `ledger` — the source of truth for serials, behind the `Ledger` trait.
+//! 13. `group_commit` — writers sharing one fsync.
+//! 14. `audit` — the hash-chained audit log.
+//! 15. `issue` — the issuance pipeline (`Issuer`).
+//! 16. `lookup` — certificates as an RA sees them: by serial, or listed.
+//! 17. `crl` — CRLs made, signed, served and kept fresh (`CrlService`).
+//! 18. `revoke` — revocation (`Revoker`), which asks for a new CRL.
+//! 19. `recovery` — settling what a stop or a full disk interrupted.
+//! 20. `status` — the status report and the API's health.
+//! 21. `systemd` — readiness, status text and watchdog.
+//! 22. `server` — HTTPS with client certificates: HTTP in, pipeline calls, HTTP out.
+//! 23. `control` — the local control socket: protocol, client and daemon side.
+//! 24. `daemon` — start-up wiring, the run loop and shutdown.
+//! 25. `ceremony` — the key ceremony, a command of its own beside the daemon.
+//!
+//! So nothing in the pipeline reaches into the daemon: each service
+//! (`Issuer`, `Revoker`, `Lookup`, `CrlService`) holds the few things it
+//! works with, built once in `daemon`, and the API server and the control
+//! socket are given those services, not the daemon.
 #![forbid(unsafe_code)]
 
 pub mod audit;
@@ -18,6 +55,8 @@ pub mod daemon;
 mod group_commit;
 pub mod hsm;
 pub mod issue;
+#[cfg(test)]
+mod layers;
 pub mod ledger;
 pub mod lint;
 pub mod lookup;
