@@ -29,32 +29,6 @@ use std::sync::Arc;
 use x509_cert::builder::Builder;
 use x509_cert::Certificate;
 
-fn parse_not_after(s: &str) -> Result<i64, ApiError> {
-    clock::parse_rfc3339(s).map_err(|e| {
-        ApiError::new(
-            ErrorCode::BadValidity,
-            format!("not_after {s:?} is not an RFC 3339 time: {e}"),
-        )
-    })
-}
-
-/// A request's identity in the idempotency store: SHA-256 of its
-/// canonical JSON (so formatting differences are not conflicts).
-pub fn request_digest(req: &IssueRequest) -> [u8; 32] {
-    let canonical = serde_json::to_vec(req).unwrap_or_default();
-    sha2::Sha256::digest(canonical).into()
-}
-
-fn check_request_id(id: &str) -> Result<(), ApiError> {
-    if id.is_empty() || id.len() > 128 || !id.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(ApiError::new(
-            ErrorCode::BadRequest,
-            "request_id must be 1 to 128 printable ASCII characters without spaces",
-        ));
-    }
-    Ok(())
-}
-
 /// How many fresh serials one request draws before giving up. With 127
 /// random bits even one collision means the random number generator is
 /// broken, so a few draws are plenty.
@@ -71,43 +45,6 @@ pub struct Issuer {
     clock: Arc<dyn Clock>,
     limiter: RateLimiter,
     free_space: FreeSpaceGuard,
-}
-
-/// Pauses issuance while the file system of the state directory runs
-/// short of space, before the ledger or the audit log run into ENOSPC.
-struct FreeSpaceGuard {
-    dir: PathBuf,
-    min_free_mib: u64,
-}
-
-impl FreeSpaceGuard {
-    /// Refuses while the file system has less than `min_free_mib` free.
-    fn check(&self) -> Result<(), ApiError> {
-        let dir = &self.dir;
-        let min = self.min_free_mib.saturating_mul(1 << 20);
-        let free = match rustix::fs::statvfs(dir) {
-            Ok(st) => st.f_bavail.saturating_mul(st.f_frsize),
-            Err(e) => {
-                return Err(ApiError::new(
-                    ErrorCode::LedgerUnavailable,
-                    format!("cannot tell the free space of {}: {e}", dir.display()),
-                ))
-            }
-        };
-        if free < min {
-            return Err(ApiError::new(
-                ErrorCode::StorageFull,
-                format!(
-                    "the disk holding {} has {} KiB free, under daemon.min_free_mib = {}: \
-                     issuance is paused until space is freed (revocation goes on)",
-                    dir.display(),
-                    free >> 10,
-                    self.min_free_mib
-                ),
-            ));
-        }
-        Ok(())
-    }
 }
 
 impl Issuer {
@@ -132,69 +69,6 @@ impl Issuer {
                 dir: daemon.state_dir.clone(),
                 min_free_mib: daemon.min_free_mib,
             },
-        }
-    }
-
-    fn response_from_record(
-        &self,
-        serial: &Serial,
-        record: &LedgerRecord,
-        requested_not_after: Option<i64>,
-    ) -> Result<IssueResponse, ApiError> {
-        let der = record.certificate_der.as_deref().ok_or_else(|| {
-            ApiError::new(ErrorCode::Internal, "ledger record has no certificate")
-        })?;
-        let cert = Certificate::from_der(der)
-            .map_err(|e| ApiError::new(ErrorCode::Internal, format!("stored certificate: {e}")))?;
-        let validity = cert.tbs_certificate().validity();
-        let not_after = x509::unix_of(&validity.not_after);
-        let chain = self
-            .certifiers
-            .find(Some(&record.intent.certifier))
-            .map(|c| c.chain_pems.clone())
-            .unwrap_or_default();
-        Ok(IssueResponse {
-            serial: serial.to_hex(),
-            certificate: x509::cert_pem(der),
-            chain,
-            not_before: rfc3339(x509::unix_of(&validity.not_before)),
-            not_after: rfc3339(not_after),
-            // The same request asked for the same not_after the first time.
-            not_after_clamped: requested_not_after.is_some_and(|r| r > not_after),
-            replayed: true,
-        })
-    }
-
-    /// Answers a repeated request_id: the original certificate, a conflict,
-    /// or "in progress".
-    fn replay(
-        &self,
-        entry: &crate::ledger::IdempotencyEntry,
-        digest: &[u8; 32],
-        req: &IssueRequest,
-    ) -> Result<Option<IssueResponse>, ApiError> {
-        if &entry.body_sha256 != digest {
-            return Err(ApiError::new(
-                ErrorCode::Conflict,
-                "this request_id was used before with a different request; use a new request_id",
-            ));
-        }
-        let record = self.ledger.get(&entry.serial).map_err(|e| e.api_error())?;
-        match record {
-            Some(r) if matches!(r.state, RecordState::Issued | RecordState::Revoked) => {
-                let requested = req
-                    .not_after
-                    .as_deref()
-                    .and_then(|t| parse_not_after(t).ok());
-                self.response_from_record(&entry.serial, &r, requested)
-                    .map(Some)
-            }
-            Some(r) if r.state == RecordState::Intent => Err(ApiError::new(
-                ErrorCode::InProgress,
-                "the original request with this request_id is still being signed; retry shortly",
-            )),
-            // Abandoned (signing failed): go on and try again.
-            _ => Ok(None),
         }
     }
 
@@ -379,6 +253,69 @@ impl Issuer {
         ))
     }
 
+    /// Answers a repeated request_id: the original certificate, a conflict,
+    /// or "in progress".
+    fn replay(
+        &self,
+        entry: &crate::ledger::IdempotencyEntry,
+        digest: &[u8; 32],
+        req: &IssueRequest,
+    ) -> Result<Option<IssueResponse>, ApiError> {
+        if &entry.body_sha256 != digest {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                "this request_id was used before with a different request; use a new request_id",
+            ));
+        }
+        let record = self.ledger.get(&entry.serial).map_err(|e| e.api_error())?;
+        match record {
+            Some(r) if matches!(r.state, RecordState::Issued | RecordState::Revoked) => {
+                let requested = req
+                    .not_after
+                    .as_deref()
+                    .and_then(|t| parse_not_after(t).ok());
+                self.response_from_record(&entry.serial, &r, requested)
+                    .map(Some)
+            }
+            Some(r) if r.state == RecordState::Intent => Err(ApiError::new(
+                ErrorCode::InProgress,
+                "the original request with this request_id is still being signed; retry shortly",
+            )),
+            // Abandoned (signing failed): go on and try again.
+            _ => Ok(None),
+        }
+    }
+
+    fn response_from_record(
+        &self,
+        serial: &Serial,
+        record: &LedgerRecord,
+        requested_not_after: Option<i64>,
+    ) -> Result<IssueResponse, ApiError> {
+        let der = record.certificate_der.as_deref().ok_or_else(|| {
+            ApiError::new(ErrorCode::Internal, "ledger record has no certificate")
+        })?;
+        let cert = Certificate::from_der(der)
+            .map_err(|e| ApiError::new(ErrorCode::Internal, format!("stored certificate: {e}")))?;
+        let validity = cert.tbs_certificate().validity();
+        let not_after = x509::unix_of(&validity.not_after);
+        let chain = self
+            .certifiers
+            .find(Some(&record.intent.certifier))
+            .map(|c| c.chain_pems.clone())
+            .unwrap_or_default();
+        Ok(IssueResponse {
+            serial: serial.to_hex(),
+            certificate: x509::cert_pem(der),
+            chain,
+            not_before: rfc3339(x509::unix_of(&validity.not_before)),
+            not_after: rfc3339(not_after),
+            // The same request asked for the same not_after the first time.
+            not_after_clamped: requested_not_after.is_some_and(|r| r > not_after),
+            replayed: true,
+        })
+    }
+
     /// Burns the serial after a failure between intent and signature.
     fn abandon(&self, serial: &Serial, err: ApiError) -> ApiError {
         if let Err(e) = self.ledger.record_abandoned(serial, &err.message) {
@@ -461,6 +398,69 @@ impl Issuer {
             replayed: false,
         })
     }
+}
+
+/// Pauses issuance while the file system of the state directory runs
+/// short of space, before the ledger or the audit log run into ENOSPC.
+struct FreeSpaceGuard {
+    dir: PathBuf,
+    min_free_mib: u64,
+}
+
+impl FreeSpaceGuard {
+    /// Refuses while the file system has less than `min_free_mib` free.
+    fn check(&self) -> Result<(), ApiError> {
+        let dir = &self.dir;
+        let min = self.min_free_mib.saturating_mul(1 << 20);
+        let free = match rustix::fs::statvfs(dir) {
+            Ok(st) => st.f_bavail.saturating_mul(st.f_frsize),
+            Err(e) => {
+                return Err(ApiError::new(
+                    ErrorCode::LedgerUnavailable,
+                    format!("cannot tell the free space of {}: {e}", dir.display()),
+                ))
+            }
+        };
+        if free < min {
+            return Err(ApiError::new(
+                ErrorCode::StorageFull,
+                format!(
+                    "the disk holding {} has {} KiB free, under daemon.min_free_mib = {}: \
+                     issuance is paused until space is freed (revocation goes on)",
+                    dir.display(),
+                    free >> 10,
+                    self.min_free_mib
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn parse_not_after(s: &str) -> Result<i64, ApiError> {
+    clock::parse_rfc3339(s).map_err(|e| {
+        ApiError::new(
+            ErrorCode::BadValidity,
+            format!("not_after {s:?} is not an RFC 3339 time: {e}"),
+        )
+    })
+}
+
+/// A request's identity in the idempotency store: SHA-256 of its
+/// canonical JSON (so formatting differences are not conflicts).
+pub fn request_digest(req: &IssueRequest) -> [u8; 32] {
+    let canonical = serde_json::to_vec(req).unwrap_or_default();
+    sha2::Sha256::digest(canonical).into()
+}
+
+fn check_request_id(id: &str) -> Result<(), ApiError> {
+    if id.is_empty() || id.len() > 128 || !id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            "request_id must be 1 to 128 printable ASCII characters without spaces",
+        ));
+    }
+    Ok(())
 }
 
 /// The names to certify: the RA's subject and SANs where given, else the

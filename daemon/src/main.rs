@@ -10,7 +10,7 @@ use certd::hsm::KeyType;
 use certd::secret;
 use certd::x509::SubjectSpec;
 use clap::{Args, Parser, Subcommand};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Many threads allocate small buffers per request (TLS records, JSON,
@@ -337,7 +337,7 @@ fn init_ca(a: InitCaArgs) -> Result<ExitCode> {
 fn verify_audit(a: VerifyAuditArgs) -> Result<ExitCode> {
     let file = match (a.file, a.config) {
         (Some(f), _) => f,
-        (None, Some(c)) => audit_path(&Config::load(&c)?.daemon.state_dir),
+        (None, Some(c)) => certd::daemon::audit_path(&Config::load(&c)?.daemon.state_dir),
         (None, None) => bail!("pass --file AUDIT_LOG or --config FILE"),
     };
     let report =
@@ -362,8 +362,4 @@ fn verify_audit(a: VerifyAuditArgs) -> Result<ExitCode> {
             Ok(ExitCode::from(1))
         }
     }
-}
-
-fn audit_path(state_dir: &Path) -> PathBuf {
-    certd::daemon::audit_path(state_dir)
 }

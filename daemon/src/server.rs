@@ -5,6 +5,11 @@
 //! SHA-256 fingerprint on the allowlist; anything else fails the handshake.
 //! The RA identity is looked up again for every request, so a reload that
 //! removes an RA takes effect on open connections too.
+//!
+//! This layer only translates HTTP: it parses a request, finds the RA's
+//! grant, calls the pipeline's service (issue, revoke, lookup, crl,
+//! policy, status) on the blocking pool, and renders the answer or the
+//! refusal, which it audits.
 
 use crate::audit::{AuditEvent, AuditLog};
 use crate::certifier::Certifiers;
