@@ -4,12 +4,15 @@
 //! issuance measurement over mutual TLS (pre-made P-256 CSRs, `tls-server`
 //! profile, persistent connections, every check on).
 //!
-//! The loop issues through the [`Issuer`] trait, so other servers can be
-//! measured with it too.
+//! The same loop measures a peer, `cfssl serve` ([`cfssl`]), through the
+//! [`Issuer`] trait.
 //!
-//! Binaries: `certd-bench` (raw `C_Sign` vs end-to-end issuance) and
-//! `ra-cli-bench` (ra-cli batch issuance vs end-to-end issuance).
+//! Binaries: `certd-bench` (raw `C_Sign` vs end-to-end issuance, and
+//! certd vs cfssl) and `ra-cli-bench` (ra-cli batch issuance vs end-to-end
+//! issuance).
 #![forbid(unsafe_code)]
+
+pub mod cfssl;
 
 use anyhow::{Context, Result};
 use certd_api::{CertdClient, ClientConfig, IssueRequest};

@@ -1,13 +1,18 @@
 //! `certd-bench`: in one run, against the real daemon and a SoftHSM token,
 //! measures the raw PKCS#11 signing rate of the certifier key (C_Sign only,
 //! 1 and 2 sessions) and end-to-end issuance over mutual TLS at several
-//! concurrencies, and prints the ratio between them.
+//! concurrencies, and prints the ratio between them; then the same
+//! issuance from a peer, `cfssl serve` over mutual TLS, and the ratio
+//! certd / cfssl per concurrency.
 //!
 //! Run it as `cargo run --release -p certd-bench` (see the README).
 #![forbid(unsafe_code)]
 
 use anyhow::{bail, Context, Result};
-use certd_bench::{client, cpu_seconds, e2e, hex_id, make_csrs, setup_ca, start_certd, warm_up};
+use certd_bench::cfssl::{self, CfsslClient, PeerFiles};
+use certd_bench::{
+    client, cpu_seconds, e2e, hex_id, make_csrs, setup_ca, start_certd, warm_up, Csr, PROFILE,
+};
 use certd_e2e::DemoEnv;
 use clap::Parser;
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
@@ -16,13 +21,15 @@ use cryptoki::object::{Attribute, ObjectClass};
 use cryptoki::session::UserType;
 use secrecy::SecretString;
 use sha2::Digest;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Parser)]
-#[command(about = "Raw C_Sign rate vs end-to-end issuance over mTLS, in one run")]
+#[command(
+    about = "Raw C_Sign rate vs end-to-end issuance over mTLS, and certd vs cfssl, in one run"
+)]
 struct Args {
     /// Seconds per measurement.
     #[arg(long, default_value_t = 5)]
@@ -39,10 +46,109 @@ struct Args {
     /// token, in the same run (e.g. a baseline build beside a change).
     #[arg(long = "certd", value_name = "PATH")]
     certds: Vec<PathBuf>,
+    /// Measure the peer, `cfssl serve`, too (the default).
+    // Read only through `no_peer`: the later of the two flags wins, so a
+    // `--peer` can undo a `--no-peer` given earlier (in a wrapper script).
+    #[arg(long, overrides_with = "no_peer")]
+    peer: bool,
+    /// Measure certd only.
+    #[arg(long, overrides_with = "peer")]
+    no_peer: bool,
+    /// The peer's cfssl binary (Debian: `apt-get install golang-cfssl`).
+    #[arg(long, value_name = "PATH", default_value = "cfssl")]
+    cfssl: PathBuf,
     /// Internal: measure raw signing with this many sessions, using the
     /// demo.env given here (run as a child with SOFTHSM2_CONF set).
     #[arg(long, hide = true, requires = "dir")]
     raw_sign: Option<usize>,
+}
+
+/// The RA whose client credential both servers are reached with.
+const RA: &str = "ra-demo";
+
+/// Whether the peer is measured in this run.
+enum Peer {
+    /// cfssl (its version) on its files.
+    Ready(String, Box<PeerFiles>),
+    /// Not measured, as asked (`--no-peer`).
+    Off,
+    /// Not measured, and why.
+    Skipped(String),
+}
+
+/// Finds cfssl and makes its files in `dir`, or says loudly why the peer
+/// is skipped: a missing or broken cfssl never stops certd's measurement.
+fn prepare_peer(args: &Args, dir: &Path, ca: &certd_e2e::api::ApiCa) -> Peer {
+    if args.no_peer {
+        return Peer::Off;
+    }
+    let ready = cfssl::version(&args.cfssl).and_then(|v| match v {
+        Some(v) => Ok(Some((v, Box::new(cfssl::setup(dir, ca, RA)?)))),
+        None => Ok(None),
+    });
+    let why = match ready {
+        Ok(Some((version, files))) => return Peer::Ready(version, files),
+        Ok(None) => format!(
+            "{} not found; install it with `{}` (or give --cfssl PATH)",
+            args.cfssl.display(),
+            cfssl::INSTALL_HINT
+        ),
+        Err(e) => format!("{e:#}"),
+    };
+    eprintln!("bench: !!! PEER SKIPPED: {why}. certd is measured alone.");
+    Peer::Skipped(why)
+}
+
+/// Runs cfssl on `files`, checks its first certificate, and measures it
+/// at each concurrency as certd was: the same CSRs, client credential,
+/// loop and warm-up. Prints its table; returns (concurrency, certs/s).
+fn measure_peer(
+    args: &Args,
+    rt: &tokio::runtime::Runtime,
+    version: &str,
+    files: &PeerFiles,
+    csrs: &Arc<Vec<Csr>>,
+) -> Result<Vec<(usize, f64)>> {
+    let mut server = cfssl::start(&args.cfssl, files)?;
+    let client = Arc::new(CfsslClient::new(files, server.port)?);
+    let first = rt.block_on(client.ready(&mut server, files, &csrs[0]))?;
+    println!(
+        "  peer: cfssl serve {version} over mTLS (client CA = the transport CA, CN ^{RA}$), \
+         profile {PROFILE}; signs with a P-256 key in a file (software, no HSM), no certificate database:"
+    );
+    println!("  first certificate checked: {first}");
+    let run_id = hex_id()?;
+    rt.block_on(warm_up(client.clone(), csrs.clone(), &run_id));
+    println!(
+        "  {:>11} {:>10} {:>10} {:>10} {:>8} {:>14} {:>14}",
+        "concurrency", "certs/s", "p50 ms", "p99 ms", "errors", "cfssl CPU/cert", "client CPU/cert"
+    );
+    let pid = server.pid().to_string();
+    let mut rates = Vec::new();
+    for &c in &args.concurrency {
+        let (s0, b0) = (cpu_seconds(&pid), cpu_seconds("self"));
+        let st = rt.block_on(e2e(
+            client.clone(),
+            csrs.clone(),
+            c,
+            Duration::from_secs(args.seconds),
+            &format!("{run_id}-c{c}"),
+        ));
+        let (s1, b1) = (cpu_seconds(&pid), cpu_seconds("self"));
+        let per = |cpu: f64| cpu / st.count.max(1) as f64 * 1e6;
+        println!(
+            "  {:>11} {:>10.0} {:>10.2} {:>10.2} {:>8} {:>12.0}us {:>12.0}us",
+            c,
+            st.rate,
+            st.p50.as_secs_f64() * 1e3,
+            st.p99.as_secs_f64() * 1e3,
+            st.errors,
+            per(s1 - s0),
+            per(b1 - b0)
+        );
+        rates.push((c, st.rate));
+    }
+    Ok(rates)
 }
 
 /// Raw signing: `sessions` threads, each with its own session, signing
@@ -119,6 +225,7 @@ fn main() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let dir = args.dir.clone().unwrap_or_else(|| tmp.path().join("ca"));
     let ca = setup_ca(&dir);
+    let peer = prepare_peer(&args, &tmp.path().join("cfssl"), &ca);
     let certds = if args.certds.is_empty() {
         vec![certd_e2e::bin("certd")]
     } else {
@@ -165,7 +272,9 @@ fn main() -> Result<()> {
     for (s, r) in &raw {
         println!("  raw C_Sign            {s} session(s)    {r:>9.0} signatures/s");
     }
+    let mut certd_rates = Vec::new();
     for certd in &certds {
+        let mut rates = Vec::new();
         println!(
             "  end-to-end issuance over mTLS (durable ledger and audit log, every check on), {}:",
             certd.display()
@@ -210,7 +319,55 @@ fn main() -> Result<()> {
                 per(d1 - d0),
                 per(b1 - b0)
             );
+            rates.push((*c, st.rate));
+        }
+        certd_rates.push((certd, rates));
+    }
+
+    // After certd has stopped, so neither server competes for the CPU.
+    let peer_rates = match &peer {
+        Peer::Ready(version, files) => {
+            measure_peer(&args, &rt, version, files, &csrs).map_err(|e| format!("{e:#}"))
+        }
+        Peer::Off => {
+            println!("  peer: not measured (--no-peer)");
+            Err("--no-peer".into())
+        }
+        Peer::Skipped(why) => {
+            println!("  !!! PEER SKIPPED: {why}");
+            Err(why.clone())
+        }
+    };
+    if let (Peer::Ready(..), Err(e)) = (&peer, &peer_rates) {
+        println!("  !!! PEER FAILED: {e}");
+    }
+
+    println!();
+    println!("summary ({PROFILE}, pre-made P-256 CSRs, mTLS, persistent connections):");
+    for (certd, rates) in &certd_rates {
+        let which = if certd_rates.len() > 1 {
+            format!(" ({})", certd.display())
+        } else {
+            String::new()
+        };
+        for (c, rate) in rates {
+            let cfssl = peer_rates
+                .as_ref()
+                .ok()
+                .and_then(|p| p.iter().find(|(pc, _)| pc == c));
+            match cfssl {
+                Some((_, peer_rate)) => println!(
+                    "  concurrency {c:>3}: certd {rate:.0} certs/s, cfssl {peer_rate:.0} certs/s, ratio {:.2}{which}",
+                    rate / peer_rate
+                ),
+                None => println!(
+                    "  concurrency {c:>3}: certd {rate:.0} certs/s, cfssl not measured{which}"
+                ),
+            }
         }
     }
-    Ok(())
+    match (&peer, peer_rates) {
+        (Peer::Ready(..), Err(e)) => bail!("the peer (cfssl) failed: {e}"),
+        _ => Ok(()),
+    }
 }
