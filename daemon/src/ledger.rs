@@ -240,10 +240,66 @@ pub struct LedgerRecord {
     pub revoked_by: Option<String>,
     /// Why issuance was abandoned.
     pub abandoned_reason: Option<String>,
+    /// What the issued certificate names, for listings that filter
+    /// without decoding certificates (absent before issuance, and in
+    /// records written before it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<Summary>,
+}
+
+/// What an issued certificate says about itself, kept with its record.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Summary {
+    /// Subject, RFC 4514 text.
+    pub subject: String,
+    /// dNSName SANs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<String>,
+    /// rfc822Name SANs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub emails: Vec<String>,
+    /// notBefore, Unix seconds.
+    pub not_before: i64,
+}
+
+impl Summary {
+    /// The summary of a DER certificate (`None` if it does not decode,
+    /// which a certificate certd signed always does).
+    pub fn of_certificate(der: &[u8]) -> Option<Summary> {
+        use der::Decode;
+        use x509_cert::ext::pkix::name::GeneralName;
+        use x509_cert::ext::pkix::SubjectAltName;
+        let cert = x509_cert::Certificate::from_der(der).ok()?;
+        let tbs = cert.tbs_certificate();
+        let (mut dns, mut emails) = (Vec::new(), Vec::new());
+        if let Ok(Some((_, san))) = tbs.get_extension::<SubjectAltName>() {
+            for gn in san.0 {
+                match gn {
+                    GeneralName::DnsName(d) => dns.push(d.as_str().to_string()),
+                    GeneralName::Rfc822Name(e) => emails.push(e.as_str().to_string()),
+                    _ => {}
+                }
+            }
+        }
+        let not_before = tbs
+            .validity()
+            .not_before
+            .to_system_time()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+            .unwrap_or(0);
+        Some(Summary {
+            subject: tbs.subject().to_string(),
+            dns,
+            emails,
+            not_before,
+        })
+    }
 }
 
 impl LedgerRecord {
-    fn new_intent(intent: Intent) -> Self {
+    pub(crate) fn new_intent(intent: Intent) -> Self {
         Self {
             state: RecordState::Intent,
             intent,
@@ -254,6 +310,7 @@ impl LedgerRecord {
             revocation_reason: None,
             revoked_by: None,
             abandoned_reason: None,
+            summary: None,
         }
     }
 }
@@ -315,7 +372,7 @@ pub enum LedgerError {
         "ledger storage failed: {0}; check free disk space and the permissions \
          of the certd state directory"
     )]
-    Storage(#[from] sled::Error),
+    Storage(String),
     /// No record exists for this serial (hex).
     #[error("no ledger record for serial {0}")]
     NotFound(String),
@@ -350,11 +407,23 @@ impl LedgerError {
     }
 }
 
+impl From<sled::Error> for LedgerError {
+    fn from(error: sled::Error) -> Self {
+        // sled wraps the OS error in text of its own Debug output.
+        match error {
+            sled::Error::Io(io) if io.kind() == std::io::ErrorKind::StorageFull => {
+                Self::Storage("no space left on device".into())
+            }
+            other => Self::Storage(other.to_string()),
+        }
+    }
+}
+
 impl From<TransactionError<LedgerError>> for LedgerError {
     fn from(error: TransactionError<LedgerError>) -> Self {
         match error {
             TransactionError::Abort(error) => error,
-            TransactionError::Storage(error) => Self::Storage(error),
+            TransactionError::Storage(error) => Self::from(error),
         }
     }
 }
@@ -609,7 +678,7 @@ impl Trees {
                     }
                     Err(e) => {
                         for job in round {
-                            let _ = job.reply.send(Err(LedgerError::Storage(e.clone())));
+                            let _ = job.reply.send(Err(LedgerError::from(e.clone())));
                         }
                     }
                 },
@@ -794,7 +863,7 @@ impl Store {
                 std::thread::Builder::new()
                     .name("ledger-writer".into())
                     .spawn(move || trees.run(rx))
-                    .map_err(|e| LedgerError::Storage(sled::Error::Io(e)))?,
+                    .map_err(|e| LedgerError::Storage(e.to_string()))?,
             ),
             failed: AtomicBool::new(false),
         };
@@ -1129,9 +1198,9 @@ impl SledLedger {
     /// cause.
     fn closed(&self) -> LedgerError {
         let cause = self.cause.lock().unwrap_or_else(PoisonError::into_inner);
-        LedgerError::Storage(sled::Error::Io(std::io::Error::other(format!(
+        LedgerError::Storage(format!(
             "the ledger is closed after a storage failure ({cause}) and is reopened when it can be"
-        ))))
+        ))
     }
 
     /// Runs `f` on the store; a storage failure marks it for reopening.
@@ -1145,14 +1214,7 @@ impl SledLedger {
         if let Err(LedgerError::Storage(e)) = &result {
             if !store.failed.swap(true, Ordering::Relaxed) {
                 tracing::error!(error = %e, "ledger storage failed; it is reopened once writes can succeed");
-                // sled wraps the OS error in text of its own Debug output.
-                let cause = match e {
-                    sled::Error::Io(io) if io.kind() == std::io::ErrorKind::StorageFull => {
-                        "no space left on device".to_string()
-                    }
-                    other => other.to_string(),
-                };
-                *self.cause.lock().unwrap_or_else(PoisonError::into_inner) = cause;
+                *self.cause.lock().unwrap_or_else(PoisonError::into_inner) = e.clone();
             }
         }
         result
