@@ -36,7 +36,7 @@ pub const GENESIS_PREV: &str = "000000000000000000000000000000000000000000000000
 pub const KIND_RECOVERED: &str = "audit_recovered";
 
 /// Actor recorded for entries certd writes on its own behalf.
-const SELF_ACTOR: &str = "certd";
+pub(crate) const SELF_ACTOR: &str = "certd";
 
 /// How much of the tail is read at a time when looking for the last entry;
 /// doubled until an entry is found, so a healthy log costs one small read.
@@ -49,10 +49,10 @@ const RECOVERED_TEXT_LIMIT: usize = 4096;
 /// An event to be recorded; build with [`AuditEvent::new`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct AuditEvent {
-    kind: String,
-    actor: String,
-    certifier: Option<String>,
-    detail: Value,
+    pub(crate) kind: String,
+    pub(crate) actor: String,
+    pub(crate) certifier: Option<String>,
+    pub(crate) detail: Value,
 }
 
 impl AuditEvent {
@@ -549,7 +549,7 @@ fn seq_hint(content: &[u8]) -> Option<u64> {
         .as_u64()
 }
 
-fn open_or_create(path: &Path) -> io::Result<File> {
+pub(crate) fn open_or_create(path: &Path) -> io::Result<File> {
     let mut options = OpenOptions::new();
     options.read(true).append(true);
     match options.clone().create_new(true).mode(0o600).open(path) {
@@ -570,7 +570,7 @@ fn open_or_create(path: &Path) -> io::Result<File> {
 
 /// Length of the file up to and including its last newline: everything
 /// after it is a torn append.
-fn complete_len(file: &File, len: u64) -> io::Result<u64> {
+pub(crate) fn complete_len(file: &File, len: u64) -> io::Result<u64> {
     let mut end = len;
     let mut buf = vec![0u8; TAIL_WINDOW as usize];
     while end > 0 {
@@ -585,13 +585,13 @@ fn complete_len(file: &File, len: u64) -> io::Result<u64> {
     Ok(0)
 }
 
-struct Dropped {
-    bytes: u64,
-    sha256: String,
-    text: String,
+pub(crate) struct Dropped {
+    pub(crate) bytes: u64,
+    pub(crate) sha256: String,
+    pub(crate) text: String,
 }
 
-fn read_dropped(file: &File, from: u64, to: u64) -> io::Result<Dropped> {
+pub(crate) fn read_dropped(file: &File, from: u64, to: u64) -> io::Result<Dropped> {
     let mut hasher = Sha256::new();
     let mut kept = Vec::new();
     let mut buf = vec![0u8; TAIL_WINDOW as usize];
@@ -613,7 +613,7 @@ fn read_dropped(file: &File, from: u64, to: u64) -> io::Result<Dropped> {
 
 /// The last line in `[0, end)` that parses as an entry. `end` must be 0 or
 /// just after a newline.
-fn last_entry(file: &File, end: u64) -> io::Result<Option<AuditRecord>> {
+pub(crate) fn last_entry(file: &File, end: u64) -> io::Result<Option<AuditRecord>> {
     let mut window = TAIL_WINDOW;
     let mut skipped: u64;
     loop {

@@ -55,6 +55,21 @@ fn write_certifier_certificate(key: &MemoryKey, path: &Path, now: SystemTime) {
     std::fs::write(path, x509::to_pem(&cert).expect("PEM")).expect("write the certificate");
 }
 
+/// The DER of a self-signed certificate (a P-256 key made here), for
+/// tests that need any real certificate.
+pub(crate) fn certificate_der() -> Vec<u8> {
+    use der::Encode;
+    let key = MemoryKey::p256([0x33; 32]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("cert.pem");
+    write_certifier_certificate(&key, &path, SystemTime::now());
+    let pem = std::fs::read_to_string(&path).expect("read");
+    <x509_cert::Certificate as der::DecodePem>::from_pem(pem.as_bytes())
+        .expect("a certificate")
+        .to_der()
+        .expect("DER")
+}
+
 impl TestCa {
     /// A CA with `profiles` (`[[profile]]` tables) and the RA's grant lines
     /// `grant` (besides its name, fingerprint and certifier).

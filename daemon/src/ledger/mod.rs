@@ -12,6 +12,7 @@
 //! errors and outcomes; `serial` the serial type, `record` the data model
 //! every backend stores, and each backend a module of its own (`sled`).
 
+pub mod index;
 mod record;
 mod serial;
 mod sled;
@@ -22,7 +23,7 @@ use certd_api::{ApiError, ErrorCode};
 
 pub use self::sled::SledLedger;
 pub use record::{
-    CertifierStats, IdempotencyEntry, Intent, LedgerRecord, RecordState, RevokedEntry,
+    CertifierStats, IdempotencyEntry, Intent, LedgerRecord, RecordState, RevokedEntry, Summary,
 };
 pub use serial::{Serial, SerialError, SERIAL_LEN};
 
@@ -47,7 +48,7 @@ pub enum LedgerError {
         "ledger storage failed: {0}; check free disk space and the permissions \
          of the certd state directory"
     )]
-    Storage(#[from] ::sled::Error),
+    Storage(String),
     /// No record exists for this serial (hex).
     #[error("no ledger record for serial {0}")]
     NotFound(String),

@@ -120,11 +120,60 @@ pub struct LedgerRecord {
     pub revoked_by: Option<String>,
     /// Why issuance was abandoned.
     pub abandoned_reason: Option<String>,
+    /// What the issued certificate names, for listings that filter
+    /// without decoding certificates (absent before issuance, and in
+    /// records written before it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<Summary>,
+}
+
+/// What an issued certificate says about itself, kept with its record.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Summary {
+    /// Subject, RFC 4514 text.
+    pub subject: String,
+    /// dNSName SANs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<String>,
+    /// rfc822Name SANs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub emails: Vec<String>,
+    /// notBefore, Unix seconds.
+    pub not_before: i64,
+}
+
+impl Summary {
+    /// The summary of a DER certificate (`None` if it does not decode,
+    /// which a certificate certd signed always does).
+    pub fn of_certificate(der: &[u8]) -> Option<Summary> {
+        use der::Decode;
+        use x509_cert::ext::pkix::name::GeneralName;
+        use x509_cert::ext::pkix::SubjectAltName;
+        let cert = x509_cert::Certificate::from_der(der).ok()?;
+        let tbs = cert.tbs_certificate();
+        let (mut dns, mut emails) = (Vec::new(), Vec::new());
+        if let Ok(Some((_, san))) = tbs.get_extension::<SubjectAltName>() {
+            for gn in san.0 {
+                match gn {
+                    GeneralName::DnsName(d) => dns.push(d.as_str().to_string()),
+                    GeneralName::Rfc822Name(e) => emails.push(e.as_str().to_string()),
+                    _ => {}
+                }
+            }
+        }
+        Some(Summary {
+            subject: tbs.subject().to_string(),
+            dns,
+            emails,
+            not_before: crate::clock::unix_seconds(tbs.validity().not_before.to_system_time()),
+        })
+    }
 }
 
 impl LedgerRecord {
     /// A fresh record in state [`RecordState::Intent`].
-    pub(super) fn new_intent(intent: Intent) -> Self {
+    pub(crate) fn new_intent(intent: Intent) -> Self {
         Self {
             state: RecordState::Intent,
             intent,
@@ -135,6 +184,7 @@ impl LedgerRecord {
             revocation_reason: None,
             revoked_by: None,
             abandoned_reason: None,
+            summary: None,
         }
     }
 }

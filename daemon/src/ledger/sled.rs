@@ -18,11 +18,23 @@ use super::{
 };
 use crate::clock::Clock;
 
+impl From<sled::Error> for LedgerError {
+    fn from(error: sled::Error) -> Self {
+        // sled wraps the OS error in text of its own Debug output.
+        match error {
+            sled::Error::Io(io) if io.kind() == std::io::ErrorKind::StorageFull => {
+                Self::Storage("no space left on device".into())
+            }
+            other => Self::Storage(other.to_string()),
+        }
+    }
+}
+
 impl From<TransactionError<LedgerError>> for LedgerError {
     fn from(error: TransactionError<LedgerError>) -> Self {
         match error {
             TransactionError::Abort(error) => error,
-            TransactionError::Storage(error) => Self::Storage(error),
+            TransactionError::Storage(error) => Self::from(error),
         }
     }
 }
@@ -193,7 +205,7 @@ impl Trees {
                     }
                     Err(e) => {
                         for job in round {
-                            let _ = job.reply.send(Err(LedgerError::Storage(e.clone())));
+                            let _ = job.reply.send(Err(LedgerError::from(e.clone())));
                         }
                     }
                 },
@@ -378,7 +390,7 @@ impl Store {
                 std::thread::Builder::new()
                     .name("ledger-writer".into())
                     .spawn(move || trees.run(rx))
-                    .map_err(|e| LedgerError::Storage(sled::Error::Io(e)))?,
+                    .map_err(|e| LedgerError::Storage(e.to_string()))?,
             ),
             failed: AtomicBool::new(false),
             clock,
@@ -723,9 +735,9 @@ impl SledLedger {
     /// cause.
     fn closed(&self) -> LedgerError {
         let cause = self.cause.lock().unwrap_or_else(PoisonError::into_inner);
-        LedgerError::Storage(sled::Error::Io(std::io::Error::other(format!(
+        LedgerError::Storage(format!(
             "the ledger is closed after a storage failure ({cause}) and is reopened when it can be"
-        ))))
+        ))
     }
 
     /// Runs `f` on the store; a storage failure marks it for reopening.
@@ -739,14 +751,7 @@ impl SledLedger {
         if let Err(LedgerError::Storage(e)) = &result {
             if !store.failed.swap(true, Ordering::Relaxed) {
                 tracing::error!(error = %e, "ledger storage failed; it is reopened once writes can succeed");
-                // sled wraps the OS error in text of its own Debug output.
-                let cause = match e {
-                    sled::Error::Io(io) if io.kind() == std::io::ErrorKind::StorageFull => {
-                        "no space left on device".to_string()
-                    }
-                    other => other.to_string(),
-                };
-                *self.cause.lock().unwrap_or_else(PoisonError::into_inner) = cause;
+                *self.cause.lock().unwrap_or_else(PoisonError::into_inner) = e.clone();
             }
         }
         result
