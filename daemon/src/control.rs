@@ -7,11 +7,11 @@
 //! checks the peer's credentials (root, the daemon's own user, or — when
 //! `control_group` is set — whoever the socket's permissions let in).
 
-use crate::audit::{AuditEvent, AuditLog};
+use crate::audit::AuditEvent;
 use crate::certifier::Certifiers;
 use crate::clock::Clock;
 use crate::config::{Config, DaemonConfig};
-use crate::ledger::Ledger;
+use crate::journal::Ledger;
 use crate::policy::{LivePolicy, Policy};
 use crate::status::{self, DaemonStatus};
 use crate::systemd;
@@ -249,7 +249,7 @@ pub struct Controller {
     /// The ledger (for the certifiers' counters).
     pub ledger: Arc<dyn Ledger>,
     /// The audit log.
-    pub audit: Arc<AuditLog>,
+    pub audit: Arc<dyn Ledger>,
     /// The time.
     pub clock: Arc<dyn Clock>,
     /// When the daemon started, on `clock`'s monotonic time.

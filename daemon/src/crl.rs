@@ -3,11 +3,12 @@
 //! before nextUpdate and shortly after revocations (a burst of revocations
 //! makes one CRL).
 
-use crate::audit::{AuditEvent, AuditLog};
+use crate::audit::AuditEvent;
 use crate::certifier::{Certifier, Certifiers};
 use crate::clock::{rfc3339, Clock};
 use crate::config::CrlConfig;
-use crate::ledger::Ledger;
+use crate::journal::{Done, Ledger, KIND_CRL_NUMBER};
+use crate::ledger::index::{Applied, Change};
 use certd_api::{ApiError, ErrorCode};
 use der::asn1::{BitString, OctetString, Uint};
 use der::{Decode, Encode};
@@ -149,7 +150,6 @@ pub struct CrlService {
     store: CrlStore,
     certifiers: Arc<Certifiers>,
     ledger: Arc<dyn Ledger>,
-    audit: Arc<AuditLog>,
     clock: Arc<dyn Clock>,
     settings: CrlConfig,
 }
@@ -162,14 +162,12 @@ impl CrlService {
         settings: CrlConfig,
         certifiers: Arc<Certifiers>,
         ledger: Arc<dyn Ledger>,
-        audit: Arc<AuditLog>,
         clock: Arc<dyn Clock>,
     ) -> std::io::Result<CrlService> {
         Ok(CrlService {
             store: CrlStore::open(state_dir, certifiers.all())?,
             certifiers,
             ledger,
-            audit,
             clock,
             settings,
         })
@@ -204,15 +202,29 @@ impl CrlService {
     pub fn generate(&self, certifier: &Certifier) -> Result<CrlState, ApiError> {
         let signer = certifier.signer().map_err(|e| e.api_error())?;
         let name = certifier.name();
-        let entries = self
-            .ledger
-            .revoked_entries(name)
+        let mut entries = Vec::new();
+        self.ledger
+            .visit_revoked(name, &mut |e| entries.push(e))
             .map_err(|e| e.api_error())?;
         // Durable before signing: a crash after this never reuses the number.
-        let number = self
+        let taken = self
             .ledger
-            .next_crl_number(name)
+            .change(
+                Change::CrlNumber {
+                    certifier: name.to_string(),
+                },
+                AuditEvent::new(KIND_CRL_NUMBER, "certd").certifier(name.to_string()),
+            )
             .map_err(|e| e.api_error())?;
+        let number = match taken {
+            Done::Change(Applied::Crl(n), _) => n,
+            Done::Change(Applied::Refused(e), _) => return Err(e.api_error()),
+            other => {
+                return Err(internal(format!(
+                    "unexpected answer of the ledger: {other:?}"
+                )))
+            }
+        };
         let issuer = &certifier.issuer;
         let now = self.clock.unix();
         let next = now + i64::from(self.settings.validity_hours) * 3600;
@@ -278,13 +290,13 @@ impl CrlService {
                 format!("storing the CRL: {e}"),
             )
         })?;
-        self
-            .audit
-            .record(
+        self.ledger
+            .audit(
                 AuditEvent::new("crl_issued", "certd")
                     .certifier(name.to_string())
                     .detail(json!({"crl_number": number, "entries": entries.len(), "next_update": rfc3339(next)})),
             )
+            .inspect_err(|e| tracing::error!(error = %e, "cannot write the audit log"))
             .map_err(|e| ApiError::new(ErrorCode::AuditUnavailable, e.to_string()))?;
         Ok(state)
     }
@@ -377,8 +389,13 @@ mod tests {
         assert_eq!(second.this_update, start + 24 * 3_600);
         assert_eq!(
             ca.audit_kinds(),
-            ["crl_issued", "crl_issued"],
-            "one entry per CRL made"
+            [
+                "crl_number_reserved",
+                "crl_issued",
+                "crl_number_reserved",
+                "crl_issued"
+            ],
+            "per CRL made: its number, durable before signing, then the CRL"
         );
     }
 }

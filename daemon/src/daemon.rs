@@ -3,14 +3,14 @@
 //! loop (API server, control socket, token probes, CRL schedules, systemd
 //! notification, signals) and shutdown.
 
-use crate::audit::{AuditEvent, AuditLog};
+use crate::audit::AuditEvent;
 use crate::certifier::{Certifiers, State, PROBE_INTERVAL};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::control::{self, Controller, SocketError};
 use crate::crl::CrlService;
 use crate::issue::Issuer;
-use crate::ledger::{Ledger, SledLedger};
+use crate::journal::{Journal, JournalError, Ledger};
 use crate::lookup::Lookup;
 use crate::policy::{LivePolicy, Policy};
 use crate::revoke::Revoker;
@@ -42,6 +42,10 @@ pub enum DaemonError {
     /// The audit log cannot be opened or written.
     #[error(transparent)]
     Audit(#[from] crate::audit::AuditError),
+    /// The journal (the audit log and the ledger applied from it) cannot
+    /// be opened or written.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
     /// A file or socket problem.
     #[error("{what}: {source}")]
     Io {
@@ -80,9 +84,16 @@ pub fn audit_path(state_dir: &Path) -> PathBuf {
     state_dir.join("audit.log")
 }
 
-/// Path of the ledger inside the state directory.
+/// Path of the ledger of certd before 0.2 (a sled database) inside the
+/// state directory: `certd migrate-ledger` moves it to the index.
 pub fn ledger_path(state_dir: &Path) -> PathBuf {
     state_dir.join("ledger")
+}
+
+/// Path of the ledger index (a redb database, applied from the audit log)
+/// inside the state directory.
+pub fn index_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("ledger.redb")
 }
 
 /// Checks that every file the configuration names is there, so that
@@ -138,10 +149,11 @@ pub struct Services {
     pub policy: Arc<LivePolicy>,
     /// The certifiers.
     pub certifiers: Arc<Certifiers>,
-    /// The ledger.
+    /// The ledger, with the audit log it writes through (one object:
+    /// the journal).
     pub ledger: Arc<dyn Ledger>,
-    /// The audit log.
-    pub audit: Arc<AuditLog>,
+    /// The audit log: the same journal, for plain entries.
+    pub audit: Arc<dyn Ledger>,
     /// CRLs.
     pub crl: Arc<CrlService>,
     /// Issuance.
@@ -163,10 +175,10 @@ impl Services {
         config: Config,
         certifiers: Arc<Certifiers>,
         ledger: Arc<dyn Ledger>,
-        audit: Arc<AuditLog>,
         lock: std::fs::File,
         clock: Arc<dyn Clock>,
     ) -> Result<Services, DaemonError> {
+        let audit = ledger.clone();
         let state_dir = &config.daemon.state_dir;
         let crl = Arc::new(
             CrlService::open(
@@ -174,7 +186,6 @@ impl Services {
                 config.crl.clone(),
                 certifiers.clone(),
                 ledger.clone(),
-                audit.clone(),
                 clock.clone(),
             )
             .map_err(io(format!(
@@ -187,16 +198,10 @@ impl Services {
             policy.clone(),
             certifiers.clone(),
             ledger.clone(),
-            audit.clone(),
             clock.clone(),
             &config.daemon,
         ));
-        let revoker = Arc::new(Revoker::new(
-            ledger.clone(),
-            audit.clone(),
-            crl.clone(),
-            clock.clone(),
-        ));
+        let revoker = Arc::new(Revoker::new(ledger.clone(), crl.clone(), clock.clone()));
         let lookup = Arc::new(Lookup::new(ledger.clone()));
         Ok(Services {
             started: clock.instant(),
@@ -266,13 +271,25 @@ pub fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Arc<Services>, Dae
             state_dir.display()
         )));
     }
-    let ledger: Arc<dyn Ledger> =
-        Arc::new(SledLedger::open(&ledger_path(&state_dir), clock.clone())?);
-    let audit = Arc::new(AuditLog::open(&audit_path(&state_dir), clock.clone())?);
-    // Before this start's own `config_loaded` entry: recovery looks back
-    // to the previous one.
-    crate::recovery::recover_interrupted(ledger.as_ref(), &audit)?;
-    crate::recovery::settle_revocations(ledger.as_ref(), &audit, clock.unix(), 0)?;
+    let legacy = ledger_path(&state_dir);
+    let index = index_path(&state_dir);
+    if legacy.is_dir() && !index.exists() {
+        return Err(DaemonError::Missing(format!(
+            "{} holds a ledger of an earlier certd (sled); move it to this certd's ledger \
+             with `certd migrate-ledger --config {}` (the daemon stopped), then start again",
+            legacy.display(),
+            config.source.display()
+        )));
+    }
+    let (journal, opened) = Journal::open(&audit_path(&state_dir), &index, clock.clone())?;
+    if opened.replayed > 0 {
+        tracing::info!(
+            entries = opened.replayed,
+            "applied the journal's tail to the ledger index"
+        );
+    }
+    let ledger: Arc<dyn Ledger> = Arc::new(journal);
+    crate::recovery::recover_interrupted(ledger.as_ref())?;
     let certifiers = Arc::new(Certifiers::load(&config)?);
     let config_sha256 = std::fs::read(&config.source)
         .map(|b| {
@@ -280,7 +297,7 @@ pub fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Arc<Services>, Dae
             hex::encode(sha2::Sha256::digest(b))
         })
         .unwrap_or_default();
-    audit.append(
+    ledger.audit(
         AuditEvent::new(crate::recovery::START_KIND, "certd").detail(json!({
             "path": config.source.display().to_string(),
             "sha256": config_sha256,
@@ -288,9 +305,7 @@ pub fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Arc<Services>, Dae
             "version": env!("CARGO_PKG_VERSION"),
         })),
     )?;
-    let services = Arc::new(Services::new(
-        config, certifiers, ledger, audit, lock, clock,
-    )?);
+    let services = Arc::new(Services::new(config, certifiers, ledger, lock, clock)?);
     for c in services.certifiers.all() {
         let Some(pin_path) = c.config.pin_source() else {
             tracing::info!(
@@ -420,49 +435,13 @@ async fn serve(services: Arc<Services>) -> Result<(), DaemonError> {
 /// token that went away.
 pub const REINIT_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Age after which a pending intent whose certificate is in the audit log
-/// is completed while running (see `recovery::complete_stale`).
-const STALE_INTENT_SECS: i64 = 30;
-/// Age after which a revocation without its audit entry gets one written
-/// while running (see `recovery::settle_revocations`).
-const UNAUDITED_REVOCATION_SECS: i64 = 5;
-
-/// Settles what runtime settling may (see `recovery`), re-initialises the
-/// PKCS#11 module while a token is away, and probes every certifier's
-/// token, every [`PROBE_INTERVAL`].
+/// Re-initialises the PKCS#11 module while a token is away, and probes
+/// every certifier's token, every [`PROBE_INTERVAL`].
 async fn probe_loop(services: Arc<Services>) {
     let mut tick = tokio::time::interval(PROBE_INTERVAL);
     let mut last_reinit: Option<Instant> = None;
-    let mut unsettled = std::collections::HashSet::new();
     loop {
         tick.tick().await;
-        let s2 = services.clone();
-        let mut skip = std::mem::take(&mut unsettled);
-        let settled = tokio::task::spawn_blocking(move || {
-            let done = crate::recovery::complete_stale(
-                s2.ledger.as_ref(),
-                &s2.audit,
-                s2.clock.unix(),
-                STALE_INTENT_SECS,
-                &mut skip,
-            )
-            .and_then(|_| {
-                crate::recovery::settle_revocations(
-                    s2.ledger.as_ref(),
-                    &s2.audit,
-                    s2.clock.unix(),
-                    UNAUDITED_REVOCATION_SECS,
-                )
-            });
-            (done, skip)
-        })
-        .await;
-        if let Ok((done, skip)) = settled {
-            unsettled = skip;
-            if let Err(e) = done {
-                tracing::debug!(error = %e, "cannot settle stale intents yet");
-            }
-        }
         let now = services.clock.instant();
         if services.certifiers.awaiting_token()
             && last_reinit.is_none_or(|t| now.saturating_duration_since(t) >= REINIT_INTERVAL)

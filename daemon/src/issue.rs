@@ -3,23 +3,24 @@
 //! durable intent, sign and verify, store, audit, respond.
 //!
 //! Everything here is blocking (token and ledger I/O); the HTTP layer runs
-//! it on the blocking pool.
+//! it on the blocking pool. The ledger records the intent before the token
+//! signs and the certificate before the answer: two durable writes, each
+//! carrying its own audit entry (see `journal`).
 
-use crate::audit::{AuditEvent, AuditLog};
+use crate::audit::AuditEvent;
 use crate::certgen::{self, LeafSpec};
 use crate::certifier::{Certifier, Certifiers};
 use crate::clock::{self, rfc3339, Clock};
 use crate::config::DaemonConfig;
 use crate::csr;
 use crate::hsm::HsmError;
-use crate::ledger::{
-    Intent, IntentOutcome, Ledger, LedgerError, LedgerRecord, RecordState, Serial,
-};
+use crate::journal::{Done, JournalError, Ledger, KIND_FAILED, KIND_INTENT, KIND_ISSUED};
+use crate::ledger::index::{Applied, Change, Claim};
+use crate::ledger::{Intent, IntentOutcome, LedgerError, LedgerRecord, RecordState, Serial};
 use crate::lint::{self, LintContext};
 use crate::policy::{self, Grant, LivePolicy, Names, SubjectFields};
 use crate::rate_limit::RateLimiter;
 use crate::x509;
-use base64::Engine;
 use certd_api::{ApiError, ErrorCode, IssueRequest, IssueResponse};
 use der::{Decode, Encode};
 use serde_json::json;
@@ -35,13 +36,12 @@ use x509_cert::Certificate;
 const SERIAL_DRAWS: usize = 4;
 
 /// The issuance pipeline with everything it works with: the policy in
-/// force, the certifiers, the ledger, the audit log, the clock, the RAs'
-/// rate budgets and the free-space guard. Built once by the daemon.
+/// force, the certifiers, the ledger (with its audit log), the clock, the
+/// RAs' rate budgets and the free-space guard. Built once by the daemon.
 pub struct Issuer {
     policy: Arc<LivePolicy>,
     certifiers: Arc<Certifiers>,
     ledger: Arc<dyn Ledger>,
-    audit: Arc<AuditLog>,
     clock: Arc<dyn Clock>,
     limiter: RateLimiter,
     free_space: FreeSpaceGuard,
@@ -54,7 +54,6 @@ impl Issuer {
         policy: Arc<LivePolicy>,
         certifiers: Arc<Certifiers>,
         ledger: Arc<dyn Ledger>,
-        audit: Arc<AuditLog>,
         clock: Arc<dyn Clock>,
         daemon: &DaemonConfig,
     ) -> Issuer {
@@ -62,7 +61,6 @@ impl Issuer {
             policy,
             certifiers,
             ledger,
-            audit,
             clock,
             limiter: RateLimiter::default(),
             free_space: FreeSpaceGuard {
@@ -193,14 +191,28 @@ impl Issuer {
                 created: now,
                 approval: approval.clone(),
             };
-            let outcome = self
+            // Durable (with its audit entry) before the token signs.
+            let claim = Claim {
+                ra: grant.name().to_string(),
+                request_id: req.request_id.clone(),
+                body_sha256: digest,
+            };
+            let done = self
                 .ledger
-                .record_intent(
-                    &serial,
-                    intent,
-                    Some((grant.name(), &req.request_id, digest)),
+                .change(
+                    Change::Intent {
+                        serial,
+                        intent,
+                        claim: Some(claim),
+                    },
+                    AuditEvent::new(KIND_INTENT, grant.name()),
                 )
                 .map_err(|e| e.api_error())?;
+            let outcome = match done {
+                Done::Change(Applied::Intent(outcome), _) => outcome,
+                Done::Change(Applied::Refused(e), _) => return Err(e.api_error()),
+                other => return Err(unexpected(&other)),
+            };
             match outcome {
                 IntentOutcome::Recorded => {}
                 IntentOutcome::SerialTaken => {
@@ -217,25 +229,6 @@ impl Issuer {
                     };
                 }
             }
-            // The intent is durable in the ledger already; its audit entry
-            // becomes durable with the issuance entry that follows it.
-            self.audit
-                .append_deferred(
-                    AuditEvent::new("issuance_intent", grant.name())
-                        .certifier(certifier_name.clone())
-                        .detail(json!({
-                            "serial": serial.to_hex(),
-                            "request_id": req.request_id,
-                            "profile": profile.name,
-                            "tbs_sha256": hex::encode(tbs_sha256),
-                        })),
-                )
-                .map_err(|e| {
-                    self.abandon(
-                        &serial,
-                        ApiError::new(ErrorCode::AuditUnavailable, e.to_string()),
-                    )
-                })?;
             return self.sign_and_store(
                 grant,
                 req,
@@ -316,9 +309,23 @@ impl Issuer {
         })
     }
 
-    /// Burns the serial after a failure between intent and signature.
-    fn abandon(&self, serial: &Serial, err: ApiError) -> ApiError {
-        if let Err(e) = self.ledger.record_abandoned(serial, &err.message) {
+    /// Burns the serial after a failure between intent and signature, with
+    /// an `issuance_failed` entry naming the failure.
+    fn abandon(
+        &self,
+        grant: &Grant,
+        certifier: &Certifier,
+        serial: &Serial,
+        err: ApiError,
+    ) -> ApiError {
+        let event = AuditEvent::new(KIND_FAILED, grant.name())
+            .certifier(certifier.name().to_string())
+            .detail(json!({"code": err.code.as_str(), "message": err.message}));
+        let change = Change::Abandoned {
+            serial: *serial,
+            reason: err.message.clone(),
+        };
+        if let Err(e) = self.ledger.change(change, event) {
             tracing::error!(serial = %serial.to_hex(), error = %e, "cannot mark the serial abandoned; it stays an intent and is abandoned at the next start");
         }
         err
@@ -342,52 +349,51 @@ impl Issuer {
                 if matches!(e, HsmError::Unavailable(_) | HsmError::Pkcs11 { .. }) {
                     certifier.report_fault(&e.to_string());
                 }
-                let api = e.api_error();
-                let _ = self.audit.record(
-                    AuditEvent::new("issuance_failed", grant.name())
-                        .certifier(certifier.name().to_string())
-                        .detail(json!({"serial": serial.to_hex(), "code": api.code.as_str(), "message": api.message})),
-                );
-                return Err(self.abandon(&serial, api));
+                return Err(self.abandon(grant, certifier, &serial, e.api_error()));
             }
         };
-        let key = x509::TokenKeyRef::of(signer);
-        let bits = der::asn1::BitString::from_bytes(&signature).map_err(|e| {
-            self.abandon(&serial, ApiError::new(ErrorCode::Internal, e.to_string()))
-        })?;
-        let cert = builder.assemble(bits, &key).map_err(|e| {
-            self.abandon(&serial, ApiError::new(ErrorCode::Internal, e.to_string()))
-        })?;
-        let der = cert.to_der().map_err(|e| {
-            self.abandon(&serial, ApiError::new(ErrorCode::Internal, e.to_string()))
-        })?;
-        // The audit entry, with the certificate, is durable before the ledger
-        // stores it: a crash in between leaves an intent that start-up
-        // completes from this entry (see `recovery`), so the ledger never
-        // holds a certificate the audit log does not.
-        let subject = cert.tbs_certificate().subject().to_string();
-        if let Err(e) = self.audit.record(
-            AuditEvent::new("issued", grant.name())
-                .certifier(certifier.name().to_string())
-                .detail(json!({
-                    "serial": serial.to_hex(),
-                    "request_id": req.request_id,
-                    "profile": req.profile,
-                    "subject": subject,
-                    "not_after": rfc3339(validity.not_after),
-                    "certificate": base64::engine::general_purpose::STANDARD.encode(&der),
-                })),
-        ) {
-            return Err(self.abandon(
+        let internal = |e: &dyn std::fmt::Display| {
+            self.abandon(
+                grant,
+                certifier,
                 &serial,
-                ApiError::new(ErrorCode::AuditUnavailable, e.to_string()),
-            ));
+                ApiError::new(ErrorCode::Internal, e.to_string()),
+            )
+        };
+        let key = x509::TokenKeyRef::of(signer);
+        let bits = der::asn1::BitString::from_bytes(&signature).map_err(|e| internal(&e))?;
+        let cert = builder.assemble(bits, &key).map_err(|e| internal(&e))?;
+        let der = cert.to_der().map_err(|e| internal(&e))?;
+        // The certificate is durable in the ledger, with its audit entry,
+        // before anyone sees it.
+        let subject = cert.tbs_certificate().subject().to_string();
+        let event = AuditEvent::new(KIND_ISSUED, grant.name())
+            .certifier(certifier.name().to_string())
+            .detail(json!({
+                "request_id": req.request_id,
+                "profile": req.profile,
+                "subject": subject,
+            }));
+        let change = Change::Issued {
+            serial,
+            der: der.clone(),
+            not_after: validity.not_after,
+            at: self.clock.unix(),
+        };
+        match self.ledger.change(change, event) {
+            Ok(Done::Change(Applied::Done, _)) => {}
+            Ok(Done::Change(Applied::Refused(e), _)) => return Err(e.api_error()),
+            Ok(other) => return Err(unexpected(&other)),
+            // Not written: the certificate is never released; the serial
+            // is burned (now, or at the next start if this fails too).
+            Err(e @ JournalError::Audit(_)) => {
+                return Err(self.abandon(grant, certifier, &serial, e.api_error()))
+            }
+            // Written, but the index could not show it yet: it reaches the
+            // index from the journal, and a retry with the same request_id
+            // then gets it.
+            Err(e @ JournalError::Ledger(_)) => return Err(e.api_error()),
         }
-        // On failure the serial stays an intent: the certificate is signed and
-        // audited but not released; the next start completes the record.
-        self.ledger
-            .record_issued(&serial, &der, validity.not_after)
-            .map_err(|e| e.api_error())?;
         Ok(IssueResponse {
             serial: serial.to_hex(),
             certificate: x509::cert_pem(&der),
@@ -398,6 +404,14 @@ impl Issuer {
             replayed: false,
         })
     }
+}
+
+/// The error for a ledger answer that does not fit the submission (a bug).
+fn unexpected(done: &Done) -> ApiError {
+    ApiError::new(
+        ErrorCode::Internal,
+        format!("unexpected answer of the ledger: {done:?}"),
+    )
 }
 
 /// Pauses issuance while the file system of the state directory runs
@@ -634,7 +648,8 @@ mod tests {
         let ca = TestCa::new(TLS_SERVER, GRANT);
         let (taken, fresh) = (serial(1), serial(2));
         let other = intent_of(&request("someone-else"));
-        let outcome = ca.services.ledger.record_intent(&taken, other, None);
+        let outcome =
+            crate::testing::record_intent(ca.services.ledger.as_ref(), &taken, other, None);
         assert_eq!(outcome.expect("intent"), IntentOutcome::Recorded);
         let before = ca.services.ledger.get(&taken).expect("get");
 
@@ -659,7 +674,8 @@ mod tests {
         let ca = TestCa::new(TLS_SERVER, GRANT);
         let taken = serial(1);
         let other = intent_of(&request("someone-else"));
-        let outcome = ca.services.ledger.record_intent(&taken, other, None);
+        let outcome =
+            crate::testing::record_intent(ca.services.ledger.as_ref(), &taken, other, None);
         assert_eq!(outcome.expect("intent"), IntentOutcome::Recorded);
 
         let draws = Cell::new(0);
@@ -715,10 +731,12 @@ mod tests {
         let ca = TestCa::new(TLS_SERVER, GRANT);
         let req = request("r1");
         let claim = Some((RA, "r1", request_digest(&req)));
-        let outcome = ca
-            .services
-            .ledger
-            .record_intent(&serial(1), intent_of(&req), claim);
+        let outcome = crate::testing::record_intent(
+            ca.services.ledger.as_ref(),
+            &serial(1),
+            intent_of(&req),
+            claim,
+        );
         assert_eq!(outcome.expect("intent"), IntentOutcome::Recorded);
 
         let draws = Cell::new(0);
@@ -747,10 +765,13 @@ mod tests {
         let (theirs, ours) = (serial(1), serial(2));
         let mut race = || {
             let claim = Some((RA, "r1", request_digest(&req)));
-            let outcome = ca
-                .services
-                .ledger
-                .record_intent(&theirs, intent_of(&req), claim)?;
+            let outcome = crate::testing::record_intent(
+                ca.services.ledger.as_ref(),
+                &theirs,
+                intent_of(&req),
+                claim,
+            )
+            .expect("the other request's intent");
             assert_eq!(outcome, IntentOutcome::Recorded);
             Ok(ours)
         };

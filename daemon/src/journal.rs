@@ -128,6 +128,151 @@ struct Job {
     reply: Reply,
 }
 
+/// The ledger as the pipeline sees it: the state of every serial, and
+/// changes recorded together with their audit entries, durable when the
+/// call returns; plus plain audit entries. [`Journal`] is the embedded
+/// implementation (the audit log as write-ahead log, a redb index); a
+/// database shared by several certd instances would implement the same
+/// calls, writing a change and its audit entry in one transaction.
+pub trait Ledger: Send + Sync {
+    /// Appends a plain audit entry; returns it once it is durable.
+    fn audit(&self, event: AuditEvent) -> Result<AuditRecord, AuditError>;
+
+    /// [`Ledger::audit`] for callers that go on either way: a failure is
+    /// logged (and returned).
+    fn record(&self, event: AuditEvent) -> Result<(), AuditError> {
+        self.audit(event).map(|_| ()).inspect_err(|e| {
+            tracing::error!(error = %e, "cannot write the audit log");
+        })
+    }
+
+    /// Records a ledger change with its audit entry; see
+    /// [`Journal::change`].
+    fn change(&self, change: Change, event: AuditEvent) -> Result<Done, JournalError>;
+
+    /// [`Ledger::change`] for async callers.
+    fn change_async<'a>(
+        &'a self,
+        change: Change,
+        event: AuditEvent,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Done, JournalError>> + Send + 'a>>;
+
+    /// One serial's record, with its certificate.
+    fn get(&self, serial: &Serial) -> Result<Option<crate::ledger::LedgerRecord>, LedgerError>;
+
+    /// A certificate, by serial.
+    fn certificate(&self, serial: &Serial) -> Result<Option<Vec<u8>>, LedgerError>;
+
+    /// An RA's idempotency key.
+    fn idempotency_get(
+        &self,
+        ra: &str,
+        request_id: &str,
+    ) -> Result<Option<crate::ledger::IdempotencyEntry>, LedgerError>;
+
+    /// Counters of one certifier.
+    fn stats(&self, certifier: &str) -> Result<crate::ledger::CertifierStats, LedgerError>;
+
+    /// The last CRL number a certifier took.
+    fn current_crl_number(&self, certifier: &str) -> Result<Option<u64>, LedgerError>;
+
+    /// Every revoked certificate of a certifier, in serial order.
+    fn visit_revoked(
+        &self,
+        certifier: &str,
+        visit: &mut dyn FnMut(crate::ledger::RevokedEntry),
+    ) -> Result<(), LedgerError>;
+
+    /// The records still in state `Intent`.
+    fn pending_intents(&self) -> Result<Vec<(Serial, crate::ledger::LedgerRecord)>, LedgerError>;
+
+    /// Records after `after` in serial order, of RA `ra` when given,
+    /// without their certificates; see [`Index::visit_records`].
+    fn visit_records(
+        &self,
+        after: Option<&Serial>,
+        ra: Option<&str>,
+        visit: &mut dyn FnMut(Serial, crate::ledger::LedgerRecord) -> std::ops::ControlFlow<()>,
+    ) -> Result<(), LedgerError>;
+}
+
+impl Ledger for Journal {
+    fn audit(&self, event: AuditEvent) -> Result<AuditRecord, AuditError> {
+        Journal::audit(self, event)
+    }
+
+    fn change(&self, change: Change, event: AuditEvent) -> Result<Done, JournalError> {
+        Journal::change(self, change, event)
+    }
+
+    fn change_async<'a>(
+        &'a self,
+        change: Change,
+        event: AuditEvent,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Done, JournalError>> + Send + 'a>>
+    {
+        Box::pin(Journal::change_async(self, change, event))
+    }
+
+    fn get(&self, serial: &Serial) -> Result<Option<crate::ledger::LedgerRecord>, LedgerError> {
+        self.index.get(serial)
+    }
+
+    fn certificate(&self, serial: &Serial) -> Result<Option<Vec<u8>>, LedgerError> {
+        self.index.certificate(serial)
+    }
+
+    fn idempotency_get(
+        &self,
+        ra: &str,
+        request_id: &str,
+    ) -> Result<Option<crate::ledger::IdempotencyEntry>, LedgerError> {
+        self.index.idempotency_get(ra, request_id)
+    }
+
+    fn stats(&self, certifier: &str) -> Result<crate::ledger::CertifierStats, LedgerError> {
+        self.index.stats(certifier)
+    }
+
+    fn current_crl_number(&self, certifier: &str) -> Result<Option<u64>, LedgerError> {
+        self.index.current_crl_number(certifier)
+    }
+
+    fn visit_revoked(
+        &self,
+        certifier: &str,
+        visit: &mut dyn FnMut(crate::ledger::RevokedEntry),
+    ) -> Result<(), LedgerError> {
+        self.index.visit_revoked(certifier, visit)
+    }
+
+    fn pending_intents(&self) -> Result<Vec<(Serial, crate::ledger::LedgerRecord)>, LedgerError> {
+        self.index.pending_intents()
+    }
+
+    fn visit_records(
+        &self,
+        after: Option<&Serial>,
+        ra: Option<&str>,
+        visit: &mut dyn FnMut(Serial, crate::ledger::LedgerRecord) -> std::ops::ControlFlow<()>,
+    ) -> Result<(), LedgerError> {
+        self.index.visit_records(after, ra, visit)
+    }
+}
+
+impl JournalError {
+    /// The API's error for a submission that failed: the journal's own
+    /// failures are `audit_unavailable`, the index's `ledger_unavailable`.
+    pub fn api_error(&self) -> certd_api::ApiError {
+        match self {
+            JournalError::Audit(e) => {
+                certd_api::ApiError::new(certd_api::ErrorCode::AuditUnavailable, e.to_string())
+            }
+            JournalError::Ledger(e) => e.api_error(),
+        }
+    }
+}
+
 /// What opening the journal found and did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Opened {

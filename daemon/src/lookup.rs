@@ -3,7 +3,8 @@
 //! its grant says `read_all`.
 
 use crate::clock::{self, rfc3339};
-use crate::ledger::{Ledger, LedgerRecord, RecordState, Serial};
+use crate::journal::Ledger;
+use crate::ledger::{LedgerRecord, RecordState, Serial, Summary};
 use crate::policy::Grant;
 use crate::x509;
 use certd_api::{ApiError, CertStatus, CertificateInfo, CertificateList, ErrorCode};
@@ -76,11 +77,10 @@ impl Lookup {
                 ))
             }
         };
-        let parse_time = |v: &Option<String>| -> Result<Option<String>, ApiError> {
+        let parse_time = |v: &Option<String>| -> Result<Option<i64>, ApiError> {
             v.as_ref()
                 .map(|t| {
                     clock::parse_rfc3339(t)
-                        .map(rfc3339)
                         .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("{t:?}: {e}")))
                 })
                 .transpose()
@@ -90,46 +90,89 @@ impl Lookup {
             parse_time(&q.expires_after)?,
         );
         let cursor = q.after.as_deref().map(parse_serial).transpose()?;
-        let mut items = Vec::new();
+        // An RA that sees only its own certificates pages through the
+        // per-RA index: its page costs its own records, not everyone's.
+        let scope = if grant.config.read_all {
+            q.ra.as_deref()
+        } else {
+            Some(grant.name())
+        };
+        let mut chosen: Vec<(Serial, LedgerRecord)> = Vec::new();
         let mut next = None;
-        let mut visit = |serial: Serial, record: LedgerRecord| {
+        let mut failed = None;
+        let mut visit = |serial: Serial, mut record: LedgerRecord| {
+            let status_of = match record.state {
+                RecordState::Issued => CertStatus::Valid,
+                RecordState::Revoked => CertStatus::Revoked,
+                _ => return ControlFlow::Continue(()),
+            };
             if !visible(grant, &record)
                 || q.certifier
                     .as_ref()
                     .is_some_and(|c| *c != record.intent.certifier)
+                || q.profile
+                    .as_ref()
+                    .is_some_and(|p| *p != record.intent.profile)
+                || q.ra.as_ref().is_some_and(|r| *r != record.intent.ra)
+                || status.is_some_and(|st| st != status_of)
             {
                 return ControlFlow::Continue(());
             }
-            let Some(info) = certificate_info(&serial, &record) else {
+            // Records written before summaries were kept get one from their
+            // certificate.
+            if record.summary.is_none() {
+                match self.ledger.certificate(&serial) {
+                    Ok(Some(der)) => record.summary = Summary::of_certificate(&der),
+                    Ok(None) => {}
+                    Err(e) => {
+                        failed = Some(e);
+                        return ControlFlow::Break(());
+                    }
+                }
+            }
+            let Some(summary) = record.summary.as_ref() else {
                 return ControlFlow::Continue(());
             };
-            let keep = status.is_none_or(|st| st == info.status)
-                && q.profile.as_ref().is_none_or(|p| *p == info.profile)
-                && q.ra.as_ref().is_none_or(|r| *r == info.ra)
-                && q.subject
-                    .as_ref()
-                    .is_none_or(|t| info.subject.contains(t.as_str()))
+            let not_after = record.not_after.unwrap_or_default();
+            let keep = q
+                .subject
+                .as_ref()
+                .is_none_or(|t| summary.subject.contains(t.as_str()))
                 && q.email
                     .as_ref()
-                    .is_none_or(|e| info.emails.iter().any(|x| x.eq_ignore_ascii_case(e)))
+                    .is_none_or(|e| summary.emails.iter().any(|x| x.eq_ignore_ascii_case(e)))
                 && q.dns
                     .as_ref()
-                    .is_none_or(|d| info.dns.iter().any(|x| x == d))
-                && before.as_ref().is_none_or(|b| info.not_after < *b)
-                && after_t.as_ref().is_none_or(|a| info.not_after > *a);
+                    .is_none_or(|d| summary.dns.iter().any(|x| x == d))
+                && before.is_none_or(|b| not_after < b)
+                && after_t.is_none_or(|a| not_after > a);
             if !keep {
                 return ControlFlow::Continue(());
             }
-            if items.len() == limit {
-                next = items.last().map(|i: &CertificateInfo| i.serial.clone());
+            if chosen.len() == limit {
+                next = chosen.last().map(|(s, _)| s.to_hex());
                 return ControlFlow::Break(());
             }
-            items.push(info);
+            chosen.push((serial, record));
             ControlFlow::Continue(())
         };
         self.ledger
-            .visit_records(cursor.as_ref(), &mut visit)
+            .visit_records(cursor.as_ref(), scope, &mut visit)
             .map_err(|e| e.api_error())?;
+        if let Some(e) = failed {
+            return Err(e.api_error());
+        }
+        // Certificates are read for the page only.
+        let mut items = Vec::with_capacity(chosen.len());
+        for (serial, mut record) in chosen {
+            record.certificate_der = self
+                .ledger
+                .certificate(&serial)
+                .map_err(|e| e.api_error())?;
+            if let Some(info) = certificate_info(&serial, &record) {
+                items.push(info);
+            }
+        }
         Ok(CertificateList { items, next })
     }
 }

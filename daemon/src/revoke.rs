@@ -1,11 +1,14 @@
 //! Revocation: an RA whose grant allows it revokes a certificate it may
-//! see, with an RFC 5280 reason. The ledger records it (and who did it),
-//! the certifier's CRL is remade, and the audit log records it.
+//! see, with an RFC 5280 reason. The ledger records it (and who did it)
+//! with its audit entry, in one durable write, and the certifier's CRL is
+//! remade.
 
-use crate::audit::{AuditEvent, AuditLog};
+use crate::audit::AuditEvent;
 use crate::clock::Clock;
 use crate::crl::CrlService;
-use crate::ledger::{Ledger, LedgerError, RecordState};
+use crate::journal::{Done, Ledger, KIND_REVOKED};
+use crate::ledger::index::{Applied, Change};
+use crate::ledger::{LedgerError, RecordState};
 use crate::lookup::{self, certificate_info};
 use crate::policy::Grant;
 use certd_api::{ApiError, CertificateInfo, ErrorCode, RevokeRequest};
@@ -15,26 +18,15 @@ use std::sync::Arc;
 /// Revokes certificates. Built once by the daemon.
 pub struct Revoker {
     ledger: Arc<dyn Ledger>,
-    audit: Arc<AuditLog>,
     crl: Arc<CrlService>,
     clock: Arc<dyn Clock>,
 }
 
 impl Revoker {
-    /// Revocations recorded in `ledger` and `audit` at `clock`'s time, each
-    /// asking `crl` for a new CRL.
-    pub fn new(
-        ledger: Arc<dyn Ledger>,
-        audit: Arc<AuditLog>,
-        crl: Arc<CrlService>,
-        clock: Arc<dyn Clock>,
-    ) -> Revoker {
-        Revoker {
-            ledger,
-            audit,
-            crl,
-            clock,
-        }
+    /// Revocations recorded in `ledger` at `clock`'s time, each asking
+    /// `crl` for a new CRL.
+    pub fn new(ledger: Arc<dyn Ledger>, crl: Arc<CrlService>, clock: Arc<dyn Clock>) -> Revoker {
+        Revoker { ledger, crl, clock }
     }
 
     /// Revokes the certificate with `serial` for RA `grant`; the answer is
@@ -72,30 +64,40 @@ impl Revoker {
                 format!("{} is already revoked", serial.to_hex()),
             ));
         }
-        let now = self.clock.unix();
-        self.ledger
-            .record_revoked(&serial, code, now, grant.name())
-            .map_err(|e| match e {
-                LedgerError::InvalidState { .. } => ApiError::new(
-                    ErrorCode::AlreadyRevoked,
-                    format!("{} is already revoked", serial.to_hex()),
-                ),
-                other => other.api_error(),
-            })?;
-        // In effect from here on: the CRL is remade even if the audit
-        // entry cannot be written now (it is then written later, see
-        // `recovery::settle_revocations`).
-        self.crl.trigger(&record.intent.certifier);
-        self.audit
-            .record(
-                AuditEvent::new("revoked", grant.name())
-                    .certifier(record.intent.certifier.clone())
-                    .detail(json!({"serial": serial.to_hex(), "reason": req.reason})),
+        let change = Change::Revoked {
+            serial,
+            reason: code,
+            at: self.clock.unix(),
+            by: grant.name().to_string(),
+        };
+        let event = AuditEvent::new(KIND_REVOKED, grant.name())
+            .certifier(record.intent.certifier.clone())
+            .detail(json!({}));
+        let already = || {
+            ApiError::new(
+                ErrorCode::AlreadyRevoked,
+                format!("{} is already revoked", serial.to_hex()),
             )
-            .map_err(|e| ApiError::new(ErrorCode::AuditUnavailable, e.to_string()))?;
-        if let Err(e) = self.ledger.mark_revocation_audited(&serial) {
-            tracing::warn!(serial = %serial.to_hex(), error = %e, "cannot note that a revocation is audited; start-up will check");
+        };
+        match self
+            .ledger
+            .change(change, event)
+            .map_err(|e| e.api_error())?
+        {
+            Done::Change(Applied::Done, _) => {}
+            Done::Change(Applied::Refused(LedgerError::InvalidState { .. }), _) => {
+                return Err(already())
+            }
+            Done::Change(Applied::Refused(e), _) => return Err(e.api_error()),
+            other => {
+                return Err(ApiError::new(
+                    ErrorCode::Internal,
+                    format!("unexpected answer of the ledger: {other:?}"),
+                ))
+            }
         }
+        // In effect from here on: the CRL is remade.
+        self.crl.trigger(&record.intent.certifier);
         let record = self
             .ledger
             .get(&serial)

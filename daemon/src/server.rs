@@ -11,12 +11,13 @@
 //! policy, status) on the blocking pool, and renders the answer or the
 //! refusal, which it audits.
 
-use crate::audit::{AuditEvent, AuditLog};
+use crate::audit::AuditEvent;
 use crate::certifier::Certifiers;
 use crate::clock::Clock;
 use crate::config::ApiConfig;
 use crate::crl::CrlService;
 use crate::issue::Issuer;
+use crate::journal::Ledger;
 use crate::lookup::{ListQuery, Lookup};
 use crate::policy::{Grant, LivePolicy};
 use crate::revoke::Revoker;
@@ -53,7 +54,7 @@ pub struct Api {
     /// The certifiers (for health).
     pub certifiers: Arc<Certifiers>,
     /// The audit log.
-    pub audit: Arc<AuditLog>,
+    pub audit: Arc<dyn Ledger>,
     /// The time.
     pub clock: Arc<dyn Clock>,
     /// Issuance.
@@ -935,7 +936,8 @@ mod tests {
         };
         let serial = Serial::from_hex(&"01".repeat(16)).expect("a serial");
         let claim = Some((RA, "r1", crate::issue::request_digest(&req)));
-        let outcome = ca.services.ledger.record_intent(&serial, intent, claim);
+        let outcome =
+            crate::testing::record_intent(ca.services.ledger.as_ref(), &serial, intent, claim);
         assert_eq!(outcome.expect("intent"), IntentOutcome::Recorded);
 
         let (status, body) = post_issue(&ca, &req).await;

@@ -2,7 +2,7 @@
 //! first thing an operator runs), and the API's health report.
 
 use crate::certifier::{Certifier, Certifiers, State};
-use crate::ledger::Ledger;
+use crate::journal::Ledger;
 use certd_api::{CertifierHealth, Health};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write;

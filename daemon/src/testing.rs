@@ -3,7 +3,6 @@
 //! certifier's key in memory instead of a token and a clock that moves only
 //! when the test moves it. Compiled into tests only.
 
-use crate::audit::AuditLog;
 use crate::certgen::FixedProfile;
 use crate::certifier::Certifiers;
 use crate::clock::{Clock, ManualClock};
@@ -11,7 +10,9 @@ use crate::config::Config;
 use crate::daemon::Services;
 use crate::hsm::memory::MemoryKey;
 use crate::hsm::Signer;
-use crate::ledger::{Ledger, LedgerRecord, Serial, SledLedger};
+use crate::journal::{Done, Journal, JournalError, Ledger, KIND_INTENT};
+use crate::ledger::index::{Applied, Change, Claim};
+use crate::ledger::{Intent, IntentOutcome, LedgerRecord, Serial};
 use crate::policy::Grant;
 use crate::x509;
 use const_oid::db::rfc4519;
@@ -36,7 +37,34 @@ pub(crate) struct TestCa {
     /// The time everything reads: the real time when the CA was made, until
     /// the test moves it.
     pub(crate) clock: Arc<ManualClock>,
+    audit_path: std::path::PathBuf,
     _dir: tempfile::TempDir,
+}
+
+/// Records an intent the way issuance does (with the RA's idempotency
+/// claim `(ra, request_id, body_sha256)` when given), for tests that set
+/// up what a concurrent request would have left.
+pub(crate) fn record_intent(
+    ledger: &dyn Ledger,
+    serial: &Serial,
+    intent: Intent,
+    claim: Option<(&str, &str, [u8; 32])>,
+) -> Result<IntentOutcome, JournalError> {
+    let claim = claim.map(|(ra, request_id, body_sha256)| Claim {
+        ra: ra.to_string(),
+        request_id: request_id.to_string(),
+        body_sha256,
+    });
+    let actor = intent.ra.clone();
+    let change = Change::Intent {
+        serial: *serial,
+        intent,
+        claim,
+    };
+    match ledger.change(change, crate::audit::AuditEvent::new(KIND_INTENT, actor))? {
+        Done::Change(Applied::Intent(outcome), _) => Ok(outcome),
+        other => panic!("an intent answered {other:?}"),
+    }
 }
 
 /// Writes a self-signed certifier certificate for `key` to `path`.
@@ -128,24 +156,24 @@ certifiers = ["ca"]
         let state_dir = config.daemon.state_dir.clone();
         std::fs::create_dir_all(&state_dir).expect("the state directory");
         let lock = std::fs::File::create(state_dir.join("lock")).expect("the lock file");
-        let ledger: Arc<dyn Ledger> = Arc::new(
-            SledLedger::open(&crate::daemon::ledger_path(&state_dir), clock.clone())
-                .expect("the ledger"),
-        );
-        let audit = Arc::new(
-            AuditLog::open(&crate::daemon::audit_path(&state_dir), clock.clone())
-                .expect("the audit log"),
-        );
+        let (journal, _) = Journal::open(
+            &crate::daemon::audit_path(&state_dir),
+            &crate::daemon::index_path(&state_dir),
+            clock.clone(),
+        )
+        .expect("the journal");
+        let ledger: Arc<dyn Ledger> = Arc::new(journal);
         let certifiers = Arc::new(Certifiers::load(&config).expect("the certifier"));
         certifiers
             .find(Some("ca"))
             .expect("certifier ca")
             .activate_with(key);
-        let services = Services::new(config, certifiers, ledger, audit, lock, clock.clone())
-            .expect("the services");
+        let services =
+            Services::new(config, certifiers, ledger, lock, clock.clone()).expect("the services");
         TestCa {
             services: Arc::new(services),
             clock,
+            audit_path: crate::daemon::audit_path(&state_dir),
             _dir: dir,
         }
     }
@@ -165,7 +193,7 @@ certifiers = ["ca"]
         let mut all = Vec::new();
         self.services
             .ledger
-            .visit_records(None, &mut |serial, record| {
+            .visit_records(None, None, &mut |serial, record| {
                 all.push((serial, record));
                 ControlFlow::Continue(())
             })
@@ -183,7 +211,7 @@ certifiers = ["ca"]
 
     /// The audit log's entries, oldest first.
     pub(crate) fn audit_entries(&self) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(self.services.audit.path())
+        std::fs::read_to_string(&self.audit_path)
             .expect("the audit log reads")
             .lines()
             .map(|l| serde_json::from_str(l).expect("an audit entry is JSON"))

@@ -476,7 +476,7 @@ fn a_restart_continues_the_audit_chain_and_reopens_the_ledger() {
         out.stdout.contains(&format!("OK, {} entries", after.len())),
         "{out}"
     );
-    assert!(config.state_dir.join("ledger").is_dir());
+    assert!(config.state_dir.join("ledger.redb").is_file());
 
     // A third start still finds everything in order.
     let third = keys.start(&config);
