@@ -96,6 +96,62 @@ pub fn index_path(state_dir: &Path) -> PathBuf {
     state_dir.join("ledger.redb")
 }
 
+/// Takes the state directory's lock: one daemon (or one `migrate-ledger`)
+/// per ledger. Held as long as the returned file is.
+fn lock_state_dir(state_dir: &Path) -> Result<std::fs::File, DaemonError> {
+    let lock_path = state_dir.join("lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io(format!("opening {}", lock_path.display())))?;
+    if lock.try_lock().is_err() {
+        return Err(DaemonError::Missing(format!(
+            "another certd is running with state_dir {}: stop it first (one daemon per ledger)",
+            state_dir.display()
+        )));
+    }
+    Ok(lock)
+}
+
+/// `certd migrate-ledger`: moves the sled ledger of an earlier certd in
+/// the configured state directory to the ledger index (see
+/// [`crate::journal::migrate_from_sled`]), with the daemon stopped, and
+/// records it in the audit log.
+pub fn migrate_ledger(
+    config: &Config,
+    clock: Arc<dyn Clock>,
+) -> Result<crate::journal::Migrated, DaemonError> {
+    let state_dir = &config.daemon.state_dir;
+    let _lock = lock_state_dir(state_dir)?;
+    let legacy = ledger_path(state_dir);
+    if !legacy.is_dir() {
+        return Err(DaemonError::Missing(format!(
+            "{} holds no earlier ledger: nothing to migrate",
+            legacy.display()
+        )));
+    }
+    let names: Vec<String> = config.certifiers.iter().map(|c| c.name.clone()).collect();
+    let done = crate::journal::migrate_from_sled(
+        &legacy,
+        &index_path(state_dir),
+        &audit_path(state_dir),
+        &names,
+        clock.clone(),
+    )?;
+    let (journal, _) = Journal::open(&audit_path(state_dir), &index_path(state_dir), clock)?;
+    journal.audit(AuditEvent::new("ledger_migrated", "certd").detail(json!({
+        "from": legacy.display().to_string(),
+        "kept_at": done.kept_at.display().to_string(),
+        "records": done.records,
+        "idempotency_keys": done.idempotency_keys,
+        "certifiers": done.certifiers,
+        "after_entry": done.checkpoint_seq,
+    })))?;
+    Ok(done)
+}
+
 /// Checks that every file the configuration names is there, so that
 /// `certd check-config` catches what `certd run` would trip over.
 pub fn check_files(config: &Config) -> Result<(), DaemonError> {
@@ -258,19 +314,7 @@ pub fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Arc<Services>, Dae
         .map_err(io(format!("creating state_dir {}", state_dir.display())))?;
     std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o700))
         .map_err(io(format!("securing state_dir {}", state_dir.display())))?;
-    let lock_path = state_dir.join("lock");
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(io(format!("opening {}", lock_path.display())))?;
-    if lock.try_lock().is_err() {
-        return Err(DaemonError::Missing(format!(
-            "another certd is running with state_dir {}: stop it first (one daemon per ledger)",
-            state_dir.display()
-        )));
-    }
+    let lock = lock_state_dir(&state_dir)?;
     let legacy = ledger_path(&state_dir);
     let index = index_path(&state_dir);
     if legacy.is_dir() && !index.exists() {

@@ -1081,6 +1081,123 @@ pub fn change_of(record: &AuditRecord) -> Result<Option<Change>, LedgerError> {
     Ok(Some(change))
 }
 
+/// What moving an earlier certd's ledger to the index did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Migrated {
+    /// Records moved (every serial ever handed out).
+    pub records: u64,
+    /// Idempotency keys moved.
+    pub idempotency_keys: u64,
+    /// Certifiers whose counters and CRL numbers moved.
+    pub certifiers: Vec<String>,
+    /// The journal entry the new index starts after.
+    pub checkpoint_seq: u64,
+    /// Where the earlier ledger was kept, renamed.
+    pub kept_at: PathBuf,
+}
+
+/// Moves the ledger of an earlier certd (a sled database at `legacy`) into
+/// a new index at `index_path`, which starts at the end of the journal at
+/// `journal`: the earlier certd kept its ledger and its audit log in step,
+/// so with it stopped, everything the log says is in the ledger. Records,
+/// certificates, revocations, idempotency keys, counters and the CRL
+/// numbers of `certifiers` (and of every certifier a record names) move;
+/// the earlier directory is kept, renamed to `<legacy>.migrated`. The index
+/// is built beside its final name and renamed into place last, so an
+/// interrupted migration leaves nothing half-made in the way of a retry.
+pub fn migrate_from_sled(
+    legacy: &Path,
+    index_path: &Path,
+    journal: &Path,
+    certifiers: &[String],
+    clock: Arc<dyn Clock>,
+) -> Result<Migrated, JournalError> {
+    use crate::ledger::Ledger as _;
+    if index_path.exists() {
+        return Err(LedgerError::Corrupt(format!(
+            "{} exists already: the ledger was migrated before",
+            index_path.display()
+        ))
+        .into());
+    }
+    let old = crate::ledger::SledLedger::open(legacy, clock)?;
+    // Where the journal stands: its complete entries (a torn tail is cut
+    // when the journal is next opened, after this point).
+    let file = File::open(journal).map_err(open_error(journal))?;
+    let len = file.metadata().map_err(open_error(journal))?.len();
+    let end = audit::complete_len(&file, len).map_err(open_error(journal))?;
+    let (seq, hash) = match audit::last_entry(&file, end).map_err(open_error(journal))? {
+        Some(record) => (record.seq, record.hash),
+        None => (0, GENESIS_PREV.to_owned()),
+    };
+    let building = index_path.with_extension("redb.migrating");
+    let _ = std::fs::remove_file(&building);
+    let index = Index::open(&building)?;
+    let mut w = index.write()?;
+    let mut names: std::collections::BTreeSet<String> = certifiers.iter().cloned().collect();
+    let mut records = 0u64;
+    let mut failure = None;
+    old.visit_records(None, &mut |serial, record| {
+        names.insert(record.intent.certifier.clone());
+        match w.import_record(&serial, &record) {
+            Ok(()) => {
+                records += 1;
+                std::ops::ControlFlow::Continue(())
+            }
+            Err(e) => {
+                failure = Some(e);
+                std::ops::ControlFlow::Break(())
+            }
+        }
+    })?;
+    if let Some(e) = failure {
+        return Err(e.into());
+    }
+    let mut keys = 0u64;
+    let mut failure = None;
+    old.visit_idempotency(&mut |ra, request_id, entry| {
+        if failure.is_none() {
+            match w.import_idempotency(ra, request_id, &entry) {
+                Ok(()) => keys += 1,
+                Err(e) => failure = Some(e),
+            }
+        }
+    })?;
+    if let Some(e) = failure {
+        return Err(e.into());
+    }
+    for name in &names {
+        w.import_stats(name, &old.stats(name)?)?;
+        if let Some(n) = old.current_crl_number(name)? {
+            w.import_crl_number(name, n)?;
+        }
+    }
+    w.set_checkpoint(&Checkpoint {
+        seq,
+        hash,
+        offset: end,
+    })?;
+    w.commit(true)?;
+    drop(index);
+    drop(old);
+    let io_error = |what: &str, e: io::Error| LedgerError::Storage(format!("{what}: {e}"));
+    std::fs::rename(&building, index_path).map_err(|e| io_error("placing the new index", e))?;
+    let kept_at = legacy.with_extension("migrated");
+    std::fs::rename(legacy, &kept_at).map_err(|e| io_error("keeping the earlier ledger", e))?;
+    if let Some(dir) = index_path.parent() {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io_error("syncing the state directory", e))?;
+    }
+    Ok(Migrated {
+        records,
+        idempotency_keys: keys,
+        certifiers: names.into_iter().collect(),
+        checkpoint_seq: seq,
+        kept_at,
+    })
+}
+
 /// Applies the journal's entries after the index's checkpoint, up to
 /// `end` (the length of its complete entries), whose last entry is
 /// `last_seq`. Returns how many entries were applied.
@@ -1739,5 +1856,131 @@ mod costs {
             "durable empty commit: {:.0} us each",
             t.elapsed().as_secs_f64() / 50.0 * 1e6
         );
+    }
+}
+
+#[cfg(test)]
+mod migration {
+    use super::*;
+    use crate::clock::SystemClock;
+    use crate::ledger::{Ledger as _, RecordState, SledLedger, SERIAL_LEN};
+
+    fn serial(n: u8) -> Serial {
+        let mut b = [0x44; SERIAL_LEN];
+        b[SERIAL_LEN - 1] = n;
+        Serial::from_bytes(b).expect("a serial")
+    }
+
+    fn intent(ra: &str, id: Option<&str>) -> Intent {
+        Intent {
+            certifier: "ca".into(),
+            ra: ra.into(),
+            request_id: id.map(str::to_string),
+            tbs_sha256: [9; 32],
+            profile: "tls-server".into(),
+            created: 1_700_000_000,
+            approval: None,
+        }
+    }
+
+    #[test]
+    fn an_earlier_sled_ledger_moves_to_the_index_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let legacy = dir.path().join("ledger");
+        let index = dir.path().join("ledger.redb");
+        let log = dir.path().join("audit.log");
+        let der = crate::testing::certificate_der();
+        {
+            let old = SledLedger::open(&legacy, Arc::new(SystemClock)).expect("sled");
+            // Issued, revoked, abandoned and pending records, two RAs, keys.
+            for n in 1..=4 {
+                old.record_intent(
+                    &serial(n),
+                    intent("ra-a", Some(&format!("r{n}"))),
+                    Some(("ra-a", &format!("r{n}"), [n; 32])),
+                )
+                .expect("intent");
+            }
+            old.record_intent(&serial(5), intent("ra-b", None), None)
+                .expect("intent");
+            for n in [1, 2, 5] {
+                old.record_issued(&serial(n), &der, 1_900_000_000)
+                    .expect("issued");
+            }
+            old.record_revoked(&serial(2), 1, 1_800_000_000, "ra-a")
+                .expect("revoked");
+            old.record_abandoned(&serial(3), "token away")
+                .expect("abandoned");
+            old.next_crl_number("ca").expect("crl");
+            old.next_crl_number("ca").expect("crl");
+            let audit = crate::audit::AuditLog::open(&log, Arc::new(SystemClock)).expect("audit");
+            audit
+                .append(AuditEvent::new("config_loaded", "certd"))
+                .expect("entry");
+            audit
+                .append(AuditEvent::new("stopped", "certd"))
+                .expect("entry");
+        }
+        let done = migrate_from_sled(
+            &legacy,
+            &index,
+            &log,
+            &["ca".into(), "idle".into()],
+            Arc::new(SystemClock),
+        )
+        .expect("migrate");
+        assert_eq!(
+            (done.records, done.idempotency_keys, done.checkpoint_seq),
+            (5, 4, 2)
+        );
+        assert_eq!(done.certifiers, ["ca", "idle"]);
+        assert!(!legacy.exists() && done.kept_at.is_dir());
+        let (j, opened) = Journal::open(&log, &index, Arc::new(SystemClock)).expect("open");
+        assert_eq!(opened.replayed, 0, "the index starts at the journal's end");
+        let state = |n| j.get(&serial(n)).expect("get").map(|r| r.state);
+        assert_eq!(
+            (1..=5).map(state).collect::<Vec<_>>(),
+            [
+                Some(RecordState::Issued),
+                Some(RecordState::Revoked),
+                Some(RecordState::Abandoned),
+                Some(RecordState::Intent),
+                Some(RecordState::Issued)
+            ]
+        );
+        assert_eq!(j.certificate(&serial(2)).expect("der"), Some(der.clone()));
+        let stats = j.stats("ca").expect("stats");
+        assert_eq!(
+            (stats.issued, stats.revoked, stats.last_serial),
+            (3, 1, Some(serial(5)))
+        );
+        assert_eq!(j.current_crl_number("ca").expect("crl"), Some(2));
+        assert_eq!(
+            j.idempotency_get("ra-a", "r2")
+                .expect("key")
+                .map(|e| e.serial),
+            Some(serial(2))
+        );
+        let mut revoked = Vec::new();
+        j.visit_revoked("ca", &mut |e| revoked.push((e.serial, e.reason)))
+            .expect("revoked");
+        assert_eq!(revoked, [(serial(2), 1)]);
+        assert_eq!(j.pending_intents().expect("pending").len(), 1);
+        // The next issuance carries on: a CRL number after the old ones.
+        let next = j
+            .change(
+                Change::CrlNumber {
+                    certifier: "ca".into(),
+                },
+                AuditEvent::new(KIND_CRL_NUMBER, "certd"),
+            )
+            .expect("crl");
+        assert!(matches!(next, Done::Change(Applied::Crl(3), _)), "{next:?}");
+        drop(j);
+        // Once is enough.
+        std::fs::create_dir(&legacy).expect("a stray directory");
+        let again = migrate_from_sled(&legacy, &index, &log, &[], Arc::new(SystemClock));
+        assert!(again.is_err_and(|e| e.to_string().contains("migrated before")));
+        assert!(audit::verify(&log).expect("verify").is_ok());
     }
 }

@@ -52,6 +52,9 @@ enum Command {
     Reload(SocketArgs),
     /// Check the hash chain of the audit log.
     VerifyAudit(VerifyAuditArgs),
+    /// Move the ledger of a certd before 0.2 (a sled database in the state
+    /// directory) to the ledger index; run once, with the daemon stopped.
+    MigrateLedger(ConfigArg),
 }
 
 #[derive(Args)]
@@ -213,6 +216,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Run(a) => {
             certd::daemon::init_logging();
             certd::daemon::run(&a.config)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::MigrateLedger(a) => {
+            let config = Config::load(&a.config)?;
+            let done = certd::daemon::migrate_ledger(
+                &config,
+                std::sync::Arc::new(certd::clock::SystemClock),
+            )?;
+            println!(
+                "migrated {} records and {} idempotency keys (certifiers: {}) into {}; the earlier ledger is kept at {}",
+                done.records,
+                done.idempotency_keys,
+                done.certifiers.join(", "),
+                certd::daemon::index_path(&config.daemon.state_dir).display(),
+                done.kept_at.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig(a) => {

@@ -543,3 +543,94 @@ fn a_killed_daemon_restarts_over_its_stale_socket() {
     activate(&second, "root", &keys.token.pin_file).assert_success();
     second.ctl(&["verify-audit"]).assert_success();
 }
+
+#[test]
+fn the_ledger_of_an_earlier_certd_is_refused_until_migrated_then_carried_on() {
+    use certd::clock::SystemClock;
+    use certd::ledger::{Intent, Ledger as _, Serial, SledLedger};
+    use std::sync::Arc;
+    let keys = Keys::new();
+    let config = keys.config(&keys.specs()[..1]);
+    // What a certd before the journal left in its state directory: a sled
+    // ledger (one certificate issued, one CRL number taken) and its audit
+    // log.
+    std::fs::create_dir_all(&config.state_dir).expect("state dir");
+    let serial = Serial::from_hex("0123456789abcdef0123456789abcdef").expect("serial");
+    {
+        let old = SledLedger::open(&config.state_dir.join("ledger"), Arc::new(SystemClock))
+            .expect("the earlier ledger");
+        let intent = Intent {
+            certifier: "root".into(),
+            ra: "ra-old".into(),
+            request_id: Some("old-1".into()),
+            tbs_sha256: [1; 32],
+            profile: "tls-server".into(),
+            created: 1_700_000_000,
+            approval: None,
+        };
+        old.record_intent(&serial, intent, Some(("ra-old", "old-1", [2; 32])))
+            .expect("intent");
+        let pem = std::fs::read_to_string(&keys.root_pem).expect("a certificate");
+        let der = x509_cert::der::pem::decode_vec(pem.as_bytes())
+            .expect("PEM")
+            .1;
+        old.record_issued(&serial, &der, 1_900_000_000)
+            .expect("issued");
+        old.next_crl_number("root").expect("a CRL number");
+        let audit = certd::audit::AuditLog::open(&config.audit_log(), Arc::new(SystemClock))
+            .expect("the earlier audit log");
+        audit
+            .append(certd::audit::AuditEvent::new("config_loaded", "certd"))
+            .expect("an entry");
+    }
+
+    // certd does not start on it, and says what to run.
+    let refused = run(keys
+        .token
+        .command(CERTD)
+        .arg("run")
+        .arg("--config")
+        .arg(&config.path));
+    refused.assert_code(1);
+    assert!(refused.stderr.contains("certd migrate-ledger"), "{refused}");
+
+    let migrated = run(keys
+        .token
+        .command(CERTD)
+        .arg("migrate-ledger")
+        .arg("--config")
+        .arg(&config.path));
+    migrated.assert_success();
+    assert!(
+        migrated
+            .stdout
+            .contains("migrated 1 records and 1 idempotency keys"),
+        "{migrated}"
+    );
+    assert!(config.state_dir.join("ledger.migrated").is_dir());
+
+    // It starts, with what the earlier ledger held.
+    let mut d = keys.start(&config);
+    let status = d.status();
+    assert_eq!(
+        status["certifiers"][0]["certificates_issued"], 1,
+        "{status:#}"
+    );
+    assert_eq!(
+        status["certifiers"][0]["last_serial"],
+        serial.to_hex(),
+        "{status:#}"
+    );
+    assert_eq!(status["certifiers"][0]["crl_number"], 1, "{status:#}");
+    assert!(d.terminate().success(), "{}", d.log());
+    d.ctl(&["verify-audit"]).assert_success();
+    let kinds: Vec<String> = audit_lines(&config.audit_log())
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(
+        kinds[..3],
+        ["config_loaded", "ledger_migrated", "config_loaded"],
+        "{kinds:?}"
+    );
+}

@@ -666,6 +666,109 @@ impl IndexWrite {
         Ok(())
     }
 
+    /// Writes `record` as it is (from another ledger being migrated), with
+    /// its certificate, revocation, pending and per-RA entries and the
+    /// counters it adds to. Replaces nothing: a serial already here is
+    /// refused.
+    pub fn import_record(
+        &mut self,
+        serial: &Serial,
+        record: &LedgerRecord,
+    ) -> Result<(), LedgerError> {
+        let key = &serial.as_bytes()[..];
+        let mut stored = record.clone();
+        let der = stored.certificate_der.take();
+        if stored.summary.is_none() {
+            stored.summary = der.as_deref().and_then(Summary::of_certificate);
+        }
+        let mut records = self.txn.open_table(RECORDS).map_err(storage)?;
+        if records.get(key).map_err(storage)?.is_some() {
+            return Err(corrupt(format!("serial {serial} is imported twice")));
+        }
+        records
+            .insert(key, encode(&stored)?.as_slice())
+            .map_err(storage)?;
+        drop(records);
+        if let Some(der) = der {
+            let mut certs = self.txn.open_table(CERTIFICATES).map_err(storage)?;
+            certs.insert(key, der.as_slice()).map_err(storage)?;
+        }
+        let mut by_ra = self.txn.open_table(BY_RA).map_err(storage)?;
+        by_ra
+            .insert(&joined(&record.intent.ra, key)[..], ())
+            .map_err(storage)?;
+        drop(by_ra);
+        match record.state {
+            RecordState::Intent => {
+                let mut pending = self.txn.open_table(PENDING).map_err(storage)?;
+                pending.insert(key, ()).map_err(storage)?;
+            }
+            RecordState::Issued => self.update_stats(&record.intent.certifier, |st| {
+                st.issued += 1;
+                st.last_serial = Some(*serial);
+            })?,
+            RecordState::Revoked => {
+                let entry = RevokedEntry {
+                    serial: *serial,
+                    revoked_at: record.revoked_at.unwrap_or_default(),
+                    reason: record.revocation_reason.unwrap_or_default(),
+                };
+                let mut revoked = self.txn.open_table(REVOKED).map_err(storage)?;
+                revoked
+                    .insert(
+                        &joined(&record.intent.certifier, key)[..],
+                        encode(&entry)?.as_slice(),
+                    )
+                    .map_err(storage)?;
+                drop(revoked);
+                self.update_stats(&record.intent.certifier, |st| {
+                    st.issued += 1;
+                    st.revoked += 1;
+                })?
+            }
+            RecordState::Abandoned => {}
+        }
+        Ok(())
+    }
+
+    /// Writes an idempotency key as it is (from a ledger being migrated).
+    pub fn import_idempotency(
+        &mut self,
+        ra: &str,
+        request_id: &str,
+        entry: &IdempotencyEntry,
+    ) -> Result<(), LedgerError> {
+        let mut idem = self.txn.open_table(IDEMPOTENCY).map_err(storage)?;
+        idem.insert(
+            &joined(ra, request_id.as_bytes())[..],
+            encode(entry)?.as_slice(),
+        )
+        .map_err(storage)?;
+        Ok(())
+    }
+
+    /// Sets a certifier's counters (from a ledger being migrated, whose
+    /// counters are the record of what it issued; the `last_serial` the
+    /// records cannot tell).
+    pub fn import_stats(
+        &mut self,
+        certifier: &str,
+        stats: &CertifierStats,
+    ) -> Result<(), LedgerError> {
+        let mut meta = self.txn.open_table(META).map_err(storage)?;
+        meta.insert(stats_key(certifier).as_str(), encode(stats)?.as_slice())
+            .map_err(storage)?;
+        Ok(())
+    }
+
+    /// Sets a certifier's last CRL number (from a ledger being migrated).
+    pub fn import_crl_number(&mut self, certifier: &str, number: u64) -> Result<(), LedgerError> {
+        let mut meta = self.txn.open_table(META).map_err(storage)?;
+        meta.insert(crl_key(certifier).as_str(), &number.to_be_bytes()[..])
+            .map_err(storage)?;
+        Ok(())
+    }
+
     /// Records the journal position this round brings the index to; commit
     /// durably to make it the new starting point after a crash.
     pub fn set_checkpoint(&mut self, checkpoint: &Checkpoint) -> Result<(), LedgerError> {

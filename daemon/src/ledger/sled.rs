@@ -657,6 +657,22 @@ impl SledLedger {
         })
     }
 
+    /// Hands every idempotency key to `visit` (RA, request id, entry):
+    /// what `certd migrate-ledger` moves to the ledger index along with
+    /// the records and counters the [`Ledger`] calls give.
+    pub fn visit_idempotency(
+        &self,
+        visit: &mut dyn FnMut(&str, &str, IdempotencyEntry),
+    ) -> Result<(), LedgerError> {
+        let store = self.store(false)?;
+        for item in store.idempotency.iter() {
+            let (key, value) = item?;
+            let (ra, request_id) = split_idempotency_key(&key)?;
+            visit(ra, request_id, decode_idempotency(&value)?);
+        }
+        Ok(())
+    }
+
     /// Whether the store is open and has not failed.
     pub fn is_healthy(&self) -> bool {
         self.store
@@ -879,6 +895,23 @@ fn idempotency_key(ra: &str, request_id: &str) -> Vec<u8> {
     key.extend_from_slice(ra.as_bytes());
     key.extend_from_slice(request_id.as_bytes());
     key
+}
+
+/// The RA and request id of an [`idempotency_key`].
+fn split_idempotency_key(key: &[u8]) -> Result<(&str, &str), LedgerError> {
+    let bad = || LedgerError::Corrupt("an idempotency key does not decode".into());
+    let len: [u8; 4] = key
+        .get(..4)
+        .ok_or_else(bad)?
+        .try_into()
+        .map_err(|_| bad())?;
+    let len = usize::try_from(u32::from_be_bytes(len)).map_err(|_| bad())?;
+    let ra = key.get(4..4 + len).ok_or_else(bad)?;
+    let request_id = key.get(4 + len..).ok_or_else(bad)?;
+    Ok((
+        std::str::from_utf8(ra).map_err(|_| bad())?,
+        std::str::from_utf8(request_id).map_err(|_| bad())?,
+    ))
 }
 
 fn stats_key(certifier: &str) -> Vec<u8> {
