@@ -16,18 +16,15 @@
 //! without the `hash` field; the first entry's `prev` is 64 zeros.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader};
 use std::ops::ControlFlow;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-
-use crate::clock::{self, Clock};
-use crate::group_commit::GroupCommit;
 
 /// `prev` of the first entry.
 pub const GENESIS_PREV: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -227,195 +224,6 @@ pub enum BreakKind {
     PrevMismatch,
     /// `hash` does not match the entry's content.
     HashMismatch,
-}
-
-/// An append-only, hash-chained audit log file, shared between threads.
-pub struct AuditLog {
-    path: PathBuf,
-    chain: Mutex<Chain>,
-    /// A second handle on the same open file, so the group-commit leader can
-    /// `fsync` without holding the chain lock that appenders need.
-    sync_handle: File,
-    commit: GroupCommit<Arc<io::Error>>,
-    /// Where entry times come from.
-    clock: Arc<dyn Clock>,
-}
-
-/// Everything an append needs to extend the chain, kept together under one
-/// lock so that seq order, hash order and file order are the same.
-struct Chain {
-    file: File,
-    seq: u64,
-    hash: String,
-    /// Length of the file up to the last complete entry.
-    len: u64,
-    /// Why appends are refused, after a failure that left the tail unknown.
-    failed: Option<String>,
-}
-
-impl AuditLog {
-    /// Opens the log at `path`, creating it (mode 0600) if absent, and
-    /// continues the chain from the last readable entry.
-    ///
-    /// A torn final line (a crash mid-append) is cut off and an
-    /// [`KIND_RECOVERED`] entry records what was dropped. Any other damage is
-    /// left for [`verify`] to report. Entries are timed by `clock`.
-    pub fn open(path: &Path, clock: Arc<dyn Clock>) -> Result<Self, AuditError> {
-        let open_error = |source| AuditError::Open {
-            path: path.to_owned(),
-            source,
-        };
-        let file = open_or_create(path).map_err(open_error)?;
-        let len = file.metadata().map_err(open_error)?.len();
-
-        let complete = complete_len(&file, len).map_err(open_error)?;
-        let torn = if complete < len {
-            let dropped = read_dropped(&file, complete, len).map_err(open_error)?;
-            file.set_len(complete).map_err(open_error)?;
-            file.sync_data().map_err(open_error)?;
-            tracing::warn!(
-                path = %path.display(),
-                bytes = dropped.bytes,
-                "audit log ended in a torn line; cut it off"
-            );
-            Some(dropped)
-        } else {
-            None
-        };
-
-        let (seq, hash) = match last_entry(&file, complete).map_err(open_error)? {
-            Some(record) => (record.seq, record.hash),
-            None => (0, GENESIS_PREV.to_owned()),
-        };
-        let sync_handle = file.try_clone().map_err(open_error)?;
-        let log = Self {
-            path: path.to_owned(),
-            chain: Mutex::new(Chain {
-                file,
-                seq,
-                hash,
-                len: complete,
-                failed: None,
-            }),
-            sync_handle,
-            commit: GroupCommit::new(),
-            clock,
-        };
-
-        if let Some(dropped) = torn {
-            log.append(
-                AuditEvent::new(KIND_RECOVERED, SELF_ACTOR).detail(serde_json::json!({
-                    "bytes_dropped": dropped.bytes,
-                    "dropped_sha256": dropped.sha256,
-                    "dropped_text": dropped.text,
-                })),
-            )?;
-        }
-        Ok(log)
-    }
-
-    /// The file this log writes to.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Appends `event` and returns the written entry once it is durable.
-    pub fn append(&self, event: AuditEvent) -> Result<AuditRecord, AuditError> {
-        let (record, ticket) = self.append_deferred(event)?;
-        self.make_durable(ticket)?;
-        Ok(record)
-    }
-
-    /// Appends `event` durably, like [`AuditLog::append`]; a failure is
-    /// logged loudly, and the caller decides whether to go on.
-    pub fn record(&self, event: AuditEvent) -> Result<(), AuditError> {
-        self.append(event).map(|_| ()).inspect_err(|e| {
-            tracing::error!(error = %e, "cannot write the audit log");
-        })
-    }
-
-    /// Writes an entry without waiting for it to reach the disk; returns
-    /// the ticket to pass to [`AuditLog::make_durable`]. A later durable
-    /// append covers it too (tickets are ordered), so a pipeline can defer
-    /// the wait for an entry whose fact is already durable elsewhere.
-    pub fn append_deferred(&self, event: AuditEvent) -> Result<(AuditRecord, u64), AuditError> {
-        if !event.detail.is_object() {
-            return Err(AuditError::DetailNotObject);
-        }
-        let (record, ticket) = {
-            let mut chain = self.lock_chain();
-            if let Some(why) = &chain.failed {
-                return Err(AuditError::Unusable(why.clone()));
-            }
-            // Taken under the lock so that times never go backwards in the
-            // file (unless the wall clock itself does).
-            let time = clock::rfc3339_micros(self.clock.now())
-                .map_err(|e| AuditError::Encode(e.to_string()))?;
-            let mut record = AuditRecord {
-                seq: chain.seq + 1,
-                time,
-                kind: event.kind,
-                actor: event.actor,
-                certifier: event.certifier,
-                detail: event.detail,
-                prev: chain.hash.clone(),
-                hash: String::new(),
-            };
-            record.hash = record.compute_hash()?;
-            let mut line =
-                serde_json::to_vec(&record).map_err(|e| AuditError::Encode(e.to_string()))?;
-            line.push(b'\n');
-
-            // One write per line: a crash leaves at worst one torn line at
-            // the end, which `open` knows how to cut off.
-            if let Err(error) = chain.file.write_all(&line) {
-                // A partial line left in place would be followed by the next
-                // entry and corrupt the chain, so cut it off now or stop.
-                let len = chain.len;
-                if let Err(truncate) = chain.file.set_len(len) {
-                    chain.failed = Some(format!(
-                        "a failed write ({error}) left a partial entry that could not \
-                         be removed ({truncate})"
-                    ));
-                }
-                return Err(AuditError::Write(error));
-            }
-            chain.len += line.len() as u64;
-            chain.seq = record.seq;
-            chain.hash.clone_from(&record.hash);
-            (record, self.commit.ticket())
-        };
-        Ok((record, ticket))
-    }
-
-    /// Waits until every entry up to `ticket` is on disk.
-    pub fn make_durable(&self, ticket: u64) -> Result<(), AuditError> {
-        let synced = self
-            .commit
-            .durable(ticket, || self.sync_handle.sync_data().map_err(Arc::new));
-        if let Err(error) = synced {
-            // After a failed fsync the kernel may have dropped our pages; the
-            // in-memory chain could now point at entries that are not on
-            // disk, so nothing more may be chained onto it.
-            self.lock_chain()
-                .failed
-                .get_or_insert_with(|| format!("sync failed: {error}"));
-            return Err(AuditError::Sync(error));
-        }
-        Ok(())
-    }
-
-    /// `seq` of the last entry written (0 for an empty log).
-    pub fn last_seq(&self) -> u64 {
-        self.lock_chain().seq
-    }
-
-    fn lock_chain(&self) -> MutexGuard<'_, Chain> {
-        // Chain fields are updated only after a successful write and by
-        // assignments that cannot panic, so a poisoned lock still holds a
-        // consistent chain.
-        self.chain.lock().unwrap_or_else(PoisonError::into_inner)
-    }
 }
 
 /// Checks the whole log at `path`: every line valid, `seq` contiguous from 1,
@@ -661,10 +469,34 @@ mod tests {
     use super::*;
     use crate::clock::{ManualClock, SystemClock};
     use serde_json::json;
+    use std::io::Write;
     use std::os::unix::fs::PermissionsExt;
 
-    fn open(path: &Path) -> Result<AuditLog, AuditError> {
-        AuditLog::open(path, Arc::new(SystemClock))
+    /// The audit log as certd writes it: through the journal (its index
+    /// in a file of its own beside the log).
+    struct TestLog(crate::journal::Journal);
+
+    impl TestLog {
+        fn open_with(
+            path: &Path,
+            clock: Arc<dyn crate::clock::Clock>,
+        ) -> Result<TestLog, AuditError> {
+            crate::journal::Journal::open(path, &path.with_extension("redb"), clock)
+                .map(|(j, _)| TestLog(j))
+                .map_err(|e| AuditError::Unusable(e.to_string()))
+        }
+
+        fn append(&self, event: AuditEvent) -> Result<AuditRecord, AuditError> {
+            self.0.audit(event)
+        }
+
+        fn last_seq(&self) -> u64 {
+            self.0.last_seq()
+        }
+    }
+
+    fn open(path: &Path) -> Result<TestLog, AuditError> {
+        TestLog::open_with(path, Arc::new(SystemClock))
     }
 
     fn new_log() -> (tempfile::TempDir, PathBuf) {
@@ -710,9 +542,9 @@ mod tests {
     }
 
     #[test]
-    fn audit_log_is_send_and_sync() {
+    fn the_journal_is_send_and_sync() {
         fn assert_send_sync<T: Send + Sync>() {}
-        assert_send_sync::<AuditLog>();
+        assert_send_sync::<crate::journal::Journal>();
     }
 
     #[test]
@@ -762,7 +594,7 @@ mod tests {
         let (_dir, path) = new_log();
         let start = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
         let clock = Arc::new(ManualClock::at(start));
-        let log = AuditLog::open(&path, clock.clone()).expect("open");
+        let log = TestLog::open_with(&path, clock.clone()).expect("open");
         let first = log.append(AuditEvent::new("a", "certd")).expect("append");
         clock.advance(std::time::Duration::from_micros(2_500_001));
         let second = log.append(AuditEvent::new("b", "certd")).expect("append");
@@ -959,18 +791,21 @@ mod tests {
     }
 
     #[test]
-    fn other_corruption_is_not_repaired_at_open() {
+    fn other_damage_after_the_index_refuses_the_open() {
+        // A complete line that is no entry is not what a crash leaves (it
+        // leaves a torn last line): the log was damaged, and the ledger
+        // applied from it cannot be trusted until an operator has looked.
         let (_dir, path) = log_with(3);
         let mut lines = read_lines(&path);
         lines.push("garbage but complete".to_owned());
         write_lines(&path, &lines);
-
-        let log = open(&path).expect("open");
-        assert_eq!(log.last_seq(), 3);
-        let next = log.append(AuditEvent::new("after", "bob")).expect("append");
-        assert_eq!(next.seq, 4);
-        let lines = read_lines(&path);
-        assert_eq!(lines[3], "garbage but complete");
+        let refused = open(&path).err().expect("refused");
+        assert!(refused.to_string().contains("verify-audit"), "{refused}");
+        assert_eq!(
+            read_lines(&path)[3],
+            "garbage but complete",
+            "left as found"
+        );
         assert_eq!(broken(&path).line, 4);
     }
 }

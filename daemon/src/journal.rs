@@ -1112,7 +1112,7 @@ pub fn migrate_from_sled(
     certifiers: &[String],
     clock: Arc<dyn Clock>,
 ) -> Result<Migrated, JournalError> {
-    use crate::ledger::Ledger as _;
+    use crate::ledger::LegacyLedger as _;
     if index_path.exists() {
         return Err(LedgerError::Corrupt(format!(
             "{} exists already: the ledger was migrated before",
@@ -1863,7 +1863,7 @@ mod costs {
 mod migration {
     use super::*;
     use crate::clock::SystemClock;
-    use crate::ledger::{Ledger as _, RecordState, SledLedger, SERIAL_LEN};
+    use crate::ledger::{LegacyLedger as _, RecordState, SledLedger, SERIAL_LEN};
 
     fn serial(n: u8) -> Serial {
         let mut b = [0x44; SERIAL_LEN];
@@ -1913,12 +1913,19 @@ mod migration {
                 .expect("abandoned");
             old.next_crl_number("ca").expect("crl");
             old.next_crl_number("ca").expect("crl");
-            let audit = crate::audit::AuditLog::open(&log, Arc::new(SystemClock)).expect("audit");
+            // Its audit log (written as the journal writes it; the index
+            // beside it is the scratch of this set-up, not the migration's).
+            let (audit, _) = Journal::open(
+                &log,
+                &dir.path().join("scratch.redb"),
+                Arc::new(SystemClock),
+            )
+            .expect("audit");
             audit
-                .append(AuditEvent::new("config_loaded", "certd"))
+                .audit(AuditEvent::new("config_loaded", "certd"))
                 .expect("entry");
             audit
-                .append(AuditEvent::new("stopped", "certd"))
+                .audit(AuditEvent::new("stopped", "certd"))
                 .expect("entry");
         }
         let done = migrate_from_sled(

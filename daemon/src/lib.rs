@@ -21,22 +21,21 @@
 //! 9. `certgen` — subscriber certificates built from the profile only.
 //! 10. `certifier` — the certifiers and their locked/active/unavailable life.
 //! 11. `lint` — pre-issuance lint of the exact TBSCertificate.
-//! 12. `ledger` — the source of truth for serials, behind the `Ledger` trait.
-//! 13. `group_commit` — writers sharing one fsync.
-//! 14. `audit` — the hash-chained audit log.
-//! 15. `journal` — the audit log as write-ahead log: ledger changes and audit
+//! 12. `ledger` — the source of truth for serials: records, the index (redb).
+//! 13. `audit` — the hash-chained audit log.
+//! 14. `journal` — the audit log as write-ahead log: ledger changes and audit
 //!     entries in one record, the ledger index applied from it.
-//! 16. `issue` — the issuance pipeline (`Issuer`).
-//! 17. `lookup` — certificates as an RA sees them: by serial, or listed.
-//! 18. `crl` — CRLs made, signed, served and kept fresh (`CrlService`).
-//! 19. `revoke` — revocation (`Revoker`), which asks for a new CRL.
-//! 20. `recovery` — settling what a stop or a full disk interrupted.
-//! 21. `status` — the status report and the API's health.
-//! 22. `systemd` — readiness, status text and watchdog.
-//! 23. `server` — HTTPS with client certificates: HTTP in, pipeline calls, HTTP out.
-//! 24. `control` — the local control socket: protocol, client and daemon side.
-//! 25. `daemon` — start-up wiring, the run loop and shutdown.
-//! 26. `ceremony` — the key ceremony, a command of its own beside the daemon.
+//! 15. `issue` — the issuance pipeline (`Issuer`).
+//! 16. `lookup` — certificates as an RA sees them: by serial, or listed.
+//! 17. `crl` — CRLs made, signed, served and kept fresh (`CrlService`).
+//! 18. `revoke` — revocation (`Revoker`), which asks for a new CRL.
+//! 19. `recovery` — settling what a stop or a full disk interrupted.
+//! 20. `status` — the status report and the API's health.
+//! 21. `systemd` — readiness, status text and watchdog.
+//! 22. `server` — HTTPS with client certificates: HTTP in, pipeline calls, HTTP out.
+//! 23. `control` — the local control socket: protocol, client and daemon side.
+//! 24. `daemon` — start-up wiring, the run loop and shutdown.
+//! 25. `ceremony` — the key ceremony, a command of its own beside the daemon.
 //!
 //! So nothing in the pipeline reaches into the daemon: each service
 //! (`Issuer`, `Revoker`, `Lookup`, `CrlService`) holds the few things it
@@ -54,7 +53,6 @@ pub mod control;
 pub mod crl;
 pub mod csr;
 pub mod daemon;
-mod group_commit;
 pub mod hsm;
 pub mod issue;
 pub mod journal;

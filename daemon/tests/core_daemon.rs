@@ -547,7 +547,7 @@ fn a_killed_daemon_restarts_over_its_stale_socket() {
 #[test]
 fn the_ledger_of_an_earlier_certd_is_refused_until_migrated_then_carried_on() {
     use certd::clock::SystemClock;
-    use certd::ledger::{Intent, Ledger as _, Serial, SledLedger};
+    use certd::ledger::{Intent, LegacyLedger as _, Serial, SledLedger};
     use std::sync::Arc;
     let keys = Keys::new();
     let config = keys.config(&keys.specs()[..1]);
@@ -577,10 +577,16 @@ fn the_ledger_of_an_earlier_certd_is_refused_until_migrated_then_carried_on() {
         old.record_issued(&serial, &der, 1_900_000_000)
             .expect("issued");
         old.next_crl_number("root").expect("a CRL number");
-        let audit = certd::audit::AuditLog::open(&config.audit_log(), Arc::new(SystemClock))
-            .expect("the earlier audit log");
+        // Its audit log, in the format certd still writes (the index of
+        // this writer is scratch, kept out of the state directory).
+        let (audit, _) = certd::journal::Journal::open(
+            &config.audit_log(),
+            &keys.path().join("scratch.redb"),
+            Arc::new(SystemClock),
+        )
+        .expect("the earlier audit log");
         audit
-            .append(certd::audit::AuditEvent::new("config_loaded", "certd"))
+            .audit(certd::audit::AuditEvent::new("config_loaded", "certd"))
             .expect("an entry");
     }
 

@@ -6,11 +6,13 @@
 //! through [`RecordState`] and records are never deleted, a crash between
 //! intent and issuance can burn a serial but never lets it be reused.
 //!
-//! The storage sits behind the [`Ledger`] trait so that another backend
-//! (a shared PostgreSQL, or redb) can replace the embedded [`SledLedger`]
-//! without the issuance pipeline noticing. This module holds the trait, its
-//! errors and outcomes; `serial` the serial type, `record` the data model
-//! every backend stores, and each backend a module of its own (`sled`).
+//! The ledger is recorded in the journal (the audit log as write-ahead
+//! log, `crate::journal`, whose `Ledger` trait is what the pipeline asks of
+//! it) and its state kept in the [`index`] (redb) applied from it. This
+//! module holds the data model (`serial` the serial type, `record` the
+//! records), the errors and outcomes, the index, and the sled store of
+//! certd before 0.2 behind [`LegacyLedger`], which only
+//! `certd migrate-ledger` still opens.
 
 pub mod index;
 mod record;
@@ -92,9 +94,10 @@ impl LedgerError {
     }
 }
 
-/// The certificate ledger. Every mutating method returns only once its
+/// The ledger of certd before 0.2 (the sled store), as `certd
+/// migrate-ledger` reads it. Every mutating method returns only once its
 /// change is durable.
-pub trait Ledger: Send + Sync {
+pub trait LegacyLedger: Send + Sync {
     /// Records the intent to sign `serial` (chosen by the caller, who has
     /// built the TBSCertificate around it) and, when given, claims the RA's
     /// idempotency key for it, in one durable transaction.

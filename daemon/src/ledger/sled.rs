@@ -13,8 +13,8 @@ use serde::Serialize;
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
 use super::{
-    CertifierStats, IdempotencyEntry, Intent, IntentOutcome, Ledger, LedgerError, LedgerRecord,
-    RecordState, RevokedEntry, Serial, SERIAL_LEN,
+    CertifierStats, IdempotencyEntry, Intent, IntentOutcome, LedgerError, LedgerRecord,
+    LegacyLedger, RecordState, RevokedEntry, Serial, SERIAL_LEN,
 };
 use crate::clock::Clock;
 
@@ -427,7 +427,7 @@ impl Store {
     }
 }
 
-impl Ledger for Store {
+impl LegacyLedger for Store {
     fn revoked_entries(&self, certifier: &str) -> Result<Vec<RevokedEntry>, LedgerError> {
         let prefix = [certifier.as_bytes(), &[0u8]].concat();
         self.revoked
@@ -774,7 +774,7 @@ impl SledLedger {
     }
 }
 
-impl Ledger for SledLedger {
+impl LegacyLedger for SledLedger {
     fn record_intent(
         &self,
         serial: &Serial,
@@ -972,7 +972,7 @@ mod tests {
     }
 
     /// Records the intent for serial `n`, as issuance does before signing.
-    fn recorded(ledger: &dyn Ledger, n: u64, intent: Intent) -> Serial {
+    fn recorded(ledger: &dyn LegacyLedger, n: u64, intent: Intent) -> Serial {
         let serial = serial(n);
         assert_eq!(
             ledger.record_intent(&serial, intent, None).expect("intent"),
@@ -1005,7 +1005,7 @@ mod tests {
     fn ledger_is_send_and_sync() {
         fn assert_send_sync<T: Send + Sync>() {}
         assert_send_sync::<SledLedger>();
-        assert_send_sync::<Box<dyn Ledger>>();
+        assert_send_sync::<Box<dyn LegacyLedger>>();
     }
 
     /// Several requests that drew the same serial: exactly one intent is
