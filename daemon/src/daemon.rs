@@ -470,7 +470,11 @@ async fn serve(services: Arc<Services>) -> Result<(), DaemonError> {
     }
     systemd::notify_stopping();
     tracing::info!("stopping");
-    let _ = services.audit.record(AuditEvent::new("stopped", "certd"));
+    // The last entry: a CRL still being made, or a request still in
+    // flight, is refused rather than recorded after it.
+    if let Err(e) = services.audit.finish(AuditEvent::new("stopped", "certd")) {
+        tracing::error!(error = %e, "cannot write the audit log");
+    }
     let _ = std::fs::remove_file(&socket_path);
     Ok(())
 }

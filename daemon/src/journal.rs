@@ -138,6 +138,11 @@ pub trait Ledger: Send + Sync {
     /// Appends a plain audit entry; returns it once it is durable.
     fn audit(&self, event: AuditEvent) -> Result<AuditRecord, AuditError>;
 
+    /// Writes `event` as the last entry and closes: whatever is submitted
+    /// after it (a CRL being made, a request still in flight at shutdown)
+    /// is refused, so nothing follows the entry that says certd stopped.
+    fn finish(&self, event: AuditEvent) -> Result<AuditRecord, AuditError>;
+
     /// [`Ledger::audit`] for callers that go on either way: a failure is
     /// logged (and returned).
     fn record(&self, event: AuditEvent) -> Result<(), AuditError> {
@@ -199,6 +204,10 @@ pub trait Ledger: Send + Sync {
 impl Ledger for Journal {
     fn audit(&self, event: AuditEvent) -> Result<AuditRecord, AuditError> {
         Journal::audit(self, event)
+    }
+
+    fn finish(&self, event: AuditEvent) -> Result<AuditRecord, AuditError> {
+        Journal::finish(self, event)
     }
 
     fn change(&self, change: Change, event: AuditEvent) -> Result<Done, JournalError> {
@@ -455,6 +464,37 @@ impl Journal {
             return Err(AuditError::DetailNotObject.into());
         }
         self.wait_async(Work::Change(Box::new(change), event)).await
+    }
+
+    /// Appends `event` as the journal's last entry, then closes it: the
+    /// submissions queued before are written first, any after are refused.
+    pub fn finish(&self, event: AuditEvent) -> Result<AuditRecord, AuditError> {
+        if !event.detail.is_object() {
+            return Err(AuditError::DetailNotObject);
+        }
+        let (tx, rx) = mpsc::sync_channel(1);
+        {
+            let mut guard = self.tx.lock().unwrap_or_else(PoisonError::into_inner);
+            let stopped = || AuditError::Unusable("the journal has stopped".into());
+            let sender = guard.take().ok_or_else(stopped)?;
+            sender
+                .send(Job {
+                    work: Work::Audit(event),
+                    reply: Reply::Blocking(tx),
+                })
+                .map_err(|_| stopped())?;
+            // Dropping the last sender here ends the writer after this job.
+        }
+        let answer = rx
+            .recv()
+            .map_err(|_| AuditError::Unusable("the journal has stopped".into()));
+        self.close();
+        match answer? {
+            Ok(Done::Entry(record)) => Ok(record),
+            Ok(Done::Change(..)) => Err(AuditError::Encode("unexpected journal answer".into())),
+            Err(JournalError::Audit(e)) => Err(e),
+            Err(JournalError::Ledger(e)) => Err(AuditError::Unusable(e.to_string())),
+        }
     }
 
     /// Stops the writer after the submissions already queued and commits
@@ -1612,6 +1652,30 @@ mod tests {
         drop(j);
         let (_j, opened) = f.open();
         assert_eq!(opened.replayed, 0);
+    }
+
+    #[test]
+    fn nothing_is_recorded_after_the_last_entry() {
+        let f = Fixture::new();
+        let (j, _) = f.open();
+        issue(&j, serial(1), "ra-a", "r1");
+        let last = j
+            .finish(AuditEvent::new("stopped", "certd"))
+            .expect("finish");
+        assert_eq!(last.seq, 3);
+        assert!(j.audit(AuditEvent::new("late", "certd")).is_err());
+        let late = Change::CrlNumber {
+            certifier: "ca".into(),
+        };
+        assert!(j.change(late, AuditEvent::new("", "certd")).is_err());
+        drop(j);
+        let text = std::fs::read_to_string(f.log()).expect("log");
+        assert!(text
+            .lines()
+            .last()
+            .is_some_and(|l| l.contains("\"stopped\"")));
+        let (_j, opened) = f.open();
+        assert_eq!(opened.replayed, 0, "closed with a durable index");
     }
 
     #[test]
