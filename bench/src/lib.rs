@@ -5,7 +5,8 @@
 //! profile, persistent connections, every check on).
 //!
 //! The same loop measures a peer, `cfssl serve` ([`cfssl`]), through the
-//! [`Issuer`] trait.
+//! [`Issuer`] trait. [`procfs`] reads the server's memory and context
+//! switches.
 //!
 //! Binaries: `certd-bench` (raw `C_Sign` vs end-to-end issuance, and
 //! certd vs cfssl) and `ra-cli-bench` (ra-cli batch issuance vs end-to-end
@@ -13,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cfssl;
+pub mod procfs;
 
 use anyhow::{Context, Result};
 use certd_api::{CertdClient, ClientConfig, IssueRequest};
