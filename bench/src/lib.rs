@@ -6,7 +6,8 @@
 //!
 //! The same loop measures a peer, `cfssl serve` ([`cfssl`]), through the
 //! [`Issuer`] trait. [`procfs`] reads the server's memory and context
-//! switches.
+//! switches; [`scale`] builds a large ledger and measures certd's start and
+//! CRL on it.
 //!
 //! Binaries: `certd-bench` (raw `C_Sign` vs end-to-end issuance, and
 //! certd vs cfssl) and `ra-cli-bench` (ra-cli batch issuance vs end-to-end
@@ -15,6 +16,7 @@
 
 pub mod cfssl;
 pub mod procfs;
+pub mod scale;
 
 use anyhow::{Context, Result};
 use certd_api::{CertdClient, ClientConfig, IssueRequest};
