@@ -3,13 +3,18 @@
 //! 1 and 2 sessions) and end-to-end issuance over mutual TLS at several
 //! concurrencies, and prints the ratio between them; then the same
 //! issuance from a peer, `cfssl serve` over mutual TLS, and the ratio
-//! certd / cfssl per concurrency.
+//! certd / cfssl per concurrency; certd's context switches per certificate
+//! and idle memory; and certd with a large ledger: its time to READY and a
+//! CRL of every revocation in it.
 //!
 //! Run it as `cargo run --release -p certd-bench` (see the README).
 #![forbid(unsafe_code)]
 
 use anyhow::{bail, Context, Result};
+use certd_api::IssueRequest;
 use certd_bench::cfssl::{self, CfsslClient, PeerFiles};
+use certd_bench::procfs::{status_kib, CtxSampler};
+use certd_bench::scale::{self, log_len, wait_entry};
 use certd_bench::{
     client, cpu_seconds, e2e, hex_id, make_csrs, setup_ca, start_certd, warm_up, Csr, PROFILE,
 };
@@ -57,6 +62,15 @@ struct Args {
     /// The peer's cfssl binary (Debian: `apt-get install golang-cfssl`).
     #[arg(long, value_name = "PATH", default_value = "cfssl")]
     cfssl: PathBuf,
+    /// Certificates in the large ledger certd is started on (time to
+    /// READY); 0 skips the large-ledger measurements. Kept under --dir
+    /// for the next run.
+    #[arg(long, value_name = "N", default_value_t = 1_000_000)]
+    ledger_records: u64,
+    /// Of those, revoked: the entries of the CRL measured (at most
+    /// --ledger-records; 0 skips the CRL).
+    #[arg(long, value_name = "N", default_value_t = 1_000_000)]
+    crl_entries: u64,
     /// Internal: measure raw signing with this many sessions, using the
     /// demo.env given here (run as a child with SOFTHSM2_CONF set).
     #[arg(long, hide = true, requires = "dir")]
@@ -210,6 +224,14 @@ fn raw_sign_rate(env: &DemoEnv, key_label: &str, sessions: usize, dur: Duration)
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    if args.crl_entries > args.ledger_records {
+        bail!(
+            "--crl-entries ({}) cannot exceed --ledger-records ({}): the revoked \
+             certificates are part of the ledger",
+            args.crl_entries,
+            args.ledger_records
+        );
+    }
     if let (Some(sessions), Some(dir)) = (args.raw_sign, &args.dir) {
         let env = DemoEnv::read(&dir.join("demo.env"));
         let rate = raw_sign_rate(
@@ -273,18 +295,30 @@ fn main() -> Result<()> {
         println!("  raw C_Sign            {s} session(s)    {r:>9.0} signatures/s");
     }
     let mut certd_rates = Vec::new();
+    // A certificate certd issued, PEM: every record's certificate in the
+    // large ledger.
+    let mut sample = None;
     for certd in &certds {
         let mut rates = Vec::new();
         println!(
             "  end-to-end issuance over mTLS (durable ledger and audit log, every check on), {}:",
             certd.display()
         );
-        let daemon = start_certd(certd, &ca)?;
+        let from = log_len(&ca.config);
+        let mut daemon = start_certd(certd, &ca)?;
+        // Activation makes a CRL: idle means after it.
+        wait_entry(&mut daemon, from, "crl_issued")?;
+        let pid = daemon.pid();
+        let idle_rss = status_kib(pid, "VmRSS");
         let client = Arc::new(client(&ca, "ra-demo")?);
         let run_id = hex_id()?;
+        if sample.is_none() {
+            let req = IssueRequest::new(format!("{run_id}-sample"), PROFILE, csrs[0].pem.as_str());
+            sample = Some(rt.block_on(client.issue(&req))?.certificate);
+        }
         rt.block_on(warm_up(client.clone(), csrs.clone(), &run_id));
         println!(
-            "  {:>11} {:>10} {:>10} {:>10} {:>8} {:>14} {:>14} {:>14} {:>14}",
+            "  {:>11} {:>10} {:>10} {:>10} {:>8} {:>14} {:>14} {:>14} {:>14} {:>14}",
             "concurrency",
             "certs/s",
             "p50 ms",
@@ -293,11 +327,14 @@ fn main() -> Result<()> {
             "vs raw 1 sess",
             "vs raw best",
             "certd CPU/cert",
+            "certd cs/cert",
             "client CPU/cert"
         );
-        let certd_pid = daemon.pid().to_string();
+        let certd_pid = pid.to_string();
+        let mut ended = 0;
         for c in &args.concurrency {
             let (d0, b0) = (cpu_seconds(&certd_pid), cpu_seconds("self"));
+            let switches = CtxSampler::start(pid);
             let st = rt.block_on(e2e(
                 client.clone(),
                 csrs.clone(),
@@ -305,10 +342,13 @@ fn main() -> Result<()> {
                 dur,
                 &format!("{run_id}-c{c}"),
             ));
+            let switches = switches.finish();
             let (d1, b1) = (cpu_seconds(&certd_pid), cpu_seconds("self"));
-            let per = |cpu: f64| cpu / st.count.max(1) as f64 * 1e6;
+            ended += switches.threads_ended;
+            let n = st.count.max(1) as f64;
+            let per = |cpu: f64| cpu / n * 1e6;
             println!(
-                "  {:>11} {:>10.0} {:>10.2} {:>10.2} {:>8} {:>13.2}x {:>13.2}x {:>12.0}us {:>12.0}us",
+                "  {:>11} {:>10.0} {:>10.2} {:>10.2} {:>8} {:>13.2}x {:>13.2}x {:>12.0}us {:>14.1} {:>12.0}us",
                 c,
                 st.rate,
                 st.p50.as_secs_f64() * 1e3,
@@ -317,10 +357,24 @@ fn main() -> Result<()> {
                 st.rate / one_raw,
                 st.rate / best_raw,
                 per(d1 - d0),
+                switches.total as f64 / n,
                 per(b1 - b0)
             );
             rates.push((*c, st.rate));
         }
+        let kib =
+            |k: Option<u64>| k.map_or("?".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0));
+        println!(
+            "  certd RSS: idle {} (after READY and activation, before any load); after the load {}, \
+             peak {}",
+            kib(idle_rss),
+            kib(status_kib(pid, "VmRSS")),
+            kib(status_kib(pid, "VmHWM"))
+        );
+        println!(
+            "  cs/cert: voluntary + involuntary context switches of every certd thread, read \
+             every 100 ms; threads that exited meanwhile: {ended}"
+        );
         certd_rates.push((certd, rates));
     }
 
@@ -341,6 +395,28 @@ fn main() -> Result<()> {
     if let (Peer::Ready(..), Err(e)) = (&peer, &peer_rates) {
         println!("  !!! PEER FAILED: {e}");
     }
+
+    // Last, on its own: building the ledger and making the CRL use both
+    // cores.
+    let large = if args.ledger_records == 0 {
+        println!("  large ledger: not measured (--ledger-records 0)");
+        None
+    } else {
+        let plan = scale::Plan {
+            records: args.ledger_records,
+            revoked: args.crl_entries,
+        };
+        println!("  certd with a large ledger ({}):", certds[0].display());
+        let der = || -> Result<Vec<u8>> {
+            use x509_cert::der::{DecodePem, Encode};
+            let pem = sample.as_deref().context("no certificate was issued")?;
+            Ok(x509_cert::Certificate::from_pem(pem)?.to_der()?)
+        };
+        let root = dir.join("bench-ledger");
+        Some(scale::measure(
+            &certds[0], &ca, &root, &plan, &csrs[1], der, &rt,
+        )?)
+    };
 
     println!();
     println!("summary ({PROFILE}, pre-made P-256 CSRs, mTLS, persistent connections):");
@@ -364,6 +440,20 @@ fn main() -> Result<()> {
                     "  concurrency {c:>3}: certd {rate:.0} certs/s, cfssl not measured{which}"
                 ),
             }
+        }
+    }
+    if let Some(found) = &large {
+        println!(
+            "  time to READY: empty ledger {:.3} s, {} certificates {:.3} s",
+            found.ready_empty.as_secs_f64(),
+            args.ledger_records,
+            found.ready_full.as_secs_f64()
+        );
+        if let Some((secs, entries, bytes)) = found.crl {
+            println!(
+                "  CRL of {entries} entries: {:.1} MB, made in {secs:.2} s after a revocation",
+                bytes as f64 / 1e6
+            );
         }
     }
     match (&peer, peer_rates) {
