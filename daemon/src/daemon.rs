@@ -9,6 +9,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::control::{self, Controller, SocketError};
 use crate::crl::CrlService;
+use crate::hsm::pool::SigningPool;
 use crate::issue::Issuer;
 use crate::journal::{Journal, JournalError, Ledger};
 use crate::lookup::Lookup;
@@ -250,10 +251,15 @@ impl Services {
             )))?,
         );
         let policy = Arc::new(LivePolicy::new(Policy::from_config(&config)));
+        // As many signing threads as the token has sessions for a certifier.
+        let signing = Arc::new(
+            SigningPool::new(config.hsm.sessions).map_err(io("starting the signing threads"))?,
+        );
         let issuer = Arc::new(Issuer::new(
             policy.clone(),
             certifiers.clone(),
             ledger.clone(),
+            signing,
             clock.clone(),
             &config.daemon,
         ));

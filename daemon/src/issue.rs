@@ -13,6 +13,7 @@ use crate::certifier::{Certifier, Certifiers};
 use crate::clock::{self, rfc3339, Clock};
 use crate::config::DaemonConfig;
 use crate::csr;
+use crate::hsm::pool::SigningPool;
 use crate::hsm::HsmError;
 use crate::journal::{Done, JournalError, Ledger, KIND_FAILED, KIND_INTENT, KIND_ISSUED};
 use crate::ledger::index::{Applied, Change, Claim};
@@ -42,6 +43,7 @@ pub struct Issuer {
     policy: Arc<LivePolicy>,
     certifiers: Arc<Certifiers>,
     ledger: Arc<dyn Ledger>,
+    signing: Arc<SigningPool>,
     clock: Arc<dyn Clock>,
     limiter: RateLimiter,
     free_space: FreeSpaceGuard,
@@ -54,6 +56,7 @@ impl Issuer {
         policy: Arc<LivePolicy>,
         certifiers: Arc<Certifiers>,
         ledger: Arc<dyn Ledger>,
+        signing: Arc<SigningPool>,
         clock: Arc<dyn Clock>,
         daemon: &DaemonConfig,
     ) -> Issuer {
@@ -61,6 +64,7 @@ impl Issuer {
             policy,
             certifiers,
             ledger,
+            signing,
             clock,
             limiter: RateLimiter::default(),
             free_space: FreeSpaceGuard {
@@ -70,18 +74,45 @@ impl Issuer {
         }
     }
 
-    /// Runs the whole pipeline for one request from RA `grant`.
-    pub fn issue(&self, grant: &Grant, req: &IssueRequest) -> Result<IssueResponse, ApiError> {
-        self.issue_drawing(grant, req, &mut Serial::random)
+    /// Runs the whole pipeline for one request from RA `grant`. The checks
+    /// and the building run on the calling task; the ledger's writes and
+    /// the token's signature are awaited, holding no thread.
+    pub async fn issue(
+        &self,
+        grant: &Grant,
+        req: &IssueRequest,
+    ) -> Result<IssueResponse, ApiError> {
+        self.issue_drawing(grant, req, &mut Serial::random).await
+    }
+
+    /// [`Issuer::issue_drawing`] for tests that are not async themselves.
+    #[cfg(test)]
+    pub(crate) fn issue_drawing_blocking(
+        &self,
+        grant: &Grant,
+        req: &IssueRequest,
+        draw_serial: &mut (dyn FnMut() -> Result<Serial, LedgerError> + Send),
+    ) -> Result<IssueResponse, ApiError> {
+        crate::testing::block_on(self.issue_drawing(grant, req, draw_serial))
+    }
+
+    /// [`Issuer::issue`] for tests that are not async themselves.
+    #[cfg(test)]
+    pub(crate) fn issue_blocking(
+        &self,
+        grant: &Grant,
+        req: &IssueRequest,
+    ) -> Result<IssueResponse, ApiError> {
+        crate::testing::block_on(self.issue(grant, req))
     }
 
     /// [`issue`] with serials drawn by `draw_serial`: the OS CSPRNG in
     /// production, a scripted sequence in tests of what a collision does.
-    fn issue_drawing(
+    async fn issue_drawing(
         &self,
         grant: &Grant,
         req: &IssueRequest,
-        draw_serial: &mut dyn FnMut() -> Result<Serial, LedgerError>,
+        draw_serial: &mut (dyn FnMut() -> Result<Serial, LedgerError> + Send),
     ) -> Result<IssueResponse, ApiError> {
         check_request_id(&req.request_id)?;
         check_ip_syntax(req)?;
@@ -199,7 +230,7 @@ impl Issuer {
             };
             let done = self
                 .ledger
-                .change(
+                .change_async(
                     Change::Intent {
                         serial,
                         intent,
@@ -207,6 +238,7 @@ impl Issuer {
                     },
                     AuditEvent::new(KIND_INTENT, grant.name()),
                 )
+                .await
                 .map_err(|e| e.api_error())?;
             let outcome = match done {
                 Done::Change(Applied::Intent(outcome), _) => outcome,
@@ -229,16 +261,11 @@ impl Issuer {
                     };
                 }
             }
-            return self.sign_and_store(
-                grant,
-                req,
-                &certifier,
-                signer.as_ref(),
-                builder,
-                &tbs,
-                serial,
-                validity,
-            );
+            return self
+                .sign_and_store(
+                    grant, req, &certifier, signer, builder, tbs, serial, validity,
+                )
+                .await;
         }
         Err(ApiError::new(
             ErrorCode::Internal,
@@ -311,7 +338,7 @@ impl Issuer {
 
     /// Burns the serial after a failure between intent and signature, with
     /// an `issuance_failed` entry naming the failure.
-    fn abandon(
+    async fn abandon(
         &self,
         grant: &Grant,
         certifier: &Certifier,
@@ -325,48 +352,55 @@ impl Issuer {
             serial: *serial,
             reason: err.message.clone(),
         };
-        if let Err(e) = self.ledger.change(change, event) {
+        if let Err(e) = self.ledger.change_async(change, event).await {
             tracing::error!(serial = %serial.to_hex(), error = %e, "cannot mark the serial abandoned; it stays an intent and is abandoned at the next start");
         }
         err
     }
 
+    /// Signs on the signing pool (checked against the certifier's key),
+    /// assembles the certificate and records it: durable, with its audit
+    /// entry, before the answer.
     #[allow(clippy::too_many_arguments)]
-    fn sign_and_store(
+    async fn sign_and_store(
         &self,
         grant: &Grant,
         req: &IssueRequest,
         certifier: &Arc<Certifier>,
-        signer: &(dyn crate::hsm::Signer + Send + Sync),
+        signer: Arc<dyn crate::hsm::Signer + Send + Sync>,
         builder: x509_cert::builder::CertificateBuilder<certgen::FixedProfile>,
-        tbs: &[u8],
+        tbs: Vec<u8>,
         serial: Serial,
         validity: certgen::ValidityChoice,
     ) -> Result<IssueResponse, ApiError> {
-        let signature = match crate::hsm::sign_checked(signer, tbs) {
+        let signature = match self.signing.sign(signer.clone(), tbs).await {
             Ok(s) => s,
             Err(e) => {
                 if matches!(e, HsmError::Unavailable(_) | HsmError::Pkcs11 { .. }) {
                     certifier.report_fault(&e.to_string());
                 }
-                return Err(self.abandon(grant, certifier, &serial, e.api_error()));
+                return Err(self.abandon(grant, certifier, &serial, e.api_error()).await);
             }
         };
-        let internal = |e: &dyn std::fmt::Display| {
-            self.abandon(
-                grant,
-                certifier,
-                &serial,
-                ApiError::new(ErrorCode::Internal, e.to_string()),
-            )
+        let assembled = {
+            let key = x509::TokenKeyRef::of(signer.as_ref());
+            der::asn1::BitString::from_bytes(&signature)
+                .map_err(|e| e.to_string())
+                .and_then(|bits| builder.assemble(bits, &key).map_err(|e| e.to_string()))
+                .and_then(|cert| {
+                    let der = cert.to_der().map_err(|e| e.to_string())?;
+                    Ok((cert.tbs_certificate().subject().to_string(), der))
+                })
         };
-        let key = x509::TokenKeyRef::of(signer);
-        let bits = der::asn1::BitString::from_bytes(&signature).map_err(|e| internal(&e))?;
-        let cert = builder.assemble(bits, &key).map_err(|e| internal(&e))?;
-        let der = cert.to_der().map_err(|e| internal(&e))?;
+        let (subject, der) = match assembled {
+            Ok(done) => done,
+            Err(e) => {
+                let err = ApiError::new(ErrorCode::Internal, e);
+                return Err(self.abandon(grant, certifier, &serial, err).await);
+            }
+        };
         // The certificate is durable in the ledger, with its audit entry,
         // before anyone sees it.
-        let subject = cert.tbs_certificate().subject().to_string();
         let event = AuditEvent::new(KIND_ISSUED, grant.name())
             .certifier(certifier.name().to_string())
             .detail(json!({
@@ -380,14 +414,14 @@ impl Issuer {
             not_after: validity.not_after,
             at: self.clock.unix(),
         };
-        match self.ledger.change(change, event) {
+        match self.ledger.change_async(change, event).await {
             Ok(Done::Change(Applied::Done, _)) => {}
             Ok(Done::Change(Applied::Refused(e), _)) => return Err(e.api_error()),
             Ok(other) => return Err(unexpected(&other)),
             // Not written: the certificate is never released; the serial
             // is burned (now, or at the next start if this fails too).
             Err(e @ JournalError::Audit(_)) => {
-                return Err(self.abandon(grant, certifier, &serial, e.api_error()))
+                return Err(self.abandon(grant, certifier, &serial, e.api_error()).await)
             }
             // Written, but the index could not show it yet: it reaches the
             // index from the journal, and a retry with the same request_id
@@ -535,7 +569,30 @@ mod tests {
     use crate::clock::{Clock, SystemClock};
     use crate::ledger::{IdempotencyEntry, SERIAL_LEN};
     use crate::testing::{csr, TestCa, RA};
-    use std::cell::Cell;
+    /// A cell the scripted serial sources can share with the pipeline's
+    /// future, which must be `Send` (a `std::cell::Cell` is not).
+    struct Cell<T>(std::sync::Mutex<T>);
+
+    impl<T> Cell<T> {
+        fn new(value: T) -> Cell<T> {
+            Cell(std::sync::Mutex::new(value))
+        }
+        fn set(&self, value: T) {
+            *self.0.lock().expect("a cell") = value;
+        }
+        fn take(&self) -> T
+        where
+            T: Default,
+        {
+            std::mem::take(&mut *self.0.lock().expect("a cell"))
+        }
+    }
+
+    impl<T: Copy> Cell<T> {
+        fn get(&self) -> T {
+            *self.0.lock().expect("a cell")
+        }
+    }
 
     const TLS_SERVER: &str =
         "[[profile]]\nname = \"tls-server\"\nkind = \"tls-server\"\nmax_validity_days = 90\n";
@@ -585,12 +642,16 @@ mod tests {
     fn issues_once_and_replays_after() {
         let ca = TestCa::new(TLS_SERVER, GRANT);
         let req = request("r1");
-        let first = ca.services.issuer.issue(&ca.grant(), &req).expect("issued");
+        let first = ca
+            .services
+            .issuer
+            .issue_blocking(&ca.grant(), &req)
+            .expect("issued");
         assert!(!first.replayed);
         let again = ca
             .services
             .issuer
-            .issue(&ca.grant(), &req)
+            .issue_blocking(&ca.grant(), &req)
             .expect("replayed");
         assert!(again.replayed);
         assert_eq!(
@@ -612,13 +673,13 @@ mod tests {
         let first = ca
             .services
             .issuer
-            .issue(&ca.grant(), &request("r1"))
+            .issue_blocking(&ca.grant(), &request("r1"))
             .expect("issued");
         ca.clock.advance(std::time::Duration::from_secs(86_400));
         let second = ca
             .services
             .issuer
-            .issue(&ca.grant(), &request("r2"))
+            .issue_blocking(&ca.grant(), &request("r2"))
             .expect("issued");
         assert_eq!(first.not_before, rfc3339(start));
         assert_eq!(second.not_before, rfc3339(start + 86_400));
@@ -630,14 +691,16 @@ mod tests {
     fn the_rate_budget_refills_with_the_clock() {
         let ca = TestCa::new(TLS_SERVER, &format!("{GRANT}\nrate_limit_per_minute = 1"));
         let issuer = &ca.services.issuer;
-        issuer.issue(&ca.grant(), &request("r1")).expect("issued");
+        issuer
+            .issue_blocking(&ca.grant(), &request("r1"))
+            .expect("issued");
         let err = issuer
-            .issue(&ca.grant(), &request("r2"))
+            .issue_blocking(&ca.grant(), &request("r2"))
             .expect_err("over the budget");
         assert_eq!(err.code, ErrorCode::RateLimited);
         ca.clock.advance(std::time::Duration::from_secs(60));
         issuer
-            .issue(&ca.grant(), &request("r2"))
+            .issue_blocking(&ca.grant(), &request("r2"))
             .expect("issued a minute later");
     }
 
@@ -657,7 +720,7 @@ mod tests {
         let resp = ca
             .services
             .issuer
-            .issue_drawing(
+            .issue_drawing_blocking(
                 &ca.grant(),
                 &request("r1"),
                 &mut scripted(&[taken, fresh], &draws),
@@ -682,7 +745,7 @@ mod tests {
         let err = ca
             .services
             .issuer
-            .issue_drawing(&ca.grant(), &request("r1"), &mut scripted(&[taken], &draws))
+            .issue_drawing_blocking(&ca.grant(), &request("r1"), &mut scripted(&[taken], &draws))
             .expect_err("no unused serial");
         assert_eq!(err.code, ErrorCode::Internal);
         assert_eq!(err.message, "could not draw an unused serial number");
@@ -704,7 +767,7 @@ mod tests {
         let err = ca
             .services
             .issuer
-            .issue_drawing(
+            .issue_drawing_blocking(
                 &ca.grant(),
                 &request("r1"),
                 &mut scripted(&[serial(1)], &draws),
@@ -743,7 +806,7 @@ mod tests {
         let err = ca
             .services
             .issuer
-            .issue_drawing(&ca.grant(), &req, &mut scripted(&[serial(2)], &draws))
+            .issue_drawing_blocking(&ca.grant(), &req, &mut scripted(&[serial(2)], &draws))
             .expect_err("in progress");
         assert_eq!(err.code, ErrorCode::InProgress);
         assert_eq!(
@@ -778,7 +841,7 @@ mod tests {
         let err = ca
             .services
             .issuer
-            .issue_drawing(&ca.grant(), &req, &mut race)
+            .issue_drawing_blocking(&ca.grant(), &req, &mut race)
             .expect_err("in progress");
         assert_eq!(err.code, ErrorCode::InProgress);
         assert_eq!(err.code.http_status(), 409);
@@ -804,18 +867,21 @@ mod tests {
         let req = request("r1");
         let theirs = Cell::new(None);
         let mut race = || {
-            let done = ca
-                .services
-                .issuer
-                .issue(&ca.grant(), &req)
-                .expect("the other request");
+            // The other request runs to its end meanwhile (on a thread of its
+            // own: this one is inside the pipeline's future).
+            let done = std::thread::scope(|s| {
+                s.spawn(|| ca.services.issuer.issue_blocking(&ca.grant(), &req))
+                    .join()
+                    .expect("the other request's thread")
+            })
+            .expect("the other request");
             theirs.set(Some(done));
             Ok(serial(2))
         };
         let resp = ca
             .services
             .issuer
-            .issue_drawing(&ca.grant(), &req, &mut race)
+            .issue_drawing_blocking(&ca.grant(), &req, &mut race)
             .expect("replayed");
         let theirs = theirs.take().expect("the other request ran");
         assert!(resp.replayed && !theirs.replayed);

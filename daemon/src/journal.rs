@@ -151,6 +151,14 @@ pub trait Ledger: Send + Sync {
         })
     }
 
+    /// [`Ledger::audit`] for async callers: the task waits, no thread.
+    fn audit_async<'a>(
+        &'a self,
+        event: AuditEvent,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<AuditRecord, AuditError>> + Send + 'a>,
+    >;
+
     /// Records a ledger change with its audit entry; see
     /// [`Journal::change`].
     fn change(&self, change: Change, event: AuditEvent) -> Result<Done, JournalError>;
@@ -208,6 +216,15 @@ impl Ledger for Journal {
 
     fn finish(&self, event: AuditEvent) -> Result<AuditRecord, AuditError> {
         Journal::finish(self, event)
+    }
+
+    fn audit_async<'a>(
+        &'a self,
+        event: AuditEvent,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<AuditRecord, AuditError>> + Send + 'a>,
+    > {
+        Box::pin(Journal::audit_async(self, event))
     }
 
     fn change(&self, change: Change, event: AuditEvent) -> Result<Done, JournalError> {
@@ -436,6 +453,19 @@ impl Journal {
             return Err(AuditError::DetailNotObject);
         }
         match self.wait(Work::Audit(event)) {
+            Ok(Done::Entry(record)) => Ok(record),
+            Ok(Done::Change(..)) => Err(AuditError::Encode("unexpected journal answer".into())),
+            Err(JournalError::Audit(e)) => Err(e),
+            Err(JournalError::Ledger(e)) => Err(AuditError::Unusable(e.to_string())),
+        }
+    }
+
+    /// [`Journal::audit`] for async callers: the task waits, no thread.
+    pub async fn audit_async(&self, event: AuditEvent) -> Result<AuditRecord, AuditError> {
+        if !event.detail.is_object() {
+            return Err(AuditError::DetailNotObject);
+        }
+        match self.wait_async(Work::Audit(event)).await {
             Ok(Done::Entry(record)) => Ok(record),
             Ok(Done::Change(..)) => Err(AuditError::Encode("unexpected journal answer".into())),
             Err(JournalError::Audit(e)) => Err(e),

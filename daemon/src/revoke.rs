@@ -133,7 +133,11 @@ mod tests {
     fn a_revocation_is_timed_by_the_clock_audited_and_done_once() {
         let ca = TestCa::new(TLS_SERVER, GRANT);
         let req = IssueRequest::new("r1", "tls-server", csr(0x22, "www.example.com"));
-        let issued = ca.services.issuer.issue(&ca.grant(), &req).expect("issued");
+        let issued = ca
+            .services
+            .issuer
+            .issue_blocking(&ca.grant(), &req)
+            .expect("issued");
         ca.clock.advance(Duration::from_secs(3_600));
         let revoker = &ca.services.revoker;
         let info = revoker

@@ -742,22 +742,40 @@ where
     }
 }
 
+/// Issuance runs on the request's own task: the pipeline awaits the
+/// ledger's writes and the signing threads instead of holding a thread of
+/// the blocking pool, so a request costs no hand-off but those.
 async fn issue_handler(
     call: Call,
     Extension(limit): Extension<BodyLimit>,
     headers: HeaderMap,
     body: Body,
 ) -> Reply {
-    with_body(call, headers, body, limit, |s, g, req: IssueRequest| {
-        let resp = s.issuer.issue(g, &req)?;
-        let status = if resp.replayed {
-            StatusCode::OK
-        } else {
-            StatusCode::CREATED
-        };
-        json_ok(status, &resp)
-    })
-    .await
+    let req: IssueRequest = match read_json(&headers, body, limit).await {
+        Ok(req) => req,
+        Err(e) => return refuse(call, e).await,
+    };
+    let (actor, result) = match grant_of(&call.api, &call.peer) {
+        Ok(grant) => {
+            let result = call.api.issuer.issue(&grant, &req).await.and_then(|resp| {
+                let status = if resp.replayed {
+                    StatusCode::OK
+                } else {
+                    StatusCode::CREATED
+                };
+                json_ok(status, &resp)
+            });
+            (grant.name().to_string(), result)
+        }
+        Err(e) => (format!("peer:{}", call.peer.addr), Err(e)),
+    };
+    if let Err(e) = &result {
+        let event = refusal_event(&actor, &call.method, &call.uri, e);
+        if let Err(audit) = call.api.audit.audit_async(event).await {
+            tracing::error!(error = %audit, "cannot write the audit log");
+        }
+    }
+    Reply(result)
 }
 
 async fn get_handler(call: Call, Path(serial): Path<String>) -> Reply {

@@ -41,6 +41,16 @@ pub(crate) struct TestCa {
     _dir: tempfile::TempDir,
 }
 
+/// Runs a future to completion on a runtime of its own, for tests that are
+/// not async themselves.
+pub(crate) fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime")
+        .block_on(future)
+}
+
 /// Records an intent the way issuance does (with the RA's idempotency
 /// claim `(ra, request_id, body_sha256)` when given), for tests that set
 /// up what a concurrent request would have left.

@@ -10,6 +10,7 @@ pub mod keytype;
 #[cfg(test)]
 pub(crate) mod memory;
 pub mod pkcs11;
+pub mod pool;
 pub mod verify;
 
 pub use keytype::KeyType;

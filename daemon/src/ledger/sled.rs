@@ -946,7 +946,7 @@ fn unaudited_key(serial: &Serial) -> Vec<u8> {
 mod tests {
     use super::*;
     use crate::clock::{ManualClock, SystemClock};
-    use std::sync::{Arc, Barrier};
+    use std::sync::Arc;
 
     fn intent(certifier: &str) -> Intent {
         Intent {
@@ -981,160 +981,11 @@ mod tests {
         serial
     }
 
-    /// Runs `f(i)` on `n` threads released together, and returns what each
-    /// returned, in `i` order.
-    fn race<T: Send + 'static>(n: usize, f: impl Fn(usize) -> T + Send + Sync + 'static) -> Vec<T> {
-        let f = Arc::new(f);
-        let start = Arc::new(Barrier::new(n));
-        let threads: Vec<_> = (0..n)
-            .map(|i| {
-                let (f, start) = (Arc::clone(&f), Arc::clone(&start));
-                std::thread::spawn(move || {
-                    start.wait();
-                    f(i)
-                })
-            })
-            .collect();
-        threads
-            .into_iter()
-            .map(|t| t.join().expect("thread"))
-            .collect()
-    }
-
     #[test]
     fn ledger_is_send_and_sync() {
         fn assert_send_sync<T: Send + Sync>() {}
         assert_send_sync::<SledLedger>();
         assert_send_sync::<Box<dyn LegacyLedger>>();
-    }
-
-    /// Several requests that drew the same serial: exactly one intent is
-    /// recorded, the others are told to draw again, and what is stored is
-    /// the winner's intent.
-    #[test]
-    fn concurrent_intents_for_one_serial_have_one_winner() {
-        const THREADS: usize = 8;
-        let dir = tempfile::tempdir().expect("tempdir");
-        let ledger = Arc::new(open(&dir));
-        let contested = serial(42);
-        let of = |i: usize| Intent {
-            ra: format!("ra-{i}"),
-            ..intent("ca1")
-        };
-        let outcomes = {
-            let ledger = Arc::clone(&ledger);
-            race(THREADS, move |i| {
-                ledger
-                    .record_intent(&contested, of(i), None)
-                    .expect("intent")
-            })
-        };
-        let winners: Vec<usize> = (0..THREADS)
-            .filter(|i| outcomes[*i] == IntentOutcome::Recorded)
-            .collect();
-        assert_eq!(winners.len(), 1, "{outcomes:?}");
-        let taken = outcomes
-            .iter()
-            .filter(|o| **o == IntentOutcome::SerialTaken)
-            .count();
-        assert_eq!(taken, THREADS - 1, "{outcomes:?}");
-        drop(ledger);
-
-        let ledger = open(&dir);
-        let record = ledger.get(&contested).expect("get").expect("present");
-        assert_eq!(record.state, RecordState::Intent);
-        assert_eq!(record.intent, of(winners[0]));
-        assert_eq!(ledger.pending_intents().expect("pending").len(), 1);
-    }
-
-    /// Several requests with the same request_id, each with its own serial:
-    /// exactly one claims the key, the others learn whose it is, and none of
-    /// their serials is recorded.
-    #[test]
-    fn concurrent_claims_of_one_request_id_have_one_winner() {
-        const THREADS: usize = 8;
-        let dir = tempfile::tempdir().expect("tempdir");
-        let ledger = Arc::new(open(&dir));
-        let outcomes = {
-            let ledger = Arc::clone(&ledger);
-            race(THREADS, move |i| {
-                let body = [u8::try_from(i).expect("few threads"); 32];
-                ledger
-                    .record_intent(
-                        &serial(i as u64 + 1),
-                        intent("ca1"),
-                        Some(("ra", "same", body)),
-                    )
-                    .expect("intent")
-            })
-        };
-        let winners: Vec<usize> = (0..THREADS)
-            .filter(|i| outcomes[*i] == IntentOutcome::Recorded)
-            .collect();
-        assert_eq!(winners.len(), 1, "{outcomes:?}");
-        let winner = winners[0];
-        let claimed = IdempotencyEntry {
-            body_sha256: [u8::try_from(winner).expect("few threads"); 32],
-            serial: serial(winner as u64 + 1),
-        };
-        for (i, outcome) in outcomes.iter().enumerate() {
-            if i != winner {
-                assert_eq!(*outcome, IntentOutcome::KeyTaken(claimed.clone()));
-                assert_eq!(ledger.get(&serial(i as u64 + 1)).expect("get"), None);
-            }
-        }
-        drop(ledger);
-
-        let ledger = open(&dir);
-        assert_eq!(
-            ledger.idempotency_get("ra", "same").expect("get"),
-            Some(claimed)
-        );
-        assert_eq!(ledger.pending_intents().expect("pending").len(), 1);
-    }
-
-    /// Intents recorded from many threads at once share the writer's rounds;
-    /// each is stored as sent and survives a reopen.
-    #[test]
-    fn concurrent_intents_are_all_durable() {
-        const THREADS: usize = 4;
-        const EACH: u64 = 250;
-        let dir = tempfile::tempdir().expect("tempdir");
-        let ledger = Arc::new(open(&dir));
-        let of = |n: u64| Intent {
-            request_id: Some(format!("req-{n}")),
-            ..intent("ca1")
-        };
-        let outcomes = {
-            let ledger = Arc::clone(&ledger);
-            race(THREADS, move |t| {
-                (0..EACH)
-                    .map(|k| {
-                        let n = t as u64 * EACH + k + 1;
-                        ledger
-                            .record_intent(&serial(n), of(n), None)
-                            .expect("intent")
-                    })
-                    .collect::<Vec<_>>()
-            })
-        };
-        assert!(outcomes
-            .iter()
-            .flatten()
-            .all(|o| *o == IntentOutcome::Recorded));
-        drop(ledger);
-
-        let ledger = open(&dir);
-        let pending = ledger.pending_intents().expect("pending");
-        let total = THREADS as u64 * EACH;
-        assert_eq!(
-            pending.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
-            (1..=total).map(serial).collect::<Vec<_>>()
-        );
-        for (n, (_, record)) in (1..=total).zip(&pending) {
-            assert_eq!(record.state, RecordState::Intent);
-            assert_eq!(record.intent, of(n));
-        }
     }
 
     #[test]
@@ -1150,34 +1001,6 @@ mod tests {
             .expect("issue");
         let record = ledger.get(&serial).expect("get").expect("present");
         assert_eq!(record.issued_at, Some(1_700_000_005));
-    }
-
-    #[test]
-    fn pending_index_is_built_for_ledgers_without_it() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let ledger = open(&dir);
-        let a = recorded(&ledger, 1, intent("ca1"));
-        let b = recorded(&ledger, 2, intent("ca1"));
-        ledger.record_issued(&b, b"der-b", 2_000).expect("issue b");
-        // What a ledger written before the index existed looks like.
-        let store = ledger.store(true).expect("store");
-        for key in [pending_key(&a), PENDING_INDEX_KEY.to_vec()] {
-            store.meta.remove(key).expect("remove");
-        }
-        // Flushes the whole database, not only this tree.
-        store.meta.flush().expect("flush");
-        drop(store);
-        drop(ledger);
-        let ledger = open(&dir);
-        let pending: Vec<Serial> = ledger
-            .pending_intents()
-            .expect("pending")
-            .into_iter()
-            .map(|(s, _)| s)
-            .collect();
-        assert_eq!(pending, vec![a]);
-        ledger.record_abandoned(&a, "test").expect("abandon");
-        assert!(ledger.pending_intents().expect("pending").is_empty());
     }
 
     #[test]
@@ -1408,89 +1231,5 @@ mod tests {
             );
         }
         assert_eq!(ledger.idempotency_get("ra", "r2").expect("get"), None);
-    }
-
-    const CRASH_CHILD_ENV: &str = "CERTD_LEDGER_CRASH_CHILD";
-    const CRASH_MARKER: &str = "CERTD_CRASHED_SERIAL=";
-
-    /// Crashes (abort, no destructors, no sled shutdown flush) between the
-    /// intent and the issuance, then checks the serial is never reused.
-    #[test]
-    fn crash_between_intent_and_issuance_never_reuses_serial() {
-        if let Some(dir) = std::env::var_os(CRASH_CHILD_ENV) {
-            let ledger =
-                SledLedger::open(Path::new(&dir), Arc::new(SystemClock)).expect("child open");
-            let serial = Serial::random().expect("child rng");
-            let outcome = ledger
-                .record_intent(&serial, intent("ca1"), None)
-                .expect("child intent");
-            assert_eq!(outcome, IntentOutcome::Recorded);
-            println!("{CRASH_MARKER}{serial}");
-            std::process::abort();
-        }
-
-        let dir = tempfile::tempdir().expect("tempdir");
-        let test_name = concat!(
-            module_path!(),
-            "::crash_between_intent_and_issuance_never_reuses_serial"
-        );
-        // The harness names tests without the crate prefix.
-        let test_name = test_name.split_once("::").map_or(test_name, |(_, n)| n);
-        let output = std::process::Command::new(std::env::current_exe().expect("exe"))
-            .args(["--exact", test_name, "--nocapture", "--test-threads=1"])
-            .env(CRASH_CHILD_ENV, dir.path())
-            .output()
-            .expect("run child");
-        assert!(!output.status.success(), "child was expected to abort");
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let crashed = stdout
-            .lines()
-            // The harness prints "test <name> ... " on the same line first.
-            .find_map(|line| line.split_once(CRASH_MARKER).map(|(_, hex)| hex))
-            .unwrap_or_else(|| panic!("child printed no serial; stdout: {stdout}"));
-        let crashed = Serial::from_hex(crashed.trim()).expect("child serial");
-
-        let ledger = open(&dir);
-        let pending = ledger.pending_intents().expect("pending");
-        assert_eq!(
-            pending.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
-            vec![crashed]
-        );
-        ledger
-            .record_abandoned(&crashed, "crashed before signing")
-            .expect("abandon");
-        assert!(ledger.pending_intents().expect("pending").is_empty());
-
-        // Drawn again, the abandoned serial is refused, with or without a
-        // request_id, and the request_id is not claimed by the refusal.
-        assert_eq!(
-            ledger
-                .record_intent(&crashed, intent("ca1"), None)
-                .expect("intent"),
-            IntentOutcome::SerialTaken
-        );
-        assert_eq!(
-            ledger
-                .record_intent(&crashed, intent("ca1"), Some(("ra", "retry", [1; 32])))
-                .expect("intent"),
-            IntentOutcome::SerialTaken
-        );
-        assert_eq!(ledger.idempotency_get("ra", "retry").expect("get"), None);
-        let err = ledger
-            .record_issued(&crashed, b"der", 1)
-            .expect_err("abandoned serial must not be issued");
-        assert!(matches!(
-            err,
-            LedgerError::InvalidState {
-                found: RecordState::Abandoned,
-                ..
-            }
-        ));
-        let record = ledger.get(&crashed).expect("get").expect("present");
-        assert_eq!(record.state, RecordState::Abandoned);
-        assert_eq!(
-            record.abandoned_reason.as_deref(),
-            Some("crashed before signing")
-        );
     }
 }
