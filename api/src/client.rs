@@ -74,7 +74,85 @@ impl ClientError {
     }
 }
 
-type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+type HttpsClient = Client<VerdictConnector, Full<Bytes>>;
+
+/// certd's connector: TCP, TLS, then, on TLS 1.3, certd's verdict on the
+/// client certificate before the connection is used.
+///
+/// In TLS 1.3 the client's handshake ends before the server has checked
+/// the client certificate: a refused RA learns it only from an alert that
+/// arrives after it has sent its request, racing the reset of a socket
+/// certd already closed, and the HTTP/2 client may then wait for an
+/// answer that never comes rather than fail. So a new connection is handed
+/// to HTTP only once certd has spoken after the handshake: a session
+/// ticket (certd sends them only after the client's Finished, so after the
+/// certificate passed; certd's `tls_config` keeps them on) or the alert
+/// that refuses it, which then fails the connect with its reason.
+#[derive(Clone)]
+struct VerdictConnector(hyper_rustls::HttpsConnector<HttpConnector>);
+
+type Conn = hyper_rustls::MaybeHttpsStream<hyper_util::rt::TokioIo<tokio::net::TcpStream>>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower::Service<http::Uri> for VerdictConnector {
+    type Response = Conn;
+    type Error = BoxError;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<Conn, BoxError>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let connecting = self.0.call(uri);
+        Box::pin(async move {
+            let mut conn = connecting.await?;
+            if let hyper_rustls::MaybeHttpsStream::Https(tls) = &mut conn {
+                certd_verdict(tls.inner_mut()).await?;
+            }
+            Ok(conn)
+        })
+    }
+}
+
+/// Waits, on a TLS 1.3 connection, for certd's first record after the
+/// handshake: a session ticket (the certificate was accepted) or an alert
+/// or close (it was not). TLS 1.2 decides within the handshake.
+async fn certd_verdict<S>(tls: &mut tokio_rustls::client::TlsStream<S>) -> std::io::Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use std::io::{Error, ErrorKind};
+    use std::task::Poll;
+    if tls.get_ref().1.protocol_version() != Some(rustls::ProtocolVersion::TLSv1_3) {
+        return Ok(());
+    }
+    std::future::poll_fn(|cx| {
+        if tls.get_ref().1.tls13_tickets_received() > 0 {
+            return Poll::Ready(Ok(()));
+        }
+        let mut byte = [0u8; 1];
+        let mut buf = tokio::io::ReadBuf::new(&mut byte);
+        match tokio::io::AsyncRead::poll_read(std::pin::Pin::new(&mut *tls), cx, &mut buf) {
+            Poll::Ready(Ok(())) if buf.filled().is_empty() => Poll::Ready(Err(Error::new(
+                ErrorKind::ConnectionAborted,
+                "certd closed the connection after the TLS handshake: it refused this client certificate",
+            ))),
+            Poll::Ready(Ok(())) => Poll::Ready(Err(Error::new(
+                ErrorKind::InvalidData,
+                "the server spoke before the request: it is not certd",
+            ))),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending if tls.get_ref().1.tls13_tickets_received() > 0 => Poll::Ready(Ok(())),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await
+}
 
 /// A client for one certd.
 #[derive(Clone)]
@@ -169,7 +247,7 @@ impl CertdClient {
             .wrap_connector(http);
         let http = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
+            .build(VerdictConnector(connector));
         Ok(CertdClient {
             base,
             http,

@@ -212,6 +212,11 @@ pub fn tls_config(
                 ))
             })?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // After a TLS 1.3 handshake, session tickets are certd's first word and
+    // are sent only once the client's certificate passed: RA clients
+    // (certd-api) wait for one before using a connection, so that a refused
+    // RA hears the alert at connect instead of after its request.
+    config.send_tls13_tickets = 2;
     Ok(Arc::new(config))
 }
 
@@ -755,27 +760,46 @@ async fn issue_handler(
         Ok(req) => req,
         Err(e) => return refuse(call, e).await,
     };
-    let (actor, result) = match grant_of(&call.api, &call.peer) {
-        Ok(grant) => {
-            let result = call.api.issuer.issue(&grant, &req).await.and_then(|resp| {
-                let status = if resp.replayed {
-                    StatusCode::OK
-                } else {
-                    StatusCode::CREATED
-                };
-                json_ok(status, &resp)
-            });
-            (grant.name().to_string(), result)
+    // The issuance runs in a task of its own, to its end (certificate
+    // recorded or intent abandoned, refusal audited), even when the client
+    // goes away: a dropped connection must not leave an intent half-way
+    // and its request_id `in_progress` until the next start.
+    let Call {
+        api,
+        peer,
+        method,
+        uri,
+    } = call;
+    let issuance = tokio::spawn(async move {
+        let (actor, result) = match grant_of(&api, &peer) {
+            Ok(grant) => {
+                let result = api.issuer.issue(&grant, &req).await.and_then(|resp| {
+                    let status = if resp.replayed {
+                        StatusCode::OK
+                    } else {
+                        StatusCode::CREATED
+                    };
+                    json_ok(status, &resp)
+                });
+                (grant.name().to_string(), result)
+            }
+            Err(e) => (format!("peer:{}", peer.addr), Err(e)),
+        };
+        if let Err(e) = &result {
+            let event = refusal_event(&actor, &method, &uri, e);
+            if let Err(audit) = api.audit.audit_async(event).await {
+                tracing::error!(error = %audit, "cannot write the audit log");
+            }
         }
-        Err(e) => (format!("peer:{}", call.peer.addr), Err(e)),
-    };
-    if let Err(e) = &result {
-        let event = refusal_event(&actor, &call.method, &call.uri, e);
-        if let Err(audit) = call.api.audit.audit_async(event).await {
-            tracing::error!(error = %audit, "cannot write the audit log");
-        }
+        result
+    });
+    match issuance.await {
+        Ok(result) => Reply(result),
+        Err(e) => Reply(Err(ApiError::new(
+            ErrorCode::Internal,
+            format!("issuance task failed: {e}"),
+        ))),
     }
-    Reply(result)
 }
 
 async fn get_handler(call: Call, Path(serial): Path<String>) -> Reply {

@@ -664,3 +664,48 @@ fn a_repeat_while_the_token_stalls_is_in_progress_then_replays() {
     assert_eq!(refused[0]["actor"], "ra-main");
     d.verify_audit();
 }
+
+#[test]
+fn a_client_that_goes_away_while_its_certificate_is_signed_can_collect_it() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (d, control, count) = ca(tmp.path());
+    poll_until(
+        EVENT_LIMIT,
+        "the start-up CRL",
+        || (!d.audit_of("crl_issued").is_empty()).then_some(()),
+        || d.log(),
+    );
+    let key = make_key(tmp.path(), "sub", KeyAlg::P256);
+    let csr = make_csr(tmp.path(), "sub", &key, "/CN=www.example.com", &[]).pem;
+    let body = serde_json::to_value(request(&csr, "gone-1")).expect("JSON");
+    let post = || d.curl("ra-main", "POST", "/v1/certificates").json(&body);
+
+    // The client gives up (curl's --max-time) while the token holds the
+    // signature: its connection closes with the certificate half-made.
+    control.set(FaultMode::Stall);
+    let gone = post().arg("--max-time").arg("1").send();
+    assert_eq!(gone.status, 0, "no answer reached the client: {gone}");
+    assert_eq!(fault::injected_fault_log(&count), ["stall C_Sign"]);
+    control.set(FaultMode::Pass);
+
+    // certd finishes the issuance without its client...
+    poll_until(
+        EVENT_LIMIT,
+        "the abandoned request's certificate in the ledger",
+        || (d.issued("ca") == 1).then_some(()),
+        || d.log(),
+    );
+    // ...and the repeat collects it rather than meeting `in_progress`.
+    let replay = post().send();
+    assert_eq!(replay.status, 200, "{replay}");
+    let replayed: IssueResponse =
+        serde_json::from_slice(&replay.body).unwrap_or_else(|e| panic!("{e}: {replay}"));
+    assert!(replayed.replayed);
+    assert_eq!(d.issued("ca"), 1);
+    assert!(
+        d.audit_of("refused").is_empty(),
+        "{:#?}",
+        d.audit_of("refused")
+    );
+    d.verify_audit();
+}

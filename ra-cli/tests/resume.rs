@@ -563,15 +563,26 @@ fn an_output_file_that_cannot_be_written_then_resumed_with_the_same_serial() {
 #[test]
 fn killed_batch_resumes_without_duplicates() {
     const ROWS: usize = 200;
-    let ca = Ca::start(true);
+    let (ca, token) = Ca::start_through_fault_module();
     let work = ca.scratch("work");
     let input = work.join("many.csv");
     let emails = people(&input, ROWS);
     let out = work.join("out");
     let args = batch(&input, &out, &["--jobs", "4", "--p12-iterations", "1000"]);
     let mut child = spawn(&ca, &args);
+    // Killed part-way through, whatever the machine's speed: after 15
+    // deliveries the token holds every signature, and the kill comes once
+    // one is held, with the other workers wherever they are.
     wait_for_deliveries(&out, 15);
+    let held = hold(&token);
+    poll_until(
+        HANG,
+        "a signature held by the token",
+        || (!injected_fault_log(&token.count).is_empty()).then_some(()),
+        || std::fs::read_to_string(out.join("journal.jsonl")).unwrap_or_default(),
+    );
     let status = child.kill().expect("SIGKILL");
+    held.release();
     assert!(
         status.code().is_none(),
         "killed by a signal, not finished: {status}"
