@@ -99,6 +99,9 @@ pub struct Certifier {
     module: PathBuf,
     sessions: usize,
     live: RwLock<Live>,
+    /// Told each time the certifier becomes active (activation, the token
+    /// coming back): the CRL task waits on it while locked.
+    became_active: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Certifier {
@@ -171,6 +174,13 @@ impl Certifier {
         let mut live = self.live.write().unwrap_or_else(|p| p.into_inner());
         live.signer = Some(signer);
         live.state = State::Active;
+        self.became_active.notify_one();
+    }
+
+    /// Resolves once the certifier has become active since the last call
+    /// (at once if it did in between): for tasks that wait while it is not.
+    pub async fn activated(&self) {
+        self.became_active.notified().await;
     }
 
     /// Whether `pin` equals the PIN this certifier is logged in with
@@ -196,6 +206,7 @@ impl Certifier {
         live.signer = Some(Arc::new(signer));
         live.pin = Some(pin);
         live.state = State::Active;
+        self.became_active.notify_one();
         Ok(())
     }
 
@@ -249,6 +260,7 @@ impl Certifier {
                         if live.state == State::Unavailable(old) {
                             live.signer = Some(Arc::new(s));
                             live.state = State::Active;
+                            self.became_active.notify_one();
                             return Some(State::Active);
                         }
                         None
@@ -259,7 +271,9 @@ impl Certifier {
                         Some(State::Locked)
                     }
                     Err(e) => {
-                        let reason = e.to_string();
+                        // Health names the token whatever the call that failed.
+                        let reason =
+                            format!("token {:?} still unavailable: {e}", self.config.token_label);
                         let mut live = self.live.write().unwrap_or_else(|p| p.into_inner());
                         if live.state == State::Unavailable(old.clone()) && old != reason {
                             live.state = State::Unavailable(reason.clone());
@@ -323,6 +337,7 @@ impl Certifiers {
                 key_type,
                 module: config.hsm.module.clone(),
                 sessions: config.hsm.sessions,
+                became_active: tokio::sync::Notify::new(),
                 live: RwLock::new(Live {
                     state: State::Locked,
                     signer: None,
@@ -416,8 +431,10 @@ impl Certifiers {
                 held.push(s);
             }
             if live.state == State::Active {
-                live.state =
-                    State::Unavailable("the PKCS#11 module is being re-initialised".into());
+                live.state = State::Unavailable(format!(
+                    "token {:?}: the PKCS#11 module is being re-initialised",
+                    c.config.token_label
+                ));
             }
         }
         // About 5 s, counted in pauses: a bound that reads no clock.
@@ -438,6 +455,7 @@ impl Certifiers {
                     let mut live = c.live.write().unwrap_or_else(|p| p.into_inner());
                     live.signer = Some(Arc::new(s));
                     live.state = State::Active;
+                    c.became_active.notify_one();
                     State::Active
                 }
                 Err(HsmError::PinIncorrect(_) | HsmError::PinLocked(_)) => {
@@ -445,7 +463,7 @@ impl Certifiers {
                     State::Locked
                 }
                 Err(e) => {
-                    let reason = e.to_string();
+                    let reason = format!("token {:?} still unavailable: {e}", c.config.token_label);
                     c.live.write().unwrap_or_else(|p| p.into_inner()).state =
                         State::Unavailable(reason.clone());
                     State::Unavailable(reason)

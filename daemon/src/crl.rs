@@ -26,8 +26,8 @@ use x509_cert::time::Time;
 /// A CRL as issued.
 #[derive(Debug, Clone)]
 pub struct CrlState {
-    /// DER of the CertificateList.
-    pub der: Arc<Vec<u8>>,
+    /// DER of the CertificateList, shared by everyone who serves it.
+    pub der: bytes::Bytes,
     /// Its CRL number.
     pub number: u64,
     /// thisUpdate, Unix seconds.
@@ -64,25 +64,58 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError::new(ErrorCode::Internal, e.to_string())
 }
 
-/// Reads number and times back from a CRL's DER.
+/// Reads number and times back from a CRL's DER without decoding its
+/// list of revoked certificates, which it steps over whole: at start-up
+/// certd reads its CRLs back, and one of a million revocations is tens of
+/// megabytes. (The CRL is certd's own, written by it; its signature was
+/// verified when it was made.)
 pub fn describe(der: &[u8]) -> Option<CrlState> {
-    let crl = CertificateList::<x509_cert::certificate::Rfc5280>::from_der(der).ok()?;
-    let tbs = &crl.tbs_cert_list;
-    let number = tbs
-        .crl_extensions
-        .as_ref()?
-        .iter()
-        .find(|e| e.extn_id == const_oid::db::rfc5280::ID_CE_CRL_NUMBER)
-        .and_then(|e| CrlNumber::from_der(e.extn_value.as_bytes()).ok())
-        .and_then(|n| {
-            let b = n.0.as_bytes();
-            (b.len() <= 8).then(|| b.iter().fold(0u64, |a, x| (a << 8) | u64::from(*x)))
-        })?;
+    use der::asn1::AnyRef;
+    use der::{Reader, SliceReader, Tag, TagNumber, Tagged};
+    use x509_cert::ext::Extensions;
+    use x509_cert::time::Time;
+    // CertificateList ::= SEQUENCE { tbsCertList, signatureAlgorithm, signature }
+    let list = AnyRef::from_der(der).ok()?;
+    let tbs = AnyRef::decode(&mut SliceReader::new(list.value()).ok()?).ok()?;
+    let mut r = SliceReader::new(tbs.value()).ok()?;
+    // TBSCertList ::= SEQUENCE { version OPTIONAL, signature, issuer,
+    //   thisUpdate, nextUpdate OPTIONAL, revokedCertificates OPTIONAL,
+    //   crlExtensions [0] EXPLICIT OPTIONAL }
+    if Tag::peek(&r).ok()? == Tag::Integer {
+        AnyRef::decode(&mut r).ok()?;
+    }
+    AnyRef::decode(&mut r).ok()?; // signature
+    AnyRef::decode(&mut r).ok()?; // issuer
+    let this_update = Time::decode(&mut r).ok()?;
+    let next_update = match Tag::peek(&r).ok()? {
+        Tag::UtcTime | Tag::GeneralizedTime => Time::decode(&mut r).ok()?,
+        _ => return None,
+    };
+    let mut number = None;
+    while !r.is_finished() {
+        let field = AnyRef::decode(&mut r).ok()?;
+        if field.tag()
+            == (Tag::ContextSpecific {
+                constructed: true,
+                number: TagNumber(0),
+            })
+        {
+            let extensions = Extensions::from_der(field.value()).ok()?;
+            number = extensions
+                .iter()
+                .find(|e| e.extn_id == const_oid::db::rfc5280::ID_CE_CRL_NUMBER)
+                .and_then(|e| CrlNumber::from_der(e.extn_value.as_bytes()).ok())
+                .and_then(|n| {
+                    let b = n.0.as_bytes();
+                    (b.len() <= 8).then(|| b.iter().fold(0u64, |a, x| (a << 8) | u64::from(*x)))
+                });
+        }
+    }
     Some(CrlState {
-        der: Arc::new(der.to_vec()),
-        number,
-        this_update: crate::x509::unix_of(&tbs.this_update),
-        next_update: crate::x509::unix_of(tbs.next_update.as_ref()?),
+        der: bytes::Bytes::copy_from_slice(der),
+        number: number?,
+        this_update: crate::x509::unix_of(&this_update),
+        next_update: crate::x509::unix_of(&next_update),
     })
 }
 
@@ -279,7 +312,7 @@ impl CrlService {
         };
         let der = crl.to_der().map_err(internal)?;
         let state = CrlState {
-            der: Arc::new(der),
+            der: bytes::Bytes::from(der),
             number,
             this_update: now,
             next_update: next,
@@ -330,8 +363,10 @@ impl CrlService {
                 }
             }
             if certifier.signer().is_err() {
-                // Locked or unavailable: look again shortly.
+                // Locked or unavailable: go on once it is active again (or
+                // look again shortly, in case the state changed otherwise).
                 tokio::select! {
+                    _ = certifier.activated() => {}
                     _ = tokio::time::sleep(crate::certifier::PROBE_INTERVAL) => {}
                     _ = trigger.notified() => { pending = true; }
                 }
@@ -397,5 +432,70 @@ mod tests {
             ],
             "per CRL made: its number, durable before signing, then the CRL"
         );
+    }
+
+    /// At start-up certd reads number and dates back from its CRL files
+    /// without decoding their revoked lists: the same as a full decode
+    /// says, on a CRL with entries; and nothing from a damaged one.
+    #[test]
+    fn a_crl_read_back_gives_number_and_dates_without_decoding_its_entries() {
+        use der::Decode;
+        use x509_cert::crl::CertificateList;
+        let ca = TestCa::new(
+            "[[profile]]\nname = \"tls-server\"\nkind = \"tls-server\"\nmax_validity_days = 90\n",
+            "profiles = [\"tls-server\"]\ndns_subtrees = [\"example.com\"]\nmay_revoke = true",
+        );
+        for n in 0..3u8 {
+            let req = certd_api::IssueRequest::new(
+                format!("r{n}"),
+                "tls-server",
+                crate::testing::csr(0x30 + n, "www.example.com"),
+            );
+            let issued = ca
+                .services
+                .issuer
+                .issue_blocking(&ca.grant(), &req)
+                .expect("issued");
+            ca.services
+                .revoker
+                .revoke(
+                    &ca.grant(),
+                    &issued.serial,
+                    &certd_api::RevokeRequest {
+                        reason: "keyCompromise".into(),
+                    },
+                )
+                .expect("revoked");
+        }
+        ca.clock.advance(Duration::from_secs(60));
+        let state = ca
+            .services
+            .crl
+            .generate(&ca.services.certifiers.all()[0])
+            .expect("CRL");
+        let full = CertificateList::<x509_cert::certificate::Rfc5280>::from_der(&state.der)
+            .expect("decodes");
+        let entries = full
+            .tbs_cert_list
+            .revoked_certificates
+            .as_ref()
+            .map(Vec::len);
+        assert_eq!(entries, Some(3));
+        let read = crate::crl::describe(&state.der).expect("read back");
+        assert_eq!(
+            (read.number, read.this_update, read.next_update),
+            (state.number, state.this_update, state.next_update)
+        );
+        assert_eq!(
+            read.this_update,
+            crate::x509::unix_of(&full.tbs_cert_list.this_update)
+        );
+        assert_eq!(read.der, state.der);
+        for cut in [1, state.der.len() / 2, state.der.len() - 1] {
+            assert!(
+                crate::crl::describe(&state.der[..cut]).is_none(),
+                "cut at {cut}"
+            );
+        }
     }
 }

@@ -426,6 +426,12 @@ fn api_listener(api: &crate::config::ApiConfig) -> Result<tokio::net::TcpListene
 }
 
 async fn serve(services: Arc<Services>) -> Result<(), DaemonError> {
+    // Signal handlers before READY: a SIGTERM that follows READY at once
+    // stops certd cleanly instead of killing it.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).map_err(io("installing the SIGTERM handler"))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(io("installing the SIGINT handler"))?;
+    let mut hup = signal(SignalKind::hangup()).map_err(io("installing the SIGHUP handler"))?;
     let socket_path = services.config.daemon.control_socket.clone();
     let listener = control::bind(&services.config.daemon)?;
     if let Some(api) = services.api() {
@@ -459,10 +465,6 @@ async fn serve(services: Arc<Services>) -> Result<(), DaemonError> {
     // answered on the control socket once a signal has stopped the loop.
     let control = control::serve(controller.clone(), listener);
     tokio::pin!(control);
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(io("installing the SIGTERM handler"))?;
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .map_err(io("installing the SIGHUP handler"))?;
     loop {
         tokio::select! {
             never = &mut control => match never {},
@@ -471,7 +473,7 @@ async fn serve(services: Arc<Services>) -> Result<(), DaemonError> {
                 let c = controller.clone();
                 let _ = tokio::task::spawn_blocking(move || c.reload()).await;
             }
-            _ = tokio::signal::ctrl_c() => break,
+            _ = int.recv() => break,
         }
     }
     systemd::notify_stopping();

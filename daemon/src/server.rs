@@ -29,6 +29,7 @@ use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Router};
+use bytes::Bytes;
 use certd_api::{ApiError, ErrorCode, IssueRequest, RevokeRequest};
 use http_body_util::BodyExt;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
@@ -544,7 +545,7 @@ struct BodyLimit {
 }
 
 /// An API answer: JSON body or error; errors are audited.
-struct Reply(Result<(StatusCode, Vec<u8>, &'static str), ApiError>);
+struct Reply(Result<(StatusCode, Bytes, &'static str), ApiError>);
 
 impl IntoResponse for Reply {
     fn into_response(self) -> Response {
@@ -572,9 +573,9 @@ fn error_response(e: &ApiError) -> Response {
 fn json_ok<T: serde::Serialize>(
     status: StatusCode,
     v: &T,
-) -> Result<(StatusCode, Vec<u8>, &'static str), ApiError> {
+) -> Result<(StatusCode, Bytes, &'static str), ApiError> {
     serde_json::to_vec(v)
-        .map(|b| (status, b, "application/json"))
+        .map(|b| (status, Bytes::from(b), "application/json"))
         .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))
 }
 
@@ -615,9 +616,7 @@ async fn refuse(call: Call, e: ApiError) -> Reply {
 /// Runs `f` with the request's RA on the blocking pool and audits a refusal.
 async fn with_grant<F>(call: Call, f: F) -> Reply
 where
-    F: FnOnce(&Api, &Grant) -> Result<(StatusCode, Vec<u8>, &'static str), ApiError>
-        + Send
-        + 'static,
+    F: FnOnce(&Api, &Grant) -> Result<(StatusCode, Bytes, &'static str), ApiError> + Send + 'static,
 {
     let Call {
         api,
@@ -737,7 +736,7 @@ async fn with_body<T, F>(
 ) -> Reply
 where
     T: DeserializeOwned + Send + 'static,
-    F: FnOnce(&Api, &Grant, T) -> Result<(StatusCode, Vec<u8>, &'static str), ApiError>
+    F: FnOnce(&Api, &Grant, T) -> Result<(StatusCode, Bytes, &'static str), ApiError>
         + Send
         + 'static,
 {
@@ -848,7 +847,9 @@ async fn list_handler(
 async fn crl_handler(call: Call, Path(name): Path<String>) -> Reply {
     with_grant(call, move |s, _g| {
         let state = s.crl.latest(&name)?;
-        Ok((StatusCode::OK, state.der.to_vec(), "application/pkix-crl"))
+        // The CRL's bytes are shared, not copied: a CRL of a million
+        // revocations is tens of megabytes.
+        Ok((StatusCode::OK, state.der, "application/pkix-crl"))
     })
     .await
 }

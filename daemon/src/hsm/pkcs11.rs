@@ -51,7 +51,8 @@ pub(crate) fn ck_err(function: &str, e: CkError) -> HsmError {
     match e {
         CkError::Pkcs11(rv, f) => HsmError::Pkcs11 {
             function: format!("{f:?}"),
-            rv: format!("{rv:?}"),
+            // The code's name, then cryptoki's words for it.
+            rv: format!("{rv:?} ({rv})"),
         },
         other => HsmError::Pkcs11 {
             function: function.to_string(),
@@ -597,7 +598,12 @@ impl Signer for Pkcs11Signer {
     }
 
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, HsmError> {
-        let session = self.pool.checkout()?;
+        let session = self.pool.checkout().map_err(|e| {
+            HsmError::Unavailable(format!(
+                "signing with {:?} in token {:?}: no session: {e}",
+                self.key_label, self.token_label
+            ))
+        })?;
         match sign_raw(&session, self.key_type, self.key, message) {
             Ok(sig) => {
                 self.pool.give_back(session);
