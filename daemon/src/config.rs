@@ -89,6 +89,30 @@ pub struct DaemonConfig {
     /// (which this does not stop) still have room.
     #[serde(default = "default_min_free_mib")]
     pub min_free_mib: u64,
+    /// This certd's name among instances that may one day share a ledger:
+    /// recorded in every intent it makes, and start-up recovery settles only
+    /// its own instance's intents. Default: the host name. Letters, digits,
+    /// `.`, `-` and `_`, at most 64.
+    #[serde(default = "default_instance")]
+    pub instance: String,
+}
+
+/// The host name (`/proc/sys/kernel/hostname`), or `certd` without one.
+fn default_instance() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| valid_instance(h))
+        .unwrap_or_else(|| "certd".to_string())
+}
+
+/// Whether `name` may name an instance.
+pub fn valid_instance(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
 }
 
 fn default_socket_mode() -> u32 {
@@ -431,6 +455,12 @@ impl Config {
             return Err(self.invalid(format!(
                 "daemon.control_socket_mode = {:o} must not grant access to others: use 0o600 or 0o660",
                 self.daemon.control_socket_mode
+            )));
+        }
+        if !valid_instance(&self.daemon.instance) {
+            return Err(self.invalid(format!(
+                "daemon.instance = {:?} is not valid: use 1-64 letters, digits, '.', '-' or '_'",
+                self.daemon.instance
             )));
         }
         let mut names = std::collections::HashSet::new();

@@ -339,7 +339,7 @@ pub fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Arc<Services>, Dae
         );
     }
     let ledger: Arc<dyn Ledger> = Arc::new(journal);
-    crate::recovery::recover_interrupted(ledger.as_ref())?;
+    crate::recovery::recover_interrupted(ledger.as_ref(), &config.daemon.instance)?;
     let certifiers = Arc::new(Certifiers::load(&config)?);
     let config_sha256 = std::fs::read(&config.source)
         .map(|b| {

@@ -47,6 +47,8 @@ pub struct Issuer {
     clock: Arc<dyn Clock>,
     limiter: RateLimiter,
     free_space: FreeSpaceGuard,
+    /// This certd's `daemon.instance`, recorded in its intents.
+    instance: String,
 }
 
 impl Issuer {
@@ -67,6 +69,7 @@ impl Issuer {
             signing,
             clock,
             limiter: RateLimiter::default(),
+            instance: daemon.instance.clone(),
             free_space: FreeSpaceGuard {
                 dir: daemon.state_dir.clone(),
                 min_free_mib: daemon.min_free_mib,
@@ -221,6 +224,7 @@ impl Issuer {
                 profile: profile.name.clone(),
                 created: now,
                 approval: approval.clone(),
+                instance: self.instance.clone(),
             };
             // Durable (with its audit entry) before the token signs.
             let claim = Claim {
@@ -618,6 +622,7 @@ mod tests {
             profile: req.profile.clone(),
             created: SystemClock.unix(),
             approval: None,
+            instance: String::new(),
         }
     }
 

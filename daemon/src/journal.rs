@@ -952,6 +952,9 @@ fn ledger_event(change: &Change, applied: &Applied, event: AuditEvent) -> AuditE
             if let Some(a) = &intent.approval {
                 fields.insert("approval".into(), a.clone());
             }
+            if !intent.instance.is_empty() {
+                fields.insert("instance".into(), json!(intent.instance));
+            }
             (KIND_INTENT.to_string(), Some(intent.certifier.clone()))
         }
         Change::Issued {
@@ -1106,6 +1109,9 @@ pub fn change_of(record: &AuditRecord) -> Result<Option<Change>, LedgerError> {
                     profile: text(record, "profile")?.to_string(),
                     created: int(record, "created")?,
                     approval: record.detail.get("approval").cloned(),
+                    instance: text(record, "instance")
+                        .map(str::to_string)
+                        .unwrap_or_default(),
                 },
                 claim,
             }
@@ -1399,6 +1405,7 @@ mod tests {
             profile: "tls-server".into(),
             created: 1_800_000_000,
             approval: None,
+            instance: String::new(),
         }
     }
 
@@ -1756,6 +1763,7 @@ mod tests {
                 serial: serial(1),
                 intent: Intent {
                     approval: Some(json!({"approved_by": ["o1"]})),
+                    instance: String::new(),
                     ..intent("ra-a", Some("r1"))
                 },
                 claim: claim("ra-a", "r1", 3),
@@ -1850,6 +1858,7 @@ mod throughput {
                             profile: "tls-server".into(),
                             created: 0,
                             approval: None,
+                            instance: String::new(),
                         };
                         let claim = Some(Claim {
                             ra: "ra".into(),
@@ -1930,6 +1939,7 @@ mod costs {
                         profile: "p".into(),
                         created: 0,
                         approval: None,
+                        instance: String::new(),
                     },
                     claim: None,
                 })
@@ -1974,6 +1984,7 @@ mod migration {
             profile: "tls-server".into(),
             created: 1_700_000_000,
             approval: None,
+            instance: String::new(),
         }
     }
 

@@ -32,15 +32,26 @@ pub enum RecoveryError {
 pub struct Recovered {
     /// Intents burned: signed or not, never released.
     pub abandoned: Vec<Serial>,
+    /// Pending intents of other instances, left to them.
+    pub others_pending: usize,
 }
 
 /// The kind of entry every start writes first.
 pub const START_KIND: &str = "config_loaded";
 
-/// Burns every intent left pending by the last stop.
-pub fn recover_interrupted(ledger: &dyn Ledger) -> Result<Recovered, RecoveryError> {
+/// Burns every intent `instance` left pending when it last stopped (and
+/// those written before intents named their instance). Another instance's
+/// pending intents are its own to settle: they are counted, not touched.
+pub fn recover_interrupted(
+    ledger: &dyn Ledger,
+    instance: &str,
+) -> Result<Recovered, RecoveryError> {
     let mut done = Recovered::default();
     for (serial, record) in ledger.pending_intents()? {
+        if !record.intent.instance.is_empty() && record.intent.instance != instance {
+            done.others_pending += 1;
+            continue;
+        }
         let change = Change::Abandoned {
             serial,
             reason: "interrupted: the daemon stopped before the certificate was recorded".into(),
@@ -87,6 +98,7 @@ mod tests {
             profile: "p".into(),
             created: 0,
             approval: None,
+            instance: String::new(),
         }
     }
 
@@ -127,14 +139,17 @@ mod tests {
         drop(j);
 
         let j = open();
-        let done = recover_interrupted(&j).expect("recover");
+        let done = recover_interrupted(&j, "here").expect("recover");
         assert_eq!(done.abandoned, vec![serial(2)]);
         let state = |n| j.get(&serial(n)).expect("get").map(|r| r.state);
         assert_eq!(state(1), Some(RecordState::Issued));
         assert_eq!(state(2), Some(RecordState::Abandoned));
         assert!(j.pending_intents().expect("pending").is_empty());
         // Nothing left for the next start.
-        assert!(recover_interrupted(&j).expect("again").abandoned.is_empty());
+        assert!(recover_interrupted(&j, "here")
+            .expect("again")
+            .abandoned
+            .is_empty());
         let text = std::fs::read_to_string(dir.path().join("audit.log")).expect("audit");
         let abandoned: Vec<serde_json::Value> = text
             .lines()
@@ -144,5 +159,57 @@ mod tests {
         assert_eq!(abandoned.len(), 1, "{abandoned:#?}");
         assert_eq!(abandoned[0]["detail"]["serial"], serial(2).to_hex());
         assert_eq!(abandoned[0]["detail"]["ra"], "ra1");
+    }
+
+    /// Several instances may share a ledger one day: each start settles
+    /// its own instance's intents (and those from before instances were
+    /// recorded), never another's.
+    #[test]
+    fn only_this_instances_intents_are_settled() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (j, _) = Journal::open(
+            &dir.path().join("audit.log"),
+            &dir.path().join("index.redb"),
+            Arc::new(SystemClock),
+        )
+        .expect("journal");
+        for (n, instance) in [(1, "here"), (2, "there"), (3, "")] {
+            j.change(
+                Change::Intent {
+                    serial: serial(n),
+                    intent: Intent {
+                        instance: instance.into(),
+                        ..intent()
+                    },
+                    claim: None,
+                },
+                AuditEvent::new(KIND_INTENT, "ra1"),
+            )
+            .expect("intent");
+        }
+        let done = recover_interrupted(&j, "here").expect("recover");
+        assert_eq!(done.abandoned, vec![serial(1), serial(3)]);
+        assert_eq!(done.others_pending, 1);
+        let pending: Vec<_> = j.pending_intents().expect("pending");
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].0, serial(2));
+        assert_eq!(pending[0].1.intent.instance, "there");
+        // The instance is in the intent's audit entry, from which the
+        // journal rebuilds the index.
+        let text = std::fs::read_to_string(dir.path().join("audit.log")).expect("audit");
+        let instances: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON"))
+            .filter(|e| e["kind"] == KIND_INTENT)
+            .map(|e| e["detail"]["instance"].clone())
+            .collect();
+        assert_eq!(
+            instances,
+            [
+                serde_json::json!("here"),
+                serde_json::json!("there"),
+                serde_json::Value::Null
+            ]
+        );
     }
 }

@@ -976,6 +976,7 @@ mod tests {
             profile: "tls-server".into(),
             created: 0,
             approval: None,
+            instance: String::new(),
         };
         let serial = Serial::from_hex(&"01".repeat(16)).expect("a serial");
         let claim = Some((RA, "r1", crate::issue::request_digest(&req)));

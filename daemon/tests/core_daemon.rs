@@ -567,6 +567,7 @@ fn the_ledger_of_an_earlier_certd_is_refused_until_migrated_then_carried_on() {
             profile: "tls-server".into(),
             created: 1_700_000_000,
             approval: None,
+            instance: String::new(),
         };
         old.record_intent(&serial, intent, Some(("ra-old", "old-1", [2; 32])))
             .expect("intent");

@@ -67,6 +67,11 @@ pub struct Intent {
     /// Approval and validation evidence the RA sent with the request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<serde_json::Value>,
+    /// The certd instance that made it (`daemon.instance`): start-up
+    /// recovery settles only its own instance's intents. Empty in intents
+    /// written before instances were recorded, which are the local one's.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub instance: String,
 }
 
 /// Where a serial is in its life. It only ever moves forward:

@@ -957,6 +957,7 @@ mod tests {
             profile: "tls-server".to_owned(),
             created: 1_700_000_000,
             approval: None,
+            instance: String::new(),
         }
     }
 
