@@ -663,6 +663,19 @@ async fn read_json<T: DeserializeOwned>(
             "send the body as application/json",
         ));
     }
+    // A declared length over the limit is refused before the body is
+    // touched: polling it would answer `Expect: 100-continue`, and the
+    // client would start sending what certd will not read.
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit.bytes as u64) {
+        return Err(ApiError::new(
+            ErrorCode::BodyTooLarge,
+            format!("the body is larger than {} bytes", limit.bytes),
+        ));
+    }
     let limited = http_body_util::Limited::new(body, limit.bytes);
     let Ok(collected) = tokio::time::timeout(limit.within, limited.collect()).await else {
         return Err(ApiError::new(

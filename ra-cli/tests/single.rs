@@ -278,7 +278,11 @@ fn single_commands_against_a_real_certd() {
         || {
             let c = ca.ra(&["--json", "crl", "--out", &w("root.crl")]);
             c.assert_success();
-            assert!(c.json()["revoked"].as_u64() >= Some(1), "{c}");
+            // The CRL made before the revocation lists none: fetch again.
+            if c.json()["revoked"].as_u64() < Some(1) {
+                *last.borrow_mut() = c.stdout;
+                return None;
+            }
             let text = openssl(&[
                 &"crl",
                 &"-inform",
