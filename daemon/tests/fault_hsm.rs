@@ -595,21 +595,35 @@ fn dead_token_and_wrong_signatures_under_load_lose_nothing() {
 /// it instead of hanging it.
 const EVENT_LIMIT: Duration = Duration::from_secs(60);
 
-#[test]
-fn a_repeat_while_the_token_stalls_is_in_progress_then_replays() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let (d, control, count) = ca(tmp.path());
-    // The start-up CRL is the only other signature: it must not be the one
-    // that stalls.
+/// A CA through the fault module once its start-up CRL is made (the only
+/// other signature, so never the one a test stalls), and the body of an
+/// issuance request with `request_id`.
+fn quiet_ca_and_request(
+    dir: &Path,
+    request_id: &str,
+) -> (
+    ApiDaemon,
+    FaultControl,
+    std::path::PathBuf,
+    serde_json::Value,
+) {
+    let (d, control, count) = ca(dir);
     poll_until(
         EVENT_LIMIT,
         "the start-up CRL",
         || (!d.audit_of("crl_issued").is_empty()).then_some(()),
         || d.log(),
     );
-    let key = make_key(tmp.path(), "sub", KeyAlg::P256);
-    let csr = make_csr(tmp.path(), "sub", &key, "/CN=www.example.com", &[]).pem;
-    let body = serde_json::to_value(request(&csr, "stalled-1")).expect("JSON");
+    let key = make_key(dir, "sub", KeyAlg::P256);
+    let csr = make_csr(dir, "sub", &key, "/CN=www.example.com", &[]).pem;
+    let body = serde_json::to_value(request(&csr, request_id)).expect("JSON");
+    (d, control, count, body)
+}
+
+#[test]
+fn a_repeat_while_the_token_stalls_is_in_progress_then_replays() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (d, control, count, body) = quiet_ca_and_request(tmp.path(), "stalled-1");
     let post = || d.curl("ra-main", "POST", "/v1/certificates").json(&body);
     let stalled = || fault::injected_fault_log(&count) == ["stall C_Sign"];
 
@@ -668,16 +682,7 @@ fn a_repeat_while_the_token_stalls_is_in_progress_then_replays() {
 #[test]
 fn a_client_that_goes_away_while_its_certificate_is_signed_can_collect_it() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let (d, control, count) = ca(tmp.path());
-    poll_until(
-        EVENT_LIMIT,
-        "the start-up CRL",
-        || (!d.audit_of("crl_issued").is_empty()).then_some(()),
-        || d.log(),
-    );
-    let key = make_key(tmp.path(), "sub", KeyAlg::P256);
-    let csr = make_csr(tmp.path(), "sub", &key, "/CN=www.example.com", &[]).pem;
-    let body = serde_json::to_value(request(&csr, "gone-1")).expect("JSON");
+    let (d, control, count, body) = quiet_ca_and_request(tmp.path(), "gone-1");
     let post = || d.curl("ra-main", "POST", "/v1/certificates").json(&body);
 
     // The client gives up (curl's --max-time) while the token holds the
