@@ -785,6 +785,10 @@ impl IndexWrite {
             self.txn
                 .set_durability(redb::Durability::Immediate)
                 .map_err(storage)?;
+            // The durable commits (one a second at most, and one when the
+            // journal goes idle) also save redb's allocator state, which a
+            // reopen after a crash can load instead of rebuilding it.
+            self.txn.set_quick_repair(true);
         }
         self.txn.commit().map_err(storage)
     }
