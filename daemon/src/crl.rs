@@ -69,13 +69,13 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
 /// certd reads its CRLs back, and one of a million revocations is tens of
 /// megabytes. (The CRL is certd's own, written by it; its signature was
 /// verified when it was made.)
-pub fn describe(der: &[u8]) -> Option<CrlState> {
+pub fn describe(der: bytes::Bytes) -> Option<CrlState> {
     use der::asn1::AnyRef;
     use der::{Reader, SliceReader, Tag, TagNumber, Tagged};
     use x509_cert::ext::Extensions;
     use x509_cert::time::Time;
     // CertificateList ::= SEQUENCE { tbsCertList, signatureAlgorithm, signature }
-    let list = AnyRef::from_der(der).ok()?;
+    let list = AnyRef::from_der(&der).ok()?;
     let tbs = AnyRef::decode(&mut SliceReader::new(list.value()).ok()?).ok()?;
     let mut r = SliceReader::new(tbs.value()).ok()?;
     // TBSCertList ::= SEQUENCE { version OPTIONAL, signature, issuer,
@@ -112,10 +112,10 @@ pub fn describe(der: &[u8]) -> Option<CrlState> {
         }
     }
     Some(CrlState {
-        der: bytes::Bytes::copy_from_slice(der),
         number: number?,
         this_update: crate::x509::unix_of(&this_update),
         next_update: crate::x509::unix_of(&next_update),
+        der,
     })
 }
 
@@ -129,7 +129,7 @@ impl CrlStore {
         for c in certifiers {
             triggers.insert(c.name().to_string(), Arc::new(tokio::sync::Notify::new()));
             if let Ok(der) = std::fs::read(dir.join(format!("{}.crl", c.name()))) {
-                if let Some(state) = describe(&der) {
+                if let Some(state) = describe(der.into()) {
                     current.insert(c.name().to_string(), state);
                 }
             }
@@ -415,7 +415,10 @@ mod tests {
         assert_eq!(first.number, 1);
         assert_eq!(first.this_update, start);
         assert_eq!(first.next_update, start + 24 * 3_600);
-        assert_eq!(crate::crl::describe(&first.der).map(|d| d.number), Some(1));
+        assert_eq!(
+            crate::crl::describe(first.der.clone()).map(|d| d.number),
+            Some(1)
+        );
         ca.clock.advance(Duration::from_secs(24 * 3_600 - 1));
         assert_eq!(crl.latest("ca").expect("a CRL").number, 1);
         ca.clock.advance(Duration::from_secs(1));
@@ -481,7 +484,7 @@ mod tests {
             .as_ref()
             .map(Vec::len);
         assert_eq!(entries, Some(3));
-        let read = crate::crl::describe(&state.der).expect("read back");
+        let read = crate::crl::describe(state.der.clone()).expect("read back");
         assert_eq!(
             (read.number, read.this_update, read.next_update),
             (state.number, state.this_update, state.next_update)
@@ -493,7 +496,7 @@ mod tests {
         assert_eq!(read.der, state.der);
         for cut in [1, state.der.len() / 2, state.der.len() - 1] {
             assert!(
-                crate::crl::describe(&state.der[..cut]).is_none(),
+                crate::crl::describe(state.der.slice(..cut)).is_none(),
                 "cut at {cut}"
             );
         }
