@@ -222,6 +222,25 @@ pub fn tls_config(config: &ClientConfig) -> Result<rustls::ClientConfig, ClientE
         })
 }
 
+/// The TCP and TLS connector of an RA's client: HTTPS only, HTTP/1.1 and
+/// HTTP/2 by ALPN, no Nagle delay (requests are small and latency-bound),
+/// `timeout` to connect. [`CertdClient`] adds certd's verdict on top.
+pub fn https_connector(
+    tls: rustls::ClientConfig,
+    timeout: Duration,
+) -> hyper_rustls::HttpsConnector<HttpConnector> {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(timeout));
+    hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http)
+}
+
 impl CertdClient {
     /// Builds a client; reads and checks the credential files.
     pub fn new(config: &ClientConfig) -> Result<CertdClient, ClientError> {
@@ -233,18 +252,7 @@ impl CertdClient {
                 config.url
             )));
         }
-        let tls = tls_config(config)?;
-        let mut http = HttpConnector::new();
-        // Requests are small and latency-bound: no Nagle delay.
-        http.set_nodelay(true);
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(config.timeout));
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_only()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
+        let connector = https_connector(tls_config(config)?, config.timeout);
         let http = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(VerdictConnector(connector));
