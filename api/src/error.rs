@@ -66,6 +66,13 @@ codes! {
     NameNotPermitted = ("name_not_permitted", 403, false),
     /// The profile requires approval evidence and none was sent.
     ApprovalRequired = ("approval_required", 403, false),
+    /// The approval evidence does not satisfy the profile: too few or
+    /// repeated approvers, the requester approving, a malformed identifier
+    /// or time, a name no accepted and fresh validation covers.
+    ApprovalInsufficient = ("approval_insufficient", 403, false),
+    /// The subscriber key was revoked for keyCompromise: certd never
+    /// certifies it again. Generate a new key.
+    KeyBlocked = ("key_blocked", 403, false),
     /// No such certifier.
     UnknownCertifier = ("unknown_certifier", 404, false),
     /// No such certificate, or not one this RA may see.
@@ -116,7 +123,6 @@ impl fmt::Display for ErrorCode {
 
 /// The JSON error body: `{"error": {"code": "...", "message": "..."}}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ErrorBody {
     /// The error.
     pub error: ApiErrorWire,
@@ -124,7 +130,6 @@ pub struct ErrorBody {
 
 /// The inner object of [`ErrorBody`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ApiErrorWire {
     /// Stable code.
     pub code: String,
@@ -181,6 +186,8 @@ mod tests {
             ("certifier_not_permitted", 403),
             ("name_not_permitted", 403),
             ("approval_required", 403),
+            ("approval_insufficient", 403),
+            ("key_blocked", 403),
             ("unknown_certifier", 404),
             ("not_found", 404),
             ("conflict", 409),

@@ -1,12 +1,15 @@
 //! The certd wire contract: JSON request and response types, the stable
 //! error codes, and the mutual-TLS client registration authorities use.
 //!
-//! Every type refuses unknown fields, so a typo in a client is an error, not
-//! a silently ignored option.
+//! Request types refuse unknown fields, so a typo in a client is an error,
+//! not a silently ignored option. Response types accept fields they do not
+//! know, so an older RA keeps working against a newer certd.
 #![forbid(unsafe_code)]
 
 pub mod client;
 pub mod error;
+pub mod evidence;
+pub mod keys;
 pub mod names;
 
 pub use client::{CertdClient, ClientConfig, ClientError};
@@ -90,6 +93,20 @@ pub struct Subject {
     /// emailAddress (S/MIME profiles only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub email: Option<String>,
+    /// organizationIdentifier (S/MIME organization- and sponsor-validated),
+    /// e.g. `VATDE-123456789`: the granted organization's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub organization_identifier: Option<String>,
+    /// givenName (S/MIME sponsor- and individual-validated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub given_name: Option<String>,
+    /// surname (S/MIME sponsor- and individual-validated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub surname: Option<String>,
+    /// pseudonym (S/MIME sponsor- and individual-validated), instead of
+    /// givenName and surname.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pseudonym: Option<String>,
 }
 
 /// subjectAltName entries.
@@ -107,16 +124,42 @@ pub struct SubjectAltNames {
     pub ip: Vec<String>,
 }
 
-/// Approval evidence.
+/// Approval evidence: who asked, who approved, and what was validated.
+/// certd checks it against the profile (`approvals_required`,
+/// `validation_methods`, `validation_reuse_days`), stores it with the
+/// certificate and writes it into the audit log.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Approval {
+    /// The person who asked for the certificate; never one of the approvers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_by: Option<String>,
+    /// Who verified the identity of the person the certificate names, how
+    /// and when (S/MIME sponsor- and individual-validated profiles).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<IdentityValidation>,
     /// Officers who approved the request.
     #[serde(default)]
     pub approved_by: Vec<String>,
     /// What was validated, how and when.
     #[serde(default)]
     pub validations: Vec<Validation>,
+}
+
+/// The verification of a person's identity (their name or pseudonym).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityValidation {
+    /// The officer who verified it.
+    pub attested_by: String,
+    /// How: `officer_attestation` (the officer checked an identity
+    /// document or the organization's own records).
+    pub method: String,
+    /// When, RFC 3339.
+    pub checked_at: String,
+    /// Free-form details (document type, directory entry).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// One piece of validation evidence.
@@ -136,7 +179,6 @@ pub struct Validation {
 
 /// `201` answer to an issuance request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct IssueResponse {
     /// Serial number, lower-case hex.
     pub serial: String,
@@ -154,6 +196,12 @@ pub struct IssueResponse {
     /// True when this answers a repeated `request_id` (nothing new signed).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub replayed: bool,
+    /// On a replay of a certificate revoked since: when, RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<String>,
+    /// On a replay of a certificate revoked since: the RFC 5280 reason name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation_reason: Option<String>,
 }
 
 /// Certificate status.
@@ -168,7 +216,6 @@ pub enum CertStatus {
 
 /// `GET /v1/certificates/{serial}` and list items.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct CertificateInfo {
     /// Serial, lower-case hex.
     pub serial: String,
@@ -200,11 +247,14 @@ pub struct CertificateInfo {
     /// RFC 5280 reason name (e.g. `keyCompromise`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revocation_reason: Option<String>,
+    /// The approval evidence the certificate was issued on, as certd
+    /// checked and recorded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<Approval>,
 }
 
 /// `GET /v1/certificates?...` answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct CertificateList {
     /// This page.
     pub items: Vec<CertificateInfo>,
@@ -225,11 +275,11 @@ pub struct RevokeRequest {
 
 /// `GET /v1/profiles` item.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ProfileInfo {
     /// Name.
     pub name: String,
-    /// `tls-server`, `tls-client` or `smime-mailbox`.
+    /// `tls-server`, `tls-client`, `smime-mailbox`, `smime-organization`,
+    /// `smime-sponsor` or `smime-individual`.
     pub kind: String,
     /// Certifiers this RA may use with it.
     pub certifiers: Vec<String>,
@@ -237,13 +287,21 @@ pub struct ProfileInfo {
     pub key_types: Vec<String>,
     /// Longest validity, in days (the smaller of profile and grant).
     pub max_validity_days: u32,
-    /// Whether approval evidence is required.
+    /// Whether approval evidence is required (approvals or validations).
     pub requires_approval: bool,
+    /// How many distinct officers, other than the requester, must approve.
+    #[serde(default)]
+    pub approvals_required: u32,
+    /// Validation methods accepted for DNS names (empty: none required).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns_validation_methods: Vec<evidence::ValidationMethod>,
+    /// Validation methods accepted for email addresses (empty: none required).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub email_validation_methods: Vec<evidence::ValidationMethod>,
 }
 
 /// `GET /v1/health` answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Health {
     /// `ok` when every certifier is active, else `degraded`.
     pub status: String,
@@ -253,7 +311,6 @@ pub struct Health {
 
 /// One certifier's health.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct CertifierHealth {
     /// Name.
     pub name: String,
@@ -304,6 +361,31 @@ mod tests {
         assert!(serde_json::from_str::<IssueRequest>(bad).is_err());
         let bad_san = r#"{"request_id":"a","profile":"p","csr":"x","san":{"uri":["x"]}}"#;
         assert!(serde_json::from_str::<IssueRequest>(bad_san).is_err());
+        let bad_approval =
+            r#"{"request_id":"a","profile":"p","csr":"x","approval":{"approvers":["o"]}}"#;
+        assert!(serde_json::from_str::<IssueRequest>(bad_approval).is_err());
+    }
+
+    /// An RA built against this version reads what a newer certd adds.
+    #[test]
+    fn responses_accept_fields_added_later() {
+        let info = r#"{"serial":"01","status":"valid","certifier":"c","profile":"p","ra":"r",
+            "subject":"CN=x","not_before":"2026-01-01T00:00:00Z","not_after":"2026-02-01T00:00:00Z",
+            "certificate":"pem","added_in_a_later_version":{"x":1}}"#;
+        let parsed: CertificateInfo = serde_json::from_str(info).expect("newer CertificateInfo");
+        assert_eq!(parsed.serial, "01");
+        let issued = r#"{"serial":"01","certificate":"c","chain":[],"not_before":"a","not_after":"b","new":true}"#;
+        assert!(serde_json::from_str::<IssueResponse>(issued).is_ok());
+        let profile = r#"{"name":"p","kind":"tls-server","certifiers":[],"key_types":[],
+            "max_validity_days":1,"requires_approval":false,"new":1}"#;
+        assert!(serde_json::from_str::<ProfileInfo>(profile).is_ok());
+        let health =
+            r#"{"status":"ok","certifiers":[{"name":"c","state":"active","new":1}],"new":2}"#;
+        assert!(serde_json::from_str::<Health>(health).is_ok());
+        let error = r#"{"error":{"code":"internal","message":"m","hint":"h"},"trace":"t"}"#;
+        assert!(serde_json::from_str::<error::ErrorBody>(error).is_ok());
+        let list = r#"{"items":[],"cursor":"x"}"#;
+        assert!(serde_json::from_str::<CertificateList>(list).is_ok());
     }
 
     #[test]

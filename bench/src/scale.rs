@@ -119,6 +119,8 @@ fn record(plan: &Plan, certifier: &str, der: &[u8], i: u64, created: i64) -> Led
             created,
             approval: None,
             instance: String::new(),
+            // One key per certificate, as subscribers would have it.
+            spki_sha256: Some(sha256_of("spki", i)),
         },
         certificate_der: Some(der.to_vec()),
         // The profile's 199 days.
@@ -532,7 +534,7 @@ pub fn measure(
         csr.pem.as_str(),
     )))?;
     let from = log_len(&full);
-    rt.block_on(api.revoke(&issued.serial, "keyCompromise"))?;
+    rt.block_on(api.revoke(&issued.serial, "superseded"))?;
     let (revoked, _) = wait_entry(&mut instance, from, "revoked")?;
     let (numbered, _) = wait_entry(&mut instance, from, "crl_number_reserved")?;
     let (made, _) = wait_entry(&mut instance, from, "crl_issued")?;

@@ -32,6 +32,98 @@ pub const GENESIS_PREV: &str = "000000000000000000000000000000000000000000000000
 /// Kind of the entry appended after a torn final line was cut off at open.
 pub const KIND_RECOVERED: &str = "audit_recovered";
 
+/// Kind of a signed checkpoint: an entry whose `detail` holds a token
+/// signature over an earlier entry's `seq` and `hash` (`signed_seq`,
+/// `signed_hash`, `signature` in base64, made by the entry's `certifier`).
+pub const KIND_CHECKPOINT: &str = "audit_checkpoint";
+
+/// How far back a checkpoint may sign (entries written between reading
+/// the last entry and writing the checkpoint); [`verify_anchored`] keeps
+/// that many hashes.
+pub const CHECKPOINT_REACH: u64 = 4096;
+
+/// The audit log of a state directory.
+pub fn log_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("audit.log")
+}
+
+/// The bytes a checkpoint signs for entry `seq` with `hash`.
+pub fn checkpoint_message(seq: u64, hash: &str) -> Vec<u8> {
+    format!("certd audit checkpoint v1\nseq {seq}\nhash {hash}\n").into_bytes()
+}
+
+/// The newest checkpoint, kept beside the log (`audit.anchor`) and
+/// written after the checkpoint entry is durable: a log that ends before
+/// it was cut.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Anchor {
+    /// `seq` of the checkpoint entry.
+    pub seq: u64,
+    /// Its `hash`.
+    pub hash: String,
+}
+
+impl Anchor {
+    /// Reads the anchor at `path` (`None` when there is none).
+    pub fn read(path: &Path) -> Result<Option<Anchor>, AuditError> {
+        match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| AuditError::Read {
+                    path: path.to_owned(),
+                    source: io::Error::new(io::ErrorKind::InvalidData, e.to_string()),
+                }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(AuditError::Read {
+                path: path.to_owned(),
+                source,
+            }),
+        }
+    }
+
+    /// Writes the anchor to `path`: a new file of its own, synced, renamed
+    /// over the old one, the directory synced.
+    pub fn write(&self, path: &Path) -> io::Result<()> {
+        let bytes = serde_json::to_vec(self).map_err(io::Error::other)?;
+        replace_file(
+            path,
+            &path.with_extension(format!("tmp-{}", self.seq)),
+            &bytes,
+            0o600,
+        )
+    }
+}
+
+/// Replaces `path` with `bytes`, never leaving it torn: written to `tmp`
+/// (created new, with `mode` under the umask), synced, renamed over
+/// `path`, the directory synced. `tmp` is removed if anything fails.
+pub fn replace_file(path: &Path, tmp: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    use std::io::Write;
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(tmp, path)?;
+        if let Some(dir) = path.parent() {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(tmp);
+    }
+    result
+}
+
+/// Checks a checkpoint's signature: `Ok` when `signature` over `message`
+/// verifies under certifier `certifier`'s key, `Err` saying why not.
+pub type CheckpointVerifier<'a> = &'a dyn Fn(&str, &[u8], &[u8]) -> Result<(), String>;
+
 /// Actor recorded for entries certd writes on its own behalf.
 pub(crate) const SELF_ACTOR: &str = "certd";
 
@@ -189,6 +281,10 @@ pub struct VerifyReport {
     pub entries: u64,
     /// The first entry that breaks the chain, if any.
     pub first_broken: Option<BrokenEntry>,
+    /// Signed checkpoints verified ([`verify_anchored`] only).
+    pub checkpoints: u64,
+    /// `seq` of the last verified checkpoint.
+    pub last_checkpoint: Option<u64>,
 }
 
 impl VerifyReport {
@@ -224,12 +320,39 @@ pub enum BreakKind {
     PrevMismatch,
     /// `hash` does not match the entry's content.
     HashMismatch,
+    /// A checkpoint's signature does not verify, or it signs a hash the
+    /// log does not hold (the log was rewritten).
+    BadCheckpoint,
+    /// The log ends before the anchored checkpoint, or holds another entry
+    /// where the anchor points (entries were cut off or replaced).
+    Truncated,
 }
 
 /// Checks the whole log at `path`: every line valid, `seq` contiguous from 1,
 /// `prev` linking to the previous `hash`, and every `hash` matching its
 /// entry. Stops at the first break.
 pub fn verify(path: &Path) -> Result<VerifyReport, AuditError> {
+    verify_inner(path, None, None)
+}
+
+/// [`verify`], and also: every checkpoint's signature verifies (with
+/// `verifier`) over the `seq` and `hash` of the entry it names, which is
+/// the entry the log holds there; and the log reaches the `anchor`'s
+/// checkpoint with the anchor's hash. So a log cut short, or rewritten
+/// with recomputed hashes, fails even though its chain is intact.
+pub fn verify_anchored(
+    path: &Path,
+    verifier: CheckpointVerifier<'_>,
+    anchor: Option<&Anchor>,
+) -> Result<VerifyReport, AuditError> {
+    verify_inner(path, Some(verifier), anchor)
+}
+
+fn verify_inner(
+    path: &Path,
+    verifier: Option<CheckpointVerifier<'_>>,
+    anchor: Option<&Anchor>,
+) -> Result<VerifyReport, AuditError> {
     let read_error = |source| AuditError::Read {
         path: path.to_owned(),
         source,
@@ -238,6 +361,10 @@ pub fn verify(path: &Path) -> Result<VerifyReport, AuditError> {
     let mut line = Vec::new();
     let mut line_no = 0u64;
     let mut previous: Option<(u64, String)> = None;
+    // The hashes a checkpoint may sign: the last CHECKPOINT_REACH entries.
+    let mut recent: std::collections::VecDeque<(u64, String)> = std::collections::VecDeque::new();
+    let (mut checkpoints, mut last_checkpoint) = (0u64, None);
+    let mut anchor_seen = false;
     loop {
         line.clear();
         if reader.read_until(b'\n', &mut line).map_err(read_error)? == 0 {
@@ -245,6 +372,7 @@ pub fn verify(path: &Path) -> Result<VerifyReport, AuditError> {
         }
         line_no += 1;
         let content = line.strip_suffix(b"\n").unwrap_or(&line);
+        let counts = (checkpoints, last_checkpoint);
         let broken = |kind, seq, reason| {
             Ok(VerifyReport {
                 entries: line_no - 1,
@@ -254,6 +382,8 @@ pub fn verify(path: &Path) -> Result<VerifyReport, AuditError> {
                     kind,
                     reason,
                 }),
+                checkpoints: counts.0,
+                last_checkpoint: counts.1,
             })
         };
 
@@ -296,12 +426,98 @@ pub fn verify(path: &Path) -> Result<VerifyReport, AuditError> {
                 "hash does not match content".to_owned(),
             );
         }
+        if let Some(verifier) = verifier {
+            if record.kind == KIND_CHECKPOINT {
+                if let Err(why) = check_checkpoint(&record, &recent, verifier) {
+                    return broken(
+                        BreakKind::BadCheckpoint,
+                        seq,
+                        format!(
+                            "checkpoint {}: {why}; the log before it is not the one certd signed",
+                            record.seq
+                        ),
+                    );
+                }
+                checkpoints += 1;
+                last_checkpoint = Some(record.seq);
+            }
+            if let Some(a) = anchor {
+                if a.seq == record.seq {
+                    if a.hash != record.hash {
+                        return broken(
+                            BreakKind::Truncated,
+                            seq,
+                            format!(
+                                "the anchor names checkpoint {} with hash {}, the log holds another entry there: entries were replaced",
+                                a.seq, a.hash
+                            ),
+                        );
+                    }
+                    anchor_seen = true;
+                }
+            }
+            recent.push_back((record.seq, record.hash.clone()));
+            if recent.len() as u64 > CHECKPOINT_REACH {
+                recent.pop_front();
+            }
+        }
         previous = Some((record.seq, record.hash));
+    }
+    if let (Some(a), false) = (anchor, anchor_seen) {
+        let last = previous.as_ref().map_or(0, |(s, _)| *s);
+        return Ok(VerifyReport {
+            entries: line_no,
+            first_broken: Some(BrokenEntry {
+                line: line_no + 1,
+                seq: None,
+                kind: BreakKind::Truncated,
+                reason: format!(
+                    "the log ends at entry {last} (the last good entry), before checkpoint {} that the anchor records: entries were cut off",
+                    a.seq
+                ),
+            }),
+            checkpoints,
+            last_checkpoint,
+        });
     }
     Ok(VerifyReport {
         entries: line_no,
         first_broken: None,
+        checkpoints,
+        last_checkpoint,
     })
+}
+
+/// Checks one checkpoint entry against the hashes before it.
+fn check_checkpoint(
+    record: &AuditRecord,
+    recent: &std::collections::VecDeque<(u64, String)>,
+    verifier: CheckpointVerifier<'_>,
+) -> Result<(), String> {
+    use base64::Engine;
+    let d = &record.detail;
+    let signed_seq = d["signed_seq"].as_u64().ok_or("no signed_seq")?;
+    let signed_hash = d["signed_hash"].as_str().ok_or("no signed_hash")?;
+    let signature = d["signature"]
+        .as_str()
+        .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
+        .ok_or("no base64 signature")?;
+    let certifier = record.certifier.as_deref().ok_or("no certifier")?;
+    verifier(
+        certifier,
+        &checkpoint_message(signed_seq, signed_hash),
+        &signature,
+    )
+    .map_err(|e| format!("signature by certifier {certifier:?}: {e}"))?;
+    match recent.iter().find(|(s, _)| *s == signed_seq) {
+        Some((_, h)) if h == signed_hash => Ok(()),
+        Some((_, h)) => Err(format!(
+            "it signs entry {signed_seq} with hash {signed_hash}, the log holds hash {h} there"
+        )),
+        None => Err(format!(
+            "it signs entry {signed_seq}, which is not among the {CHECKPOINT_REACH} entries before it"
+        )),
+    }
 }
 
 /// Hands the entries of the log at `path` to `visit`, newest first, until it
@@ -635,7 +851,9 @@ mod tests {
             report,
             VerifyReport {
                 entries: 400,
-                first_broken: None
+                first_broken: None,
+                checkpoints: 0,
+                last_checkpoint: None,
             }
         );
     }
@@ -783,7 +1001,9 @@ mod tests {
             verify(&path).expect("verify"),
             VerifyReport {
                 entries: 4,
-                first_broken: None
+                first_broken: None,
+                checkpoints: 0,
+                last_checkpoint: None,
             }
         );
         log.append(AuditEvent::new("after", "bob")).expect("append");

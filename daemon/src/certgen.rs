@@ -43,6 +43,24 @@ pub mod cabf {
     /// S/MIME BR mailbox-validated, strict.
     pub const SMIME_MAILBOX_STRICT: ObjectIdentifier =
         ObjectIdentifier::new_unwrap("2.23.140.1.5.1.3");
+    /// S/MIME BR organization-validated, multipurpose.
+    pub const SMIME_ORGANIZATION_MULTIPURPOSE: ObjectIdentifier =
+        ObjectIdentifier::new_unwrap("2.23.140.1.5.2.2");
+    /// S/MIME BR organization-validated, strict.
+    pub const SMIME_ORGANIZATION_STRICT: ObjectIdentifier =
+        ObjectIdentifier::new_unwrap("2.23.140.1.5.2.3");
+    /// S/MIME BR sponsor-validated, multipurpose.
+    pub const SMIME_SPONSOR_MULTIPURPOSE: ObjectIdentifier =
+        ObjectIdentifier::new_unwrap("2.23.140.1.5.3.2");
+    /// S/MIME BR sponsor-validated, strict.
+    pub const SMIME_SPONSOR_STRICT: ObjectIdentifier =
+        ObjectIdentifier::new_unwrap("2.23.140.1.5.3.3");
+    /// S/MIME BR individual-validated, multipurpose.
+    pub const SMIME_INDIVIDUAL_MULTIPURPOSE: ObjectIdentifier =
+        ObjectIdentifier::new_unwrap("2.23.140.1.5.4.2");
+    /// S/MIME BR individual-validated, strict.
+    pub const SMIME_INDIVIDUAL_STRICT: ObjectIdentifier =
+        ObjectIdentifier::new_unwrap("2.23.140.1.5.4.3");
 }
 
 /// The issuer side of a certificate: the certifier's certificate.
@@ -125,7 +143,11 @@ pub fn subject_name(names: &Names) -> Result<Name, X509Error> {
         (rfc4519::ST, &s.st),
         (rfc4519::L, &s.l),
         (rfc4519::O, &s.o),
+        (ORGANIZATION_IDENTIFIER, &s.org_id),
         (rfc4519::OU, &s.ou),
+        (rfc4519::GIVEN_NAME, &s.given_name),
+        (rfc4519::SN, &s.surname),
+        (PSEUDONYM, &s.pseudonym),
         (rfc4519::CN, &s.cn),
         (rfc2985::PKCS_9_AT_EMAIL_ADDRESS, &s.email),
     ] {
@@ -140,16 +162,29 @@ fn ia5(s: &str) -> Result<Ia5String, X509Error> {
     Ia5String::new(s).map_err(|e| X509Error::Invalid(format!("{s:?}: {e}")))
 }
 
-/// The key usage a subscriber key gets under a profile.
+/// organizationIdentifier (X.520, 2.5.4.97).
+pub const ORGANIZATION_IDENTIFIER: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.97");
+/// pseudonym (X.520, 2.5.4.65).
+pub const PSEUDONYM: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.4.65");
+
+/// The key usage a subscriber key gets under a profile: digitalSignature,
+/// and for RSA keys in S/MIME certificates keyEncipherment too (mail is
+/// encrypted to them). TLS server RSA keys sign only: RSA key transport
+/// is gone from TLS 1.3 and deprecated in 1.2 (pkilint warns about it).
 pub fn key_usage(kind: ProfileKind, key_type: KeyType) -> KeyUsage {
     let rsa = key_type.rsa_bits().is_some();
     let usage = match (kind, rsa) {
-        (ProfileKind::TlsServer | ProfileKind::SmimeMailbox, true) => {
-            KeyUsages::DigitalSignature | KeyUsages::KeyEncipherment
-        }
+        (k, true) if k.is_smime() => KeyUsages::DigitalSignature | KeyUsages::KeyEncipherment,
         _ => KeyUsages::DigitalSignature.into(),
     };
     KeyUsage(usage)
+}
+
+/// Whether a profile's certificates carry a subjectKeyIdentifier: those of
+/// tls-client and S/MIME profiles do (RFC 5280 4.2.1.2 SHOULD); TLS server
+/// certificates do not (TLS BR 7.1.2.7.6: NOT RECOMMENDED).
+pub fn has_subject_key_id(kind: ProfileKind) -> bool {
+    kind != ProfileKind::TlsServer
 }
 
 /// The extended key usages of a profile.
@@ -157,10 +192,10 @@ pub fn extended_key_usage(profile: &ProfileConfig) -> Vec<ObjectIdentifier> {
     match (profile.kind, profile.smime_generation) {
         (ProfileKind::TlsServer, _) => vec![rfc5280::ID_KP_SERVER_AUTH],
         (ProfileKind::TlsClient, _) => vec![rfc5280::ID_KP_CLIENT_AUTH],
-        (ProfileKind::SmimeMailbox, Some(SmimeGeneration::Multipurpose)) => {
+        (_, Some(SmimeGeneration::Multipurpose)) => {
             vec![rfc5280::ID_KP_EMAIL_PROTECTION, rfc5280::ID_KP_CLIENT_AUTH]
         }
-        (ProfileKind::SmimeMailbox, _) => vec![rfc5280::ID_KP_EMAIL_PROTECTION],
+        (_, _) => vec![rfc5280::ID_KP_EMAIL_PROTECTION],
     }
 }
 
@@ -171,11 +206,20 @@ pub fn policies(profile: &ProfileConfig, names: &Names) -> Vec<ObjectIdentifier>
     match profile.kind {
         ProfileKind::TlsServer if names.subject.o.is_some() => out.push(cabf::TLS_OV),
         ProfileKind::TlsServer => out.push(cabf::TLS_DV),
-        ProfileKind::SmimeMailbox => out.push(match profile.smime_generation {
-            Some(SmimeGeneration::Multipurpose) => cabf::SMIME_MAILBOX_MULTIPURPOSE,
-            _ => cabf::SMIME_MAILBOX_STRICT,
-        }),
         ProfileKind::TlsClient => {}
+        kind => {
+            let multipurpose = profile.smime_generation == Some(SmimeGeneration::Multipurpose);
+            out.push(match (kind, multipurpose) {
+                (ProfileKind::SmimeOrganization, true) => cabf::SMIME_ORGANIZATION_MULTIPURPOSE,
+                (ProfileKind::SmimeOrganization, false) => cabf::SMIME_ORGANIZATION_STRICT,
+                (ProfileKind::SmimeSponsor, true) => cabf::SMIME_SPONSOR_MULTIPURPOSE,
+                (ProfileKind::SmimeSponsor, false) => cabf::SMIME_SPONSOR_STRICT,
+                (ProfileKind::SmimeIndividual, true) => cabf::SMIME_INDIVIDUAL_MULTIPURPOSE,
+                (ProfileKind::SmimeIndividual, false) => cabf::SMIME_INDIVIDUAL_STRICT,
+                (_, true) => cabf::SMIME_MAILBOX_MULTIPURPOSE,
+                (_, false) => cabf::SMIME_MAILBOX_STRICT,
+            });
+        }
     }
     for p in &profile.policy_oids {
         if let Ok(oid) = p.parse::<ObjectIdentifier>() {
@@ -191,6 +235,7 @@ pub fn policies(profile: &ProfileConfig, names: &Names) -> Vec<ObjectIdentifier>
 pub fn extensions(
     profile: &ProfileConfig,
     issuer: &IssuerInfo,
+    spki: &SubjectPublicKeyInfoOwned,
     key_type: KeyType,
     names: &Names,
 ) -> Result<Vec<Extension>, X509Error> {
@@ -213,6 +258,12 @@ pub fn extensions(
         x509::extension(&key_usage(profile.kind, key_type), true)?,
         x509::extension(&ExtendedKeyUsage(extended_key_usage(profile)), false)?,
     ];
+    if has_subject_key_id(profile.kind) {
+        exts.push(x509::extension(
+            &SubjectKeyIdentifier(OctetString::new(x509::key_identifier(spki)).map_err(inv)?),
+            false,
+        )?);
+    }
     let mut san = Vec::new();
     for d in &names.dns {
         san.push(GeneralName::DnsName(ia5(d)?));
@@ -327,7 +378,13 @@ pub fn leaf_builder(spec: &LeafSpec<'_>) -> Result<CertificateBuilder<FixedProfi
     let profile = FixedProfile::new(
         subject,
         spec.issuer.name.clone(),
-        extensions(spec.profile, spec.issuer, spec.key_type, spec.names)?,
+        extensions(
+            spec.profile,
+            spec.issuer,
+            spec.spki,
+            spec.key_type,
+            spec.names,
+        )?,
     );
     let validity = Validity::new(
         x509::time_at(spec.validity.not_before)?,

@@ -96,6 +96,9 @@ pub struct Certifier {
     /// PEM of its certificate, then of the chain above it: what is
     /// returned with every certificate it issues.
     pub chain_pems: Vec<String>,
+    /// Why its certificate cannot certify (not a CA certificate, a chain
+    /// that does not link up): it stays out of service, and says so.
+    pub defect: Option<String>,
     module: PathBuf,
     sessions: usize,
     live: RwLock<Live>,
@@ -201,6 +204,9 @@ impl Certifier {
     /// Logs in with `pin` and becomes active. The PIN is tried exactly
     /// once; see [`Certifiers::activate`] for `fresh_login`.
     fn activate(&self, pin: SecretString, fresh_login: bool) -> Result<(), HsmError> {
+        if let Some(defect) = &self.defect {
+            return Err(HsmError::Unavailable(self.defect_reason(defect)));
+        }
         let signer = self.open_signer(&pin, fresh_login)?;
         let mut live = self.live.write().unwrap_or_else(|p| p.into_inner());
         live.signer = Some(Arc::new(signer));
@@ -210,12 +216,27 @@ impl Certifier {
         Ok(())
     }
 
+    /// Locked, or out of service when its certificate is defective.
+    fn initial_state(&self) -> State {
+        match &self.defect {
+            Some(d) => State::Unavailable(self.defect_reason(d)),
+            None => State::Locked,
+        }
+    }
+
+    fn defect_reason(&self, defect: &str) -> String {
+        format!(
+            "certificate {} cannot certify: {defect}; fix it (or the chain) and restart certd",
+            self.config.certificate.display()
+        )
+    }
+
     /// Drops the signer and the PIN; `logout` also logs the token out.
     fn lock(&self, logout: bool) -> Result<(), HsmError> {
         let mut live = self.live.write().unwrap_or_else(|p| p.into_inner());
         let signer = live.signer.take();
         live.pin = None;
-        live.state = State::Locked;
+        live.state = self.initial_state();
         drop(live);
         if let (Some(s), true) = (signer, logout) {
             s.logout()?;
@@ -288,6 +309,69 @@ impl Certifier {
     }
 }
 
+/// What keeps a certifier's certificate from certifying: not a CA
+/// certificate (basicConstraints cA, keyUsage keyCertSign and cRLSign), or
+/// a chain whose links (issuer name and signature, up to a self-signed
+/// root when the chain ends in one) do not hold.
+pub fn certificate_defect(certificate: &Certificate, chain: &[Certificate]) -> Option<String> {
+    use x509_cert::ext::pkix::{BasicConstraints, KeyUsage, KeyUsages};
+    let tbs = certificate.tbs_certificate();
+    match tbs.get_extension::<BasicConstraints>() {
+        Ok(Some((_, bc))) if bc.ca => {}
+        _ => return Some("it is not a CA certificate (basicConstraints cA is not true)".into()),
+    }
+    match tbs.get_extension::<KeyUsage>() {
+        Ok(Some((_, ku)))
+            if ku.0.contains(KeyUsages::KeyCertSign) && ku.0.contains(KeyUsages::CRLSign) => {}
+        _ => return Some("its keyUsage lacks keyCertSign or cRLSign".into()),
+    }
+    let links: Vec<&Certificate> = std::iter::once(certificate).chain(chain).collect();
+    for (i, cert) in links.iter().enumerate() {
+        let issuer = match links.get(i + 1) {
+            Some(next) => *next,
+            // The last one: checked against itself when self-issued.
+            None if cert.tbs_certificate().issuer() == cert.tbs_certificate().subject() => cert,
+            None => break,
+        };
+        let what = if i == 0 {
+            "the certificate".to_string()
+        } else {
+            format!("chain certificate {i}")
+        };
+        if cert.tbs_certificate().issuer() != issuer.tbs_certificate().subject() {
+            return Some(format!(
+                "{what} is issued by {}, but the next in the chain is {}",
+                cert.tbs_certificate().issuer(),
+                issuer.tbs_certificate().subject()
+            ));
+        }
+        let spki = issuer.tbs_certificate().subject_public_key_info();
+        let verified = der::Encode::to_der(cert.tbs_certificate())
+            .map_err(|e| e.to_string())
+            .and_then(|tbs| {
+                let key_type = KeyType::of_spki(spki)?;
+                let sig = cert
+                    .signature()
+                    .as_bytes()
+                    .ok_or("the signature has unused bits")?;
+                crate::hsm::verify::verify_with_algorithm(
+                    spki,
+                    key_type,
+                    cert.signature_algorithm(),
+                    &tbs,
+                    sig,
+                )
+            });
+        if let Err(e) = verified {
+            return Some(format!(
+                "{what}'s signature does not verify under {}: {e}",
+                issuer.tbs_certificate().subject()
+            ));
+        }
+    }
+    None
+}
+
 /// All certifiers of a daemon.
 #[derive(Debug)]
 pub struct Certifiers {
@@ -327,7 +411,8 @@ impl Certifiers {
                 .map(|c| der::EncodePem::to_pem(c, der::pem::LineEnding::LF))
                 .collect::<Result<_, _>>()
                 .map_err(|e| fail(format!("cannot encode the chain as PEM: {e}")))?;
-            list.push(Arc::new(Certifier {
+            let defect = certificate_defect(&certificate, &chain);
+            let certifier = Certifier {
                 number: i + 1,
                 config: c.clone(),
                 issuer: crate::certgen::IssuerInfo::of(&certificate),
@@ -335,6 +420,7 @@ impl Certifiers {
                 certificate,
                 chain,
                 key_type,
+                defect,
                 module: config.hsm.module.clone(),
                 sessions: config.hsm.sessions,
                 became_active: tokio::sync::Notify::new(),
@@ -343,7 +429,16 @@ impl Certifiers {
                     signer: None,
                     pin: None,
                 }),
-            }));
+            };
+            if let Some(d) = &certifier.defect {
+                tracing::error!(certifier = %c.name, defect = %d, "certifier out of service");
+            }
+            certifier
+                .live
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .state = certifier.initial_state();
+            list.push(Arc::new(certifier));
         }
         Ok(Certifiers {
             list,
@@ -354,6 +449,36 @@ impl Certifiers {
     /// All certifiers in number order.
     pub fn all(&self) -> &[Arc<Certifier>] {
         &self.list
+    }
+
+    /// Whether certifier `name` signed the DER certificate `der`: its
+    /// issuer is the certifier's subject and its signature verifies under
+    /// the certifier's key (from its certificate: no token needed).
+    pub fn verify_issued(&self, name: &str, der: &[u8]) -> Result<(), String> {
+        use der::{Decode, Encode};
+        let certifier = self
+            .list
+            .iter()
+            .find(|c| c.name() == name)
+            .ok_or_else(|| format!("there is no certifier {name:?} in the configuration"))?;
+        let cert = x509_cert::Certificate::from_der(der).map_err(|e| e.to_string())?;
+        if cert.tbs_certificate().issuer() != certifier.certificate.tbs_certificate().subject() {
+            return Err("its issuer is not the certifier's subject".into());
+        }
+        let tbs = cert.tbs_certificate().to_der().map_err(|e| e.to_string())?;
+        let signature = cert
+            .signature()
+            .as_bytes()
+            .ok_or("the signature has unused bits")?;
+        crate::hsm::verify::verify(
+            certifier
+                .certificate
+                .tbs_certificate()
+                .subject_public_key_info(),
+            certifier.key_type,
+            &tbs,
+            signature,
+        )
     }
 
     /// Finds a certifier by name or number; `None` picks the only one.
@@ -484,5 +609,53 @@ impl Certifiers {
                 && c.state() == State::Active
         });
         certifier.lock(!shared)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use der::Decode;
+
+    fn ca_certificate() -> Certificate {
+        Certificate::from_der(&crate::testing::certificate_der()).expect("a certificate")
+    }
+
+    #[test]
+    fn a_certificate_that_cannot_certify_is_named() {
+        let ca = ca_certificate();
+        assert_eq!(certificate_defect(&ca, &[]), None, "a self-signed CA");
+        // A subscriber certificate of a test CA is no CA certificate.
+        let test_ca = crate::testing::TestCa::new(
+            "[[profile]]\nname = \"tls-server\"\nkind = \"tls-server\"\nmax_validity_days = 90\n",
+            "profiles = [\"tls-server\"]\ndns_subtrees = [\"example.com\"]",
+        );
+        let req = certd_api::IssueRequest::new(
+            "r1",
+            "tls-server",
+            crate::testing::csr(0x42, "www.example.com"),
+        );
+        let leaf = test_ca
+            .services
+            .issuer
+            .issue_blocking(&test_ca.grant(), &req)
+            .expect("issued");
+        let leaf: Certificate =
+            der::DecodePem::from_pem(leaf.certificate.as_bytes()).expect("leaf");
+        let d = certificate_defect(&leaf, &[]).expect("a leaf cannot certify");
+        assert!(d.contains("not a CA certificate"), "{d}");
+        // A chain that is not the certificate's issuer.
+        let other = test_ca.services.certifiers.all()[0].certificate.clone();
+        // Both are named "certd unit-test CA": the link's name holds, its
+        // signature does not.
+        let d = certificate_defect(&other, std::slice::from_ref(&ca)).expect("wrong chain");
+        assert!(d.contains("signature does not verify"), "{d}");
+        // A self-signed certificate whose signature was damaged.
+        let mut der = der::Encode::to_der(&ca).expect("der");
+        let last = der.len() - 1;
+        der[last] ^= 1;
+        let damaged = Certificate::from_der(&der).expect("still DER");
+        let d = certificate_defect(&damaged, &[]).expect("damaged");
+        assert!(d.contains("signature does not verify"), "{d}");
     }
 }

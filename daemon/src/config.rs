@@ -3,6 +3,7 @@
 //! Relative paths are resolved against the directory of the configuration
 //! file, so a configuration directory can be moved as a whole.
 
+use certd_api::evidence::{NameKind, ValidationMethod};
 use serde::Deserialize;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -95,6 +96,15 @@ pub struct DaemonConfig {
     /// `.`, `-` and `_`, at most 64.
     #[serde(default = "default_instance")]
     pub instance: String,
+    /// While entries are being written, the audit log's end is anchored by
+    /// a signed checkpoint at least this often (besides one after every
+    /// CRL and one at shutdown); 0: only after CRLs and at shutdown.
+    #[serde(default = "default_audit_checkpoint_secs")]
+    pub audit_checkpoint_secs: u64,
+}
+
+fn default_audit_checkpoint_secs() -> u64 {
+    300
 }
 
 /// The host name (`/proc/sys/kernel/hostname`), or `certd` without one.
@@ -104,6 +114,29 @@ fn default_instance() -> String {
         .map(|h| h.trim().to_string())
         .filter(|h| valid_instance(h))
         .unwrap_or_else(|| "certd".to_string())
+}
+
+/// Whether `id` has the organizationIdentifier form of the S/MIME
+/// Baseline Requirements 7.1.4.2.2: a 3-letter registration scheme, a
+/// 2-letter country, an optional `+` and state code, `-`, a reference.
+pub fn valid_organization_identifier(id: &str) -> bool {
+    let Some((head, reference)) = id.split_once('-') else {
+        return false;
+    };
+    let (scheme_country, state) = match head.split_once('+') {
+        Some((sc, st)) => (sc, Some(st)),
+        None => (head, None),
+    };
+    scheme_country.len() == 5
+        && scheme_country.bytes().all(|b| b.is_ascii_uppercase())
+        && state.is_none_or(|s| {
+            (1..=3).contains(&s.len())
+                && s.bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+        })
+        && !reference.is_empty()
+        && reference.len() <= 64
+        && reference.bytes().all(|b| b.is_ascii_graphic())
 }
 
 /// Whether `name` may name an instance.
@@ -260,6 +293,14 @@ pub enum ProfileKind {
     TlsClient,
     /// Mailbox-validated S/MIME certificates (CA/Browser Forum S/MIME BR).
     SmimeMailbox,
+    /// Organization-validated S/MIME: the organization (from the RA's
+    /// grant, with its organizationIdentifier) and its mailboxes.
+    SmimeOrganization,
+    /// Sponsor-validated S/MIME: a named person (or pseudonym) of an
+    /// organization from the RA's grant.
+    SmimeSponsor,
+    /// Individual-validated S/MIME: a named person (or pseudonym).
+    SmimeIndividual,
 }
 
 impl ProfileKind {
@@ -269,7 +310,24 @@ impl ProfileKind {
             ProfileKind::TlsServer => "tls-server",
             ProfileKind::TlsClient => "tls-client",
             ProfileKind::SmimeMailbox => "smime-mailbox",
+            ProfileKind::SmimeOrganization => "smime-organization",
+            ProfileKind::SmimeSponsor => "smime-sponsor",
+            ProfileKind::SmimeIndividual => "smime-individual",
         }
+    }
+
+    /// Whether it issues S/MIME certificates.
+    pub fn is_smime(self) -> bool {
+        !matches!(self, ProfileKind::TlsServer | ProfileKind::TlsClient)
+    }
+
+    /// Whether its subjects name a person (givenName and surname, or a
+    /// pseudonym), whose identity an officer attests.
+    pub fn names_a_person(self) -> bool {
+        matches!(
+            self,
+            ProfileKind::SmimeSponsor | ProfileKind::SmimeIndividual
+        )
     }
 }
 
@@ -306,9 +364,23 @@ pub struct ProfileConfig {
     /// authorityInfoAccess caIssuers URL (http).
     #[serde(default)]
     pub ca_issuers_url: Option<String>,
-    /// Whether requests must carry approval evidence.
+    /// How many distinct officers, none of them the requester, must have
+    /// approved a request (0: no approval needed).
     #[serde(default)]
-    pub require_approval: bool,
+    pub approvals_required: u32,
+    /// Which validation methods count, per kind of name; a kind with
+    /// methods needs a fresh validation for every name of that kind.
+    #[serde(default)]
+    pub validation_methods: ValidationMethods,
+    /// How old a validation may be, in days, per kind of name (at most
+    /// what the Baseline Requirements allow; that is also the default).
+    #[serde(default)]
+    pub validation_reuse_days: ReuseDays,
+    /// When the RA sends SANs but no subject: repeat the first SAN as
+    /// commonName (default: no commonName, an empty subject, as the TLS
+    /// Baseline Requirements prefer).
+    #[serde(default)]
+    pub common_name_from_san: bool,
     /// tls-server/tls-client: whether iPAddress SANs are allowed.
     #[serde(default)]
     pub allow_ip: bool,
@@ -318,6 +390,68 @@ pub struct ProfileConfig {
     /// smime-mailbox: strict or multipurpose.
     #[serde(default)]
     pub smime_generation: Option<SmimeGeneration>,
+}
+
+/// Validation methods accepted per kind of name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValidationMethods {
+    /// For dNSName SANs.
+    #[serde(default)]
+    pub dns: Vec<ValidationMethod>,
+    /// For mailboxes (rfc822Name SANs and emailAddress).
+    #[serde(default)]
+    pub email: Vec<ValidationMethod>,
+}
+
+impl ValidationMethods {
+    /// The methods for names of `kind`.
+    pub fn for_kind(&self, kind: NameKind) -> &[ValidationMethod] {
+        match kind {
+            NameKind::Dns => &self.dns,
+            NameKind::Email => &self.email,
+        }
+    }
+}
+
+/// The longest a domain validation may be reused: TLS Baseline
+/// Requirements 4.2.1 (200 days for certificates issued from 15 March 2026).
+pub const MAX_DNS_REUSE_DAYS: u32 = 200;
+/// The longest a mailbox validation may be reused: S/MIME Baseline
+/// Requirements 3.2.2 (30 days).
+pub const MAX_EMAIL_REUSE_DAYS: u32 = 30;
+
+/// Validation reuse periods per kind of name, in days.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReuseDays {
+    /// For DNS names (default and ceiling [`MAX_DNS_REUSE_DAYS`]).
+    #[serde(default)]
+    pub dns: Option<u32>,
+    /// For mailboxes (default and ceiling [`MAX_EMAIL_REUSE_DAYS`]).
+    #[serde(default)]
+    pub email: Option<u32>,
+}
+
+impl ReuseDays {
+    /// The reuse period for names of `kind`.
+    pub fn for_kind(&self, kind: NameKind) -> u32 {
+        match kind {
+            NameKind::Dns => self.dns.unwrap_or(MAX_DNS_REUSE_DAYS),
+            NameKind::Email => self.email.unwrap_or(MAX_EMAIL_REUSE_DAYS),
+        }
+    }
+}
+
+impl ProfileConfig {
+    /// Whether requests under this profile must carry approval evidence
+    /// (approvals, validations or both).
+    pub fn requires_evidence(&self) -> bool {
+        self.approvals_required > 0
+            || self.kind.names_a_person()
+            || !self.validation_methods.dns.is_empty()
+            || !self.validation_methods.email.is_empty()
+    }
 }
 
 fn default_key_types() -> Vec<crate::hsm::KeyType> {
@@ -364,6 +498,40 @@ pub struct RaConfig {
     /// Whether it may see every certificate, not only its own.
     #[serde(default)]
     pub read_all: bool,
+    /// The organization identities it may put in subjects: a subject's
+    /// organizationName, organizationalUnitName, localityName,
+    /// stateOrProvinceName and countryName must all come from one of them.
+    #[serde(default)]
+    pub organizations: Vec<OrganizationGrant>,
+    /// Patterns (`*` matches any run of characters) a tls-client
+    /// commonName may match instead of repeating one of the SANs.
+    #[serde(default)]
+    pub client_common_names: Vec<String>,
+}
+
+/// An organization identity an RA may certify, with the values its
+/// subject attributes may take.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct OrganizationGrant {
+    /// organizationName.
+    pub name: String,
+    /// organizationIdentifier (S/MIME BR 7.1.4.2.2 form, e.g.
+    /// `VATDE-123456789`), where the organization has one.
+    #[serde(default)]
+    pub organization_identifier: Option<String>,
+    /// organizationalUnitName values allowed.
+    #[serde(default)]
+    pub organizational_units: Vec<String>,
+    /// localityName values allowed.
+    #[serde(default)]
+    pub localities: Vec<String>,
+    /// stateOrProvinceName values allowed.
+    #[serde(default)]
+    pub states: Vec<String>,
+    /// countryName values allowed (ISO 3166-1 alpha-2).
+    #[serde(default)]
+    pub countries: Vec<String>,
 }
 
 impl CertifierConfig {
@@ -527,20 +695,60 @@ impl Config {
                     )));
                 }
             }
-            match (p.kind, p.smime_generation) {
-                (ProfileKind::SmimeMailbox, None) => {
+            for (kind, max) in [
+                (NameKind::Dns, MAX_DNS_REUSE_DAYS),
+                (NameKind::Email, MAX_EMAIL_REUSE_DAYS),
+            ] {
+                let days = p.validation_reuse_days.for_kind(kind);
+                if days == 0 || days > max {
+                    return Err(self.invalid(format!(
+                        "profile {:?}: validation_reuse_days for {} = {days} is out of range: use 1 to {max} (the Baseline Requirements' limit)",
+                        p.name,
+                        kind.plural()
+                    )));
+                }
+                let methods = p.validation_methods.for_kind(kind);
+                for (i, m) in methods.iter().enumerate() {
+                    if !m.applies_to(kind) {
+                        return Err(self.invalid(format!(
+                            "profile {:?}: validation method {m} cannot validate {}",
+                            p.name,
+                            kind.plural()
+                        )));
+                    }
+                    if methods[..i].contains(m) {
+                        return Err(self.invalid(format!(
+                            "profile {:?}: validation method {m} is listed twice for {}",
+                            p.name,
+                            kind.plural()
+                        )));
+                    }
+                }
+            }
+            match (p.kind.is_smime(), p.smime_generation) {
+                (true, None) => {
                     return Err(self.invalid(format!(
                         "profile {:?}: smime_generation must be \"strict\" or \"multipurpose\"",
                         p.name
                     )))
                 }
-                (ProfileKind::TlsServer | ProfileKind::TlsClient, Some(_)) => {
+                (false, Some(_)) => {
                     return Err(self.invalid(format!(
-                        "profile {:?}: smime_generation applies only to smime-mailbox profiles",
+                        "profile {:?}: smime_generation applies only to S/MIME profiles",
                         p.name
                     )))
                 }
                 _ => {}
+            }
+            if p.kind.is_smime()
+                && p.kind != ProfileKind::SmimeMailbox
+                && p.validation_methods.email.is_empty()
+            {
+                return Err(self.invalid(format!(
+                    "profile {:?}: {} certificates need a validation of every mailbox: set validation_methods = {{ email = [...] }}",
+                    p.name,
+                    p.kind.as_str()
+                )));
             }
         }
         for c in &self.certifiers {
@@ -608,6 +816,31 @@ impl Config {
                         "RA {:?}: domain {d:?} must be lower-case, without leading or trailing dots",
                         ra.name
                     )));
+                }
+            }
+            for o in &ra.organizations {
+                if o.name.is_empty() || o.name.chars().count() > 64 || o.name.trim() != o.name {
+                    return Err(self.invalid(format!(
+                        "RA {:?}: organization name {:?} must be 1 to 64 characters without surrounding spaces",
+                        ra.name, o.name
+                    )));
+                }
+                for c in &o.countries {
+                    if c.len() != 2 || !c.bytes().all(|b| b.is_ascii_uppercase()) {
+                        return Err(self.invalid(format!(
+                            "RA {:?}: organization {:?}: country {c:?} must be two upper-case letters (ISO 3166-1)",
+                            ra.name, o.name
+                        )));
+                    }
+                }
+                if let Some(id) = &o.organization_identifier {
+                    if !valid_organization_identifier(id) {
+                        return Err(self.invalid(format!(
+                            "RA {:?}: organization {:?}: organization_identifier {id:?} is not of the form SSSCC-reference \
+                             (a scheme of 3 letters such as VAT, NTR, LEI, GOV, INT, PSD, a country code, '-', the reference)",
+                            ra.name, o.name
+                        )));
+                    }
                 }
             }
             for n in &ra.ip_networks {

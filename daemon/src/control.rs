@@ -24,7 +24,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use zeroize::Zeroizing;
 
@@ -239,9 +239,9 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SocketError {
 pub struct Controller {
     /// The configuration file.
     pub config_source: PathBuf,
-    /// `daemon.control_group`: when set, whoever the socket's permissions
-    /// let in may use it.
-    pub control_group: Option<String>,
+    /// The gid of `daemon.control_group`: its members may use the socket
+    /// too (besides root and certd's own user).
+    pub control_gid: Option<u32>,
     /// The policy in force.
     pub policy: Arc<LivePolicy>,
     /// The certifiers.
@@ -273,27 +273,67 @@ pub fn bind(d: &DaemonConfig) -> Result<UnixListener, SocketError> {
         }
         std::fs::remove_file(path).map_err(io(format!("removing stale {}", path.display())))?;
     }
-    let listener = UnixListener::bind(path)
-        .map_err(io(format!("binding control socket {}", path.display())))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(d.control_socket_mode))
-        .map_err(io(format!("setting the mode of {}", path.display())))?;
-    if let Some(group) = &d.control_group {
-        let gid = group_id(group).ok_or_else(|| {
-            SocketError::Refused(format!("daemon.control_group {group:?} does not exist"))
-        })?;
-        std::os::unix::fs::chown(path, None, Some(gid))
-            .map_err(io(format!("giving {} to group {group}", path.display())))?;
-    }
-    Ok(listener)
+    // Bound in a private directory, given its mode and group there, and
+    // renamed into place: nobody can connect between bind and chmod.
+    let staging = path.with_file_name(format!(
+        ".{}.{}.bind",
+        path.file_name()
+            .map_or_else(|| "control".into(), |n| n.to_string_lossy()),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&staging);
+    std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+        .create(&staging)
+        .map_err(io(format!("creating {}", staging.display())))?;
+    let placed = (|| {
+        let tmp = staging.join("socket");
+        let listener = UnixListener::bind(&tmp)
+            .map_err(io(format!("binding control socket {}", path.display())))?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(d.control_socket_mode))
+            .map_err(io(format!("setting the mode of {}", path.display())))?;
+        if let Some(group) = &d.control_group {
+            let gid = group_id(group).ok_or_else(|| {
+                SocketError::Refused(format!("daemon.control_group {group:?} does not exist"))
+            })?;
+            std::os::unix::fs::chown(&tmp, None, Some(gid))
+                .map_err(io(format!("giving {} to group {group}", path.display())))?;
+        }
+        std::fs::rename(&tmp, path).map_err(io(format!("placing {}", path.display())))?;
+        Ok(listener)
+    })();
+    let _ = std::fs::remove_dir_all(&staging);
+    placed
 }
 
-fn group_id(name: &str) -> Option<u32> {
+/// The id of group `name` in `/etc/group`.
+pub fn group_id(name: &str) -> Option<u32> {
     let groups = std::fs::read_to_string("/etc/group").ok()?;
     groups.lines().find_map(|l| {
         let mut f = l.split(':');
         (f.next()? == name).then_some(())?;
         f.nth(1)?.parse().ok()
     })
+}
+
+/// Whether process `pid` (a peer with primary group `gid`) is in group
+/// `group`: its primary group, or one of its supplementary groups as
+/// `/proc/PID/status` lists them.
+fn peer_in_group(pid: Option<i32>, gid: u32, group: u32) -> bool {
+    if gid == group {
+        return true;
+    }
+    let Some(pid) = pid else {
+        return false;
+    };
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("Groups:"))
+                .map(|g| g.split_whitespace().any(|x| x.parse() == Ok(group)))
+        })
+        .unwrap_or(false)
 }
 
 /// The effective uid of this process, read without libc.
@@ -325,7 +365,10 @@ async fn handle(controller: Arc<Controller>, stream: UnixStream) -> std::io::Res
     let uid = peer.uid();
     let actor = format!("control:uid={uid}");
     let (read, mut write) = stream.into_split();
-    let allowed = uid == 0 || Some(uid) == own_uid() || controller.control_group.is_some();
+    let in_group = controller
+        .control_gid
+        .is_some_and(|g| peer_in_group(peer.pid(), peer.gid(), g));
+    let allowed = uid == 0 || Some(uid) == own_uid() || in_group;
     let response = if !allowed {
         let _ = controller.audit.record(
             AuditEvent::new("control_refused", &actor)
@@ -333,12 +376,14 @@ async fn handle(controller: Arc<Controller>, stream: UnixStream) -> std::io::Res
         );
         Response::error(
             "not_authorized",
-            "this user may not control certd: run as root or as the certd user",
+            "this user may not control certd: run as root, as the certd user, or as a member of daemon.control_group",
         )
     } else {
-        let mut line = Zeroizing::new(Vec::with_capacity(512));
-        let mut reader = tokio::io::BufReader::new(read).take(MAX_REQUEST as u64 + 1);
-        tokio::time::timeout(Duration::from_secs(30), reader.read_until(b'\n', &mut line))
+        // Read straight into a buffer that is wiped when dropped (it may
+        // hold a PIN): no reader's buffer keeps a copy.
+        let mut line = Zeroizing::new(Vec::with_capacity(MAX_REQUEST + 1));
+        let mut read = read;
+        tokio::time::timeout(Duration::from_secs(30), read_line(&mut read, &mut line))
             .await
             .map_err(|_| {
                 std::io::Error::new(std::io::ErrorKind::TimedOut, "request timed out")
@@ -356,6 +401,29 @@ async fn handle(controller: Arc<Controller>, stream: UnixStream) -> std::io::Res
     out.push(b'\n');
     write.write_all(&out).await?;
     write.shutdown().await
+}
+
+/// Reads up to and including the first newline (or `MAX_REQUEST + 1`
+/// bytes, or the end) into `line`, through a small buffer that is wiped.
+async fn read_line(
+    read: &mut (impl tokio::io::AsyncRead + Unpin),
+    line: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    let mut chunk = Zeroizing::new([0u8; 512]);
+    loop {
+        let n = read.read(&mut chunk[..]).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        let end = chunk[..n]
+            .iter()
+            .position(|b| *b == b'\n')
+            .map_or(n, |i| i + 1);
+        line.extend_from_slice(&chunk[..end]);
+        if end < n || chunk[end - 1] == b'\n' || line.len() > MAX_REQUEST {
+            return Ok(());
+        }
+    }
 }
 
 impl Controller {

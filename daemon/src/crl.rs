@@ -3,6 +3,7 @@
 //! before nextUpdate and shortly after revocations (a burst of revocations
 //! makes one CRL).
 
+use crate::anchor::Checkpointer;
 use crate::audit::AuditEvent;
 use crate::certifier::{Certifier, Certifiers};
 use crate::clock::{rfc3339, Clock};
@@ -42,6 +43,10 @@ struct CrlStore {
     dir: PathBuf,
     current: Mutex<HashMap<String, CrlState>>,
     triggers: HashMap<String, Arc<tokio::sync::Notify>>,
+    /// One writer per certifier: taking a number, signing and installing
+    /// a CRL happen under it, so the API's stale-CRL path and the refresh
+    /// loop never make two at once.
+    writers: HashMap<String, Arc<Mutex<()>>>,
 }
 
 fn reason(code: u8) -> Option<CrlReason> {
@@ -126,8 +131,10 @@ impl CrlStore {
         std::fs::create_dir_all(&dir)?;
         let mut current = HashMap::new();
         let mut triggers = HashMap::new();
+        let mut writers = HashMap::new();
         for c in certifiers {
             triggers.insert(c.name().to_string(), Arc::new(tokio::sync::Notify::new()));
+            writers.insert(c.name().to_string(), Arc::new(Mutex::new(())));
             if let Ok(der) = std::fs::read(dir.join(format!("{}.crl", c.name()))) {
                 if let Some(state) = describe(der.into()) {
                     current.insert(c.name().to_string(), state);
@@ -138,7 +145,12 @@ impl CrlStore {
             dir,
             current: Mutex::new(current),
             triggers,
+            writers,
         })
+    }
+
+    fn writer_of(&self, certifier: &str) -> Option<Arc<Mutex<()>>> {
+        self.writers.get(certifier).cloned()
     }
 
     fn current(&self, certifier: &str) -> Option<CrlState> {
@@ -159,16 +171,24 @@ impl CrlStore {
         self.triggers.get(certifier).cloned()
     }
 
+    /// Installs `state` as the certifier's CRL: written to a temporary
+    /// file of its own (named by its number, created new), synced, and
+    /// renamed over the current one; refused unless its number is higher
+    /// than the one in place. Called under the certifier's writer lock.
     fn install(&self, certifier: &str, state: CrlState) -> std::io::Result<()> {
-        let path = self.dir.join(format!("{certifier}.crl"));
-        let tmp = self.dir.join(format!(".{certifier}.crl.tmp"));
-        {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&state.der)?;
-            f.sync_all()?;
+        if let Some(installed) = self.current(certifier) {
+            if installed.number >= state.number {
+                return Err(std::io::Error::other(format!(
+                    "CRL number {} of certifier {certifier:?} is not above the installed {}; not installed",
+                    state.number, installed.number
+                )));
+            }
         }
-        std::fs::rename(&tmp, &path)?;
+        let path = self.dir.join(format!("{certifier}.crl"));
+        let tmp = self
+            .dir
+            .join(format!(".{certifier}.{}.crl.tmp", state.number));
+        crate::audit::replace_file(&path, &tmp, &state.der, 0o644)?;
         self.current
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -185,6 +205,7 @@ pub struct CrlService {
     ledger: Arc<dyn Ledger>,
     clock: Arc<dyn Clock>,
     settings: CrlConfig,
+    checkpoints: Arc<Checkpointer>,
 }
 
 impl CrlService {
@@ -196,6 +217,7 @@ impl CrlService {
         certifiers: Arc<Certifiers>,
         ledger: Arc<dyn Ledger>,
         clock: Arc<dyn Clock>,
+        checkpoints: Arc<Checkpointer>,
     ) -> std::io::Result<CrlService> {
         Ok(CrlService {
             store: CrlStore::open(state_dir, certifiers.all())?,
@@ -203,6 +225,7 @@ impl CrlService {
             ledger,
             clock,
             settings,
+            checkpoints,
         })
     }
 
@@ -225,16 +248,38 @@ impl CrlService {
                 format!("there is no certifier {name:?}"),
             )
         })?;
+        let fresh = |st: &CrlState| st.next_update > self.clock.unix();
         match self.current(certifier.name()) {
-            Some(st) if st.next_update > self.clock.unix() => Ok(st),
-            _ => self.generate(&certifier),
+            Some(st) if fresh(&st) => Ok(st),
+            _ => self.make(&certifier, Some(&fresh)),
         }
     }
 
     /// Makes, signs, verifies, stores and audits a new CRL for `certifier`.
     pub fn generate(&self, certifier: &Certifier) -> Result<CrlState, ApiError> {
-        let signer = certifier.signer().map_err(|e| e.api_error())?;
+        self.make(certifier, None)
+    }
+
+    /// [`CrlService::generate`], under the certifier's writer lock; with
+    /// `enough`, the CRL another writer installed while this one waited
+    /// for the lock is taken instead when it satisfies `enough`.
+    fn make(
+        &self,
+        certifier: &Certifier,
+        enough: Option<&dyn Fn(&CrlState) -> bool>,
+    ) -> Result<CrlState, ApiError> {
         let name = certifier.name();
+        let writer = self
+            .store
+            .writer_of(name)
+            .ok_or_else(|| internal(format!("certifier {name:?} has no CRL writer")))?;
+        let _writing = writer.lock().unwrap_or_else(|p| p.into_inner());
+        if let (Some(enough), Some(st)) = (enough, self.current(name)) {
+            if enough(&st) {
+                return Ok(st);
+            }
+        }
+        let signer = certifier.signer().map_err(|e| e.api_error())?;
         let mut entries = Vec::new();
         self.ledger
             .visit_revoked(name, &mut |e| entries.push(e))
@@ -331,6 +376,11 @@ impl CrlService {
             )
             .inspect_err(|e| tracing::error!(error = %e, "cannot write the audit log"))
             .map_err(|e| ApiError::new(ErrorCode::AuditUnavailable, e.to_string()))?;
+        // Every CRL anchors the audit log's end; a failure to do so is
+        // logged, and the CRL stands.
+        if let Err(e) = self.checkpoints.checkpoint("crl") {
+            tracing::error!(error = %e, "audit checkpoint after the CRL failed");
+        }
         Ok(state)
     }
 
@@ -430,10 +480,12 @@ mod tests {
             [
                 "crl_number_reserved",
                 "crl_issued",
+                "audit_checkpoint",
                 "crl_number_reserved",
-                "crl_issued"
+                "crl_issued",
+                "audit_checkpoint"
             ],
-            "per CRL made: its number, durable before signing, then the CRL"
+            "per CRL made: its number, durable before signing, then the CRL, then a signed checkpoint"
         );
     }
 
@@ -500,5 +552,137 @@ mod tests {
                 "cut at {cut}"
             );
         }
+    }
+
+    /// CRLs asked for by the API (stale-CRL path) and made by the refresh
+    /// loop's path at once, while certificates are revoked and the clock
+    /// moves past nextUpdate: one writer at a time, so the numbers each
+    /// caller sees only grow, the audit log's CRLs are in number order,
+    /// the installed CRL is the newest, no temporary file is left, and
+    /// every CRL verifies under the certifier's key.
+    #[test]
+    fn one_writer_at_a_time_numbers_only_grow_and_every_crl_verifies() {
+        use der::{Decode, Encode};
+        use x509_cert::crl::CertificateList;
+        let ca = TestCa::new(
+            "[[profile]]\nname = \"tls-server\"\nkind = \"tls-server\"\nmax_validity_days = 90\n",
+            "profiles = [\"tls-server\"]\ndns_subtrees = [\"example.com\"]\nmay_revoke = true",
+        );
+        let serials: Vec<String> = (0..12u8)
+            .map(|n| {
+                let req = certd_api::IssueRequest::new(
+                    format!("r{n}"),
+                    "tls-server",
+                    crate::testing::csr(0x40 + n, "www.example.com"),
+                );
+                ca.services
+                    .issuer
+                    .issue_blocking(&ca.grant(), &req)
+                    .expect("issued")
+                    .serial
+            })
+            .collect();
+        let crl = &ca.services.crl;
+        let certifier = ca.services.certifiers.all()[0].clone();
+        let seen: Vec<Vec<super::CrlState>> = std::thread::scope(|scope| {
+            let revoker = scope.spawn(|| {
+                for serial in &serials {
+                    ca.services
+                        .revoker
+                        .revoke(
+                            &ca.grant(),
+                            serial,
+                            &certd_api::RevokeRequest {
+                                reason: "superseded".into(),
+                            },
+                        )
+                        .expect("revoked");
+                    // Every CRL so far is stale now.
+                    ca.clock.advance(Duration::from_secs(25 * 3_600));
+                }
+                Vec::new()
+            });
+            let readers: Vec<_> = (0..4)
+                .map(|_| {
+                    scope.spawn(|| {
+                        (0..15)
+                            .map(|_| crl.latest("ca").expect("a CRL"))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            let refreshers: Vec<_> = (0..2)
+                .map(|_| {
+                    let c = certifier.clone();
+                    scope.spawn(move || {
+                        (0..15)
+                            .map(|_| crl.generate(&c).expect("a CRL"))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            std::iter::once(revoker)
+                .chain(readers)
+                .chain(refreshers)
+                .map(|t| t.join().expect("thread"))
+                .collect()
+        });
+        let key = certifier
+            .certificate
+            .tbs_certificate()
+            .subject_public_key_info();
+        let mut max = 0;
+        for (i, states) in seen.iter().enumerate() {
+            let numbers: Vec<u64> = states.iter().map(|s| s.number).collect();
+            assert!(
+                numbers.windows(2).all(|w| w[0] <= w[1]),
+                "caller {i} saw numbers go back: {numbers:?}"
+            );
+            for st in states {
+                let list = CertificateList::<x509_cert::certificate::Rfc5280>::from_der(&st.der)
+                    .expect("decodes");
+                let tbs = list.tbs_cert_list.to_der().expect("tbs");
+                crate::hsm::verify::verify(
+                    key,
+                    certifier.key_type,
+                    &tbs,
+                    list.signature.raw_bytes(),
+                )
+                .unwrap_or_else(|e| panic!("CRL {}: {e}", st.number));
+                max = max.max(st.number);
+            }
+        }
+        let installed = crl.current("ca").expect("installed");
+        assert_eq!(installed.number, max, "the installed CRL is the newest");
+        let dir = ca.state_dir().join("crl");
+        let on_disk = std::fs::read(dir.join("ca.crl")).expect("CRL file");
+        assert_eq!(on_disk, installed.der.as_ref());
+        let leftovers: Vec<_> = std::fs::read_dir(&dir)
+            .expect("crl dir")
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name())
+            .filter(|n| n != "ca.crl")
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+        let issued: Vec<u64> = ca
+            .audit_entries()
+            .iter()
+            .filter(|e| e["kind"] == "crl_issued")
+            .filter_map(|e| e["detail"]["crl_number"].as_u64())
+            .collect();
+        assert!(
+            issued.windows(2).all(|w| w[0] < w[1]),
+            "CRLs in the audit log out of number order: {issued:?}"
+        );
+        assert_eq!(issued.last(), Some(&max));
+        // The last CRL lists every revocation.
+        let last = CertificateList::<x509_cert::certificate::Rfc5280>::from_der(
+            &crl.generate(&certifier).expect("CRL").der,
+        )
+        .expect("decodes");
+        assert_eq!(
+            last.tbs_cert_list.revoked_certificates.map(|r| r.len()),
+            Some(serials.len())
+        );
     }
 }

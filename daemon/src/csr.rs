@@ -65,6 +65,7 @@ pub fn check_csr(
         .signature
         .as_bytes()
         .ok_or_else(|| bad("the CSR signature has unused bits"))?;
+    certd_api::keys::check_csr_signature_algorithm(&csr.algorithm.oid.to_string()).map_err(bad)?;
     verify::verify_with_algorithm(&spki, key_type, &csr.algorithm, &info, sig).map_err(|e| {
         bad(format!(
             "the CSR's self-signature (proof of possession) failed: {e}"
@@ -129,18 +130,15 @@ pub fn check_key(
             .ok_or_else(|| bad("public key bit string has unused bits"))?;
         let pk = pkcs1::RsaPublicKey::<der::asn1::UintRef<'_>>::from_der(bits)
             .map_err(|e| bad(format!("RSA public key: {e}")))?;
-        if pk.public_exponent.as_bytes() != [0x01, 0x00, 0x01] {
-            return Err(weak("RSA public exponent must be 65537"));
-        }
-        let size = verify::rsa_modulus_bits(spki).map_err(bad)?;
-        if size < 2048 {
-            return Err(weak(format!(
-                "RSA keys must have at least 2048 bits, this has {size}"
-            )));
-        }
-        if pk.modulus.as_bytes().last().is_some_and(|b| b & 1 == 0) {
-            return Err(weak("RSA modulus is even"));
-        }
+        // The rules RAs apply too (certd_api::keys), so they cannot drift.
+        certd_api::keys::check_rsa(pk.modulus.as_bytes(), pk.public_exponent.as_bytes()).map_err(
+            |r| match r {
+                certd_api::keys::KeyRefusal::Weak(m) => weak(m),
+                certd_api::keys::KeyRefusal::NotPermitted(m) => {
+                    ApiError::new(ErrorCode::KeyNotPermitted, m)
+                }
+            },
+        )?;
     }
     let key_type = KeyType::of_spki(spki).map_err(|e| {
         if oid == rfc5912::RSA_ENCRYPTION {

@@ -3,6 +3,7 @@
 //! loop (API server, control socket, token probes, CRL schedules, systemd
 //! notification, signals) and shutdown.
 
+use crate::anchor::{Checkpoint, Checkpointer};
 use crate::audit::AuditEvent;
 use crate::certifier::{Certifiers, State, PROBE_INTERVAL};
 use crate::clock::{Clock, SystemClock};
@@ -14,6 +15,7 @@ use crate::issue::Issuer;
 use crate::journal::{Journal, JournalError, Ledger};
 use crate::lookup::Lookup;
 use crate::policy::{LivePolicy, Policy};
+use crate::rate_limit::RateLimiter;
 use crate::revoke::Revoker;
 use crate::server::{self, Api, TlsSetupError};
 use crate::status;
@@ -82,7 +84,7 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
 
 /// Path of the audit log inside the state directory.
 pub fn audit_path(state_dir: &Path) -> PathBuf {
-    state_dir.join("audit.log")
+    crate::audit::log_path(state_dir)
 }
 
 /// Path of the ledger of certd before 0.2 (a sled database) inside the
@@ -219,6 +221,10 @@ pub struct Services {
     pub revoker: Arc<Revoker>,
     /// Look-ups and listings.
     pub lookup: Arc<Lookup>,
+    /// The RAs' rate budgets.
+    pub limiter: Arc<RateLimiter>,
+    /// Signed checkpoints of the audit log.
+    pub checkpoints: Arc<Checkpointer>,
     /// When the daemon started, on `clock`'s monotonic time.
     started: Instant,
     /// Held for the daemon's lifetime: one daemon per state directory.
@@ -237,6 +243,11 @@ impl Services {
     ) -> Result<Services, DaemonError> {
         let audit = ledger.clone();
         let state_dir = &config.daemon.state_dir;
+        let checkpoints = Arc::new(Checkpointer::new(
+            certifiers.clone(),
+            ledger.clone(),
+            state_dir,
+        ));
         let crl = Arc::new(
             CrlService::open(
                 state_dir,
@@ -244,6 +255,7 @@ impl Services {
                 certifiers.clone(),
                 ledger.clone(),
                 clock.clone(),
+                checkpoints.clone(),
             )
             .map_err(io(format!(
                 "opening the CRL store in {}",
@@ -255,12 +267,15 @@ impl Services {
         let signing = Arc::new(
             SigningPool::new(config.hsm.sessions).map_err(io("starting the signing threads"))?,
         );
+        // One budget per RA and operation, shared by the services.
+        let limiter = Arc::new(RateLimiter::default());
         let issuer = Arc::new(Issuer::new(
             policy.clone(),
             certifiers.clone(),
             ledger.clone(),
             signing,
             clock.clone(),
+            limiter.clone(),
             &config.daemon,
         ));
         let revoker = Arc::new(Revoker::new(ledger.clone(), crl.clone(), clock.clone()));
@@ -277,6 +292,8 @@ impl Services {
             issuer,
             revoker,
             lookup,
+            limiter,
+            checkpoints,
             _lock: lock,
         })
     }
@@ -292,6 +309,7 @@ impl Services {
             issuer: self.issuer.clone(),
             revoker: self.revoker.clone(),
             lookup: self.lookup.clone(),
+            limiter: self.limiter.clone(),
             crl: self.crl.clone(),
         })
     }
@@ -300,7 +318,12 @@ impl Services {
     pub fn controller(&self) -> Controller {
         Controller {
             config_source: self.config.source.clone(),
-            control_group: self.config.daemon.control_group.clone(),
+            control_gid: self
+                .config
+                .daemon
+                .control_group
+                .as_deref()
+                .and_then(control::group_id),
             policy: self.policy.clone(),
             certifiers: self.certifiers.clone(),
             ledger: self.ledger.clone(),
@@ -331,7 +354,12 @@ pub fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Arc<Services>, Dae
             config.source.display()
         )));
     }
-    let (journal, opened) = Journal::open(&audit_path(&state_dir), &index, clock.clone())?;
+    // The certifiers' certificates first: a certificate the journal's
+    // replay restores must be one of theirs.
+    let certifiers = Arc::new(Certifiers::load(&config)?);
+    let check = |name: &str, der: &[u8]| certifiers.verify_issued(name, der);
+    let (journal, opened) =
+        Journal::open_checked(&audit_path(&state_dir), &index, clock.clone(), Some(&check))?;
     if opened.replayed > 0 {
         tracing::info!(
             entries = opened.replayed,
@@ -340,7 +368,6 @@ pub fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Arc<Services>, Dae
     }
     let ledger: Arc<dyn Ledger> = Arc::new(journal);
     crate::recovery::recover_interrupted(ledger.as_ref(), &config.daemon.instance)?;
-    let certifiers = Arc::new(Certifiers::load(&config)?);
     let config_sha256 = std::fs::read(&config.source)
         .map(|b| {
             use sha2::Digest;
@@ -459,6 +486,12 @@ async fn serve(services: Arc<Services>) -> Result<(), DaemonError> {
     for c in services.certifiers.all() {
         tokio::spawn(services.crl.clone().keep_fresh(c.clone()));
     }
+    if services.config.daemon.audit_checkpoint_secs > 0 {
+        tokio::spawn(checkpoint_loop(
+            services.checkpoints.clone(),
+            Duration::from_secs(services.config.daemon.audit_checkpoint_secs),
+        ));
+    }
 
     let controller = Arc::new(services.controller());
     // Polled in the loop below rather than spawned, so that nothing is
@@ -478,6 +511,16 @@ async fn serve(services: Arc<Services>) -> Result<(), DaemonError> {
     }
     systemd::notify_stopping();
     tracing::info!("stopping");
+    // The log's end anchored before the last entry.
+    let c = services.checkpoints.clone();
+    match tokio::task::spawn_blocking(move || c.checkpoint("shutdown")).await {
+        Ok(Ok(Checkpoint::NoSigner)) => {
+            tracing::warn!("no active certifier: the audit log's end is not anchored at shutdown")
+        }
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "audit checkpoint at shutdown failed"),
+        Err(e) => tracing::error!(error = %e, "audit checkpoint task failed"),
+    }
     // The last entry: a CRL still being made, or a request still in
     // flight, is refused rather than recorded after it.
     if let Err(e) = services.audit.finish(AuditEvent::new("stopped", "certd")) {
@@ -485,6 +528,23 @@ async fn serve(services: Arc<Services>) -> Result<(), DaemonError> {
     }
     let _ = std::fs::remove_file(&socket_path);
     Ok(())
+}
+
+/// Anchors the audit log's end every `every` while entries are written
+/// (a checkpoint with nothing new since the last is skipped).
+async fn checkpoint_loop(checkpoints: Arc<Checkpointer>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let c = checkpoints.clone();
+        match tokio::task::spawn_blocking(move || c.checkpoint("periodic")).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "periodic audit checkpoint failed"),
+            Err(e) => tracing::error!(error = %e, "audit checkpoint task failed"),
+        }
+    }
 }
 
 /// How often at most the PKCS#11 module is re-initialised to find a

@@ -7,6 +7,7 @@
 //! signs and the certificate before the answer: two durable writes, each
 //! carrying its own audit entry (see `journal`).
 
+use crate::approval;
 use crate::audit::AuditEvent;
 use crate::certgen::{self, LeafSpec};
 use crate::certifier::{Certifier, Certifiers};
@@ -45,7 +46,7 @@ pub struct Issuer {
     ledger: Arc<dyn Ledger>,
     signing: Arc<SigningPool>,
     clock: Arc<dyn Clock>,
-    limiter: RateLimiter,
+    limiter: Arc<RateLimiter>,
     free_space: FreeSpaceGuard,
     /// This certd's `daemon.instance`, recorded in its intents.
     instance: String,
@@ -60,6 +61,7 @@ impl Issuer {
         ledger: Arc<dyn Ledger>,
         signing: Arc<SigningPool>,
         clock: Arc<dyn Clock>,
+        limiter: Arc<RateLimiter>,
         daemon: &DaemonConfig,
     ) -> Issuer {
         Issuer {
@@ -68,7 +70,7 @@ impl Issuer {
             ledger,
             signing,
             clock,
-            limiter: RateLimiter::default(),
+            limiter,
             instance: daemon.instance.clone(),
             free_space: FreeSpaceGuard {
                 dir: daemon.state_dir.clone(),
@@ -140,21 +142,6 @@ impl Issuer {
         // Fail fast while locked; checked again when signing.
         certifier.signer().map_err(|e| e.api_error())?;
         self.free_space.check()?;
-        if profile.require_approval
-            && req
-                .approval
-                .as_ref()
-                .is_none_or(|a| a.approved_by.is_empty() || a.validations.is_empty())
-        {
-            return Err(ApiError::new(
-                ErrorCode::ApprovalRequired,
-                format!(
-                    "profile {:?} requires approval evidence: approval.approved_by and approval.validations",
-                    profile.name
-                ),
-            ));
-        }
-
         let checked = csr::check_csr(
             &req.csr,
             &profile.key_types,
@@ -163,8 +150,29 @@ impl Issuer {
                 .tbs_certificate()
                 .subject_public_key_info(),
         )?;
-        let names = requested_names(req, &checked.names, profile.kind);
+        let spki_sha256: [u8; 32] = sha2::Sha256::digest(
+            checked
+                .spki
+                .to_der()
+                .map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))?,
+        )
+        .into();
+        // Checked again, atomically, when the intent is recorded.
+        if let Some(b) = self
+            .ledger
+            .blocked_key(&spki_sha256)
+            .map_err(|e| e.api_error())?
+        {
+            return Err(LedgerError::KeyBlocked {
+                key: hex::encode(spki_sha256),
+                serial: b.serial.to_hex(),
+                certifier: b.certifier,
+            }
+            .api_error());
+        }
+        let names = requested_names(req, &checked.names, profile);
         policy::check_names(profile, grant, &names)?;
+        approval::check(profile, &names, req.approval.as_ref(), self.clock.unix())?;
 
         let issuer = &certifier.issuer;
         let requested = req.not_after.as_deref().map(parse_not_after).transpose()?;
@@ -225,6 +233,7 @@ impl Issuer {
                 created: now,
                 approval: approval.clone(),
                 instance: self.instance.clone(),
+                spki_sha256: Some(spki_sha256),
             };
             // Durable (with its audit entry) before the token signs.
             let claim = Claim {
@@ -337,6 +346,13 @@ impl Issuer {
             // The same request asked for the same not_after the first time.
             not_after_clamped: requested_not_after.is_some_and(|r| r > not_after),
             replayed: true,
+            // A certificate revoked since says so: the RA must not hand it
+            // out as good.
+            revoked_at: record.revoked_at.map(rfc3339),
+            revocation_reason: record
+                .revocation_reason
+                .and_then(certd_api::reason_name)
+                .map(str::to_string),
         })
     }
 
@@ -411,6 +427,7 @@ impl Issuer {
                 "request_id": req.request_id,
                 "profile": req.profile,
                 "subject": subject,
+                "approval": req.approval,
             }));
         let change = Change::Issued {
             serial,
@@ -440,6 +457,8 @@ impl Issuer {
             not_after: rfc3339(validity.not_after),
             not_after_clamped: validity.clamped,
             replayed: false,
+            revoked_at: None,
+            revocation_reason: None,
         })
     }
 }
@@ -515,36 +534,46 @@ fn check_request_id(id: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// The names to certify: the RA's subject and SANs where given, else the
-/// CSR's. A tls-server CSR that names its host only in the commonName gets
-/// it as a SAN, and an S/MIME CSR with only emailAddress gets that as SAN.
+/// The names to certify. SANs and subject the RA sends are taken as sent.
+/// SANs without a subject get a subject built from the profile, not the
+/// CSR's: empty (the SAN extension then critical), or the first SAN
+/// repeated as commonName where the profile sets `common_name_from_san`.
+/// With neither, the CSR's names are used, and a tls-server CSR that names
+/// its host only in the commonName gets it as a SAN (an S/MIME CSR with
+/// only emailAddress, that mailbox).
 pub fn requested_names(
     req: &IssueRequest,
     from_csr: &Names,
-    kind: crate::config::ProfileKind,
+    profile: &crate::config::ProfileConfig,
 ) -> Names {
     use crate::config::ProfileKind;
-    let subject = req
-        .subject
-        .as_ref()
-        .map(SubjectFields::from_api)
-        .unwrap_or_else(|| from_csr.subject.clone());
     let mut names = match &req.san {
         Some(san) => Names {
-            subject,
+            subject: SubjectFields::default(),
             dns: san.dns.clone(),
             emails: san.email.clone(),
             ips: san.ip.iter().filter_map(|s| s.parse().ok()).collect(),
         },
-        None => Names {
-            subject,
-            ..from_csr.clone()
-        },
+        None => from_csr.clone(),
     };
+    match &req.subject {
+        Some(s) => names.subject = SubjectFields::from_api(s),
+        None if req.san.is_some() && profile.common_name_from_san => {
+            names.subject.cn = match profile.kind {
+                k if k.is_smime() => names.emails.first().cloned(),
+                _ => names
+                    .dns
+                    .first()
+                    .cloned()
+                    .or_else(|| names.ips.first().map(|ip| ip.to_string())),
+            };
+        }
+        None => {}
+    }
     if names.dns.is_empty() && names.ips.is_empty() && names.emails.is_empty() {
-        match (kind, &names.subject.cn, &names.subject.email) {
+        match (profile.kind, &names.subject.cn, &names.subject.email) {
             (ProfileKind::TlsServer, Some(cn), _) => names.dns.push(cn.clone()),
-            (ProfileKind::SmimeMailbox, _, Some(e)) => names.emails.push(e.clone()),
+            (k, _, Some(e)) if k.is_smime() => names.emails.push(e.clone()),
             _ => {}
         }
     }
@@ -612,6 +641,56 @@ mod tests {
         IssueRequest::new(id, "tls-server", csr(0x22, "www.example.com"))
     }
 
+    #[test]
+    fn sans_without_a_subject_get_the_profiles_subject_not_the_csrs() {
+        let profile = |extra: &str| -> crate::config::ProfileConfig {
+            toml::from_str(&format!(
+                "name = \"p\"\nkind = \"tls-server\"\nmax_validity_days = 90\n{extra}"
+            ))
+            .expect("a profile")
+        };
+        let csr_names = Names {
+            subject: SubjectFields {
+                cn: Some("csr.example.com".into()),
+                o: Some("CSR Org".into()),
+                ..Default::default()
+            },
+            dns: vec!["csr.example.com".into()],
+            ..Default::default()
+        };
+        let mut req = request("r");
+        let plain = &profile("");
+        let with_cn = &profile("common_name_from_san = true");
+        // Neither: the CSR's names.
+        assert_eq!(requested_names(&req, &csr_names, plain), csr_names);
+        req.san = Some(certd_api::SubjectAltNames {
+            dns: vec!["a.example.com".into(), "b.example.com".into()],
+            ..Default::default()
+        });
+        let n = requested_names(&req, &csr_names, plain);
+        assert_eq!(
+            n.subject,
+            SubjectFields::default(),
+            "nothing of the CSR's subject"
+        );
+        assert_eq!(n.dns, ["a.example.com", "b.example.com"]);
+        let n = requested_names(&req, &csr_names, with_cn);
+        assert_eq!(n.subject.cn.as_deref(), Some("a.example.com"));
+        assert_eq!(n.subject.o, None);
+        // The RA's subject is taken as sent.
+        req.subject = Some(certd_api::Subject {
+            common_name: Some("b.example.com".into()),
+            ..Default::default()
+        });
+        assert_eq!(
+            requested_names(&req, &csr_names, with_cn)
+                .subject
+                .cn
+                .as_deref(),
+            Some("b.example.com")
+        );
+    }
+
     /// The intent a concurrent request with `req` records before it signs.
     fn intent_of(req: &IssueRequest) -> Intent {
         Intent {
@@ -623,6 +702,7 @@ mod tests {
             created: SystemClock.unix(),
             approval: None,
             instance: String::new(),
+            spki_sha256: None,
         }
     }
 

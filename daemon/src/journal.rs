@@ -23,7 +23,7 @@
 //!
 //! | kind | ledger fields |
 //! |---|---|
-//! | `issuance_intent` | `serial`, `ra`, `request_id`, `body_sha256`, `tbs_sha256`, `profile`, `created`, `approval` |
+//! | `issuance_intent` | `serial`, `ra`, `request_id`, `body_sha256`, `tbs_sha256`, `profile`, `created`, `approval`, `instance`, `spki_sha256` |
 //! | `issued` | `serial`, `certificate` (base64 DER), `not_after` (RFC 3339), `issued_at` |
 //! | `issuance_failed`, `intent_abandoned` | `serial`, `reason` |
 //! | `revoked` | `serial`, `reason` (name), `reason_code`, `revoked_at` (RFC 3339), `at` |
@@ -88,6 +88,10 @@ pub enum JournalError {
     #[error(transparent)]
     Ledger(#[from] LedgerError),
 }
+
+/// Checks a certificate restored from the journal: `Ok` when certifier
+/// (first argument) signed the DER certificate (second).
+pub type IssuedCheck<'a> = &'a dyn Fn(&str, &[u8]) -> Result<(), String>;
 
 /// What a submission came to.
 #[derive(Debug)]
@@ -183,6 +187,15 @@ pub trait Ledger: Send + Sync {
         request_id: &str,
     ) -> Result<Option<crate::ledger::IdempotencyEntry>, LedgerError>;
 
+    /// The revocation that blocked the key with this SPKI SHA-256, if any.
+    fn blocked_key(
+        &self,
+        spki_sha256: &[u8; 32],
+    ) -> Result<Option<crate::ledger::BlockedKey>, LedgerError>;
+
+    /// `seq` and `hash` of the last entry written.
+    fn last_entry(&self) -> (u64, String);
+
     /// Counters of one certifier.
     fn stats(&self, certifier: &str) -> Result<crate::ledger::CertifierStats, LedgerError>;
 
@@ -256,6 +269,17 @@ impl Ledger for Journal {
         self.index.idempotency_get(ra, request_id)
     }
 
+    fn blocked_key(
+        &self,
+        spki_sha256: &[u8; 32],
+    ) -> Result<Option<crate::ledger::BlockedKey>, LedgerError> {
+        self.index.blocked_key(spki_sha256)
+    }
+
+    fn last_entry(&self) -> (u64, String) {
+        Journal::last_entry(self)
+    }
+
     fn stats(&self, certifier: &str) -> Result<crate::ledger::CertifierStats, LedgerError> {
         self.index.stats(certifier)
     }
@@ -315,6 +339,8 @@ pub struct Journal {
     tx: Mutex<Option<mpsc::Sender<Job>>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     last_seq: Arc<AtomicU64>,
+    /// `seq` and `hash` of the last entry written.
+    last: Arc<Mutex<(u64, String)>>,
     durable_seq: Arc<AtomicU64>,
 }
 
@@ -341,6 +367,17 @@ impl Journal {
         index_path: &Path,
         clock: Arc<dyn Clock>,
     ) -> Result<(Journal, Opened), JournalError> {
+        Self::open_checked(path, index_path, clock, None)
+    }
+
+    /// [`Journal::open`], with every certificate the replay restores to the
+    /// index checked first by `check` (its certifier's signature).
+    pub fn open_checked(
+        path: &Path,
+        index_path: &Path,
+        clock: Arc<dyn Clock>,
+        check: Option<IssuedCheck<'_>>,
+    ) -> Result<(Journal, Opened), JournalError> {
         let file = audit::open_or_create(path).map_err(open_error(path))?;
         let len = file.metadata().map_err(open_error(path))?.len();
         let complete = audit::complete_len(&file, len).map_err(open_error(path))?;
@@ -358,8 +395,9 @@ impl Journal {
             None => (0, GENESIS_PREV.to_owned()),
         };
         let index = Arc::new(Index::open(index_path)?);
-        let replayed = replay(&index, path, complete, seq)?;
+        let replayed = replay(&index, path, complete, seq, check)?;
         let last_seq = Arc::new(AtomicU64::new(seq));
+        let last = Arc::new(Mutex::new((seq, hash.clone())));
         let durable_seq = Arc::new(AtomicU64::new(seq));
         let writer = Writer {
             clock,
@@ -375,6 +413,7 @@ impl Journal {
             checkpoint_seq: seq,
             checkpoint_at: Instant::now(),
             last_seq: last_seq.clone(),
+            last: last.clone(),
             durable_seq: durable_seq.clone(),
         };
         let (tx, rx) = mpsc::channel();
@@ -391,6 +430,7 @@ impl Journal {
             tx: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
             last_seq,
+            last,
             durable_seq,
         };
         let torn_bytes = torn.as_ref().map(|d| d.bytes);
@@ -425,6 +465,15 @@ impl Journal {
     /// `seq` of the last entry written (0 for an empty journal).
     pub fn last_seq(&self) -> u64 {
         self.last_seq.load(Ordering::Acquire)
+    }
+
+    /// `seq` and `hash` of the last entry written ((0, the genesis `prev`)
+    /// for an empty journal).
+    pub fn last_entry(&self) -> (u64, String) {
+        self.last
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// `seq` of the last entry the index holds durably (its last durable
@@ -580,6 +629,8 @@ struct Writer {
     checkpoint_seq: u64,
     checkpoint_at: Instant,
     last_seq: Arc<AtomicU64>,
+    /// For [`Journal::last_entry`].
+    last: Arc<Mutex<(u64, String)>>,
     /// `checkpoint_seq`, for [`Journal::durable_seq`].
     durable_seq: Arc<AtomicU64>,
 }
@@ -676,7 +727,7 @@ impl Writer {
             return;
         }
         let healed = self.index.reopen(DRAIN_LIMIT).and_then(|()| {
-            replay(&self.index, &self.path, self.len, self.seq).map_err(|e| match e {
+            replay(&self.index, &self.path, self.len, self.seq, None).map_err(|e| match e {
                 JournalError::Ledger(l) => l,
                 JournalError::Audit(a) => LedgerError::Storage(a.to_string()),
             })
@@ -900,6 +951,7 @@ impl Writer {
             return;
         }
         self.len += lines.len() as u64;
+        *self.last.lock().unwrap_or_else(PoisonError::into_inner) = (self.seq, self.hash.clone());
         self.last_seq.store(self.seq, Ordering::Release);
         // The entries are durable. The index shows them once committed.
         let index_error = match write {
@@ -990,6 +1042,9 @@ fn ledger_event(change: &Change, applied: &Applied, event: AuditEvent) -> AuditE
             }
             if !intent.instance.is_empty() {
                 fields.insert("instance".into(), json!(intent.instance));
+            }
+            if let Some(spki) = &intent.spki_sha256 {
+                fields.insert("spki_sha256".into(), json!(hex::encode(spki)));
             }
             (KIND_INTENT.to_string(), Some(intent.certifier.clone()))
         }
@@ -1148,6 +1203,10 @@ pub fn change_of(record: &AuditRecord) -> Result<Option<Change>, LedgerError> {
                     instance: text(record, "instance")
                         .map(str::to_string)
                         .unwrap_or_default(),
+                    spki_sha256: match record.detail.get("spki_sha256") {
+                        Some(Value::String(_)) => Some(hash32(record, "spki_sha256")?),
+                        _ => None,
+                    },
                 },
                 claim,
             }
@@ -1313,7 +1372,13 @@ pub fn migrate_from_sled(
 /// Applies the journal's entries after the index's checkpoint, up to
 /// `end` (the length of its complete entries), whose last entry is
 /// `last_seq`. Returns how many entries were applied.
-fn replay(index: &Index, path: &Path, end: u64, last_seq: u64) -> Result<u64, JournalError> {
+fn replay(
+    index: &Index,
+    path: &Path,
+    end: u64,
+    last_seq: u64,
+    check: Option<IssuedCheck<'_>>,
+) -> Result<u64, JournalError> {
     let checkpoint = index.checkpoint()?;
     if checkpoint.seq == last_seq && checkpoint.offset == end {
         return Ok(0);
@@ -1371,6 +1436,18 @@ fn replay(index: &Index, path: &Path, end: u64, last_seq: u64) -> Result<u64, Jo
             .into());
         }
         if let Some(change) = change_of(&record)? {
+            // A certificate restored from the journal is the certifier's,
+            // or certd does not start on it.
+            if let (Some(check), Change::Issued { serial, der, .. }) = (check, &change) {
+                let certifier = record.certifier.as_deref().unwrap_or_default();
+                check(certifier, der).map_err(|why| {
+                    LedgerError::Corrupt(format!(
+                        "journal entry {} carries certificate {serial} that certifier {certifier:?} did not sign ({why}): \
+                         the audit log was tampered with; run certd verify-audit and restore the state directory from backup",
+                        record.seq
+                    ))
+                })?;
+            }
             let w = match write.as_mut() {
                 Some(w) => w,
                 None => write.insert(index.write()?),
@@ -1442,6 +1519,7 @@ mod tests {
             created: 1_800_000_000,
             approval: None,
             instance: String::new(),
+            spki_sha256: None,
         }
     }
 
@@ -1505,18 +1583,19 @@ mod tests {
             matches!(a, Applied::Intent(IntentOutcome::Recorded)),
             "{a:?}"
         );
-        let a = change(
-            j,
-            Change::Issued {
-                serial: s,
-                der: der(),
-                not_after: 1_900_000_000,
-                at: 1_800_000_001,
-            },
-            KIND_ISSUED,
-            ra,
-        );
-        assert!(matches!(a, Applied::Done), "{a:?}");
+        // As the pipeline records it: with the certifier.
+        let done = j
+            .change(
+                Change::Issued {
+                    serial: s,
+                    der: der(),
+                    not_after: 1_900_000_000,
+                    at: 1_800_000_001,
+                },
+                AuditEvent::new(KIND_ISSUED, ra).certifier("ca"),
+            )
+            .expect("journal");
+        assert!(matches!(done, Done::Change(Applied::Done, _)), "{done:?}");
     }
 
     /// Rounds commit the index without a sync; once the journal goes idle
@@ -1697,6 +1776,53 @@ mod tests {
                 .map(|e| e.serial),
             Some(serial(2))
         );
+    }
+
+    /// A certificate the replay restores is checked first: one its
+    /// certifier did not sign stops the opening, naming the entry.
+    #[test]
+    fn a_replayed_certificate_must_be_its_certifiers() {
+        let f = Fixture::new();
+        let (j, _) = f.open();
+        issue(&j, serial(1), "ra-a", "r1");
+        // A crash: the index as it was at open (nothing of the issuance).
+        let index = f.dir.path().join("index.redb");
+        let crashed = f.dir.path().join("crashed.redb");
+        std::fs::copy(&index, &crashed).expect("copy");
+        drop(j);
+        std::fs::rename(&crashed, &index).expect("restore");
+        let copy = f.dir.path().join("index-copy.redb");
+        std::fs::copy(&index, &copy).expect("copy");
+        let refuse = |_: &str, _: &[u8]| Err("not its signature".to_string());
+        let err = Journal::open_checked(
+            &f.log(),
+            &index,
+            Arc::new(crate::clock::SystemClock),
+            Some(&refuse),
+        )
+        .expect_err("refused");
+        let text = err.to_string();
+        assert!(
+            text.contains("entry 2") && text.contains("did not sign"),
+            "{text}"
+        );
+        // Checked and accepted: opens, the certificate restored.
+        std::fs::rename(&copy, &index).expect("restore");
+        let seen = std::sync::Mutex::new(Vec::new());
+        let accept = |c: &str, _: &[u8]| {
+            seen.lock().expect("seen").push(c.to_string());
+            Ok(())
+        };
+        let (j, opened) = Journal::open_checked(
+            &f.log(),
+            &index,
+            Arc::new(crate::clock::SystemClock),
+            Some(&accept),
+        )
+        .expect("opens");
+        assert!(opened.replayed >= 2);
+        assert_eq!(*seen.lock().expect("seen"), ["ca"]);
+        assert!(j.index().certificate(&serial(1)).expect("read").is_some());
     }
 
     #[test]
@@ -1920,6 +2046,7 @@ mod throughput {
                             created: 0,
                             approval: None,
                             instance: String::new(),
+                            spki_sha256: None,
                         };
                         let claim = Some(Claim {
                             ra: "ra".into(),
@@ -2001,6 +2128,7 @@ mod costs {
                         created: 0,
                         approval: None,
                         instance: String::new(),
+                        spki_sha256: None,
                     },
                     claim: None,
                 })
@@ -2046,6 +2174,7 @@ mod migration {
             created: 1_700_000_000,
             approval: None,
             instance: String::new(),
+            spki_sha256: None,
         }
     }
 

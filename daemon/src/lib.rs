@@ -15,27 +15,29 @@
 //! 3. `hsm` — certifier keys in a PKCS#11 token behind the `Signer` trait.
 //! 4. `config` — the configuration file as typed structs.
 //! 5. `policy` — profiles, grants and name rules: data and pure functions.
-//! 6. `rate_limit` — per-RA request budgets.
-//! 7. `csr` — strict CSR parsing, proof of possession, the names asked for.
-//! 8. `x509` — X.509 assembly around a token key, names, times, PEM.
-//! 9. `certgen` — subscriber certificates built from the profile only.
-//! 10. `certifier` — the certifiers and their locked/active/unavailable life.
-//! 11. `lint` — pre-issuance lint of the exact TBSCertificate.
-//! 12. `ledger` — the source of truth for serials: records, the index (redb).
-//! 13. `audit` — the hash-chained audit log.
-//! 14. `journal` — the audit log as write-ahead log: ledger changes and audit
+//! 6. `approval` — approval and validation evidence checked against the profile.
+//! 7. `rate_limit` — per-RA request budgets.
+//! 8. `csr` — strict CSR parsing, proof of possession, the names asked for.
+//! 9. `x509` — X.509 assembly around a token key, names, times, PEM.
+//! 10. `certgen` — subscriber certificates built from the profile only.
+//! 11. `certifier` — the certifiers and their locked/active/unavailable life.
+//! 12. `lint` — pre-issuance lint of the exact TBSCertificate.
+//! 13. `ledger` — the source of truth for serials: records, the index (redb).
+//! 14. `audit` — the hash-chained audit log.
+//! 15. `journal` — the audit log as write-ahead log: ledger changes and audit
 //!     entries in one record, the ledger index applied from it.
-//! 15. `issue` — the issuance pipeline (`Issuer`).
-//! 16. `lookup` — certificates as an RA sees them: by serial, or listed.
-//! 17. `crl` — CRLs made, signed, served and kept fresh (`CrlService`).
-//! 18. `revoke` — revocation (`Revoker`), which asks for a new CRL.
-//! 19. `recovery` — settling what a stop or a full disk interrupted.
-//! 20. `status` — the status report and the API's health.
-//! 21. `systemd` — readiness, status text and watchdog.
-//! 22. `server` — HTTPS with client certificates: HTTP in, pipeline calls, HTTP out.
-//! 23. `control` — the local control socket: protocol, client and daemon side.
-//! 24. `daemon` — start-up wiring, the run loop and shutdown.
-//! 25. `ceremony` — the key ceremony, a command of its own beside the daemon.
+//! 16. `anchor` — signed checkpoints that anchor the audit log's end.
+//! 17. `issue` — the issuance pipeline (`Issuer`).
+//! 18. `lookup` — certificates as an RA sees them: by serial, or listed.
+//! 19. `crl` — CRLs made, signed, served and kept fresh (`CrlService`).
+//! 20. `revoke` — revocation (`Revoker`), which asks for a new CRL.
+//! 21. `recovery` — settling what a stop or a full disk interrupted.
+//! 22. `status` — the status report and the API's health.
+//! 23. `systemd` — readiness, status text and watchdog.
+//! 24. `server` — HTTPS with client certificates: HTTP in, pipeline calls, HTTP out.
+//! 25. `control` — the local control socket: protocol, client and daemon side.
+//! 26. `daemon` — start-up wiring, the run loop and shutdown.
+//! 27. `ceremony` — the key ceremony, a command of its own beside the daemon.
 //!
 //! So nothing in the pipeline reaches into the daemon: each service
 //! (`Issuer`, `Revoker`, `Lookup`, `CrlService`) holds the few things it
@@ -43,6 +45,8 @@
 //! socket are given those services, not the daemon.
 #![forbid(unsafe_code)]
 
+pub mod anchor;
+pub mod approval;
 pub mod audit;
 pub mod ceremony;
 pub mod certgen;

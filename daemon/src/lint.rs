@@ -21,6 +21,7 @@ use x509_cert::ext::pkix::name::GeneralName;
 use x509_cert::ext::pkix::{
     AuthorityInfoAccessSyntax, AuthorityKeyIdentifier, BasicConstraints, CertificatePolicies,
     CrlDistributionPoints, ExtendedKeyUsage, KeyUsage, KeyUsages, SubjectAltName,
+    SubjectKeyIdentifier,
 };
 
 /// What the lint needs besides the TBS itself.
@@ -129,6 +130,7 @@ pub fn lint(tbs: &TbsCertificate, ctx: &LintContext<'_>) -> Vec<String> {
         rfc5280::ID_CE_CERTIFICATE_POLICIES,
         rfc5280::ID_CE_CRL_DISTRIBUTION_POINTS,
         rfc5280::ID_PE_AUTHORITY_INFO_ACCESS,
+        rfc5280::ID_CE_SUBJECT_KEY_IDENTIFIER,
     ];
     for e in exts {
         if !seen.insert(e.extn_id) {
@@ -173,13 +175,36 @@ pub fn lint(tbs: &TbsCertificate, ctx: &LintContext<'_>) -> Vec<String> {
             if !rsa && ku.0.contains(KeyUsages::KeyEncipherment) {
                 f.push("keyEncipherment is only for RSA keys".into());
             }
-            if profile.kind == ProfileKind::TlsClient && ku.0.contains(KeyUsages::KeyEncipherment) {
-                f.push("tls-client certificates sign only".into());
+            if rsa
+                && matches!(
+                    profile.kind,
+                    ProfileKind::TlsClient | ProfileKind::TlsServer
+                )
+                && ku.0.contains(KeyUsages::KeyEncipherment)
+            {
+                f.push(format!("{} certificates sign only", profile.kind.as_str()));
             }
         }
         Ext::Found(false, _) => f.push("keyUsage must be critical".into()),
         Ext::Missing => f.push("keyUsage is missing".into()),
         Ext::Unusable => {}
+    }
+    match (
+        extension::<SubjectKeyIdentifier>(tbs, &mut f, "subjectKeyIdentifier"),
+        certgen::has_subject_key_id(profile.kind),
+    ) {
+        (Ext::Found(false, ski), true)
+            if ski.0.as_bytes()
+                == x509::key_identifier(tbs.subject_public_key_info()).as_slice() => {}
+        (Ext::Found(..), true) => f.push(
+            "subjectKeyIdentifier must be non-critical and identify the subscriber key".into(),
+        ),
+        (Ext::Missing, true) => f.push("subjectKeyIdentifier is missing".into()),
+        (Ext::Found(..), false) => f.push(format!(
+            "{} certificates carry no subjectKeyIdentifier",
+            profile.kind.as_str()
+        )),
+        (Ext::Missing | Ext::Unusable, false) | (Ext::Unusable, true) => {}
     }
     match extension::<ExtendedKeyUsage>(tbs, &mut f, "extKeyUsage") {
         Ext::Found(false, eku) => {
@@ -259,15 +284,15 @@ pub fn lint(tbs: &TbsCertificate, ctx: &LintContext<'_>) -> Vec<String> {
                 f.push("tls-server carries no email SANs".into());
             }
         }
-        ProfileKind::SmimeMailbox => {
+        ProfileKind::TlsClient => {}
+        _ => {
             if emails.is_empty() {
                 f.push("S/MIME needs email SANs".into());
             }
             if !dns.is_empty() || ips > 0 {
-                f.push("mailbox-validated S/MIME carries only email SANs".into());
+                f.push("S/MIME certificates carry only email SANs".into());
             }
         }
-        ProfileKind::TlsClient => {}
     }
     if let Ok(Some(cn)) = tbs.subject().common_name() {
         let cn = cn.value().to_string();
@@ -275,6 +300,9 @@ pub fn lint(tbs: &TbsCertificate, ctx: &LintContext<'_>) -> Vec<String> {
             ProfileKind::TlsServer => dns.contains(&cn) || ips > 0,
             ProfileKind::SmimeMailbox => emails.contains(&cn.to_ascii_lowercase()),
             ProfileKind::TlsClient => true,
+            // A personal name, pseudonym or organization name, checked
+            // against the other attributes by the name rules.
+            _ => true,
         };
         if !ok {
             f.push(format!("commonName {cn:?} does not repeat a SAN"));
@@ -425,7 +453,10 @@ oQIDAQAB
             policy_oids: Vec::new(),
             crl_url: None,
             ca_issuers_url: None,
-            require_approval: false,
+            approvals_required: 0,
+            validation_methods: Default::default(),
+            validation_reuse_days: Default::default(),
+            common_name_from_san: false,
             allow_ip: kind != ProfileKind::SmimeMailbox,
             allow_wildcard: false,
             smime_generation: (kind == ProfileKind::SmimeMailbox)
@@ -764,12 +795,19 @@ oQIDAQAB
                 owned(&["subscriber key: EC curve 1.3.132.0.35 is not supported"]),
             ),
             (
-                "an extension no profile has",
+                "a subjectKeyIdentifier in a tls-server certificate",
                 |t, _| {
                     let ski = SubjectKeyIdentifier(OctetString::new([7u8; 20]).expect("octets"));
                     exts(t).push(ext(&ski, false));
                 },
-                owned(&["extension 2.5.29.14 is not part of any profile"]),
+                owned(&["tls-server certificates carry no subjectKeyIdentifier"]),
+            ),
+            (
+                "an extension no profile has",
+                |t, _| {
+                    exts(t).push(ext(&x509_cert::ext::pkix::InhibitAnyPolicy(0), true));
+                },
+                owned(&["extension 2.5.29.54 is not part of any profile"]),
             ),
             (
                 "an extension twice",
@@ -1073,6 +1111,10 @@ oQIDAQAB
             spki: rsa_subscriber(),
             ..tls_client()
         };
+        let rsa_server = Case {
+            spki: rsa_subscriber(),
+            ..tls_server()
+        };
         let strict = smime(SmimeGeneration::Strict);
         let multipurpose = smime(SmimeGeneration::Multipurpose);
         let bad_email = policy::check_email("alice@@example.com").expect_err("two @ are refused");
@@ -1090,6 +1132,32 @@ oQIDAQAB
                     replace(t, key_usage(KeyUsage(ku)));
                 },
                 owned(&["tls-client certificates sign only"]),
+            ),
+            (
+                "keyEncipherment for a tls-server RSA key",
+                &rsa_server,
+                |t, _| {
+                    let ku = KeyUsages::DigitalSignature | KeyUsages::KeyEncipherment;
+                    replace(t, key_usage(KeyUsage(ku)));
+                },
+                owned(&["tls-server certificates sign only"]),
+            ),
+            (
+                "no subjectKeyIdentifier in a tls-client certificate",
+                &with_policy,
+                |t, _| remove(t, rfc5280::ID_CE_SUBJECT_KEY_IDENTIFIER),
+                owned(&["subjectKeyIdentifier is missing"]),
+            ),
+            (
+                "another key's identifier",
+                &with_policy,
+                |t, _| {
+                    let ski = SubjectKeyIdentifier(OctetString::new([7u8; 20]).expect("octets"));
+                    replace(t, ext(&ski, false));
+                },
+                owned(&[
+                    "subjectKeyIdentifier must be non-critical and identify the subscriber key",
+                ]),
             ),
             (
                 "an empty subjectAltName",
@@ -1137,7 +1205,7 @@ oQIDAQAB
                 "a DNS name in a mailbox certificate",
                 &strict,
                 |t, _| replace(t, san(vec![email("alice@example.com"), dns("example.com")])),
-                owned(&["mailbox-validated S/MIME carries only email SANs"]),
+                owned(&["S/MIME certificates carry only email SANs"]),
             ),
             (
                 "an address in a mailbox certificate",
@@ -1148,7 +1216,7 @@ oQIDAQAB
                         san(vec![email("alice@example.com"), ip(&[93, 184, 215, 14])]),
                     )
                 },
-                owned(&["mailbox-validated S/MIME carries only email SANs"]),
+                owned(&["S/MIME certificates carry only email SANs"]),
             ),
             (
                 "a commonName that is no email SAN",

@@ -238,6 +238,11 @@ pub fn certificate_info(serial: &Serial, record: &LedgerRecord) -> Option<Certif
             .revocation_reason
             .and_then(certd_api::reason_name)
             .map(str::to_string),
+        approval: record
+            .intent
+            .approval
+            .as_ref()
+            .and_then(|a| serde_json::from_value(a.clone()).ok()),
     })
 }
 

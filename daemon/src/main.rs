@@ -188,7 +188,8 @@ struct StatusArgs {
 
 #[derive(Args)]
 struct VerifyAuditArgs {
-    /// The audit log file (default: audit.log in the configured state_dir).
+    /// The audit log file (default: audit.log in the configured state_dir);
+    /// without --config only its hash chain is checked.
     #[arg(long)]
     file: Option<PathBuf>,
     /// Configuration file.
@@ -354,19 +355,40 @@ fn init_ca(a: InitCaArgs) -> Result<ExitCode> {
 }
 
 fn verify_audit(a: VerifyAuditArgs) -> Result<ExitCode> {
-    let file = match (a.file, a.config) {
-        (Some(f), _) => f,
-        (None, Some(c)) => certd::daemon::audit_path(&Config::load(&c)?.daemon.state_dir),
-        (None, None) => bail!("pass --file AUDIT_LOG or --config FILE"),
+    let (file, report, signed) = match (a.file, a.config) {
+        (file, Some(c)) => {
+            let config = Config::load(&c)?;
+            let (file, report) =
+                certd::anchor::verify_log(&config, file.as_deref()).map_err(anyhow::Error::msg)?;
+            (file, report, true)
+        }
+        (Some(f), None) => {
+            let report = certd::audit::verify(&f)
+                .with_context(|| format!("cannot verify {}", f.display()))?;
+            (f, report, false)
+        }
+        (None, None) => bail!("pass --config FILE (or --file AUDIT_LOG for the chain alone)"),
     };
-    let report =
-        certd::audit::verify(&file).with_context(|| format!("cannot verify {}", file.display()))?;
     match report.first_broken {
         None => {
+            let anchoring = match (signed, report.last_checkpoint) {
+                (false, _) => {
+                    "checkpoint signatures and anchor not checked (pass --config)".to_string()
+                }
+                (true, None) => "no signed checkpoint yet".to_string(),
+                (true, Some(seq)) => format!(
+                    "{} signed checkpoints verified, the last at entry {seq}{}",
+                    report.checkpoints,
+                    match report.entries.saturating_sub(seq) {
+                        0 => String::new(),
+                        n => format!(" ({n} entries after it)"),
+                    }
+                ),
+            };
             println!(
-                "{}: OK, {} entries, chain intact",
+                "{}: OK, {} entries, chain intact, {anchoring}",
                 file.display(),
-                report.entries
+                report.entries,
             );
             Ok(ExitCode::SUCCESS)
         }

@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 pub use crate::config::IpNet;
+pub use certd_api::evidence::in_subtree;
 pub use certd_api::names::{check_dns_name, check_email};
 
 /// An RA's grant, ready for checks.
@@ -53,6 +54,82 @@ impl Grant {
                 .email_subtrees
                 .iter()
                 .any(|t| in_subtree(domain, t))
+    }
+
+    /// Whether a tls-client commonName matches one of the grant's
+    /// `client_common_names` patterns.
+    pub fn permits_client_cn(&self, cn: &str) -> bool {
+        self.config
+            .client_common_names
+            .iter()
+            .any(|p| glob_match(p, cn))
+    }
+
+    /// Checks the subject's organization attributes (O, OU, L, ST, C) come
+    /// from one organization identity of the grant; names the attribute
+    /// that does not.
+    pub fn check_organization(&self, s: &SubjectFields) -> Result<(), ApiError> {
+        let attrs: [(&str, &Option<String>); 6] = [
+            ("organizationName", &s.o),
+            ("organizationIdentifier", &s.org_id),
+            ("organizationalUnitName", &s.ou),
+            ("localityName", &s.l),
+            ("stateOrProvinceName", &s.st),
+            ("countryName", &s.c),
+        ];
+        if attrs.iter().all(|(_, v)| v.is_none()) {
+            return Ok(());
+        }
+        let allows = |o: &crate::config::OrganizationGrant, what: &str, v: &str| match what {
+            "organizationName" => o.name == v,
+            "organizationalUnitName" => o.organizational_units.iter().any(|x| x == v),
+            "localityName" => o.localities.iter().any(|x| x == v),
+            "stateOrProvinceName" => o.states.iter().any(|x| x == v),
+            "organizationIdentifier" => o.organization_identifier.as_deref() == Some(v),
+            _ => o.countries.iter().any(|x| x == v),
+        };
+        let orgs = &self.config.organizations;
+        if orgs.iter().any(|o| {
+            attrs
+                .iter()
+                .all(|(what, v)| v.as_deref().is_none_or(|v| allows(o, what, v)))
+        }) {
+            return Ok(());
+        }
+        // Say which attribute: against the organization named, if any.
+        let named: Vec<&crate::config::OrganizationGrant> = match &s.o {
+            Some(name) => orgs.iter().filter(|o| o.name == *name).collect(),
+            None => orgs.iter().collect(),
+        };
+        if let (Some(name), true) = (&s.o, named.is_empty()) {
+            return Err(refuse(format!(
+                "organizationName {name:?} is not an organization RA {:?} may certify{}",
+                self.name(),
+                if orgs.is_empty() {
+                    " (its grant names none)".to_string()
+                } else {
+                    format!(
+                        " (it may certify: {})",
+                        orgs.iter()
+                            .map(|o| format!("{:?}", o.name))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                }
+            )));
+        }
+        let (what, value) = attrs
+            .iter()
+            .find_map(|(what, v)| {
+                let v = v.as_deref()?;
+                (!named.iter().any(|o| allows(o, what, v))).then_some((*what, v))
+            })
+            .unwrap_or(("organization attributes", "this combination"));
+        Err(refuse(format!(
+            "subject {what} {value:?} is not permitted for {} of RA {:?}: its grant's organizations list the values allowed",
+            s.o.as_deref().map_or("any organization".to_string(), |o| format!("organization {o:?}")),
+            self.name()
+        )))
     }
 
     /// Whether the RA may request the IP address.
@@ -101,11 +178,28 @@ pub fn is_reserved_ip(ip: &IpAddr) -> bool {
         .any(|n| n.contains(ip))
 }
 
-fn in_subtree(name: &str, tree: &str) -> bool {
-    name == tree
-        || (name.len() > tree.len()
-            && name.ends_with(tree)
-            && name.as_bytes()[name.len() - tree.len() - 1] == b'.')
+/// Whether `text` matches `pattern`, where `*` stands for any run of
+/// characters (also none) and everything else for itself.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if pi < p.len() && p[pi] == t[ti] {
+            pi += 1;
+            ti += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
 }
 
 /// The policy in force. A request reads it once and finishes under what it
@@ -309,7 +403,10 @@ impl Policy {
                 certifiers,
                 key_types: p.key_types.iter().map(|k| k.to_string()).collect(),
                 max_validity_days: grant.max_validity_days(p),
-                requires_approval: p.require_approval,
+                requires_approval: p.requires_evidence(),
+                approvals_required: p.approvals_required,
+                dns_validation_methods: p.validation_methods.dns.clone(),
+                email_validation_methods: p.validation_methods.email.clone(),
             })
             .collect()
     }
@@ -332,6 +429,14 @@ pub struct SubjectFields {
     pub c: Option<String>,
     /// emailAddress.
     pub email: Option<String>,
+    /// organizationIdentifier.
+    pub org_id: Option<String>,
+    /// givenName.
+    pub given_name: Option<String>,
+    /// surname.
+    pub surname: Option<String>,
+    /// pseudonym.
+    pub pseudonym: Option<String>,
 }
 
 impl SubjectFields {
@@ -345,6 +450,10 @@ impl SubjectFields {
             st: s.state.clone(),
             c: s.country.clone(),
             email: s.email.clone(),
+            org_id: s.organization_identifier.clone(),
+            given_name: s.given_name.clone(),
+            surname: s.surname.clone(),
+            pseudonym: s.pseudonym.clone(),
         }
     }
 
@@ -390,6 +499,9 @@ pub fn check_names(profile: &ProfileConfig, grant: &Grant, names: &Names) -> Res
         (&s.ou, "organizationalUnitName", 64),
         (&s.l, "localityName", 128),
         (&s.st, "stateOrProvinceName", 128),
+        (&s.given_name, "givenName", 64),
+        (&s.surname, "surname", 64),
+        (&s.pseudonym, "pseudonym", 64),
     ] {
         if let Some(v) = v {
             check_text(v, what, max)?;
@@ -402,6 +514,38 @@ pub fn check_names(profile: &ProfileConfig, grant: &Grant, names: &Names) -> Res
             )));
         }
     }
+    if let Some(id) = &s.org_id {
+        if !crate::config::valid_organization_identifier(id) {
+            return Err(refuse(format!(
+                "subject organizationIdentifier {id:?} is not of the form SSSCC-reference (e.g. VATDE-123456789)"
+            )));
+        }
+    }
+    let personal = [
+        ("givenName", &s.given_name),
+        ("surname", &s.surname),
+        ("pseudonym", &s.pseudonym),
+    ];
+    if !profile.kind.names_a_person() {
+        if let Some((what, _)) = personal.iter().find(|(_, v)| v.is_some()) {
+            return Err(refuse(format!(
+                "subject {what} names a person: {} certificates carry no personal names (use an smime-sponsor or smime-individual profile)",
+                profile.kind.as_str()
+            )));
+        }
+    }
+    if s.org_id.is_some()
+        && !matches!(
+            profile.kind,
+            ProfileKind::SmimeOrganization | ProfileKind::SmimeSponsor
+        )
+    {
+        return Err(refuse(format!(
+            "subject organizationIdentifier is not allowed in {} certificates",
+            profile.kind.as_str()
+        )));
+    }
+    grant.check_organization(s)?;
     let mut seen = std::collections::HashSet::new();
     for d in &names.dns {
         check_dns_name(d, profile.allow_wildcard).map_err(refuse)?;
@@ -496,6 +640,17 @@ pub fn check_names(profile: &ProfileConfig, grant: &Grant, names: &Names) -> Res
                     "a tls-client certificate needs a commonName or at least one SAN".into(),
                 ));
             }
+            if let Some(cn) = &s.cn {
+                let in_san = names.dns.iter().any(|d| d == cn)
+                    || names.emails.iter().any(|e| e.eq_ignore_ascii_case(cn))
+                    || names.ips.iter().any(|ip| ip.to_string() == *cn);
+                if !in_san && !grant.permits_client_cn(cn) {
+                    return Err(refuse(format!(
+                        "commonName {cn:?} must repeat one of the SANs or match a client_common_names pattern of RA {:?}",
+                        grant.name()
+                    )));
+                }
+            }
         }
         ProfileKind::SmimeMailbox => {
             if names.emails.is_empty() {
@@ -529,6 +684,100 @@ pub fn check_names(profile: &ProfileConfig, grant: &Grant, names: &Names) -> Res
                 }
             }
         }
+        kind => check_named_smime(kind, names)?,
+    }
+    Ok(())
+}
+
+/// The subject rules of organization-, sponsor- and individual-validated
+/// S/MIME (S/MIME BR 7.1.4.2.2); the organization attributes come from the
+/// grant, checked before.
+fn check_named_smime(kind: ProfileKind, names: &Names) -> Result<(), ApiError> {
+    let s = &names.subject;
+    let what = kind.as_str();
+    if names.emails.is_empty() {
+        return Err(refuse(format!(
+            "an {what} certificate needs at least one email SAN"
+        )));
+    }
+    if !names.dns.is_empty() || !names.ips.is_empty() {
+        return Err(refuse(format!("{what} certificates carry only email SANs")));
+    }
+    let lower: Vec<String> = names
+        .emails
+        .iter()
+        .map(|e| e.to_ascii_lowercase())
+        .collect();
+    let is_mailbox = |v: &str| lower.contains(&v.to_ascii_lowercase());
+    if let Some(e) = &s.email {
+        if !is_mailbox(e) {
+            return Err(refuse(format!(
+                "subject emailAddress {e:?} must be one of the certificate's email addresses"
+            )));
+        }
+    }
+    match kind {
+        ProfileKind::SmimeOrganization | ProfileKind::SmimeSponsor => {
+            if s.o.is_none() || s.org_id.is_none() {
+                return Err(refuse(format!(
+                    "{what} certificates need organizationName and organizationIdentifier (from the RA's granted organizations)"
+                )));
+            }
+        }
+        _ => {
+            if let Some((attr, _)) = [
+                ("organizationName", &s.o),
+                ("organizationalUnitName", &s.ou),
+                ("localityName", &s.l),
+                ("stateOrProvinceName", &s.st),
+                ("countryName", &s.c),
+            ]
+            .iter()
+            .find(|(_, v)| v.is_some())
+            {
+                return Err(refuse(format!(
+                    "subject {attr} is not allowed in {what} certificates (they name a person, not an organization)"
+                )));
+            }
+        }
+    }
+    let personal_name = match (&s.given_name, &s.surname, &s.pseudonym) {
+        (Some(g), Some(n), None) => Some(format!("{g} {n}")),
+        (None, None, Some(_)) | (None, None, None) => None,
+        (_, _, Some(_)) => {
+            return Err(refuse(
+                "subject pseudonym replaces givenName and surname: send one or the other".into(),
+            ))
+        }
+        _ => {
+            return Err(refuse(
+                "subject givenName and surname go together: send both".into(),
+            ))
+        }
+    };
+    if kind.names_a_person() && personal_name.is_none() && s.pseudonym.is_none() {
+        return Err(refuse(format!(
+            "{what} certificates name a person: send givenName and surname, or pseudonym"
+        )));
+    }
+    if let Some(cn) = &s.cn {
+        let ok = is_mailbox(cn)
+            || match kind {
+                ProfileKind::SmimeOrganization => s.o.as_deref() == Some(cn.as_str()),
+                _ => {
+                    personal_name.as_deref() == Some(cn.as_str())
+                        || s.pseudonym.as_deref() == Some(cn.as_str())
+                }
+            };
+        if !ok {
+            return Err(refuse(format!(
+                "subject commonName {cn:?} must be {} or one of the certificate's email addresses",
+                match kind {
+                    ProfileKind::SmimeOrganization => "the organizationName",
+                    _ => "the personal name (givenName surname) or the pseudonym",
+                }
+            )));
+        }
     }
     Ok(())
 }
@@ -553,6 +802,15 @@ mod tests {
                 rate_limit_per_minute: None,
                 may_revoke: false,
                 read_all: false,
+                organizations: vec![crate::config::OrganizationGrant {
+                    name: "Example Corp".into(),
+                    organization_identifier: None,
+                    organizational_units: vec!["IT".into()],
+                    localities: vec!["Berlin".into()],
+                    states: vec![],
+                    countries: vec!["DE".into()],
+                }],
+                client_common_names: vec!["device-*".into()],
             },
             ip_networks: vec![IpNet::parse("192.0.2.0/24").expect("net")],
         }
@@ -567,7 +825,10 @@ mod tests {
             policy_oids: vec![],
             crl_url: None,
             ca_issuers_url: None,
-            require_approval: false,
+            approvals_required: 0,
+            validation_methods: Default::default(),
+            validation_reuse_days: Default::default(),
+            common_name_from_san: false,
             allow_ip: true,
             allow_wildcard: false,
             smime_generation: None,
@@ -686,6 +947,74 @@ mod tests {
         n.emails = vec!["alice@example.org".into()];
         n.subject.email = None;
         assert!(check_names(&p, &g, &n).is_err());
+    }
+
+    #[test]
+    fn subject_organizations_come_from_the_grant() {
+        let g = grant();
+        let ok = |f: fn(&mut SubjectFields)| {
+            let mut s = SubjectFields::default();
+            f(&mut s);
+            g.check_organization(&s).map_err(|e| e.message)
+        };
+        assert!(ok(|_| {}).is_ok());
+        assert!(ok(|s| {
+            s.o = Some("Example Corp".into());
+            s.l = Some("Berlin".into());
+            s.c = Some("DE".into());
+        })
+        .is_ok());
+        assert!(
+            ok(|s| s.ou = Some("IT".into())).is_ok(),
+            "OU of a granted organization"
+        );
+        let m = ok(|s| s.o = Some("Other Corp".into())).expect_err("not granted");
+        assert!(
+            m.contains("\"Other Corp\"") && m.contains("Example Corp"),
+            "{m}"
+        );
+        let m = ok(|s| {
+            s.o = Some("Example Corp".into());
+            s.l = Some("Munich".into());
+        })
+        .expect_err("locality not listed");
+        assert!(m.contains("localityName \"Munich\""), "{m}");
+        let m = ok(|s| s.c = Some("FR".into())).expect_err("country");
+        assert!(m.contains("countryName"), "{m}");
+        let m = ok(|s| s.ou = Some("Sales".into())).expect_err("OU");
+        assert!(m.contains("organizationalUnitName \"Sales\""), "{m}");
+    }
+
+    #[test]
+    fn client_common_names_repeat_a_san_or_match_a_pattern() {
+        let mut p = profile(ProfileKind::TlsClient);
+        p.name = "web".into();
+        let g = grant();
+        let mut n = Names {
+            emails: vec!["alice@example.com".into()],
+            ..Default::default()
+        };
+        n.subject.cn = Some("alice@example.com".into());
+        assert!(check_names(&p, &g, &n).is_ok());
+        n.subject.cn = Some("device-4711".into());
+        assert!(check_names(&p, &g, &n).is_ok(), "pattern");
+        n.subject.cn = Some("Alice Example".into());
+        assert_eq!(
+            check_names(&p, &g, &n).map_err(|e| e.code),
+            Err(ErrorCode::NameNotPermitted)
+        );
+        for (pat, text, want) in [
+            ("*", "anything at all", true),
+            ("device-*", "device-", true),
+            ("device-*", "devices", false),
+            ("*.clients.example.com", "a.b.clients.example.com", true),
+            ("a*b*c", "aXXbYYc", true),
+            ("a*b*c", "aXXbYY", false),
+            ("exact", "exact", true),
+            ("exact", "exactly", false),
+        ] {
+            assert_eq!(glob_match(pat, text), want, "{pat} {text}");
+        }
     }
 
     #[test]

@@ -1,12 +1,36 @@
-//! Per-RA rate budgets: a token bucket per RA that holds a minute's worth
-//! of requests and refills continuously. The time comes in as an argument,
-//! so the buckets are tested without a clock.
+//! Per-RA rate budgets: a token bucket per RA and operation (issuance,
+//! revocation, listing) that holds a minute's worth of requests and refills
+//! continuously. The time comes in as an argument, so the buckets are
+//! tested without a clock.
 
 use crate::policy::Grant;
 use certd_api::{ApiError, ErrorCode};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
+
+/// What a budget is spent on: each operation has a bucket of its own, of
+/// the RA's `rate_limit_per_minute`, so a listing loop does not starve the
+/// RA's issuance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    /// `POST /v1/certificates`.
+    Issue,
+    /// `POST /v1/certificates/{serial}/revoke`.
+    Revoke,
+    /// `GET /v1/certificates?...`.
+    List,
+}
+
+impl Operation {
+    fn as_str(self) -> &'static str {
+        match self {
+            Operation::Issue => "issuance",
+            Operation::Revoke => "revocation",
+            Operation::List => "listing",
+        }
+    }
+}
 
 /// Per-RA token buckets.
 #[derive(Default)]
@@ -37,12 +61,22 @@ impl RateLimiter {
     /// `rate_limited` when it is spent. No limit (or 0) lets everything
     /// through.
     pub fn check(&self, grant: &Grant, now: Instant) -> Result<(), ApiError> {
+        self.check_op(grant, Operation::Issue, now)
+    }
+
+    /// [`RateLimiter::check`] for the bucket of `op`.
+    pub fn check_op(&self, grant: &Grant, op: Operation, now: Instant) -> Result<(), ApiError> {
+        let key = match op {
+            Operation::Issue => grant.name().to_string(),
+            other => format!("{}\0{}", grant.name(), other.as_str()),
+        };
         match grant.config.rate_limit_per_minute {
-            Some(n) if n > 0 && !self.take(grant.name(), n, now) => Err(ApiError::new(
+            Some(n) if n > 0 && !self.take(&key, n, now) => Err(ApiError::new(
                 ErrorCode::RateLimited,
                 format!(
-                    "RA {:?} is over its limit of {n} requests per minute; retry later",
-                    grant.name()
+                    "RA {:?} is over its limit of {n} {} requests per minute; retry later",
+                    grant.name(),
+                    op.as_str()
                 ),
             )),
             _ => Ok(()),
@@ -102,8 +136,16 @@ mod tests {
         assert_eq!(err.code, ErrorCode::RateLimited);
         assert_eq!(
             err.message,
-            "RA \"ra1\" is over its limit of 2 requests per minute; retry later"
+            "RA \"ra1\" is over its limit of 2 issuance requests per minute; retry later"
         );
+        // Revocation and listing have buckets of their own.
+        for op in [Operation::Revoke, Operation::List] {
+            assert!(limiter.check_op(&grant, op, t0).is_ok());
+            assert!(limiter.check_op(&grant, op, t0).is_ok());
+            let err = limiter.check_op(&grant, op, t0).expect_err("over");
+            assert_eq!(err.code, ErrorCode::RateLimited);
+            assert!(err.message.contains(op.as_str()), "{}", err.message);
+        }
         // Thirty seconds bring one request back.
         let later = t0 + Duration::from_secs(30);
         assert!(limiter.check(&grant, later).is_ok());

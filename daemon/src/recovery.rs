@@ -99,6 +99,7 @@ mod tests {
             created: 0,
             approval: None,
             instance: String::new(),
+            spki_sha256: None,
         }
     }
 

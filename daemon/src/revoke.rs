@@ -58,6 +58,24 @@ impl Revoker {
             )
         })?;
         let (serial, record) = lookup::find(self.ledger.as_ref(), grant, serial)?;
+        // `read_all` lets an RA read outside its grant, never revoke there:
+        // besides its own certificates, only those of a certifier and a
+        // profile it is granted.
+        let own = record.intent.ra == grant.name();
+        let granted = grant.config.certifiers.contains(&record.intent.certifier)
+            && grant.config.profiles.contains(&record.intent.profile);
+        if !own && !granted {
+            return Err(ApiError::new(
+                ErrorCode::NotAuthorized,
+                format!(
+                    "RA {:?} may read {} but not revoke it: it was issued by certifier {:?} under profile {:?}, outside this RA's grant",
+                    grant.name(),
+                    serial.to_hex(),
+                    record.intent.certifier,
+                    record.intent.profile
+                ),
+            ));
+        }
         if record.state == RecordState::Revoked {
             return Err(ApiError::new(
                 ErrorCode::AlreadyRevoked,

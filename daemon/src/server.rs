@@ -20,6 +20,7 @@ use crate::issue::Issuer;
 use crate::journal::Ledger;
 use crate::lookup::{ListQuery, Lookup};
 use crate::policy::{Grant, LivePolicy};
+use crate::rate_limit::{Operation, RateLimiter};
 use crate::revoke::Revoker;
 use crate::status;
 use axum::body::Body;
@@ -64,6 +65,9 @@ pub struct Api {
     pub revoker: Arc<Revoker>,
     /// Look-ups and listings.
     pub lookup: Arc<Lookup>,
+    /// The RAs' rate budgets (for revocation and listing; issuance
+    /// spends its own in the pipeline).
+    pub limiter: Arc<RateLimiter>,
     /// CRLs.
     pub crl: Arc<CrlService>,
 }
@@ -834,6 +838,8 @@ async fn revoke_handler(
         body,
         limit,
         move |s, g, req: RevokeRequest| {
+            s.limiter
+                .check_op(g, Operation::Revoke, s.clock.instant())?;
             json_ok(StatusCode::OK, &s.revoker.revoke(g, &serial, &req)?)
         },
     )
@@ -852,6 +858,7 @@ async fn list_handler(
         }
     };
     with_grant(call, move |s, g| {
+        s.limiter.check_op(g, Operation::List, s.clock.instant())?;
         json_ok(StatusCode::OK, &s.lookup.list(g, &q)?)
     })
     .await
@@ -990,6 +997,7 @@ mod tests {
             created: 0,
             approval: None,
             instance: String::new(),
+            spki_sha256: None,
         };
         let serial = Serial::from_hex(&"01".repeat(16)).expect("a serial");
         let claim = Some((RA, "r1", crate::issue::request_digest(&req)));

@@ -188,6 +188,11 @@ certifiers = ["ca"]
         }
     }
 
+    /// The state directory (the audit log's).
+    pub(crate) fn state_dir(&self) -> &std::path::Path {
+        self.audit_path.parent().expect("the state directory")
+    }
+
     /// The RA's grant, as the API finds it.
     pub(crate) fn grant(&self) -> Grant {
         self.services

@@ -68,6 +68,8 @@ profiles = ["tls-server", "tls-client", "smime-strict", "smime-multipurpose"]
 dns_subtrees = ["example.com"]
 email_subtrees = ["example.com"]
 ip_networks = ["192.0.2.0/24", "93.184.215.0/24", "2606:2800:21f::/48"]
+organizations = [{ name = "Example Org", localities = ["Berlin"], countries = ["DE"] }]
+client_common_names = ["client *", "*.example.com"]
 "#;
 
 fn tempdir() -> TempDir {
@@ -416,12 +418,14 @@ fn names_come_from_the_csr_unless_the_ra_overrides_them_and_validity_is_clamped(
         write_pem(dir, "override", &resp.certificate),
     ));
 
-    // The RA's SANs with the CSR's subject.
-    let csr = make_csr(dir, "san-only", &key, "/CN=x.example.com", &[]);
+    // The RA's SANs without a subject: the CSR's subject is not copied;
+    // the profile (no common_name_from_san) makes it empty.
+    let csr = make_csr(dir, "san-only", &key, "/O=CSR Org/CN=x.example.com", &[]);
     let mut req = request("san-only", None, "tls-server", &csr);
     req.san = dns(&["x.example.com", "y.example.com"]);
     let cert = check_response(&issue(&d, "ra-main", &req), &root);
-    assert_eq!(cert.subject, "CN=x.example.com");
+    assert_eq!(cert.subject, "");
+    assert!(cert.san_critical);
     assert_eq!(cert.dns, ["x.example.com", "y.example.com"]);
 
     // An empty subject: the SAN carries the names and is critical.
@@ -665,6 +669,18 @@ fn a_replayed_request_returns_the_same_certificate_and_a_changed_one_conflicts()
     assert_ne!(other.serial, serial);
     assert_eq!(d.issued("ca"), 2);
     assert_eq!(d.audit_of("issued").len(), 2);
+
+    // A replay after the certificate was revoked says so.
+    assert!(via_client.revoked_at.is_none() && via_client.revocation_reason.is_none());
+    let revoked = d
+        .block_on(client.revoke(&serial, "superseded"))
+        .expect("revoked");
+    let replay = issue(&d, "ra-main", &req);
+    assert!(replay.replayed);
+    assert_eq!(replay.serial, serial);
+    assert_eq!(replay.revoked_at, revoked.revoked_at);
+    assert_eq!(replay.revocation_reason.as_deref(), Some("superseded"));
+    assert_eq!(d.issued("ca"), 2, "nothing new signed");
 }
 
 #[test]

@@ -46,7 +46,10 @@ max_validity_days = 365
 name = "tls-approved"
 kind = "tls-server"
 max_validity_days = 90
-require_approval = true
+allow_wildcard = true
+approvals_required = 2
+validation_methods = { dns = ["dns_txt", "http_file"] }
+validation_reuse_days = { dns = 30 }
 
 [[profile]]
 name = "tls-secret"
@@ -55,6 +58,7 @@ max_validity_days = 90
 "#;
 
 const MAIN: &str = r#"
+organizations = [{ name = "Example Corp", localities = ["Berlin"], countries = ["DE"] }]
 certifiers = ["ca"]
 profiles = ["tls-server", "tls-server-ip", "tls-p256", "tls-client", "smime", "tls-approved"]
 dns_subtrees = ["example.com"]
@@ -76,6 +80,15 @@ profiles = ["tls-server"]
 dns_subtrees = ["example.com"]
 "#;
 
+/// Reads everything, may revoke, but is granted only `tls-p256`.
+const READER: &str = r#"
+certifiers = ["ca"]
+profiles = ["tls-p256"]
+dns_subtrees = ["example.com"]
+read_all = true
+may_revoke = true
+"#;
+
 /// Two p256 certifiers (`ca-other` granted to nobody), seven profiles
 /// and three RAs: `ra-main`, `ra-limited` (1 request a minute) and
 /// `ra-readonly` (may not revoke).
@@ -87,6 +100,7 @@ fn start(dir: &Path) -> ApiDaemon {
         .ra("ra-main", MAIN)
         .ra("ra-limited", LIMITED)
         .ra("ra-readonly", READONLY)
+        .ra("ra-reader", READER)
         .build()
         .start()
 }
@@ -107,6 +121,7 @@ const PROFILE_NOT_PERMITTED: Expect = ("profile_not_permitted", 403);
 const UNKNOWN_CERTIFIER: Expect = ("unknown_certifier", 404);
 const CERTIFIER_NOT_PERMITTED: Expect = ("certifier_not_permitted", 403);
 const APPROVAL_REQUIRED: Expect = ("approval_required", 403);
+const APPROVAL_INSUFFICIENT: Expect = ("approval_insufficient", 403);
 const RATE_LIMITED: Expect = ("rate_limited", 429);
 const NOT_FOUND: Expect = ("not_found", 404);
 const NOT_AUTHORIZED: Expect = ("not_authorized", 403);
@@ -190,6 +205,37 @@ fn issue(n: &mut u32, good: &Csr, f: impl FnOnce(&mut Value)) -> Call {
     Call::Issue(v)
 }
 
+/// RFC 3339 text of now plus `secs` (negative: in the past).
+fn time_from_now(secs: i64) -> String {
+    certd::clock::rfc3339(certd::clock::unix_seconds(std::time::SystemTime::now()) + secs)
+}
+
+/// Evidence that satisfies `tls-approved` for `name`: a requester, two
+/// other officers, and a fresh dns_txt validation of example.com.
+fn evidence() -> Value {
+    json!({
+        "requested_by": "requester",
+        "approved_by": ["officer-1", "officer-2"],
+        "validations": [{"name": "example.com", "method": "dns_txt", "checked_at": time_from_now(-3600), "detail": "_certd-challenge TXT"}],
+    })
+}
+
+/// A `tls-approved` request for `name` whose good evidence is changed by `f`.
+fn approved_for(n: &mut u32, good: &Csr, name: &str, f: impl FnOnce(&mut Value)) -> Call {
+    let mut a = evidence();
+    f(&mut a);
+    issue(n, good, |v| {
+        v["profile"] = json!("tls-approved");
+        v["san"]["dns"] = json!([name]);
+        v["approval"] = a;
+    })
+}
+
+/// A `tls-approved` request for www.example.com whose good evidence is changed by `f`.
+fn approved(n: &mut u32, good: &Csr, f: impl FnOnce(&mut Value)) -> Call {
+    approved_for(n, good, "www.example.com", f)
+}
+
 fn raw(method: &'static str, path: &str, body: Option<(Option<&'static str>, Vec<u8>)>) -> Call {
     Call::Raw {
         method,
@@ -269,6 +315,9 @@ fn cases(fx: &Fixtures, serial: &str) -> Vec<Case> {
         case("empty subject and no SAN", main, issue(n, good, |v| { v["profile"] = json!("tls-client"); v["csr"] = json!(fx.empty_subject.pem); if let Some(o) = v.as_object_mut() { o.remove("san"); } }), NAME_NOT_PERMITTED),
         case("commonName not among the SANs", main, issue(n, good, |v| { v["subject"] = json!({"common_name": "other.example.com"}) }), NAME_NOT_PERMITTED),
         case("email SAN on tls-server", main, issue(n, good, |v| v["san"]["email"] = json!(["a@example.com"])), NAME_NOT_PERMITTED),
+        case("organizationName not in the grant", main, issue(n, good, |v| { v["subject"] = json!({"organization": "Other Corp", "locality": "Berlin", "country": "DE"}) }), NAME_NOT_PERMITTED),
+        case("locality not listed for the granted organization", main, issue(n, good, |v| { v["subject"] = json!({"organization": "Example Corp", "locality": "Munich", "country": "DE"}) }), NAME_NOT_PERMITTED),
+        case("tls-client commonName neither a SAN nor a granted pattern", main, issue(n, good, |v| { v["profile"] = json!("tls-client"); v["subject"] = json!({"common_name": "Mallory"}); }), NAME_NOT_PERMITTED),
         case("OU on tls-server", main, issue(n, good, |v| { v["subject"] = json!({"common_name": "www.example.com", "organizational_unit": "IT"}) }), NAME_NOT_PERMITTED),
         case("DNS SAN on S/MIME", main, issue(n, good, |v| { v["profile"] = json!("smime"); v["san"] = json!({"email": ["alice@example.com"], "dns": ["www.example.com"]}); }), NAME_NOT_PERMITTED),
         case("mailbox outside the email domains", main, issue(n, good, |v| { v["profile"] = json!("smime"); v["san"] = json!({"email": ["alice@example.org"]}); }), NAME_NOT_PERMITTED),
@@ -286,11 +335,28 @@ fn cases(fx: &Fixtures, serial: &str) -> Vec<Case> {
         case("200-character request_id", main, issue(n, good, |v| v["request_id"] = json!("x".repeat(200))), BAD_REQUEST),
         case("request_id with spaces", main, issue(n, good, |v| v["request_id"] = json!("order 4711")), BAD_REQUEST),
         case("non-ASCII request_id", main, issue(n, good, |v| v["request_id"] = json!("bestellung-ü")), BAD_REQUEST),
+        // Approval evidence (tls-approved: two approvers; dns_txt or http_file
+        // validations, reused for at most 30 days).
         case("approval missing", main, issue(n, good, |v| v["profile"] = json!("tls-approved")), APPROVAL_REQUIRED),
-        case("approval without validations", main, issue(n, good, |v| { v["profile"] = json!("tls-approved"); v["approval"] = json!({"approved_by": ["officer-1"], "validations": []}); }), APPROVAL_REQUIRED),
+        case("approval without validations", main, approved(n, good, |a| a["validations"] = json!([])), APPROVAL_INSUFFICIENT),
+        case("one approver of two", main, approved(n, good, |a| a["approved_by"] = json!(["officer-1"])), APPROVAL_INSUFFICIENT),
+        case("the same approver twice", main, approved(n, good, |a| a["approved_by"] = json!(["officer-1", "officer-1"])), APPROVAL_INSUFFICIENT),
+        case("the same approver in other case", main, approved(n, good, |a| a["approved_by"] = json!(["officer-1", "OFFICER-1"])), APPROVAL_INSUFFICIENT),
+        case("the requester among the approvers", main, approved(n, good, |a| a["approved_by"] = json!(["officer-1", "requester"])), APPROVAL_INSUFFICIENT),
+        case("an empty approver", main, approved(n, good, |a| a["approved_by"] = json!(["officer-1", ""])), APPROVAL_INSUFFICIENT),
+        case("a malformed approver", main, approved(n, good, |a| a["approved_by"] = json!(["officer-1", "officer 2; drop"])), APPROVAL_INSUFFICIENT),
+        case("no requester named", main, approved(n, good, |a| { if let Some(o) = a.as_object_mut() { o.remove("requested_by"); } }), APPROVAL_INSUFFICIENT),
+        case("a validation of another name", main, approved(n, good, |a| a["validations"][0]["name"] = json!("example.org")), APPROVAL_INSUFFICIENT),
+        case("a method the profile does not accept", main, approved(n, good, |a| a["validations"][0]["method"] = json!("officer_attestation")), APPROVAL_INSUFFICIENT),
+        case("a method certd does not know", main, approved(n, good, |a| a["validations"][0]["method"] = json!("trust_me")), APPROVAL_INSUFFICIENT),
+        case("checked_at a day ahead", main, approved(n, good, |a| a["validations"][0]["checked_at"] = json!(time_from_now(86_400))), APPROVAL_INSUFFICIENT),
+        case("checked_at older than the reuse period", main, approved(n, good, |a| a["validations"][0]["checked_at"] = json!(time_from_now(-31 * 86_400))), APPROVAL_INSUFFICIENT),
+        case("checked_at not a time", main, approved(n, good, |a| a["validations"][0]["checked_at"] = json!("last week")), APPROVAL_INSUFFICIENT),
+        case("http_file for a wildcard", main, approved_for(n, good, "*.example.com", |a| a["validations"] = json!([{"name": "*.example.com", "method": "http_file", "checked_at": time_from_now(-60)}])), APPROVAL_INSUFFICIENT),
         // Other endpoints.
         case("revoke an unknown serial", main, raw("POST", &revoke("0123456789abcdef0123456789abcdef"), reason("keyCompromise")), NOT_FOUND),
         case("revoke without the right", "ra-readonly", raw("POST", &revoke(serial), reason("keyCompromise")), NOT_AUTHORIZED),
+        case("revoke outside the grant (read_all reads, never revokes)", "ra-reader", raw("POST", &revoke(serial), reason("superseded")), NOT_AUTHORIZED),
         case("revoke with an unknown reason", main, raw("POST", &revoke(serial), reason("certificateHold")), BAD_REQUEST),
         case("revoke without a reason", main, raw("POST", &revoke(serial), json_body(json!({}))), BAD_REQUEST),
         case("revoke as text/plain", main, raw("POST", &revoke(serial), Some((Some("text/plain"), b"keyCompromise".to_vec()))), UNSUPPORTED_MEDIA_TYPE),
@@ -352,6 +418,27 @@ fn every_hostile_request_gets_its_documented_error_and_nothing_else_changes() {
     );
     let good_before = 2;
     assert_eq!(d.issued("ca"), good_before);
+    // Listing has a budget of its own: the first listing passes although
+    // the issuance budget is spent, the second is over.
+    let lists: Vec<(u16, Option<String>)> = (0..2)
+        .map(|_| {
+            let r = d.curl("ra-limited", "GET", "/v1/certificates").send();
+            (r.status, r.error_code())
+        })
+        .collect();
+    assert_eq!(
+        lists,
+        [
+            (200, None),
+            (RATE_LIMITED.1, Some(RATE_LIMITED.0.to_string()))
+        ],
+        "listings of the limited RA"
+    );
+    // ra-reader may read the certificate it may not revoke.
+    let read = d
+        .curl("ra-reader", "GET", &format!("/v1/certificates/{serial}"))
+        .send();
+    assert_eq!(read.status, 200, "{read}");
 
     let cases = cases(&fx, &serial);
     // Every code a request can be refused with is answered by a case here,
@@ -362,6 +449,10 @@ fn every_hostile_request_gets_its_documented_error_and_nothing_else_changes() {
         ("body_too_large", "this test, over HTTP/2 after the corpus"),
         ("conflict", "api_issue"),
         ("already_revoked", "api_revoke_crl"),
+        (
+            "key_blocked",
+            "api_revoke_crl (a key revoked for keyCompromise)",
+        ),
         ("in_progress", "fault_hsm (a stalled signature)"),
         ("lint_failed", "the lint unit tests"),
         ("certifier_locked", "api_locked"),
@@ -444,7 +535,8 @@ fn every_hostile_request_gets_its_documented_error_and_nothing_else_changes() {
         .iter()
         .map(|e| e["detail"]["code"].as_str().unwrap_or("?"))
         .collect();
-    let want: Vec<&str> = std::iter::once("rate_limited")
+    let want: Vec<&str> = ["rate_limited", "rate_limited"]
+        .into_iter()
         .chain(cases.iter().map(|c| c.code))
         .chain(["body_too_large"])
         .collect();
@@ -488,4 +580,52 @@ fn refusals_are_audited_under_the_ra_that_made_them() {
         "refusals of RA ra-main audited under another actor:\n{}",
         wrong.join("\n")
     );
+}
+
+#[test]
+fn approved_requests_issue_and_their_evidence_is_kept() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let d = start(dir);
+    let fx = Fixtures::make(dir, d.ca.certifier_pem("ca"));
+    let approval = evidence();
+    let mut wildcard = evidence();
+    // A dns_txt validation of the domain covers a wildcard under it; the
+    // approvers' case differs from the requester's but they are others.
+    wildcard["approved_by"] = json!(["Officer-3", "officer-4"]);
+    for (id, name, a) in [
+        ("approved-1", "www.example.com", &approval),
+        ("approved-2", "*.example.com", &wildcard),
+    ] {
+        let reply = d
+            .curl("ra-main", "POST", "/v1/certificates")
+            .json(&json!({
+                "request_id": id,
+                "profile": "tls-approved",
+                "csr": fx.good.pem,
+                "san": {"dns": [name]},
+                "approval": a,
+            }))
+            .send();
+        assert_eq!(reply.status, 201, "{id}: {reply}\n{}", d.log());
+        let serial = reply.json()["serial"].as_str().expect("serial").to_string();
+
+        // GET gives the evidence back as certd checked and recorded it.
+        let info = d
+            .block_on(d.client("ra-main").get(&serial))
+            .expect("the approved certificate");
+        let want: certd_api::Approval = serde_json::from_value(a.clone()).expect("evidence");
+        assert_eq!(info.approval.as_ref(), Some(&want), "{id}");
+
+        // And the issued audit entry holds it.
+        let issued = d.audit_of("issued");
+        let entry = issued
+            .iter()
+            .find(|e| e["detail"]["serial"] == json!(serial))
+            .unwrap_or_else(|| panic!("no issued entry for {serial}: {issued:#?}"));
+        assert_eq!(&entry["detail"]["approval"], a, "{id}");
+    }
+    assert_eq!(d.issued("ca"), 2);
+    assert!(d.audit_of("refused").is_empty());
+    d.verify_audit();
 }

@@ -484,3 +484,190 @@ fn ca_compromise_is_not_a_revocation_reason_for_subscriber_certificates() {
     }
     assert_eq!(error_code(result), ErrorCode::BadRequest);
 }
+
+/// A key revoked for keyCompromise is never certified again: refused with
+/// `key_blocked` at the certifier that revoked it and at another, also
+/// after certd is killed and started again (the block is replayed from the
+/// journal); a revocation for another reason blocks nothing, and a new key
+/// is certified.
+#[test]
+fn a_key_revoked_for_key_compromise_is_refused_everywhere_and_after_a_restart() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let grant = "certifiers = [\"ca\", \"ca2\"]\nprofiles = [\"tls-server\"]\ndns_subtrees = [\"example.com\"]\nmay_revoke = true\n";
+    let mut d = ApiCaBuilder::new(dir, Path::new(CERTD))
+        .certifier("ca", "p256")
+        .certifier("ca2", "p256")
+        .toml(CONFIG)
+        .ra("ra-main", grant)
+        .build()
+        .start();
+    let client = d.client("ra-main");
+    let compromised = make_key(dir, "compromised", KeyAlg::P256);
+    let superseded = make_key(dir, "superseded", KeyAlg::P256);
+    let request = |id: &str, certifier: &str, key: &SubscriberKey| {
+        let csr = make_csr(dir, id, key, "/", &[]);
+        let mut req = IssueRequest::new(id, "tls-server", csr.pem);
+        req.certifier = Some(certifier.into());
+        req.san = Some(certd_api::SubjectAltNames {
+            dns: vec!["www.example.com".into()],
+            ..Default::default()
+        });
+        req
+    };
+    let issue = |d: &ApiDaemon, req: &IssueRequest| {
+        d.block_on(d.client("ra-main").issue(req))
+            .unwrap_or_else(|e| panic!("{}: {e}\n{}", req.request_id, d.log()))
+            .serial
+    };
+    let a = issue(&d, &request("a", "ca", &compromised));
+    let b = issue(&d, &request("b", "ca", &superseded));
+    d.block_on(client.revoke(&a, "keyCompromise"))
+        .expect("revoke a");
+    d.block_on(client.revoke(&b, "superseded"))
+        .expect("revoke b");
+
+    let check = |d: &ApiDaemon, round: &str| {
+        for certifier in ["ca", "ca2"] {
+            let id = format!("{round}-{certifier}");
+            // A client of this daemon's life (the last one's connections
+            // died with it).
+            let client = d.client("ra-main");
+            let refused = d.block_on(client.issue(&request(&id, certifier, &compromised)));
+            match refused {
+                Err(certd_api::ClientError::Api(e)) => {
+                    assert_eq!(
+                        (e.code, e.code.http_status()),
+                        (ErrorCode::KeyBlocked, 403),
+                        "{id}: {e:?}"
+                    );
+                    assert!(
+                        e.message.contains(&a),
+                        "{id}: names the revocation: {}",
+                        e.message
+                    );
+                }
+                other => panic!("{id}: expected key_blocked, got {other:?}"),
+            }
+            // Superseded blocks nothing; a new key is fine.
+            issue(
+                d,
+                &request(&format!("{id}-superseded"), certifier, &superseded),
+            );
+            let fresh = make_key(dir, &format!("{id}-fresh"), KeyAlg::P256);
+            issue(d, &request(&format!("{id}-fresh"), certifier, &fresh));
+        }
+    };
+    check(&d, "before");
+    let refusals_before = d.audit_of("refused").len();
+    assert_eq!(refusals_before, 2, "each refusal audited");
+
+    // Killed and started again: the certifiers activate from their PIN
+    // files before READY.
+    d.instance.restart();
+    check(&d, "after");
+    let refused = d.audit_of("refused");
+    assert_eq!(refused.len(), 4);
+    assert!(
+        refused.iter().all(|e| e["detail"]["code"] == "key_blocked"),
+        "{refused:#?}"
+    );
+    assert_eq!(
+        d.issued("ca") + d.issued("ca2"),
+        2 + 8,
+        "nothing signed for the blocked key"
+    );
+    d.verify_audit();
+}
+
+/// The refresh loop (woken by every revocation, no coalescing) and CRL
+/// requests from several clients run while 24 certificates are revoked
+/// from 3 more: every CRL any client gets verifies under the certifier's
+/// certificate (`openssl crl -CAfile`), the numbers each client sees only
+/// grow, the audit log's CRLs are in number order, and the last CRL lists
+/// every revocation.
+#[test]
+fn crls_made_while_revocations_race_only_grow_and_all_verify() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    let d = ApiCaBuilder::new(dir, Path::new(CERTD))
+        .certifier("ca", "p256")
+        .toml(CONFIG)
+        .toml("[crl]\ncoalesce_seconds = 0\n")
+        .ra("ra-main", &grant("may_revoke = true"))
+        .build()
+        .start();
+    let key = make_key(dir, "k", KeyAlg::P256);
+    let certs = issue_many(&d, dir, &key, "ra-main", 24);
+    let ca = d.ca.certifier_pem("ca").to_path_buf();
+    let seen: Vec<Vec<u64>> = std::thread::scope(|scope| {
+        let revokers: Vec<_> = certs
+            .chunks(8)
+            .map(|chunk| {
+                let d = &d;
+                scope.spawn(move || {
+                    let client = d.client("ra-main");
+                    for (serial, _) in chunk {
+                        d.block_on(client.revoke(serial, "superseded"))
+                            .unwrap_or_else(|e| panic!("revoke {serial}: {e}"));
+                    }
+                    Vec::new()
+                })
+            })
+            .collect();
+        let readers: Vec<_> = (0..3)
+            .map(|r| {
+                let (d, ca) = (&d, &ca);
+                scope.spawn(move || {
+                    let client = d.client("ra-main");
+                    (0..20)
+                        .map(|i| {
+                            let path = dir.join(format!("crl-{r}-{i}.der"));
+                            let crl = crl_of(d, &client, &path);
+                            let verified = openssl(&[
+                                &"crl", &"-inform", &"DER", &"-in", &path, &"-CAfile", ca,
+                                &"-noout",
+                            ]);
+                            assert!(
+                                verified.stderr.contains("verify OK"),
+                                "CRL {} does not verify: {verified}",
+                                crl.number
+                            );
+                            crl.number
+                        })
+                        .collect::<Vec<u64>>()
+                })
+            })
+            .collect();
+        revokers
+            .into_iter()
+            .chain(readers)
+            .map(|t| t.join().expect("thread"))
+            .collect()
+    });
+    for numbers in &seen {
+        assert!(
+            numbers.windows(2).all(|w| w[0] <= w[1]),
+            "a client saw CRL numbers go back: {numbers:?}"
+        );
+    }
+    let issued: Vec<u64> = d
+        .audit_of("crl_issued")
+        .iter()
+        .filter_map(|e| e["detail"]["crl_number"].as_u64())
+        .collect();
+    assert!(
+        issued.windows(2).all(|w| w[0] < w[1]),
+        "CRLs in the audit log out of number order: {issued:?}"
+    );
+    let client = d.client("ra-main");
+    let last = crl_until(
+        &d,
+        &client,
+        &dir.join("last.der"),
+        "a CRL with all 24",
+        |c| c.entries.len() == 24,
+    );
+    assert!(last.number >= *issued.last().unwrap_or(&0));
+    d.verify_audit();
+}

@@ -383,6 +383,222 @@ fn audit_log_records_control_actions_and_locates_tampering() {
     verify_file(&log).assert_success();
 }
 
+/// `certd verify-audit --config` of a copy of the log, with its anchor.
+fn verify_copy(
+    keys: &Keys,
+    config: &certd_e2e::certd::CertdConfig,
+    name: &str,
+    records: &[certd::audit::AuditRecord],
+) -> CmdOutput {
+    let dir = keys.path().join(name);
+    std::fs::create_dir_all(&dir).expect("a directory");
+    let text: String = records
+        .iter()
+        .map(|r| serde_json::to_string(r).expect("json") + "\n")
+        .collect();
+    std::fs::write(dir.join("audit.log"), text).expect("the copy");
+    std::fs::copy(
+        config.state_dir.join("audit.anchor"),
+        dir.join("audit.anchor"),
+    )
+    .expect("the anchor");
+    run(certd_e2e::clean_env(&mut std::process::Command::new(CERTD))
+        .arg("verify-audit")
+        .arg("--config")
+        .arg(&config.path)
+        .arg("--file")
+        .arg(dir.join("audit.log")))
+}
+
+/// The chain alone cannot tell a log cut short, or one rewritten with
+/// recomputed hashes; the signed checkpoints (after each CRL, at shutdown)
+/// and the anchor beside the log can, and `verify-audit` names where.
+#[test]
+fn a_cut_or_rewritten_audit_log_fails_at_its_signed_checkpoints() {
+    let keys = Keys::new();
+    let config = keys.config(&keys.specs()[..1]);
+    let mut d = keys.start(&config);
+    activate(&d, "root", &keys.token.pin_file).assert_success();
+    // The CRL made at activation is followed by a checkpoint (the bound
+    // only catches a hang).
+    let log = config.audit_log();
+    certd_e2e::poll_until(
+        DAEMON_DEADLINE,
+        "the checkpoint after the first CRL",
+        || {
+            audit_lines(&log)
+                .iter()
+                .any(|e| e["kind"] == "audit_checkpoint" && e["detail"]["reason"] == "crl")
+                .then_some(())
+        },
+        || d.log(),
+    );
+    // Entries after it, which the shutdown checkpoint signs.
+    d.ctl(&["reload"]).assert_success();
+    assert!(d.terminate().success(), "{}", d.log());
+
+    let out = d.ctl(&["verify-audit"]);
+    out.assert_success();
+    assert!(out.stdout.contains("signed checkpoints verified"), "{out}");
+    let records: Vec<certd::audit::AuditRecord> = std::fs::read_to_string(config.audit_log())
+        .expect("the audit log")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("an entry"))
+        .collect();
+    let checkpoints: Vec<u64> = records
+        .iter()
+        .filter(|r| r.kind == "audit_checkpoint")
+        .map(|r| r.seq)
+        .collect();
+    assert!(checkpoints.len() >= 2, "{checkpoints:?}\n{}", d.log());
+    let reasons: Vec<&str> = records
+        .iter()
+        .filter(|r| r.kind == "audit_checkpoint")
+        .filter_map(|r| r.detail["reason"].as_str())
+        .collect();
+    assert!(
+        reasons.contains(&"crl") && reasons.last() == Some(&"shutdown"),
+        "{reasons:?}"
+    );
+
+    // Untouched copy: OK.
+    verify_copy(&keys, &config, "untouched", &records).assert_success();
+
+    // Cut after the first checkpoint: intact chain, but the anchor names
+    // the last checkpoint; the last good entry is named.
+    let first = checkpoints[0];
+    let cut = verify_copy(&keys, &config, "cut", &records[..first as usize]);
+    cut.assert_code(1);
+    assert!(
+        cut.stdout.contains("BROKEN") && cut.stdout.contains(&format!("ends at entry {first}")),
+        "{cut}"
+    );
+
+    // Rewritten from the second entry on, every hash recomputed: the first
+    // checkpoint's signature is over the old hashes.
+    let mut rewritten = records.clone();
+    rewritten[1].actor = "mallory".into();
+    for i in 1..rewritten.len() {
+        rewritten[i].prev = rewritten[i - 1].hash.clone();
+        rewritten[i].hash = rewritten[i].compute_hash().expect("a hash");
+    }
+    let out = verify_copy(&keys, &config, "rewritten", &rewritten);
+    out.assert_code(1);
+    assert!(
+        out.stdout.contains(&format!("(seq {first})")) && out.stdout.contains("checkpoint"),
+        "{out}"
+    );
+    // The chain alone (no --config) does not see either.
+    verify_file(&keys.path().join("rewritten").join("audit.log")).assert_success();
+    verify_file(&keys.path().join("cut").join("audit.log")).assert_success();
+}
+
+/// With `control_group`, the socket is born with its mode and group (bound
+/// in a private directory and renamed into place), and certd itself
+/// checks the peer: a member of the group (primary or supplementary) is
+/// served; someone the file's permissions let in by mistake is not.
+/// Switching users needs root, as `./test` has in CI.
+#[test]
+fn the_control_group_is_checked_by_certd_itself() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let keys = Keys::new();
+    let config = keys.config(&keys.specs()[..1]);
+    let text = std::fs::read_to_string(&config.path).expect("config");
+    std::fs::write(
+        &config.path,
+        text.replacen(
+            "[daemon]\n",
+            "[daemon]\ncontrol_group = \"nogroup\"\ncontrol_socket_mode = 0o660\n",
+            1,
+        ),
+    )
+    .expect("config");
+    let d = keys.start(&config);
+    let socket = &config.control_socket;
+    let meta = std::fs::metadata(socket).expect("the socket");
+    assert_eq!(
+        (meta.mode() & 0o777, meta.gid()),
+        (0o660, 65534),
+        "mode and group at birth"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(socket.parent().expect("run dir"))
+        .expect("run dir")
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|n| n != "control.sock")
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // Another user reaches the socket and runs a certd of its own.
+    for dir in [keys.path().to_path_buf(), keys.path().join("run")] {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711)).expect("chmod");
+    }
+    let certd = keys.path().join("certd-copy");
+    std::fs::copy(CERTD, &certd).expect("copy certd");
+    std::fs::set_permissions(&certd, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let as_nobody = |regid: &str, groups: &str| {
+        run(
+            certd_e2e::clean_env(&mut std::process::Command::new("setpriv"))
+                .args(["--reuid=65534", &format!("--regid={regid}"), groups])
+                .arg(&certd)
+                .arg("status")
+                .arg("--socket")
+                .arg(socket),
+        )
+    };
+    as_nobody("65534", "--clear-groups").assert_success();
+    as_nobody("1", "--groups=65534").assert_success();
+
+    // Opened to everyone by mistake: the kernel lets anyone connect,
+    // certd serves only root, its own user and the group's members.
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+    let refused = as_nobody("1", "--clear-groups");
+    assert_ne!(refused.code(), Some(0), "{refused}");
+    assert!(
+        refused.stderr.contains("not_authorized") || refused.stderr.contains("may not control"),
+        "{refused}"
+    );
+    drop(d);
+    let refusals = audit_lines(&config.audit_log())
+        .into_iter()
+        .filter(|e| e["kind"] == "control_refused")
+        .count();
+    assert_eq!(refusals, 1);
+}
+
+/// A certifier whose chain does not link up stays out of service with the
+/// reason in `status` (activation refused, saying why); the other
+/// certifier is not held back.
+#[test]
+fn a_certifier_whose_chain_does_not_link_stays_out_of_service_and_says_why() {
+    let keys = Keys::new();
+    let mut specs = keys.specs();
+    // root is self-signed; its "chain" is the issuing CA it certified.
+    specs[0].chain = Some(keys.issuing_pem.clone());
+    let config = keys.config(&specs);
+    let d = keys.start(&config);
+    let status = d.status();
+    let root = &status["certifiers"][0];
+    assert_eq!(root["state"], "unavailable", "{status:#}");
+    let reason = root["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("cannot certify") && reason.contains("issued by"),
+        "{status:#}"
+    );
+    let refused = activate(&d, "root", &keys.token.pin_file);
+    assert_ne!(refused.code(), Some(0), "{refused}");
+    assert!(
+        refused.stderr.contains("cannot certify") || refused.stdout.contains("cannot certify"),
+        "{refused}"
+    );
+    activate(&d, "issuing", &keys.token.pin_file).assert_success();
+    assert_eq!(d.state_of("issuing"), "active");
+    assert_eq!(d.state_of("root"), "unavailable");
+    // Deactivating it does not hide why.
+    let _ = d.ctl(&["deactivate", "root"]);
+    assert_eq!(d.state_of("root"), "unavailable");
+}
+
 fn status_line(msg: &str) -> Option<&str> {
     msg.lines().find_map(|l| l.strip_prefix("STATUS="))
 }
@@ -568,6 +784,7 @@ fn the_ledger_of_an_earlier_certd_is_refused_until_migrated_then_carried_on() {
             created: 1_700_000_000,
             approval: None,
             instance: String::new(),
+            spki_sha256: None,
         };
         old.record_intent(&serial, intent, Some(("ra-old", "old-1", [2; 32])))
             .expect("intent");

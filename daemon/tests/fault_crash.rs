@@ -644,7 +644,10 @@ fn sigkill_under_load_loses_nothing_and_reuses_no_serial() {
                 out.clone(),
             )));
         }
-        let reasons = ["keyCompromise", "superseded", "cessationOfOperation"];
+        // Not keyCompromise: the issuers sign the same few keys over and
+        // over, and a key revoked for compromise is never certified again
+        // (a kill and restart under that block is api_revoke_crl's test).
+        let reasons = ["affiliationChanged", "superseded", "cessationOfOperation"];
         let valid: Vec<String> = known
             .received
             .keys()

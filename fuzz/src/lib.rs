@@ -62,7 +62,8 @@ name = "smime-mailbox"
 kind = "smime-mailbox"
 smime_generation = "strict"
 max_validity_days = 825
-require_approval = true
+approvals_required = 2
+validation_methods = { email = ["email_token", "officer_attestation"] }
 
 [[ra]]
 name = "ra"
@@ -142,7 +143,31 @@ pub fn issue_request_json(data: &[u8]) {
         Ok(c) => c.names,
         Err(_) => Names::default(),
     };
-    let names = issue::requested_names(&req, &from_csr, profile.kind);
+    let names = issue::requested_names(&req, &from_csr, profile);
+    // Evidence that passes has what the profile asks for, judged here
+    // independently of `approval::check`'s own bookkeeping.
+    if certd::approval::check(profile, &names, req.approval.as_ref(), 1_800_000_000).is_ok()
+        && profile.approvals_required > 0
+    {
+        let a = req.approval.as_ref().expect("evidence was required");
+        let requester = a
+            .requested_by
+            .as_deref()
+            .expect("a requester was required")
+            .to_ascii_lowercase();
+        let approvers: std::collections::HashSet<String> = a
+            .approved_by
+            .iter()
+            .map(|o| o.to_ascii_lowercase())
+            .collect();
+        assert_eq!(
+            approvers.len(),
+            a.approved_by.len(),
+            "an approver counted twice"
+        );
+        assert!(approvers.len() >= profile.approvals_required as usize);
+        assert!(!approvers.contains(&requester), "the requester approved");
+    }
     if policy::check_names(profile, grant, &names).is_ok() && ip_ok {
         // Names that pass stay inside the RA's namespaces, judged here
         // independently of `Grant`'s own matching.

@@ -228,6 +228,9 @@ pub async fn issue(client: &CertdClient, opts: &IssueOptions) -> Result<IssueOut
     };
     let (result, _) = retry(opts.retry, || client.issue(&req), |_, _, _| {}).await;
     let resp = result.map_err(Error::certd)?;
+    if let Some(e) = Error::revoked(&req.request_id, &resp) {
+        return Err(e);
+    }
     let leaf = output::pem_to_der(&resp.certificate)?;
     let chain: Vec<Vec<u8>> = resp
         .chain

@@ -93,6 +93,10 @@ pub enum Error {
     /// Key generation, CSR or PKCS#12 encoding failed (`crypto`, exit 1).
     #[error("{0}")]
     Crypto(String),
+    /// The request_id was answered with a certificate revoked since: it
+    /// is not delivered (`revoked`, exit 1).
+    #[error("{0}")]
+    Revoked(String),
 }
 
 fn certd_message(source: &ClientError, hint: &Option<String>) -> String {
@@ -110,7 +114,9 @@ impl Error {
     /// The process exit status for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Certd { .. } | Error::Io { .. } | Error::Crypto(_) => crate::EXIT_FAILED,
+            Error::Certd { .. } | Error::Io { .. } | Error::Crypto(_) | Error::Revoked(_) => {
+                crate::EXIT_FAILED
+            }
             _ => crate::EXIT_USAGE,
         }
     }
@@ -129,6 +135,7 @@ impl Error {
             Error::Certd { source, .. } => source.code(),
             Error::Io { .. } => "io",
             Error::Crypto(_) => "crypto",
+            Error::Revoked(_) => "revoked",
         }
     }
 
@@ -158,6 +165,17 @@ impl Error {
             path: path.into(),
             message: message.to_string(),
         }
+    }
+
+    /// The refusal to deliver a replayed certificate that was revoked.
+    pub fn revoked(request_id: &str, resp: &certd_api::IssueResponse) -> Option<Error> {
+        let at = resp.revoked_at.as_deref()?;
+        Some(Error::Revoked(format!(
+            "certd issued {} for request_id {request_id:?} before, and it was revoked at {at} ({}): \
+             it is not delivered; issue again under a new request_id",
+            resp.serial,
+            resp.revocation_reason.as_deref().unwrap_or("no reason given")
+        )))
     }
 
     /// certd's error, with a hint for the cases an operator can fix.
@@ -230,6 +248,7 @@ mod tests {
                 2,
             ),
             (Error::BatchMismatch("x".into()), "batch_mismatch", 2),
+            (Error::Revoked("x".into()), "revoked", 1),
             (
                 Error::Password {
                     code: "password_mismatch",

@@ -16,7 +16,15 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// Columns ra-cli understands.
-pub const KNOWN_COLUMNS: [&str; 5] = ["email", "common_name", "organizational_unit", "dns", "csr"];
+pub const KNOWN_COLUMNS: [&str; 7] = [
+    "email",
+    "common_name",
+    "organizational_unit",
+    "dns",
+    "csr",
+    "given_name",
+    "surname",
+];
 
 /// The kinds of profile certd has, which decide what a row may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,15 +35,20 @@ pub enum ProfileKind {
     TlsClient,
     /// Mailbox-validated S/MIME: the email address only.
     SmimeMailbox,
+    /// Sponsor- or individual-validated S/MIME: a named person
+    /// (`given_name` and `surname`) and the email address.
+    SmimePerson,
 }
 
 impl ProfileKind {
-    /// From certd's `kind` (`tls-server`, `tls-client`, `smime-mailbox`).
+    /// From certd's `kind` (`tls-server`, `tls-client`, `smime-mailbox`,
+    /// `smime-sponsor`, `smime-individual`).
     pub fn parse(s: &str) -> Option<ProfileKind> {
         match s {
             "tls-server" => Some(ProfileKind::TlsServer),
             "tls-client" => Some(ProfileKind::TlsClient),
             "smime-mailbox" => Some(ProfileKind::SmimeMailbox),
+            "smime-sponsor" | "smime-individual" => Some(ProfileKind::SmimePerson),
             _ => None,
         }
     }
@@ -69,6 +82,10 @@ pub struct RawRow {
     pub dns: String,
     /// `csr`.
     pub csr: String,
+    /// `given_name`.
+    pub given_name: String,
+    /// `surname`.
+    pub surname: String,
 }
 
 /// A row that passed every check.
@@ -88,20 +105,26 @@ pub struct Row {
     pub csr: Option<String>,
     /// The CSR file, resolved.
     pub csr_path: Option<PathBuf>,
+    /// givenName and surname, for profiles that name a person.
+    pub person: Option<(String, String)>,
 }
 
 impl Row {
     /// The row's identity for its request id: every value that goes into
     /// the request, normalised.
     pub fn identity(&self) -> String {
-        format!(
+        let mut id = format!(
             "email={}\ncn={}\nou={}\ndns={}\ncsr={}",
             self.email.to_ascii_lowercase(),
             self.common_name.as_deref().unwrap_or(""),
             self.organizational_unit.as_deref().unwrap_or(""),
             self.dns.join(";"),
             self.csr.as_deref().unwrap_or("")
-        )
+        );
+        if let Some((given, surname)) = &self.person {
+            id.push_str(&format!("\ngiven_name={given}\nsurname={surname}"));
+        }
+        id
     }
 
     /// The base name of the row's output files (the email address, with
@@ -202,6 +225,8 @@ struct Columns {
     organizational_unit: Option<usize>,
     dns: Option<usize>,
     csr: Option<usize>,
+    given_name: Option<usize>,
+    surname: Option<usize>,
 }
 
 /// The CSV input, read row by row.
@@ -323,6 +348,8 @@ impl Input {
                 organizational_unit: find("organizational_unit"),
                 dns: find("dns"),
                 csr: find("csr"),
+                given_name: find("given_name"),
+                surname: find("surname"),
             },
             record: csv::StringRecord::new(),
             unknown_columns,
@@ -355,6 +382,8 @@ impl Input {
                         organizational_unit: get(self.columns.organizational_unit),
                         dns: get(self.columns.dns),
                         csr: get(self.columns.csr),
+                        given_name: get(self.columns.given_name),
+                        surname: get(self.columns.surname),
                     }));
                 }
                 Err(e) => {
@@ -467,7 +496,47 @@ pub fn check_row(raw: &RawRow, rules: &Rules) -> Result<(Row, Option<CsrInfo>), 
         }
         dns.push(d);
     }
+    let given_name = opt(&raw.given_name);
+    let surname = opt(&raw.surname);
+    for (v, what) in [(&given_name, "given_name"), (&surname, "surname")] {
+        if let Some(v) = v {
+            check_text(v, what, 64).map_err(&fail)?;
+        }
+    }
     let profile = &rules.profile;
+    let mut person = None;
+    match rules.kind {
+        Some(ProfileKind::SmimePerson) => {
+            let (Some(given), Some(sur)) = (&given_name, &surname) else {
+                return Err(fail(format!(
+                    "profile {profile} names a person: given_name and surname are both needed"
+                )));
+            };
+            if !dns.is_empty() || organizational_unit.is_some() {
+                return Err(fail(format!(
+                    "profile {profile} (S/MIME for a person) certifies the person and the email \
+                     address only: leave dns and organizational_unit empty"
+                )));
+            }
+            let full = format!("{given} {sur}");
+            if let Some(cn) = &common_name {
+                if *cn != full && !cn.eq_ignore_ascii_case(&email) {
+                    return Err(fail(format!(
+                        "profile {profile}: common_name {cn:?} must be the person's name \
+                         ({full:?}) or the email address, or empty (the name is used)"
+                    )));
+                }
+            }
+            person = Some((given.clone(), sur.clone()));
+        }
+        _ if given_name.is_some() || surname.is_some() => {
+            return Err(fail(format!(
+                "profile {profile} carries no personal names: leave given_name and surname \
+                 empty, or use a sponsor- or individual-validated S/MIME profile"
+            )));
+        }
+        _ => {}
+    }
     match rules.kind {
         Some(ProfileKind::SmimeMailbox) => {
             if !dns.is_empty() {
@@ -511,7 +580,7 @@ pub fn check_row(raw: &RawRow, rules: &Rules) -> Result<(Row, Option<CsrInfo>), 
                 }
             }
         }
-        Some(ProfileKind::TlsClient) | None => {}
+        Some(ProfileKind::TlsClient | ProfileKind::SmimePerson) | None => {}
     }
     let csr = opt(&raw.csr);
     let mut csr_path = None;
@@ -568,6 +637,7 @@ pub fn check_row(raw: &RawRow, rules: &Rules) -> Result<(Row, Option<CsrInfo>), 
             dns,
             csr,
             csr_path,
+            person,
         },
         info,
     ))
@@ -635,6 +705,8 @@ mod tests {
             organizational_unit: ou.into(),
             dns: dns.into(),
             csr: String::new(),
+            given_name: String::new(),
+            surname: String::new(),
         }
     }
 

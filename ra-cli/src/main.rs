@@ -4,7 +4,7 @@
 
 use clap::{Args, Parser, Subcommand};
 use ra_cli::batch::progress::ProgressMode;
-use ra_cli::batch::BatchOptions;
+use ra_cli::batch::{BatchOptions, Vouching};
 use ra_cli::commands::{self, render, IssueOptions, ListFilter};
 use ra_cli::config::{self, Config};
 use ra_cli::keys::KeyType;
@@ -150,6 +150,23 @@ struct BatchArgs {
     /// Batch id (default: derived from the input's SHA-256 and the options).
     #[arg(long)]
     batch_id: Option<String>,
+    /// The officer who vouches for the list: sent as the requester and as
+    /// the attestation of every mailbox (and, for profiles that name a
+    /// person, of their identity). Needs --attested-at.
+    #[arg(long, requires = "attested_at")]
+    attested_by: Option<String>,
+    /// When the officer checked the list (RFC 3339, e.g. 2026-12-01T09:00:00Z).
+    #[arg(long, requires = "attested_by")]
+    attested_at: Option<String>,
+    /// organizationName of sponsor-validated S/MIME subjects (one the RA is granted).
+    #[arg(long)]
+    organization: Option<String>,
+    /// organizationIdentifier of sponsor-validated S/MIME subjects (e.g. VATDE-123456789).
+    #[arg(long)]
+    organization_identifier: Option<String>,
+    /// countryName of sponsor-validated S/MIME subjects.
+    #[arg(long)]
+    country: Option<String>,
     /// Progress display on standard error.
     #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
     progress: ProgressMode,
@@ -279,6 +296,13 @@ async fn run(cli: Cli) -> Result<i32, Error> {
                 retry: retry_of(&a.common),
                 progress: if json { ProgressMode::Off } else { a.progress },
                 handle_ctrl_c: true,
+                vouching: Vouching {
+                    organization: a.organization,
+                    organization_identifier: a.organization_identifier,
+                    country: a.country,
+                    attested_by: a.attested_by,
+                    attested_at: a.attested_at,
+                },
             };
             let summary = ra_cli::batch::run(client, &opts).await?;
             // The summary goes to standard output whatever the outcome, so

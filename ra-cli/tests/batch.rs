@@ -617,3 +617,108 @@ fn enumerated_options_list_their_values() {
         .unwrap_or_default()
         .contains("revoked"));
 }
+
+/// Twenty named people of Example Corp on the demo's sponsor-validated
+/// S/MIME profile, vouched for by an officer: every one issued, each
+/// certificate naming the person and the organization, every PKCS#12
+/// opened with its password.
+#[test]
+fn twenty_named_people_get_sponsor_validated_certificates() {
+    let ca = Ca::start(true);
+    let work = ca.scratch("work");
+    let given = [
+        "Anna", "Ben", "Clara", "David", "Emma", "Felix", "Greta", "Hugo", "Ida", "Jonas", "Klara",
+        "Leon", "Mia", "Noah", "Olga", "Paul", "Rosa", "Simon", "Tara", "Umar",
+    ];
+    let mut csv = String::from("email,given_name,surname\n");
+    for (i, g) in given.iter().enumerate() {
+        csv.push_str(&format!(
+            "{}@example.com,{g},Muster{i}\n",
+            g.to_ascii_lowercase()
+        ));
+    }
+    let input = work.join("staff.csv");
+    std::fs::write(&input, csv).expect("csv");
+    let out = work.join("out");
+    let at = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
+    let at = at
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("a time");
+    let args = |extra: &[&str]| -> Vec<String> {
+        ["--json", "batch", "issue", "--input"]
+            .iter()
+            .chain(extra)
+            .map(|a| a.to_string())
+            .collect()
+    };
+    let ra = |a: Vec<String>| ca.ra(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let input_s = s(&input);
+    let out_s = s(&out);
+    // Without the officer's word nothing is sent: the profile requires
+    // evidence, and ra-cli says so before the first request.
+    let refused = ra(args(&[
+        &input_s,
+        "--out",
+        &s(&work.join("refused")),
+        "--profile",
+        "smime-sponsor",
+        "--organization",
+        "Example Corp",
+        "--organization-identifier",
+        "VATDE-123456789",
+    ]));
+    refused.assert_code(2);
+    assert!(refused.stdout.contains("--attested-by"), "{refused}");
+    assert!(serials(&ca).is_empty(), "nothing issued without evidence");
+    assert!(!work.join("refused").join("report.csv").exists());
+
+    let r = ra(args(&[
+        &input_s,
+        "--out",
+        &out_s,
+        "--profile",
+        "smime-sponsor",
+        "--organization",
+        "Example Corp",
+        "--organization-identifier",
+        "VATDE-123456789",
+        "--country",
+        "DE",
+        "--attested-by",
+        "officer-1",
+        "--attested-at",
+        &at,
+    ]));
+    r.assert_success();
+    assert_eq!(r.json()["issued"], 20, "{r}");
+    assert_eq!(serials(&ca).len(), 20);
+    assert_eq!(files(&out, ".p12"), 20);
+    let passwords: std::collections::HashMap<String, String> = read_csv(&out.join("passwords.csv"))
+        .into_iter()
+        .map(|l| (l["file"].clone(), l["password"].clone()))
+        .collect();
+    for (i, g) in given.iter().enumerate() {
+        let file = format!("{}@example.com.p12", g.to_ascii_lowercase());
+        let pw = work.join(format!("{i}.pw"));
+        std::fs::write(
+            &pw,
+            passwords
+                .get(&file)
+                .unwrap_or_else(|| panic!("{file}: {passwords:?}")),
+        )
+        .expect("pw");
+        let dump = openssl(&[
+            &"pkcs12",
+            &"-in",
+            &s(&out.join(&file)),
+            &"-passin",
+            &format!("file:{}", s(&pw)),
+            &"-nokeys",
+            &"-clcerts",
+        ]);
+        let surname = format!("Muster{i}");
+        for want in [*g, surname.as_str(), "Example Corp", "VATDE-123456789"] {
+            assert!(dump.stdout.contains(want), "{file}: {want} in\n{dump}");
+        }
+    }
+}

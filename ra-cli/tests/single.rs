@@ -226,6 +226,25 @@ fn single_commands_against_a_real_certd() {
     ]);
     assert_eq!(a.json()["serial"], b.json()["serial"], "{a}\n{b}");
     assert_eq!(b.json()["replayed"], true);
+    // Revoked since: the repeat is refused, nothing is written.
+    let same = a.json()["serial"].as_str().expect("serial").to_string();
+    ca.ra(&["revoke", &same, "--reason", "superseded"])
+        .assert_success();
+    let c = ca.ra(&[
+        "--json",
+        "issue",
+        "--profile",
+        "tls-server",
+        "--csr",
+        &csr_s,
+        "--request-id",
+        "same-1",
+        "--out",
+        &w("r3.pem"),
+    ]);
+    c.assert_code(1);
+    assert_eq!(c.json()["error"]["code"], "revoked", "{c}");
+    assert!(!work.join("r3.pem").exists(), "nothing delivered");
 
     // show, list.
     let s = ca.ra(&["--json", "show", &alice]);

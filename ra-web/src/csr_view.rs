@@ -326,12 +326,15 @@ pub enum ProblemCode {
     WeakRsaKey,
     /// The RSA public exponent is even or small.
     WeakRsaExponent,
-    /// The RSA public exponent is large and not 65537.
+    /// The RSA public exponent is large and not 65537 (certd refuses it).
     UnusualRsaExponent,
     /// The self-signature (proof of possession) does not verify.
     BadSignature,
     /// The self-signature could not be checked here.
     SignatureNotVerified,
+    /// The CSR is signed with an algorithm certd refuses (SHA-1, MD5,
+    /// SHA-224, RSASSA-PSS, DSA, Ed448).
+    SignatureAlgorithmRefused,
     /// An extension cannot be decoded, or is requested twice.
     BadExtension,
     /// The CSR asks for a CA certificate.

@@ -17,6 +17,8 @@
 //! - `revoked`: certifier `\0` serial → [`RevokedEntry`], what a CRL lists;
 //! - `pending`: serial → (), the intents not yet issued or abandoned;
 //! - `by_ra`: RA `\0` serial → (), an RA's certificates in serial order;
+//! - `blocked_keys`: SHA-256 of a SubjectPublicKeyInfo → [`BlockedKey`],
+//!   the keys revoked for keyCompromise, never certified again;
 //! - `meta`: per-certifier [`CertifierStats`] and CRL numbers, and the
 //!   checkpoint.
 
@@ -28,8 +30,9 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTran
 use serde::{Deserialize, Serialize};
 
 use super::{
-    CertifierStats, IdempotencyEntry, Intent, IntentOutcome, LedgerError, LedgerRecord,
-    RecordState, RevokedEntry, Serial, Summary, SERIAL_LEN,
+    spki_sha256_of_certificate, BlockedKey, CertifierStats, IdempotencyEntry, Intent,
+    IntentOutcome, LedgerError, LedgerRecord, RecordState, RevokedEntry, Serial, Summary,
+    SERIAL_LEN,
 };
 
 const RECORDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("records");
@@ -38,12 +41,18 @@ const IDEMPOTENCY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("idempot
 const REVOKED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("revoked");
 const PENDING: TableDefinition<&[u8], ()> = TableDefinition::new("pending");
 const BY_RA: TableDefinition<&[u8], ()> = TableDefinition::new("by_ra");
+const BLOCKED_KEYS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("blocked_keys");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 const CHECKPOINT_KEY: &str = "checkpoint";
 /// The index's layout version, so a later layout can tell an old index.
 const FORMAT_KEY: &str = "format";
-const FORMAT: &[u8] = b"1";
+const FORMAT: &[u8] = b"2";
+/// Layout 1 had no `blocked_keys`; opening it fills the table from the
+/// keyCompromise revocations it holds.
+const FORMAT_1: &[u8] = b"1";
+/// RFC 5280 CRLReason keyCompromise.
+const KEY_COMPROMISE: u8 = 1;
 
 /// Where in the journal the durable index stands: the last entry applied,
 /// its hash (so the continuation can be checked) and the byte offset just
@@ -374,6 +383,19 @@ impl Index {
             .map(|v| v.value().to_vec()))
     }
 
+    /// Whether the key with this SPKI SHA-256 is blocked, and by which
+    /// revocation.
+    pub fn blocked_key(&self, spki_sha256: &[u8; 32]) -> Result<Option<BlockedKey>, LedgerError> {
+        let db = self.db();
+        let txn = db.begin_read().map_err(storage)?;
+        let blocked = txn.open_table(BLOCKED_KEYS).map_err(storage)?;
+        blocked
+            .get(&spki_sha256[..])
+            .map_err(storage)?
+            .map(|v| decode("blocked key", v.value()))
+            .transpose()
+    }
+
     /// Hands the records with a serial above `after` (all when `None`) to
     /// `visit` in serial order, until it answers `Break`: only those of RA
     /// `ra` when given (read through the per-RA index, so an RA's page costs
@@ -456,6 +478,7 @@ fn open_db(path: &Path) -> Result<Database, LedgerError> {
         txn.open_table(REVOKED).map_err(storage)?;
         txn.open_table(PENDING).map_err(storage)?;
         txn.open_table(BY_RA).map_err(storage)?;
+        txn.open_table(BLOCKED_KEYS).map_err(storage)?;
         let mut meta = txn.open_table(META).map_err(storage)?;
         let format = meta
             .get(FORMAT_KEY)
@@ -463,6 +486,17 @@ fn open_db(path: &Path) -> Result<Database, LedgerError> {
             .map(|v| v.value().to_vec());
         match format {
             Some(v) if v == FORMAT => {}
+            Some(v) if v == FORMAT_1 => {
+                drop(meta);
+                let blocked = backfill_blocked_keys(&txn)?;
+                tracing::info!(
+                    index = %path.display(),
+                    blocked,
+                    "index layout 1 upgraded to 2: keys revoked for keyCompromise are now blocked"
+                );
+                let mut meta = txn.open_table(META).map_err(storage)?;
+                meta.insert(FORMAT_KEY, FORMAT).map_err(storage)?;
+            }
             Some(v) => {
                 return Err(corrupt(format!(
                     "index {} has layout {:?}; this certd reads layout {:?}",
@@ -478,6 +512,57 @@ fn open_db(path: &Path) -> Result<Database, LedgerError> {
     }
     txn.commit().map_err(storage)?;
     Ok(db)
+}
+
+/// Fills `blocked_keys` from the keyCompromise revocations of an index
+/// written before keys were blocked; returns how many keys it blocked.
+fn backfill_blocked_keys(txn: &WriteTransaction) -> Result<usize, LedgerError> {
+    let mut found = Vec::new();
+    {
+        let revoked = txn.open_table(REVOKED).map_err(storage)?;
+        let records = txn.open_table(RECORDS).map_err(storage)?;
+        let certs = txn.open_table(CERTIFICATES).map_err(storage)?;
+        for item in revoked.iter().map_err(storage)? {
+            let (_, v) = item.map_err(storage)?;
+            let entry: RevokedEntry = decode("revoked entry", v.value())?;
+            if entry.reason != KEY_COMPROMISE {
+                continue;
+            }
+            let key = &entry.serial.as_bytes()[..];
+            let Some(r) = records.get(key).map_err(storage)? else {
+                continue;
+            };
+            let record: LedgerRecord = decode("record", r.value())?;
+            let spki = match record.intent.spki_sha256 {
+                Some(h) => Some(h),
+                None => certs
+                    .get(key)
+                    .map_err(storage)?
+                    .and_then(|der| spki_sha256_of_certificate(der.value())),
+            };
+            if let Some(spki) = spki {
+                found.push((
+                    spki,
+                    BlockedKey {
+                        serial: entry.serial,
+                        certifier: record.intent.certifier,
+                        revoked_at: entry.revoked_at,
+                    },
+                ));
+            }
+        }
+    }
+    let mut blocked = txn.open_table(BLOCKED_KEYS).map_err(storage)?;
+    let mut n = 0;
+    for (spki, b) in found {
+        if blocked.get(&spki[..]).map_err(storage)?.is_none() {
+            blocked
+                .insert(&spki[..], encode(&b)?.as_slice())
+                .map_err(storage)?;
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
 /// The write transaction of one journal round.
@@ -545,6 +630,9 @@ impl IndexWrite {
                     )
                     .map_err(storage)?;
                 drop(revoked);
+                if *reason == KEY_COMPROMISE {
+                    w.block_key(serial, record)?;
+                }
                 w.update_stats(&record.intent.certifier, |st| st.revoked += 1)
             }),
             Change::CrlNumber { certifier } => {
@@ -566,6 +654,36 @@ impl IndexWrite {
         }
     }
 
+    /// Blocks the key of `record` (revoked for keyCompromise), unless an
+    /// earlier revocation blocked it already.
+    fn block_key(&mut self, serial: &Serial, record: &LedgerRecord) -> Result<(), LedgerError> {
+        let spki = match record.intent.spki_sha256 {
+            Some(h) => Some(h),
+            None => {
+                let certs = self.txn.open_table(CERTIFICATES).map_err(storage)?;
+                let der = certs.get(&serial.as_bytes()[..]).map_err(storage)?;
+                der.and_then(|d| spki_sha256_of_certificate(d.value()))
+            }
+        };
+        let Some(spki) = spki else {
+            return Err(corrupt(format!(
+                "revoked certificate {serial} has no readable public key to block"
+            )));
+        };
+        let mut blocked = self.txn.open_table(BLOCKED_KEYS).map_err(storage)?;
+        if blocked.get(&spki[..]).map_err(storage)?.is_none() {
+            let entry = BlockedKey {
+                serial: *serial,
+                certifier: record.intent.certifier.clone(),
+                revoked_at: record.revoked_at.unwrap_or_default(),
+            };
+            blocked
+                .insert(&spki[..], encode(&entry)?.as_slice())
+                .map_err(storage)?;
+        }
+        Ok(())
+    }
+
     fn intent(
         &mut self,
         serial: &Serial,
@@ -576,6 +694,22 @@ impl IndexWrite {
         let mut records = self.txn.open_table(RECORDS).map_err(storage)?;
         if records.get(key).map_err(storage)?.is_some() {
             return Ok(Applied::Intent(IntentOutcome::SerialTaken));
+        }
+        if let Some(spki) = &intent.spki_sha256 {
+            let blocked = self.txn.open_table(BLOCKED_KEYS).map_err(storage)?;
+            let found: Option<BlockedKey> = blocked
+                .get(&spki[..])
+                .map_err(storage)?
+                .map(|b| decode("blocked key", b.value()))
+                .transpose()?;
+            drop(blocked);
+            if let Some(b) = found {
+                return Ok(Applied::Refused(LedgerError::KeyBlocked {
+                    key: hex::encode(spki),
+                    serial: b.serial.to_hex(),
+                    certifier: b.certifier,
+                }));
+            }
         }
         if let Some(claim) = claim {
             let mut idem = self.txn.open_table(IDEMPOTENCY).map_err(storage)?;
@@ -693,7 +827,7 @@ impl IndexWrite {
             .insert(key, encode(&stored)?.as_slice())
             .map_err(storage)?;
         drop(records);
-        if let Some(der) = der {
+        if let Some(der) = &der {
             let mut certs = self.txn.open_table(CERTIFICATES).map_err(storage)?;
             certs.insert(key, der.as_slice()).map_err(storage)?;
         }
@@ -725,6 +859,17 @@ impl IndexWrite {
                     )
                     .map_err(storage)?;
                 drop(revoked);
+                if record.revocation_reason == Some(KEY_COMPROMISE) {
+                    let mut with_der = stored.clone();
+                    with_der.certificate_der = None;
+                    if let Some(der) = &der {
+                        with_der.intent.spki_sha256 = with_der
+                            .intent
+                            .spki_sha256
+                            .or_else(|| spki_sha256_of_certificate(der));
+                    }
+                    self.block_key(serial, &with_der)?;
+                }
                 self.update_stats(&record.intent.certifier, |st| {
                     st.issued += 1;
                     st.revoked += 1;
@@ -800,5 +945,153 @@ impl IndexWrite {
     /// Drops the round's changes.
     pub fn abort(self) -> Result<(), LedgerError> {
         self.txn.abort().map_err(storage)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serial(n: u8) -> Serial {
+        let mut b = [0x31; SERIAL_LEN];
+        b[SERIAL_LEN - 1] = n;
+        Serial::from_bytes(b).expect("a serial")
+    }
+
+    fn intent(certifier: &str, spki: Option<[u8; 32]>) -> Intent {
+        Intent {
+            certifier: certifier.into(),
+            ra: "ra".into(),
+            request_id: None,
+            tbs_sha256: [7; 32],
+            profile: "tls-server".into(),
+            created: 1_800_000_000,
+            approval: None,
+            instance: String::new(),
+            spki_sha256: spki,
+        }
+    }
+
+    fn issue_and_revoke(index: &Index, s: Serial, spki: Option<[u8; 32]>, reason: u8) {
+        let der = crate::testing::certificate_der();
+        let mut w = index.write().expect("write");
+        for change in [
+            Change::Intent {
+                serial: s,
+                intent: intent("ca", spki),
+                claim: None,
+            },
+            Change::Issued {
+                serial: s,
+                der,
+                not_after: 1_900_000_000,
+                at: 1_800_000_001,
+            },
+            Change::Revoked {
+                serial: s,
+                reason,
+                at: 1_800_000_002,
+                by: "ra".into(),
+            },
+        ] {
+            let applied = w.apply(&change).expect("apply");
+            assert!(
+                matches!(
+                    applied,
+                    Applied::Intent(IntentOutcome::Recorded) | Applied::Done
+                ),
+                "{applied:?}"
+            );
+        }
+        w.commit(true).expect("commit");
+    }
+
+    fn try_intent(index: &Index, s: Serial, certifier: &str, spki: [u8; 32]) -> Applied {
+        let mut w = index.write().expect("write");
+        let applied = w
+            .apply(&Change::Intent {
+                serial: s,
+                intent: intent(certifier, Some(spki)),
+                claim: None,
+            })
+            .expect("apply");
+        w.commit(true).expect("commit");
+        applied
+    }
+
+    /// A keyCompromise revocation blocks the key for every certifier; other
+    /// reasons do not; a record without the key's hash (written before keys
+    /// were blocked) has it read from its certificate.
+    #[test]
+    fn key_compromise_blocks_the_key_at_every_certifier() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let index = Index::open(&dir.path().join("index.redb")).expect("open");
+        let spki = spki_sha256_of_certificate(&crate::testing::certificate_der()).expect("spki");
+        issue_and_revoke(&index, serial(1), Some(spki), 4);
+        assert_eq!(
+            index.blocked_key(&spki).expect("read"),
+            None,
+            "superseded blocks nothing"
+        );
+        assert!(matches!(
+            try_intent(&index, serial(2), "ca", spki),
+            Applied::Intent(IntentOutcome::Recorded)
+        ));
+        issue_and_revoke(&index, serial(3), None, KEY_COMPROMISE);
+        let blocked = index.blocked_key(&spki).expect("read").expect("blocked");
+        assert_eq!(
+            (blocked.serial, blocked.certifier.as_str()),
+            (serial(3), "ca")
+        );
+        for (n, certifier) in [(4, "ca"), (5, "another-ca")] {
+            match try_intent(&index, serial(n), certifier, spki) {
+                Applied::Refused(e @ LedgerError::KeyBlocked { .. }) => {
+                    assert_eq!(e.api_error().code, certd_api::ErrorCode::KeyBlocked);
+                    assert!(e.to_string().contains(&serial(3).to_hex()), "{e}");
+                }
+                other => panic!("{certifier}: {other:?}"),
+            }
+            assert!(
+                index.get(&serial(n)).expect("get").is_none(),
+                "nothing recorded"
+            );
+        }
+    }
+
+    /// An index of layout 1 (before `blocked_keys`) gets the table filled
+    /// from its keyCompromise revocations when it is opened.
+    #[test]
+    fn a_layout_1_index_is_backfilled() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("index.redb");
+        let spki = spki_sha256_of_certificate(&crate::testing::certificate_der()).expect("spki");
+        {
+            let index = Index::open(&path).expect("open");
+            issue_and_revoke(&index, serial(1), None, KEY_COMPROMISE);
+        }
+        // Make it look like layout 1.
+        {
+            let db = Database::create(&path).expect("db");
+            let txn = db.begin_write().expect("txn");
+            assert!(txn.delete_table(BLOCKED_KEYS).expect("delete"));
+            txn.open_table(META)
+                .expect("meta")
+                .insert(FORMAT_KEY, FORMAT_1)
+                .expect("format");
+            txn.commit().expect("commit");
+        }
+        let index = Index::open(&path).expect("reopen");
+        let blocked = index.blocked_key(&spki).expect("read").expect("backfilled");
+        assert_eq!(blocked.serial, serial(1));
+        assert!(matches!(
+            try_intent(&index, serial(2), "ca", spki),
+            Applied::Refused(LedgerError::KeyBlocked { .. })
+        ));
+        drop(index);
+        let db = Database::create(&path).expect("db");
+        let txn = db.begin_read().expect("txn");
+        let meta = txn.open_table(META).expect("meta");
+        let format = meta.get(FORMAT_KEY).expect("get").expect("format");
+        assert_eq!(format.value(), FORMAT);
     }
 }

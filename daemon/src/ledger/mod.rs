@@ -25,7 +25,8 @@ use certd_api::{ApiError, ErrorCode};
 
 pub use self::sled::SledLedger;
 pub use record::{
-    CertifierStats, IdempotencyEntry, Intent, LedgerRecord, RecordState, RevokedEntry, Summary,
+    spki_sha256_of_certificate, BlockedKey, CertifierStats, IdempotencyEntry, Intent, LedgerRecord,
+    RecordState, RevokedEntry, Summary,
 };
 pub use serial::{Serial, SerialError, SERIAL_LEN};
 
@@ -67,6 +68,18 @@ pub enum LedgerError {
     /// The OS random number generator failed.
     #[error("the OS random number generator failed: {0}")]
     Rng(getrandom::Error),
+    /// The subscriber key was revoked for keyCompromise and is blocked.
+    #[error(
+        "the public key (SPKI SHA-256 {key}) was revoked for keyCompromise with certificate {serial} of certifier {certifier:?} and is never certified again: generate a new key pair and a new CSR"
+    )]
+    KeyBlocked {
+        /// SHA-256 of the SubjectPublicKeyInfo, hex.
+        key: String,
+        /// The revoked certificate that blocked it, hex.
+        serial: String,
+        /// Its certifier.
+        certifier: String,
+    },
     /// A stored value could not be decoded; the ledger needs inspection.
     #[error("ledger data is corrupt: {0}; restore the state directory from backup")]
     Corrupt(String),
@@ -81,14 +94,17 @@ impl LedgerError {
             Self::InvalidState { .. } => "invalid_state",
             Self::Rng(_) => "internal",
             Self::Corrupt(_) => "ledger_corrupt",
+            Self::KeyBlocked { .. } => "key_blocked",
         }
     }
 
     /// The API's answer to this error: `ledger_unavailable` while the
-    /// storage fails (clients retry), `internal` for everything else.
+    /// storage fails (clients retry), `key_blocked` for a blocked key,
+    /// `internal` for everything else.
     pub fn api_error(&self) -> ApiError {
         match self {
             Self::Storage(_) => ApiError::new(ErrorCode::LedgerUnavailable, self.to_string()),
+            Self::KeyBlocked { .. } => ApiError::new(ErrorCode::KeyBlocked, self.to_string()),
             other => ApiError::new(ErrorCode::Internal, other.to_string()),
         }
     }

@@ -23,6 +23,32 @@ mod hex_bytes {
         Ok(out)
     }
 
+    pub(super) mod option {
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        pub(crate) fn serialize<S: Serializer>(
+            bytes: &Option<[u8; 32]>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            match bytes {
+                Some(bytes) => s.serialize_some(&hex::encode(bytes)),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<[u8; 32]>, D::Error> {
+            Option::<String>::deserialize(d)?
+                .map(|text| {
+                    let mut out = [0u8; 32];
+                    hex::decode_to_slice(&text, &mut out).map_err(serde::de::Error::custom)?;
+                    Ok(out)
+                })
+                .transpose()
+        }
+    }
+
     pub(super) mod option_vec {
         use serde::{Deserialize, Deserializer, Serializer};
 
@@ -72,6 +98,28 @@ pub struct Intent {
     /// written before instances were recorded, which are the local one's.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub instance: String,
+    /// SHA-256 of the subscriber's SubjectPublicKeyInfo (DER): the intent
+    /// is refused if that key is blocked, and a keyCompromise revocation
+    /// blocks it. Absent in intents written before keys were blocked.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "hex_bytes::option"
+    )]
+    pub spki_sha256: Option<[u8; 32]>,
+}
+
+/// A public key that certd never certifies again: revoked for
+/// keyCompromise (RFC 5280 reason 1), with the revocation that blocked it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlockedKey {
+    /// The certificate whose revocation blocked the key.
+    pub serial: Serial,
+    /// Its certifier.
+    pub certifier: String,
+    /// When it was revoked, in Unix seconds.
+    pub revoked_at: i64,
 }
 
 /// Where a serial is in its life. It only ever moves forward:
@@ -174,6 +222,20 @@ impl Summary {
             not_before: crate::clock::unix_seconds(tbs.validity().not_before.to_system_time()),
         })
     }
+}
+
+/// SHA-256 of a DER certificate's SubjectPublicKeyInfo (`None` if it does
+/// not decode).
+pub fn spki_sha256_of_certificate(der: &[u8]) -> Option<[u8; 32]> {
+    use der::{Decode, Encode};
+    use sha2::Digest;
+    let cert = x509_cert::Certificate::from_der(der).ok()?;
+    let spki = cert
+        .tbs_certificate()
+        .subject_public_key_info()
+        .to_der()
+        .ok()?;
+    Some(sha2::Sha256::digest(spki).into())
 }
 
 impl LedgerRecord {

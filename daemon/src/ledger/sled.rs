@@ -958,6 +958,7 @@ mod tests {
             created: 1_700_000_000,
             approval: None,
             instance: String::new(),
+            spki_sha256: None,
         }
     }
 

@@ -62,6 +62,7 @@ pub(super) struct Outcome {
 pub(super) struct Ctx {
     pub client: CertdClient,
     pub kind: Option<ProfileKind>,
+    pub vouching: super::Vouching,
     pub profile: String,
     pub certifier: Option<String>,
     pub not_after: Option<String>,
@@ -472,6 +473,7 @@ async fn process(ctx: &Ctx, work: &Work) -> Result<Delivered, RowFailure> {
         ctx.not_after.as_deref(),
         csr,
         work.request_id.clone(),
+        &ctx.vouching,
     );
     let mut maybe = false;
     let (result, _) = retry(
@@ -500,6 +502,14 @@ async fn process(ctx: &Ctx, work: &Work) -> Result<Delivered, RowFailure> {
             });
         }
     };
+    if let Some(e) = Error::revoked(&work.request_id, &resp) {
+        // Nothing to deliver, and a re-run would get the same answer.
+        return Err(RowFailure {
+            serial: Some(resp.serial.clone()),
+            may_exist: true,
+            ..RowFailure::from(e)
+        });
+    }
     let clamped = resp.not_after_clamped
         || ctx
             .not_after

@@ -82,6 +82,91 @@ pub struct BatchOptions {
     pub progress: ProgressMode,
     /// Stop dispatching on Ctrl-C (the binary sets this).
     pub handle_ctrl_c: bool,
+    /// The organization and the officer's attestation every request
+    /// carries.
+    pub vouching: Vouching,
+}
+
+/// What a batch adds to every row's request: the organization a
+/// sponsor-validated subject names, and the officer who vouches for the
+/// list (the mailboxes and, for a person, the identity) and when they
+/// checked it. The time is given, not taken, so a resumed batch sends the
+/// very same requests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Vouching {
+    /// organizationName (`--organization`).
+    pub organization: Option<String>,
+    /// organizationIdentifier (`--organization-identifier`).
+    pub organization_identifier: Option<String>,
+    /// countryName (`--country`).
+    pub country: Option<String>,
+    /// The officer (`--attested-by`).
+    pub attested_by: Option<String>,
+    /// When they checked, RFC 3339 (`--attested-at`).
+    pub attested_at: Option<String>,
+}
+
+impl Vouching {
+    /// Checks the options before anything is sent: a well-formed officer
+    /// and an RFC 3339 time that is not in the future.
+    pub fn check(&self) -> Result<(), Error> {
+        if let Some(by) = &self.attested_by {
+            certd_api::evidence::check_person_id(by)
+                .map_err(|e| Error::Usage(format!("--attested-by: {e}")))?;
+        }
+        if let Some(at) = &self.attested_at {
+            let t = time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
+                .map_err(|e| {
+                    Error::Usage(format!(
+                        "--attested-at {at:?} is not an RFC 3339 time like 2026-12-01T09:00:00Z: {e}"
+                    ))
+                })?;
+            if t > time::OffsetDateTime::now_utc() + time::Duration::minutes(5) {
+                return Err(Error::Usage(format!(
+                    "--attested-at {at} is in the future: give the time the officer checked the list"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// What it adds to the batch id (nothing when empty, so earlier batch
+    /// ids stay as they were).
+    fn spec(&self) -> String {
+        if *self == Vouching::default() {
+            return String::new();
+        }
+        format!(
+            "\norganization={}\norganization_identifier={}\ncountry={}\nattested_by={}\nattested_at={}",
+            self.organization.as_deref().unwrap_or(""),
+            self.organization_identifier.as_deref().unwrap_or(""),
+            self.country.as_deref().unwrap_or(""),
+            self.attested_by.as_deref().unwrap_or(""),
+            self.attested_at.as_deref().unwrap_or("")
+        )
+    }
+
+    /// The approval evidence for a row: the officer as requester, their
+    /// attestation of the mailbox and (for a person) the identity.
+    fn approval(&self, row: &Row) -> Option<certd_api::Approval> {
+        let (by, at) = (self.attested_by.as_ref()?, self.attested_at.as_ref()?);
+        Some(certd_api::Approval {
+            requested_by: Some(by.clone()),
+            identity: row.person.as_ref().map(|_| certd_api::IdentityValidation {
+                attested_by: by.clone(),
+                method: "officer_attestation".into(),
+                checked_at: at.clone(),
+                detail: None,
+            }),
+            approved_by: Vec::new(),
+            validations: vec![certd_api::Validation {
+                name: row.email.clone(),
+                method: "officer_attestation".into(),
+                checked_at: at.clone(),
+                detail: None,
+            }],
+        })
+    }
 }
 
 /// An invalid row, as reported.
@@ -289,6 +374,7 @@ fn expiry_spec(opts: &BatchOptions) -> String {
 }
 
 /// The request certd gets for a row.
+#[allow(clippy::too_many_arguments)] // each is one part of the request; a struct would only rename them
 pub fn build_request(
     row: &Row,
     kind: Option<ProfileKind>,
@@ -297,14 +383,22 @@ pub fn build_request(
     not_after: Option<&str>,
     csr: String,
     request_id: String,
+    vouching: &Vouching,
 ) -> IssueRequest {
     let common_name = row.common_name.clone().or_else(|| match kind {
         Some(ProfileKind::SmimeMailbox) => Some(row.email.clone()),
+        Some(ProfileKind::SmimePerson) => row.person.as_ref().map(|(g, s)| format!("{g} {s}")),
         _ => None,
     });
+    let person = kind == Some(ProfileKind::SmimePerson);
     let subject = Subject {
         common_name,
         organizational_unit: row.organizational_unit.clone(),
+        given_name: row.person.as_ref().map(|(g, _)| g.clone()),
+        surname: row.person.as_ref().map(|(_, s)| s.clone()),
+        organization: vouching.organization.clone().filter(|_| person),
+        organization_identifier: vouching.organization_identifier.clone().filter(|_| person),
+        country: vouching.country.clone().filter(|_| person),
         ..Subject::default()
     };
     let san = SubjectAltNames {
@@ -326,7 +420,7 @@ pub fn build_request(
         subject: (subject != Subject::default()).then_some(subject),
         san: Some(san),
         not_after: not_after.map(str::to_string),
-        approval: None,
+        approval: vouching.approval(row),
     }
 }
 
@@ -336,6 +430,7 @@ pub async fn profile_rules(
     client: &CertdClient,
     profile: &str,
     base_dir: &Path,
+    vouching: &Vouching,
 ) -> Result<(Rules, Vec<String>), Error> {
     let profiles = client.profiles().await.map_err(Error::certd)?;
     let Some(p) = profiles.iter().find(|p| p.name == profile) else {
@@ -352,6 +447,7 @@ pub async fn profile_rules(
             ),
         });
     };
+    check_evidence(p, vouching)?;
     Ok((
         Rules {
             profile: profile.to_string(),
@@ -361,6 +457,45 @@ pub async fn profile_rules(
         },
         p.certifiers.clone(),
     ))
+}
+
+/// Refuses, before anything is sent, a batch whose requests could not carry
+/// the evidence the profile requires: approvals by other officers (a batch
+/// has none), validation methods other than the officer's attestation, or
+/// no officer at all.
+pub fn check_evidence(p: &certd_api::ProfileInfo, vouching: &Vouching) -> Result<(), Error> {
+    use certd_api::evidence::ValidationMethod;
+    let name = &p.name;
+    if p.approvals_required > 0 {
+        return Err(Error::Usage(format!(
+            "profile {name} needs {} approval(s) by officers other than the requester; a batch \
+             carries none: approve these requests in ra-web, or use a profile without approvals",
+            p.approvals_required
+        )));
+    }
+    for (methods, what) in [
+        (&p.dns_validation_methods, "DNS names"),
+        (&p.email_validation_methods, "email addresses"),
+    ] {
+        if !methods.is_empty() && !methods.contains(&ValidationMethod::OfficerAttestation) {
+            return Err(Error::Usage(format!(
+                "profile {name} accepts validations of {what} by {} only; a batch can carry an \
+                 officer's attestation (officer_attestation) and nothing else",
+                methods
+                    .iter()
+                    .map(|m| m.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+    }
+    if p.requires_approval && vouching.attested_by.is_none() {
+        return Err(Error::Usage(format!(
+            "profile {name} requires evidence for every request: pass --attested-by OFFICER \
+             --attested-at TIME, the officer who checked this list and when"
+        )));
+    }
+    Ok(())
 }
 
 /// Refuses to start when the certifier that would sign is not active.
@@ -491,6 +626,7 @@ pub async fn run(client: Option<CertdClient>, opts: &BatchOptions) -> Result<Sum
     if let Some(b) = &opts.batch_id {
         check::check_batch_id(b)?;
     }
+    opts.vouching.check()?;
     let requested_not_after = crate::commands::not_after(opts.expires.as_deref(), opts.days, now)?;
     let fixed_password = opts
         .p12_password_file
@@ -521,7 +657,7 @@ pub async fn run(client: Option<CertdClient>, opts: &BatchOptions) -> Result<Sum
     let mut profile_certifiers = Vec::new();
     let mut profile_checked = false;
     if let Some(c) = &client {
-        match profile_rules(c, &opts.profile, &base_dir).await {
+        match profile_rules(c, &opts.profile, &base_dir, &opts.vouching).await {
             Ok((r, certs)) => {
                 rules = r;
                 profile_certifiers = certs;
@@ -627,7 +763,7 @@ pub async fn run(client: Option<CertdClient>, opts: &BatchOptions) -> Result<Sum
             &validation.input_sha256,
             &opts.profile,
             opts.certifier.as_deref(),
-            &expiry,
+            &format!("{expiry}{}", opts.vouching.spec()),
             opts.key_type,
         ),
     };
@@ -791,6 +927,7 @@ pub async fn run(client: Option<CertdClient>, opts: &BatchOptions) -> Result<Sum
     let ctx = Arc::new(Ctx {
         client,
         kind: rules.kind,
+        vouching: opts.vouching.clone(),
         profile: opts.profile.clone(),
         certifier: opts.certifier.clone(),
         not_after,
@@ -932,7 +1069,95 @@ mod tests {
             dns: dns.iter().map(|s| s.to_string()).collect(),
             csr: None,
             csr_path: None,
+            person: None,
         }
+    }
+
+    #[test]
+    fn evidence_a_batch_cannot_carry_is_refused_before_anything_is_sent() {
+        use certd_api::evidence::ValidationMethod::*;
+        let info = |approvals: u32, email: Vec<certd_api::evidence::ValidationMethod>| {
+            certd_api::ProfileInfo {
+                name: "p".into(),
+                kind: "smime-sponsor".into(),
+                certifiers: vec![],
+                key_types: vec![],
+                max_validity_days: 1,
+                requires_approval: approvals > 0 || !email.is_empty(),
+                approvals_required: approvals,
+                dns_validation_methods: vec![],
+                email_validation_methods: email,
+            }
+        };
+        let officer = Vouching {
+            attested_by: Some("officer-1".into()),
+            attested_at: Some("2026-12-01T09:00:00Z".into()),
+            ..Vouching::default()
+        };
+        let none = Vouching::default();
+        assert!(check_evidence(&info(0, vec![]), &none).is_ok());
+        assert!(check_evidence(&info(0, vec![EmailToken, OfficerAttestation]), &officer).is_ok());
+        for (p, v, says) in [
+            (info(1, vec![]), &officer, "approval"),
+            (info(0, vec![EmailToken]), &officer, "email_token only"),
+            (info(0, vec![OfficerAttestation]), &none, "--attested-by"),
+        ] {
+            match check_evidence(&p, v) {
+                Err(Error::Usage(m)) => assert!(m.contains(says), "{m}"),
+                other => panic!("{says}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_person_gets_their_names_the_organization_and_the_officers_evidence() {
+        let mut r = row("alice@example.com", None, &[]);
+        r.person = Some(("Alice".into(), "Example".into()));
+        let vouching = Vouching {
+            organization: Some("Example Corp".into()),
+            organization_identifier: Some("VATDE-123456789".into()),
+            country: Some("DE".into()),
+            attested_by: Some("officer-1".into()),
+            attested_at: Some("2026-12-01T09:00:00Z".into()),
+        };
+        let req = build_request(
+            &r,
+            Some(ProfileKind::SmimePerson),
+            "p",
+            None,
+            None,
+            "csr".into(),
+            "id".into(),
+            &vouching,
+        );
+        let s = req.subject.expect("subject");
+        assert_eq!(s.common_name.as_deref(), Some("Alice Example"));
+        assert_eq!(
+            (s.given_name.as_deref(), s.surname.as_deref()),
+            (Some("Alice"), Some("Example"))
+        );
+        assert_eq!(
+            s.organization_identifier.as_deref(),
+            Some("VATDE-123456789")
+        );
+        let a = req.approval.expect("evidence");
+        assert_eq!(a.requested_by.as_deref(), Some("officer-1"));
+        assert_eq!(
+            a.identity.expect("identity").checked_at,
+            "2026-12-01T09:00:00Z"
+        );
+        assert_eq!(a.validations[0].name, "alice@example.com");
+        assert_eq!(a.validations[0].method, "officer_attestation");
+        // A batch with other vouching is another batch; none keeps the id.
+        assert_eq!(Vouching::default().spec(), "");
+        assert_ne!(vouching.spec(), "");
+        assert!(Vouching {
+            attested_at: Some("tomorrow".into()),
+            ..vouching.clone()
+        }
+        .check()
+        .is_err());
+        assert!(vouching.check().is_ok());
     }
 
     #[test]
@@ -970,6 +1195,7 @@ mod tests {
             None,
             "csr".into(),
             "id".into(),
+            &Vouching::default(),
         );
         assert_eq!(
             req.subject.and_then(|s| s.common_name).as_deref(),
@@ -992,6 +1218,7 @@ mod tests {
             Some("2030-01-01T00:00:00Z"),
             "csr".into(),
             "id".into(),
+            &Vouching::default(),
         );
         let san = req.san.expect("san");
         assert!(san.email.is_empty());

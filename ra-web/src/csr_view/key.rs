@@ -3,6 +3,7 @@
 //! `ring` as certd does.
 
 use super::{KeyAlgorithm, Problem, ProblemCode, PublicKeyView};
+use certd_api::keys::bit_length;
 use const_oid::db::{rfc5912, rfc8410};
 use const_oid::ObjectIdentifier;
 use der::asn1::{BitString, UintRef};
@@ -138,36 +139,23 @@ fn rsa(key: &mut Key, bytes: &[u8]) {
 
     let n_odd = n.last().is_some_and(|b| b & 1 == 1);
     let e_odd = e.last().is_some_and(|b| b & 1 == 1);
-    if bits < 2048 {
+    // certd's own rules (certd_api::keys), so this view and certd agree.
+    if let Err(refusal) = certd_api::keys::check_rsa(n, e) {
+        let code = match &refusal {
+            certd_api::keys::KeyRefusal::NotPermitted(_) => ProblemCode::UnsupportedKey,
+            _ if bits >= 2048 && n_odd && exponent != Some(certd_api::keys::RSA_EXPONENT) => {
+                if exponent.is_some_and(|x| x > certd_api::keys::RSA_EXPONENT) {
+                    ProblemCode::UnusualRsaExponent
+                } else {
+                    ProblemCode::WeakRsaExponent
+                }
+            }
+            _ => ProblemCode::WeakRsaKey,
+        };
         key.problems.push(Problem::error(
-            ProblemCode::WeakRsaKey,
-            format!(
-                "the RSA key has {bits} bits; at least 2048 are required: ask the subscriber for a new key and CSR"
-            ),
+            code,
+            format!("{}; certd refuses this key", refusal.message()),
         ));
-    }
-    if !n_odd {
-        key.problems.push(Problem::error(
-            ProblemCode::WeakRsaKey,
-            "the RSA modulus is even, so this is not a usable RSA key: ask the subscriber for a new key and CSR",
-        ));
-    }
-    match exponent {
-        _ if !e_odd => key.problems.push(Problem::error(
-            ProblemCode::WeakRsaExponent,
-            "the RSA public exponent is even, so the key does not work: ask the subscriber for a new key (exponent 65537) and CSR",
-        )),
-        Some(x) if x < 65537 => key.problems.push(Problem::error(
-            ProblemCode::WeakRsaExponent,
-            format!(
-                "the RSA public exponent is {x}; small exponents are weak and certd accepts only 65537: ask the subscriber for a new key and CSR"
-            ),
-        )),
-        Some(65537) => {}
-        _ => key.problems.push(Problem::warning(
-            ProblemCode::UnusualRsaExponent,
-            "the RSA public exponent is not 65537, the only one certd accepts: ask the subscriber for a new key and CSR",
-        )),
     }
 
     // ring checks proof of possession for keys of 1024 to 8192 bits with an
@@ -185,16 +173,6 @@ fn rsa(key: &mut Key, bytes: &[u8]) {
             bits,
         }
     };
-}
-
-/// The number of significant bits of a big-endian unsigned integer.
-fn bit_length(be: &[u8]) -> u32 {
-    let skip = be.iter().take_while(|&&b| b == 0).count();
-    let Some(&first) = be.get(skip) else {
-        return 0;
-    };
-    let bits = (be.len() - skip) as u64 * 8 - u64::from(first.leading_zeros());
-    u32::try_from(bits).unwrap_or(u32::MAX)
 }
 
 fn u64_of(be: &[u8]) -> Option<u64> {
@@ -431,6 +409,9 @@ pub(super) fn check_signature(
     signature: &BitString,
 ) -> Option<Problem> {
     let sig_name = sig_alg.name();
+    if let Err(why) = certd_api::keys::check_csr_signature_algorithm(&algorithm.oid.to_string()) {
+        return Some(Problem::error(ProblemCode::SignatureAlgorithmRefused, why));
+    }
     if let (Some(k), Some(s)) = (key_family(&key.view), sig_alg.family()) {
         if k != s {
             return Some(bad_signature(format!(

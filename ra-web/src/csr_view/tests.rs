@@ -446,8 +446,57 @@ fn ed448_is_an_unsupported_key() {
         codes(&view),
         vec![
             (ProblemCode::UnsupportedKey, Severity::Error),
-            (ProblemCode::SignatureNotVerified, Severity::Warning),
+            (ProblemCode::SignatureAlgorithmRefused, Severity::Error),
         ]
+    );
+}
+
+/// The view applies certd's own rules (certd_api::keys): what certd would
+/// refuse is an error here, not a warning.
+#[test]
+fn what_certd_refuses_is_an_error_in_the_view() {
+    let ossl = Openssl::new();
+    let sha1 = decode(&ossl.csr(
+        "sha1",
+        &[
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-sha1",
+        ],
+        "/CN=sha1.example.org",
+        &[],
+    ));
+    assert_eq!(
+        codes(&sha1),
+        vec![(ProblemCode::SignatureAlgorithmRefused, Severity::Error)]
+    );
+    assert!(
+        sha1.problems[0].message.contains("SHA-1"),
+        "{:?}",
+        sha1.problems
+    );
+    let odd_size = decode(&ossl.csr(
+        "rsa2560",
+        &["-newkey", "rsa:2560"],
+        "/CN=odd.example.org",
+        &[],
+    ));
+    assert_eq!(
+        codes(&odd_size),
+        vec![(ProblemCode::UnsupportedKey, Severity::Error)]
+    );
+    assert!(odd_size.problems[0].message.contains("2560 bits"));
+    let big_exponent = decode(&ossl.csr(
+        "rsa-e",
+        &["-newkey", "rsa:2048", "-pkeyopt", "rsa_keygen_pubexp:65539"],
+        "/CN=e.example.org",
+        &[],
+    ));
+    assert_eq!(
+        codes(&big_exponent),
+        vec![(ProblemCode::UnusualRsaExponent, Severity::Error)]
     );
 }
 
@@ -746,6 +795,10 @@ fn error_codes_and_json_are_stable() {
         (ProblemCode::UnusualRsaExponent, "unusual_rsa_exponent"),
         (ProblemCode::BadSignature, "bad_signature"),
         (ProblemCode::SignatureNotVerified, "signature_not_verified"),
+        (
+            ProblemCode::SignatureAlgorithmRefused,
+            "signature_algorithm_refused",
+        ),
         (ProblemCode::BadExtension, "bad_extension"),
         (ProblemCode::CaRequested, "ca_requested"),
         (ProblemCode::InvalidSan, "invalid_san"),
