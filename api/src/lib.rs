@@ -319,6 +319,10 @@ pub struct CertifierHealth {
     /// Why, when unavailable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The certifier's own certificate, PEM: what RAs publish as the CA
+    /// certificate (caIssuers) and chain to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<String>,
 }
 
 /// RFC 5280 CRLReason names and codes accepted for revocation.

@@ -76,6 +76,7 @@ pub fn health(certifiers: &Certifiers) -> Health {
                     State::Unavailable(r) => Some(r),
                     _ => None,
                 },
+                certificate: c.chain_pems.first().cloned(),
             }
         })
         .collect();

@@ -110,6 +110,12 @@ fn certd_message(source: &ClientError, hint: &Option<String>) -> String {
     }
 }
 
+impl From<ra_core::formats::FormatError> for Error {
+    fn from(e: ra_core::formats::FormatError) -> Error {
+        Error::Crypto(e.0)
+    }
+}
+
 impl Error {
     /// The process exit status for this error.
     pub fn exit_code(&self) -> i32 {

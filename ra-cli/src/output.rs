@@ -6,11 +6,6 @@
 //! (`.tmp-*`) of a killed run are removed by the next one.
 
 use crate::error::Error;
-use cms::cert::CertificateChoices;
-use cms::content_info::{CmsVersion, ContentInfo};
-use cms::signed_data::{CertificateSet, EncapsulatedContentInfo, SignedData, SignerInfos};
-use der::asn1::SetOfVec;
-use der::{Decode, Encode};
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -51,55 +46,7 @@ impl FromStr for Format {
     }
 }
 
-/// DER of a PEM certificate.
-pub fn pem_to_der(pem: &str) -> Result<Vec<u8>, Error> {
-    let (label, der) = der::pem::decode_vec(pem.trim().as_bytes())
-        .map_err(|e| Error::Crypto(format!("certificate from certd: {e}")))?;
-    if label != "CERTIFICATE" {
-        return Err(Error::Crypto(format!(
-            "certificate from certd has PEM label {label:?}"
-        )));
-    }
-    Ok(der)
-}
-
-/// The certificate followed by its chain, PEM, each ending in a newline.
-pub fn pem_bundle(leaf: &str, chain: &[String]) -> String {
-    let mut out = String::new();
-    for c in std::iter::once(leaf).chain(chain.iter().map(String::as_str)) {
-        out.push_str(c.trim_end());
-        out.push('\n');
-    }
-    out
-}
-
-/// A degenerate PKCS#7 / CMS SignedData holding only certificates (RFC
-/// 5652 §5; what `openssl crl2pkcs7 -nocrl` writes), DER.
-pub fn p7b(certs: &[Vec<u8>]) -> Result<Vec<u8>, Error> {
-    let err = |e: der::Error| Error::Crypto(format!("PKCS#7: {e}"));
-    let mut set = SetOfVec::new();
-    for c in certs {
-        let cert = x509_cert::Certificate::from_der(c).map_err(err)?;
-        set.insert(CertificateChoices::Certificate(cert))
-            .map_err(err)?;
-    }
-    let signed = SignedData {
-        version: CmsVersion::V1,
-        digest_algorithms: SetOfVec::new(),
-        encap_content_info: EncapsulatedContentInfo {
-            econtent_type: const_oid::db::rfc5911::ID_DATA,
-            econtent: None,
-        },
-        certificates: Some(CertificateSet(set)),
-        crls: None,
-        signer_infos: SignerInfos(SetOfVec::new()),
-    };
-    let info = ContentInfo {
-        content_type: const_oid::db::rfc5911::ID_SIGNED_DATA,
-        content: der::Any::encode_from(&signed).map_err(err)?,
-    };
-    info.to_der().map_err(err)
-}
+pub use ra_core::formats::{p7b, pem_bundle, pem_to_der};
 
 /// Writes `bytes` to `path` atomically (temporary file created with
 /// permissions `mode`, then rename). With `durable`, the data is flushed to

@@ -378,6 +378,20 @@ pub fn decode_csr(input: &[u8]) -> Result<CsrView, DecodeError> {
     Ok(view(input_format, parsed))
 }
 
+/// The CSR as PEM ("CERTIFICATE REQUEST"), from any input [`decode_csr`]
+/// accepts: what is stored and sent to certd.
+pub fn csr_pem(input: &[u8]) -> Result<String, DecodeError> {
+    if input.len() > MAX_INPUT {
+        return Err(DecodeError::TooLarge { len: input.len() });
+    }
+    let (_, der) = input::unwrap(input)?;
+    der::pem::encode_string("CERTIFICATE REQUEST", der::pem::LineEnding::LF, &der).map_err(|e| {
+        DecodeError::BadDer {
+            detail: e.to_string(),
+        }
+    })
+}
+
 /// A request as decoded, before it is described.
 struct Parsed<'a> {
     csr: CertReq,

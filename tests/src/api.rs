@@ -1192,9 +1192,14 @@ impl ApiCa {
     /// socket bound here (the demo certifier stays locked) and reads what
     /// it set up from `DIR/demo.env`.
     pub fn from_demo(dir: &Path, certd: &Path) -> ApiCa {
+        ApiCa::from_demo_with(dir, certd, &[])
+    }
+
+    /// [`ApiCa::from_demo`] with more options for `./demo`.
+    pub fn from_demo_with(dir: &Path, certd: &Path, extra: &[&str]) -> ApiCa {
         let api_socket = ApiSocket::bind();
         let port = api_socket.port();
-        let env = crate::demo::setup(dir, port);
+        let env = crate::demo::setup_with(dir, port, extra);
         let pin_file = env.path("PIN_FILE");
         let config_path = env.path("CERTD_CONFIG");
         assert_eq!(env.get("CERTD_URL"), api_socket.url());

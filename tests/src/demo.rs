@@ -63,10 +63,16 @@ impl DemoEnv {
 /// `--release-build` when the test is itself a release build), and returns
 /// the `demo.env` it wrote. The demo certifier stays locked.
 pub fn setup(dir: &Path, port: u16) -> DemoEnv {
+    setup_with(dir, port, &[])
+}
+
+/// [`setup`] with more options for `./demo` (e.g. `--web-port`).
+pub fn setup_with(dir: &Path, port: u16, extra: &[&str]) -> DemoEnv {
     let certd = crate::bin("certd");
-    // ra-cli's configuration is part of the set-up; its binary is used by
-    // the tests that read it.
+    // ra-cli's and ra-web's configurations are part of the set-up (ra-web
+    // checks its own and creates the admin account).
     let _ = crate::bin("ra-cli");
+    let _ = crate::bin("ra-web");
     let profile_flag = match certd
         .parent()
         .and_then(Path::file_name)
@@ -79,7 +85,8 @@ pub fn setup(dir: &Path, port: u16) -> DemoEnv {
         .arg("--setup-only")
         .arg("--dir")
         .arg(dir)
-        .args(["--port", &port.to_string(), profile_flag]));
+        .args(["--port", &port.to_string(), profile_flag])
+        .args(extra));
     out.assert_success();
     DemoEnv::read(&dir.join("demo.env"))
 }

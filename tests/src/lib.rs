@@ -21,6 +21,7 @@ pub mod pkcs11;
 pub mod process;
 pub mod ready;
 pub mod token;
+pub mod web;
 
 pub use certd::{CertdConfig, CertdInstance, CertifierSpec};
 pub use demo::DemoEnv;

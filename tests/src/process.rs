@@ -293,6 +293,11 @@ impl ChildGuard {
         child.wait().ok()
     }
 
+    /// Its piped standard output, taken (once).
+    pub fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.child.as_mut()?.stdout.take()
+    }
+
     /// Gives up ownership: the caller now reaps the process.
     pub fn into_inner(mut self) -> Option<Child> {
         self.child.take()

@@ -175,6 +175,29 @@ impl ApiSocket {
         format!("https://127.0.0.1:{}", self.port)
     }
 
+    /// Makes `cmd` start with `sockets` as fds 3, 4, ... named in
+    /// `LISTEN_FDNAMES`, the way systemd passes several sockets.
+    pub fn pass_all(cmd: &mut Command, sockets: &[(&ApiSocket, &str)]) {
+        let mappings = sockets
+            .iter()
+            .enumerate()
+            .map(|(i, (s, _))| FdMapping {
+                parent_fd: s
+                    .listener
+                    .try_clone()
+                    .expect("a duplicate of the listening socket")
+                    .into(),
+                child_fd: 3 + i as i32,
+            })
+            .collect();
+        cmd.fd_mappings(mappings)
+            .expect("the fds are free in the child");
+        let names: Vec<&str> = sockets.iter().map(|(_, n)| *n).collect();
+        cmd.env("LISTEN_FDS", sockets.len().to_string())
+            .env("LISTEN_FDNAMES", names.join(":"))
+            .env_remove("LISTEN_PID");
+    }
+
     /// Makes `cmd` start with this socket as fd 3 and `LISTEN_FDS=1`
     /// (without `LISTEN_PID`, which only the forked child could know; the
     /// daemon then takes the socket as its own).
