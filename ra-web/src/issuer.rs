@@ -68,13 +68,21 @@ pub async fn issue(app: &App, id: u64, actor: &str) -> Option<Request> {
     let result = match &outcome {
         Ok(resp) => {
             let resp = resp.clone();
+            // certd's ledger holds the certificate durably; this record of
+            // it is committed without an fsync of its own. A crash that loses
+            // it leaves the request approved, and the worker's retry gets
+            // certd's replay of the same certificate.
             tokio::task::spawn_blocking(move || {
-                store.update_request(id, |r| {
-                    if r.state == State::Approved {
-                        workflow::issued(r, &resp, &actor2, now);
-                    }
-                    Ok::<_, crate::store::StoreError>(())
-                })
+                store.update_request_then(
+                    id,
+                    |r| {
+                        if r.state == State::Approved {
+                            workflow::issued(r, &resp, &actor2, now);
+                        }
+                        Ok::<_, crate::store::StoreError>(())
+                    },
+                    |r| r.state != State::Issued,
+                )
             })
             .await
         }
@@ -108,7 +116,7 @@ pub async fn issue(app: &App, id: u64, actor: &str) -> Option<Request> {
     };
     match &outcome {
         Ok(resp) => {
-            app.event(
+            app.request_event(
                 actor,
                 "request_issued",
                 Some(stored.enterprise),

@@ -212,6 +212,22 @@ impl Store {
         Ok(out)
     }
 
+    /// A write transaction committed without its own fsync: it becomes
+    /// durable with the next durable commit, and a crash before that loses
+    /// it. For what ra-web can lose without harm (sessions; event-log copies
+    /// of request transitions already stored durably in the request).
+    fn write_lazily<T>(
+        &self,
+        f: impl FnOnce(&WriteTransaction) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut txn = self.db.begin_write().map_err(storage)?;
+        txn.set_durability(redb::Durability::None)
+            .map_err(storage)?;
+        let out = f(&txn)?;
+        txn.commit().map_err(storage)?;
+        Ok(out)
+    }
+
     /// Takes the next number of counter `name` inside `txn`.
     fn next_id(txn: &WriteTransaction, name: &str) -> Result<u64, StoreError> {
         let mut meta = txn.open_table(META).map_err(storage)?;
@@ -444,7 +460,18 @@ impl Store {
         id: u64,
         f: impl FnOnce(&mut Request) -> Result<T, E>,
     ) -> Result<(Request, T), E> {
-        let txn = self.db.begin_write().map_err(storage)?;
+        self.update_request_then(id, f, |_| true)
+    }
+
+    /// [`Store::update_request`], committed durably only if `durable` says
+    /// so of the changed request (otherwise with the next durable commit).
+    pub fn update_request_then<T, E: From<StoreError>>(
+        &self,
+        id: u64,
+        f: impl FnOnce(&mut Request) -> Result<T, E>,
+        durable: impl FnOnce(&Request) -> bool,
+    ) -> Result<(Request, T), E> {
+        let mut txn = self.db.begin_write().map_err(storage)?;
         let old: Request = {
             let t = txn.open_table(REQUESTS).map_err(storage)?;
             let v = t.get(id).map_err(storage)?;
@@ -456,6 +483,10 @@ impl Store {
         let mut r = old.clone();
         let out = f(&mut r)?;
         Store::put_request_in(&txn, Some(&old), &r)?;
+        if !durable(&r) {
+            txn.set_durability(redb::Durability::None)
+                .map_err(storage)?;
+        }
         txn.commit().map_err(storage)?;
         Ok((r, out))
     }
@@ -561,8 +592,18 @@ impl Store {
     // --- events -------------------------------------------------------------
 
     /// Appends an event; its number and time are set here.
-    pub fn append_event(&self, mut e: Event) -> Result<Event, StoreError> {
-        self.write(|txn| {
+    pub fn append_event(&self, e: Event) -> Result<Event, StoreError> {
+        self.append_event_in(e, true)
+    }
+
+    /// Appends an event without an fsync of its own ([`Store::write_lazily`]):
+    /// for copies of request transitions the request already holds.
+    pub fn append_event_lazily(&self, e: Event) -> Result<Event, StoreError> {
+        self.append_event_in(e, false)
+    }
+
+    fn append_event_in(&self, mut e: Event, durable: bool) -> Result<Event, StoreError> {
+        let f = |txn: &WriteTransaction| {
             e.id = Store::next_id(txn, "event")?;
             let mut t = txn.open_table(EVENTS).map_err(storage)?;
             t.insert(e.id, enc(&e)?.as_slice()).map_err(storage)?;
@@ -570,8 +611,13 @@ impl Store {
             for k in event_keys(&e) {
                 idx.insert((k.as_str(), e.id), ()).map_err(storage)?;
             }
-            Ok(e)
-        })
+            Ok(e.clone())
+        };
+        if durable {
+            self.write(f)
+        } else {
+            self.write_lazily(f)
+        }
     }
 
     /// A page of events, newest first.
@@ -634,9 +680,10 @@ impl Store {
         Ok(t.get(key).map_err(storage)?.map(|v| v.value().to_vec()))
     }
 
-    /// Stores a session.
+    /// Stores a session (without an fsync of its own: a crash may sign
+    /// people out, nothing more).
     pub fn put_session(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        self.write(|txn| {
+        self.write_lazily(|txn| {
             let mut t = txn.open_table(SESSIONS).map_err(storage)?;
             t.insert(key, value).map_err(storage)?;
             Ok(())
@@ -645,7 +692,7 @@ impl Store {
 
     /// Stores a session only if `key` is unused; false when it is taken.
     pub fn create_session(&self, key: &[u8], value: &[u8]) -> Result<bool, StoreError> {
-        self.write(|txn| {
+        self.write_lazily(|txn| {
             let mut t = txn.open_table(SESSIONS).map_err(storage)?;
             if t.get(key).map_err(storage)?.is_some() {
                 return Ok(false);
@@ -657,6 +704,7 @@ impl Store {
 
     /// Deletes a session.
     pub fn delete_session(&self, key: &[u8]) -> Result<(), StoreError> {
+        // Durable: a sign-out must survive a crash.
         self.write(|txn| {
             let mut t = txn.open_table(SESSIONS).map_err(storage)?;
             t.remove(key).map_err(storage)?;

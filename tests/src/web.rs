@@ -67,6 +67,25 @@ impl WebCa {
     /// by then): tests edit ra-web's configuration there, benchmarks fill
     /// its store ([`state_dir`]).
     pub fn start_with(before_ra_web: impl FnOnce(&DemoEnv)) -> WebCa {
+        WebCa::start_inner(before_ra_web, false).0
+    }
+
+    /// [`WebCa::start`] with certd reaching the token through the
+    /// fault-injecting PKCS#11 module (mode `pass`), so a test can hold
+    /// certd's `C_Sign` ([`crate::fault::FaultMode::Stall`]). Returns once
+    /// the CRL certd signs at activation is signed: the next signature is a
+    /// certificate's. Also returns the module's control and its count file.
+    pub fn start_through_fault_module() -> (WebCa, crate::fault::FaultControl, PathBuf) {
+        let (ca, fault) = WebCa::start_inner(|_| {}, true);
+        let (control, count) = fault.expect("the fault module is in use");
+        (ca, control, count)
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn start_inner(
+        before_ra_web: impl FnOnce(&DemoEnv),
+        faulty: bool,
+    ) -> (WebCa, Option<(crate::fault::FaultControl, PathBuf)>) {
         let dir = tempfile::tempdir().expect("tempdir");
         let https = ApiSocket::bind();
         let http = ApiSocket::bind();
@@ -81,13 +100,40 @@ impl WebCa {
                 &http.port().to_string(),
             ],
         );
-        let certd = api.start();
+        let (certd, fault) = if faulty {
+            api.edit_config(
+                &format!("module = {:?}", api.token.module.display().to_string()),
+                &format!(
+                    "module = {:?}",
+                    crate::fault::fault_module().display().to_string()
+                ),
+            );
+            api.check_config();
+            let control = crate::fault::FaultControl::new(&ca_dir);
+            let count = ca_dir.join("faults.log");
+            let env = crate::fault::env_for(&control, &count);
+            let env: Vec<(&str, &std::ffi::OsStr)> = env
+                .iter()
+                .map(|(k, v)| (k.as_str(), std::ffi::OsStr::new(v.as_str())))
+                .collect();
+            (api.start_with_env(&env), Some((control, count)))
+        } else {
+            (api.start(), None)
+        };
         certd.activate(CERTIFIER);
+        if faulty {
+            crate::poll_until(
+                START_LIMIT,
+                "the CRL certd signs at activation",
+                || (!certd.audit_of("crl_issued").is_empty()).then_some(()),
+                || certd.log(),
+            );
+        }
         let env = DemoEnv::read(&ca_dir.join("demo.env"));
         let log = dir.path().join("ra-web.log");
         before_ra_web(&env);
         let ra_web = WebCa::spawn(&env, &https, &http, &log, dir.path());
-        WebCa {
+        let ca = WebCa {
             ra_web,
             certd,
             url: https.url(),
@@ -97,7 +143,25 @@ impl WebCa {
             https,
             http,
             dir,
-        }
+        };
+        (ca, fault)
+    }
+
+    /// Kills ra-web (SIGKILL: no shutdown of any kind).
+    pub fn kill_ra_web(&mut self) {
+        self.ra_web.kill();
+    }
+
+    /// Starts ra-web again on the same sockets and store (after
+    /// [`WebCa::kill_ra_web`]).
+    pub fn start_ra_web(&mut self) {
+        self.ra_web = WebCa::spawn(
+            &self.env,
+            &self.https,
+            &self.http,
+            &self.log,
+            self.dir.path(),
+        );
     }
 
     fn spawn(
@@ -121,6 +185,7 @@ impl WebCa {
             .arg(env.path("RA_WEB_CONFIG"))
             .env("NOTIFY_SOCKET", notify.path())
             .env("RA_WEB_LOG", "info,ra_web=debug")
+            .env("RA_WEB_TEST_CLOCK_OFFSET_FILE", dir.join("clock-offset"))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2);
@@ -150,6 +215,13 @@ impl WebCa {
             &self.log,
             self.dir.path(),
         );
+    }
+
+    /// Moves ra-web's clock `seconds` ahead of the real time (debug builds
+    /// of ra-web read the offset on every reading: no restart, no sleep).
+    pub fn set_clock_offset(&self, seconds: i64) {
+        let p = self.dir.path().join("clock-offset");
+        std::fs::write(&p, seconds.to_string()).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     }
 
     /// The admin's user name and password.

@@ -266,8 +266,8 @@ fn main() -> Result<()> {
     let filler = args.requests;
     let issue = args.issue;
     let pool = csrs.clone();
-    let t_fill = Instant::now();
     let ca = WebCa::start_with(move |env| {
+        let t_fill = Instant::now();
         let store =
             ra_web::store::Store::open(&certd_e2e::web::state_dir(env)).expect("ra-web's store");
         store
@@ -303,12 +303,12 @@ fn main() -> Result<()> {
                 request(id, &c.pem, &c.host, State::PendingApproval, now)
             })
             .expect("requests to issue stored");
+        eprintln!(
+            "bench: {} requests stored in {:.1}s",
+            filler + issue,
+            t_fill.elapsed().as_secs_f64()
+        );
     });
-    eprintln!(
-        "bench: {} requests stored in {:.1}s",
-        filler + issue,
-        t_fill.elapsed().as_secs_f64()
-    );
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -28,7 +28,23 @@ use tower_sessions::Session;
 pub type Clock = Arc<dyn Fn() -> Unix + Send + Sync>;
 
 /// The system clock.
+///
+/// Debug builds (the ones the end-to-end tests run) honour
+/// `RA_WEB_TEST_CLOCK_OFFSET_FILE`: seconds read from that file on every
+/// reading are added to the time, so a test moves ra-web's clock (expiring
+/// a pickup link, a lockout) without sleeping. Release builds never look.
 pub fn system_clock() -> Clock {
+    #[cfg(debug_assertions)]
+    if let Some(path) = std::env::var_os("RA_WEB_TEST_CLOCK_OFFSET_FILE") {
+        let path = std::path::PathBuf::from(path);
+        return Arc::new(move || {
+            let offset = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|s| s.trim().parse::<i64>().ok())
+                .unwrap_or(0);
+            time::OffsetDateTime::now_utc().unix_timestamp() + offset
+        });
+    }
     Arc::new(|| time::OffsetDateTime::now_utc().unix_timestamp())
 }
 
@@ -101,6 +117,34 @@ impl App {
         }
         let store = self.store.clone();
         Ok(blocking(move || store.settings()).await?.require_totp)
+    }
+
+    /// Records the event-log copy of a request transition the request
+    /// already holds durably (no fsync of its own; see
+    /// [`Store::append_event_lazily`]).
+    pub async fn request_event(
+        &self,
+        actor: &str,
+        kind: &str,
+        enterprise: Option<u64>,
+        request: Option<u64>,
+        source: Option<String>,
+        detail: impl Into<String>,
+    ) {
+        let e = Event {
+            id: 0,
+            at: self.now(),
+            actor: actor.to_string(),
+            kind: kind.to_string(),
+            enterprise,
+            request,
+            source,
+            detail: detail.into(),
+        };
+        let store = self.store.clone();
+        if let Err(err) = blocking(move || store.append_event_lazily(e)).await {
+            tracing::error!(error = %err, kind, "cannot record an event");
+        }
     }
 
     /// Records an event; a store failure is logged, never hidden.
@@ -283,6 +327,7 @@ const USER_KEY: &str = "user";
 const GEN_KEY: &str = "gen";
 const AUTH_AT_KEY: &str = "auth_at";
 const FLASH_KEY: &str = "flash";
+const SEEN_KEY: &str = "seen";
 
 /// The session's CSRF token, created when missing.
 pub async fn csrf_token(session: &Session) -> Result<String, AppError> {
@@ -463,7 +508,25 @@ impl FromRequestParts<AppState> for Staff {
             return Err(StaffRejection::EnrollTotp);
         }
         let csrf = csrf_token(&session).await?;
-        let flash = session.remove::<String>(FLASH_KEY).await.map_err(err)?;
+        // Reading the session does not write it back: a flash message is
+        // removed only when there is one, and the idle expiry is extended
+        // (the session saved) at most once a minute.
+        let flash = match session.get::<String>(FLASH_KEY).await.map_err(err)? {
+            Some(f) => {
+                session.remove::<String>(FLASH_KEY).await.map_err(err)?;
+                Some(f)
+            }
+            None => None,
+        };
+        let now = app.now();
+        let seen = session
+            .get::<Unix>(SEEN_KEY)
+            .await
+            .map_err(err)?
+            .unwrap_or(0);
+        if now - seen >= 60 {
+            session.insert(SEEN_KEY, now).await.map_err(err)?;
+        }
         let ctx = Ctx {
             user: Some(UserCtx {
                 display_name: user.display_name.clone(),

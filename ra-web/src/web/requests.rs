@@ -945,12 +945,16 @@ async fn act<T: Send + 'static>(
     let user = staff.user.clone();
     let store = app.store.clone();
     let out = tokio::task::spawn_blocking(move || {
-        store.update_request(id, |r| {
-            if !user.in_enterprise(r.enterprise) {
-                return Err(AppError::NotFound(format!("request {id} not found")));
-            }
-            f(r, &user, now)
-        })
+        store.update_request_then(
+            id,
+            |r| {
+                if !user.in_enterprise(r.enterprise) {
+                    return Err(AppError::NotFound(format!("request {id} not found")));
+                }
+                f(r, &user, now)
+            },
+            |_| true,
+        )
     })
     .await
     .map_err(|e| AppError::Internal(e.to_string()))?;
@@ -961,7 +965,7 @@ async fn act<T: Send + 'static>(
                 .last()
                 .and_then(|t| t.note.clone())
                 .unwrap_or_default();
-            app.event(
+            app.request_event(
                 &staff.user.username,
                 kind,
                 Some(r.enterprise),
