@@ -369,6 +369,16 @@ async fn handle(controller: Arc<Controller>, stream: UnixStream) -> std::io::Res
         .control_gid
         .is_some_and(|g| peer_in_group(peer.pid(), peer.gid(), g));
     let allowed = uid == 0 || Some(uid) == own_uid() || in_group;
+    // The request is read before anything is answered, refused peers'
+    // included: answering and closing while the client still writes would
+    // hand it a broken pipe instead of the reason. Read straight into a
+    // buffer that is wiped when dropped (it may hold a PIN): no reader's
+    // buffer keeps a copy.
+    let mut line = Zeroizing::new(Vec::with_capacity(MAX_REQUEST + 1));
+    let mut read = read;
+    tokio::time::timeout(Duration::from_secs(30), read_line(&mut read, &mut line))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "request timed out"))??;
     let response = if !allowed {
         let _ = controller.audit.record(
             AuditEvent::new("control_refused", &actor)
@@ -378,23 +388,12 @@ async fn handle(controller: Arc<Controller>, stream: UnixStream) -> std::io::Res
             "not_authorized",
             "this user may not control certd: run as root, as the certd user, or as a member of daemon.control_group",
         )
+    } else if line.len() > MAX_REQUEST {
+        Response::error("too_large", "request too large")
     } else {
-        // Read straight into a buffer that is wiped when dropped (it may
-        // hold a PIN): no reader's buffer keeps a copy.
-        let mut line = Zeroizing::new(Vec::with_capacity(MAX_REQUEST + 1));
-        let mut read = read;
-        tokio::time::timeout(Duration::from_secs(30), read_line(&mut read, &mut line))
-            .await
-            .map_err(|_| {
-                std::io::Error::new(std::io::ErrorKind::TimedOut, "request timed out")
-            })??;
-        if line.len() > MAX_REQUEST {
-            Response::error("too_large", "request too large")
-        } else {
-            match Request::decode(&line) {
-                Ok(req) => controller.dispatch(&actor, req).await,
-                Err(e) => Response::error("bad_request", e),
-            }
+        match Request::decode(&line) {
+            Ok(req) => controller.dispatch(&actor, req).await,
+            Err(e) => Response::error("bad_request", e),
         }
     };
     let mut out = serde_json::to_vec(&response).unwrap_or_default();
