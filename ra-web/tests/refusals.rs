@@ -237,17 +237,7 @@ fn sign_in_sessions_and_headers_are_guarded() {
         &[("current", INITIAL), ("new", OWN), ("repeat", OWN)],
     );
     assert_eq!(location(&tom.get("/requests")), "/account/totp");
-    let page = body(&tom.get("/account/totp"));
-    let secret = page
-        .split("id=\"totp-secret\">")
-        .nth(1)
-        .and_then(|r| r.split('<').next())
-        .expect("the secret on the page")
-        .to_string();
-    let totp = totp_rs::Builder::new()
-        .with_secret(totp_rs::Secret::try_from_base32(&secret).expect("base32"))
-        .build()
-        .expect("a TOTP");
+    let totp = totp_of_enrolment_page(&mut tom);
     let now = || {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -293,12 +283,8 @@ fn sign_in_sessions_and_headers_are_guarded() {
     );
 }
 
-/// An officer created by a second admin session (the first must enrol a
-/// second factor first).
-fn add_user_after_totp(ca: &WebCa, user: &str) {
-    let (admin_user, password) = ca.admin();
-    let mut s = ca.session();
-    s.sign_in(&admin_user, &password);
+/// The TOTP generator of the secret that `/account/totp` shows.
+fn totp_of_enrolment_page(s: &mut WebSession) -> totp_rs::Totp {
     let page = body(&s.get("/account/totp"));
     let secret = page
         .split("id=\"totp-secret\">")
@@ -306,10 +292,19 @@ fn add_user_after_totp(ca: &WebCa, user: &str) {
         .and_then(|r| r.split('<').next())
         .expect("the secret on the page")
         .to_string();
-    let totp = totp_rs::Builder::new()
+    totp_rs::Builder::new()
         .with_secret(totp_rs::Secret::try_from_base32(&secret).expect("base32"))
         .build()
-        .expect("a TOTP");
+        .expect("a TOTP")
+}
+
+/// An officer created by a second admin session (the first must enrol a
+/// second factor first).
+fn add_user_after_totp(ca: &WebCa, user: &str) {
+    let (admin_user, password) = ca.admin();
+    let mut s = ca.session();
+    s.sign_in(&admin_user, &password);
+    let totp = totp_of_enrolment_page(&mut s);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("after 1970")

@@ -131,20 +131,8 @@ impl App {
         source: Option<String>,
         detail: impl Into<String>,
     ) {
-        let e = Event {
-            id: 0,
-            at: self.now(),
-            actor: actor.to_string(),
-            kind: kind.to_string(),
-            enterprise,
-            request,
-            source,
-            detail: detail.into(),
-        };
-        let store = self.store.clone();
-        if let Err(err) = blocking(move || store.append_event_lazily(e)).await {
-            tracing::error!(error = %err, kind, "cannot record an event");
-        }
+        let e = self.new_event(actor, kind, enterprise, request, source, detail.into());
+        self.record(e, false).await;
     }
 
     /// Records an event; a store failure is logged, never hidden.
@@ -157,7 +145,20 @@ impl App {
         source: Option<String>,
         detail: impl Into<String>,
     ) {
-        let e = Event {
+        let e = self.new_event(actor, kind, enterprise, request, source, detail.into());
+        self.record(e, true).await;
+    }
+
+    fn new_event(
+        &self,
+        actor: &str,
+        kind: &str,
+        enterprise: Option<u64>,
+        request: Option<u64>,
+        source: Option<String>,
+        detail: String,
+    ) -> Event {
+        Event {
             id: 0,
             at: self.now(),
             actor: actor.to_string(),
@@ -165,12 +166,23 @@ impl App {
             enterprise,
             request,
             source,
-            detail: detail.into(),
-        };
+            detail,
+        }
+    }
+
+    async fn record(&self, e: Event, durable: bool) {
+        let kind = e.kind.clone();
         let store = self.store.clone();
-        match blocking(move || store.append_event(e)).await {
-            Ok(_) => {}
-            Err(err) => tracing::error!(error = %err, kind, "cannot record an event"),
+        let stored = blocking(move || {
+            if durable {
+                store.append_event(e)
+            } else {
+                store.append_event_lazily(e)
+            }
+        })
+        .await;
+        if let Err(err) = stored {
+            tracing::error!(error = %err, kind, "cannot record an event");
         }
     }
 }
