@@ -49,6 +49,9 @@ pub enum Request {
     Status,
     /// Reload profiles, RAs and grants from the configuration file.
     Reload,
+    /// Mark a backup point: a durable `backup_point` entry, the end of a
+    /// consistent backup (`certd backup`).
+    Backup,
 }
 
 /// The wire form of a request; the PIN field wipes itself when dropped.
@@ -66,6 +69,7 @@ enum Wire {
     },
     Status {},
     Reload {},
+    Backup {},
 }
 
 impl Request {
@@ -82,6 +86,7 @@ impl Request {
             },
             Request::Status => Wire::Status {},
             Request::Reload => Wire::Reload {},
+            Request::Backup => Wire::Backup {},
         };
         let mut out = Zeroizing::new(Vec::with_capacity(256));
         // Serialising these plain structs into memory cannot fail.
@@ -101,6 +106,7 @@ impl Request {
             Wire::Deactivate { certifier } => Request::Deactivate { certifier },
             Wire::Status {} => Request::Status,
             Wire::Reload {} => Request::Reload,
+            Wire::Backup {} => Request::Backup,
         })
     }
 }
@@ -125,6 +131,9 @@ pub struct Response {
     /// The status, for status requests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<DaemonStatus>,
+    /// The backup point, for backup requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_point: Option<crate::backup::BackupPoint>,
     /// The error, when `ok` is false.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorBody>,
@@ -481,6 +490,24 @@ impl Controller {
                 status: Some(self.status()),
                 ..Default::default()
             },
+            Request::Backup => {
+                let event = AuditEvent::new(crate::backup::KIND_BACKUP_POINT, actor);
+                match self.audit.audit_async(event).await {
+                    Ok(record) => Response {
+                        ok: true,
+                        message: Some(format!("backup point at journal entry {}", record.seq)),
+                        backup_point: Some(crate::backup::BackupPoint {
+                            seq: record.seq,
+                            hash: record.hash,
+                        }),
+                        ..Default::default()
+                    },
+                    Err(e) => Response::error(
+                        "audit_unavailable",
+                        format!("cannot write the backup point to the audit log: {e}"),
+                    ),
+                }
+            }
             Request::Activate { certifier, pin } => {
                 let c = match self.certifiers.find(certifier.as_deref()) {
                     Ok(c) => c,

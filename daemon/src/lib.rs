@@ -48,9 +48,11 @@
 pub mod anchor;
 pub mod approval;
 pub mod audit;
+pub mod backup;
 pub mod ceremony;
 pub mod certgen;
 pub mod certifier;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod control;

@@ -4,7 +4,7 @@ use crate::accounts;
 use crate::config::Config;
 use crate::model::Role;
 use crate::store::{Store, StoreError};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -123,6 +123,11 @@ fn create_admin(
     };
     store.append_event(event).map_err(|e| e.to_string())?;
     Ok(format!("admin {username} created"))
+}
+
+/// The command's definition, for man pages and completions.
+pub fn command() -> clap::Command {
+    Cli::command()
 }
 
 /// Runs the command line; the process's exit code.
