@@ -31,6 +31,9 @@ pub struct Checkpointer {
     /// `seq` of the entry the last checkpoint signed, and of that
     /// checkpoint; one checkpoint at a time.
     last: Mutex<(u64, u64)>,
+    /// Told when the log's end is covered by a checkpoint.
+    metrics: Arc<crate::metrics::Metrics>,
+    clock: Arc<dyn crate::clock::Clock>,
 }
 
 /// What a checkpoint came to.
@@ -47,12 +50,20 @@ pub enum Checkpoint {
 impl Checkpointer {
     /// Checkpoints of `ledger`'s audit log, signed by the first active of
     /// `certifiers`, anchored in `state_dir`.
-    pub fn new(certifiers: Arc<Certifiers>, ledger: Arc<dyn Ledger>, state_dir: &Path) -> Self {
+    pub fn new(
+        certifiers: Arc<Certifiers>,
+        ledger: Arc<dyn Ledger>,
+        state_dir: &Path,
+        metrics: Arc<crate::metrics::Metrics>,
+        clock: Arc<dyn crate::clock::Clock>,
+    ) -> Self {
         Checkpointer {
             certifiers,
             ledger,
             anchor: anchor_path(state_dir),
             last: Mutex::new((0, 0)),
+            metrics,
+            clock,
         }
     }
 
@@ -62,6 +73,8 @@ impl Checkpointer {
         let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
         let (seq, hash) = self.ledger.last_entry();
         if seq == 0 || seq == last.0 || seq == last.1 {
+            // Nothing since the last checkpoint: the end is still covered.
+            self.metrics.checkpoint_current(self.clock.unix());
             return Ok(Checkpoint::Unchanged);
         }
         let Some((certifier, signer)) = self
@@ -100,6 +113,7 @@ impl Checkpointer {
             .write(&self.anchor)
             .map_err(|e| format!("cannot write {}: {e}", self.anchor.display()))?;
         *last = (seq, anchor.seq);
+        self.metrics.checkpoint_current(self.clock.unix());
         tracing::info!(
             seq = anchor.seq,
             hash = %anchor.hash,

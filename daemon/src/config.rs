@@ -59,6 +59,9 @@ pub struct Config {
     /// CRL timing.
     #[serde(default)]
     pub crl: CrlConfig,
+    /// Prometheus metrics; absent: none are served.
+    #[serde(default)]
+    pub metrics: Option<MetricsConfig>,
     /// Issuance profiles.
     #[serde(default, rename = "profile")]
     pub profiles: Vec<ProfileConfig>,
@@ -195,6 +198,15 @@ pub struct CertifierConfig {
     /// Profiles this certifier issues under; empty means every profile.
     #[serde(default)]
     pub profiles: Vec<String>,
+}
+
+/// The metrics listener (`GET /metrics`, OpenMetrics text).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Where to serve them: a loopback address (port 0: any free port,
+    /// shown by `certd status`).
+    pub listen: std::net::SocketAddr,
 }
 
 /// The mutual-TLS API.
@@ -624,6 +636,15 @@ impl Config {
                 "daemon.control_socket_mode = {:o} must not grant access to others: use 0o600 or 0o660",
                 self.daemon.control_socket_mode
             )));
+        }
+        if let Some(m) = &self.metrics {
+            if !m.listen.ip().is_loopback() {
+                return Err(self.invalid(format!(
+                    "metrics.listen = {} is not a loopback address: metrics are served to this \
+                     machine only (127.0.0.1 or ::1); let a local agent or a TLS proxy carry them further",
+                    m.listen
+                )));
+            }
         }
         if !valid_instance(&self.daemon.instance) {
             return Err(self.invalid(format!(

@@ -263,6 +263,8 @@ pub struct Controller {
     pub clock: Arc<dyn Clock>,
     /// When the daemon started, on `clock`'s monotonic time.
     pub started: Instant,
+    /// The metrics (for their listener's address).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Binds the control socket at `daemon.control_socket` with its mode and
@@ -438,7 +440,9 @@ impl Controller {
     /// The daemon's status.
     pub fn status(&self) -> DaemonStatus {
         let uptime = self.clock.instant().saturating_duration_since(self.started);
-        status::report(&self.certifiers, self.ledger.as_ref(), uptime)
+        let mut status = status::report(&self.certifiers, self.ledger.as_ref(), uptime);
+        status.metrics = self.metrics.address().map(|a| a.to_string());
+        status
     }
 
     /// Re-reads the configuration and swaps in its profiles, RAs and grants.

@@ -225,6 +225,8 @@ pub struct Services {
     pub limiter: Arc<RateLimiter>,
     /// Signed checkpoints of the audit log.
     pub checkpoints: Arc<Checkpointer>,
+    /// Counters and histograms for `[metrics]`.
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// When the daemon started, on `clock`'s monotonic time.
     started: Instant,
     /// Held for the daemon's lifetime: one daemon per state directory.
@@ -243,10 +245,13 @@ impl Services {
     ) -> Result<Services, DaemonError> {
         let audit = ledger.clone();
         let state_dir = &config.daemon.state_dir;
+        let metrics = Arc::new(crate::metrics::Metrics::new(clock.unix()));
         let checkpoints = Arc::new(Checkpointer::new(
             certifiers.clone(),
             ledger.clone(),
             state_dir,
+            metrics.clone(),
+            clock.clone(),
         ));
         let crl = Arc::new(
             CrlService::open(
@@ -277,8 +282,14 @@ impl Services {
             clock.clone(),
             limiter.clone(),
             &config.daemon,
+            metrics.clone(),
         ));
-        let revoker = Arc::new(Revoker::new(ledger.clone(), crl.clone(), clock.clone()));
+        let revoker = Arc::new(Revoker::new(
+            ledger.clone(),
+            crl.clone(),
+            clock.clone(),
+            metrics.clone(),
+        ));
         let lookup = Arc::new(Lookup::new(ledger.clone()));
         Ok(Services {
             started: clock.instant(),
@@ -294,6 +305,7 @@ impl Services {
             lookup,
             limiter,
             checkpoints,
+            metrics,
             _lock: lock,
         })
     }
@@ -311,6 +323,7 @@ impl Services {
             lookup: self.lookup.clone(),
             limiter: self.limiter.clone(),
             crl: self.crl.clone(),
+            metrics: self.metrics.clone(),
         })
     }
 
@@ -330,6 +343,7 @@ impl Services {
             audit: self.audit.clone(),
             clock: self.clock.clone(),
             started: self.started,
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -470,6 +484,19 @@ async fn serve(services: Arc<Services>) -> Result<(), DaemonError> {
         let tcp = api_listener(&api.settings)?;
         tracing::info!(address = %tcp.local_addr().map(|a| a.to_string()).unwrap_or_default(), "API listening");
         tokio::spawn(server::serve(Arc::new(api), tcp, tls));
+    }
+    if let Some(metrics) = &services.config.metrics {
+        let tcp = tokio::net::TcpListener::bind(metrics.listen)
+            .await
+            .map_err(io(format!(
+                "binding the metrics listener to {}",
+                metrics.listen
+            )))?;
+        // Bound before READY, so `certd status` shows it from then on.
+        if let Ok(address) = tcp.local_addr() {
+            services.metrics.bound(address);
+        }
+        tokio::spawn(crate::metrics::serve(services.clone(), tcp));
     }
     systemd::notify_ready(&status::summary(&services.certifiers));
     tracing::info!(socket = %socket_path.display(), "certd ready");

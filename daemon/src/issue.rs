@@ -50,11 +50,14 @@ pub struct Issuer {
     free_space: FreeSpaceGuard,
     /// This certd's `daemon.instance`, recorded in its intents.
     instance: String,
+    /// Issuance outcomes and signing latency.
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Issuer {
     /// The pipeline over these parts; `daemon` gives the state directory
     /// whose free space is guarded and the minimum.
+    #[allow(clippy::too_many_arguments)] // one per service the pipeline uses
     pub fn new(
         policy: Arc<LivePolicy>,
         certifiers: Arc<Certifiers>,
@@ -63,6 +66,7 @@ impl Issuer {
         clock: Arc<dyn Clock>,
         limiter: Arc<RateLimiter>,
         daemon: &DaemonConfig,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Issuer {
         Issuer {
             policy,
@@ -72,6 +76,7 @@ impl Issuer {
             clock,
             limiter,
             instance: daemon.instance.clone(),
+            metrics,
             free_space: FreeSpaceGuard {
                 dir: daemon.state_dir.clone(),
                 min_free_mib: daemon.min_free_mib,
@@ -119,11 +124,40 @@ impl Issuer {
         req: &IssueRequest,
         draw_serial: &mut (dyn FnMut() -> Result<Serial, LedgerError> + Send),
     ) -> Result<IssueResponse, ApiError> {
+        use crate::metrics::Outcome;
+        let mut resolved = None;
+        let result = self
+            .issue_resolving(grant, req, draw_serial, &mut resolved)
+            .await;
+        let outcome = match &result {
+            Ok(resp) if resp.replayed => Outcome::Replayed,
+            Ok(_) => Outcome::Issued,
+            Err(e) if e.code.http_status() >= 500 => Outcome::Failed,
+            Err(_) => Outcome::Refused,
+        };
+        let (certifier, profile) = match &resolved {
+            Some((c, p)) => (Some(c.as_str()), Some(p.as_str())),
+            None => (None, None),
+        };
+        self.metrics.issuance(certifier, profile, outcome);
+        result
+    }
+
+    /// The pipeline; sets `resolved` to the configured certifier and
+    /// profile once the request is authorized for them (the metrics' labels).
+    async fn issue_resolving(
+        &self,
+        grant: &Grant,
+        req: &IssueRequest,
+        draw_serial: &mut (dyn FnMut() -> Result<Serial, LedgerError> + Send),
+        resolved: &mut Option<(String, String)>,
+    ) -> Result<IssueResponse, ApiError> {
         check_request_id(&req.request_id)?;
         check_ip_syntax(req)?;
         let policy = self.policy.current();
         let (certifier_name, profile) =
             policy.authorize(grant, req.certifier.as_deref(), &req.profile)?;
+        *resolved = Some((certifier_name.clone(), req.profile.clone()));
         self.limiter.check(grant, self.clock.instant())?;
         let digest = request_digest(req);
         if let Some(entry) = self
@@ -393,7 +427,16 @@ impl Issuer {
         serial: Serial,
         validity: certgen::ValidityChoice,
     ) -> Result<IssueResponse, ApiError> {
-        let signature = match self.signing.sign(signer.clone(), tbs).await {
+        let sign_started = self.clock.instant();
+        let signed = self.signing.sign(signer.clone(), tbs).await;
+        self.metrics.sign_latency(
+            certifier.name(),
+            self.clock
+                .instant()
+                .saturating_duration_since(sign_started)
+                .as_secs_f64(),
+        );
+        let signature = match signed {
             Ok(s) => s,
             Err(e) => {
                 if matches!(e, HsmError::Unavailable(_) | HsmError::Pkcs11 { .. }) {

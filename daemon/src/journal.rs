@@ -196,6 +196,13 @@ pub trait Ledger: Send + Sync {
     /// `seq` and `hash` of the last entry written.
     fn last_entry(&self) -> (u64, String);
 
+    /// How long the journal's rounds take to become durable (one `write`
+    /// and one `fsync` each), for the metrics; `None` for ledgers that
+    /// keep no such figure.
+    fn commit_latency(&self) -> Option<crate::metrics::Histogram> {
+        None
+    }
+
     /// Counters of one certifier.
     fn stats(&self, certifier: &str) -> Result<crate::ledger::CertifierStats, LedgerError>;
 
@@ -280,6 +287,10 @@ impl Ledger for Journal {
         Journal::last_entry(self)
     }
 
+    fn commit_latency(&self) -> Option<crate::metrics::Histogram> {
+        Some(self.commit_latency.clone())
+    }
+
     fn stats(&self, certifier: &str) -> Result<crate::ledger::CertifierStats, LedgerError> {
         self.index.stats(certifier)
     }
@@ -342,6 +353,8 @@ pub struct Journal {
     /// `seq` and `hash` of the last entry written.
     last: Arc<Mutex<(u64, String)>>,
     durable_seq: Arc<AtomicU64>,
+    /// Seconds per round from `write` to the end of its `fsync`.
+    commit_latency: crate::metrics::Histogram,
 }
 
 impl std::fmt::Debug for Journal {
@@ -399,6 +412,7 @@ impl Journal {
         let last_seq = Arc::new(AtomicU64::new(seq));
         let last = Arc::new(Mutex::new((seq, hash.clone())));
         let durable_seq = Arc::new(AtomicU64::new(seq));
+        let commit_latency = crate::metrics::latency_histogram();
         let writer = Writer {
             clock,
             file,
@@ -415,6 +429,7 @@ impl Journal {
             last_seq: last_seq.clone(),
             last: last.clone(),
             durable_seq: durable_seq.clone(),
+            commit_latency: commit_latency.clone(),
         };
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
@@ -432,6 +447,7 @@ impl Journal {
             last_seq,
             last,
             durable_seq,
+            commit_latency,
         };
         let torn_bytes = torn.as_ref().map(|d| d.bytes);
         if let Some(dropped) = torn {
@@ -633,6 +649,8 @@ struct Writer {
     last: Arc<Mutex<(u64, String)>>,
     /// `checkpoint_seq`, for [`Journal::durable_seq`].
     durable_seq: Arc<AtomicU64>,
+    /// [`Journal::commit_latency`].
+    commit_latency: crate::metrics::Histogram,
 }
 
 /// A submission of a round, with what it came to so far.
@@ -914,6 +932,7 @@ impl Writer {
         }
         // One write per round: a crash leaves at worst one torn line at
         // the end, which `open` cuts off.
+        let commit_started = Instant::now();
         if let Err(error) = self.file.write_all(&lines) {
             if let Err(truncate) = self.file.set_len(self.len) {
                 self.failed = Some(format!(
@@ -950,6 +969,8 @@ impl Writer {
             }
             return;
         }
+        self.commit_latency
+            .observe(commit_started.elapsed().as_secs_f64());
         self.len += lines.len() as u64;
         *self.last.lock().unwrap_or_else(PoisonError::into_inner) = (self.seq, self.hash.clone());
         self.last_seq.store(self.seq, Ordering::Release);

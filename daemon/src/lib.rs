@@ -67,6 +67,7 @@ mod layers;
 pub mod ledger;
 pub mod lint;
 pub mod lookup;
+pub mod metrics;
 pub mod policy;
 pub mod rate_limit;
 pub mod recovery;

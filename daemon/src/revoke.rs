@@ -20,13 +20,24 @@ pub struct Revoker {
     ledger: Arc<dyn Ledger>,
     crl: Arc<CrlService>,
     clock: Arc<dyn Clock>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Revoker {
     /// Revocations recorded in `ledger` at `clock`'s time, each asking
     /// `crl` for a new CRL.
-    pub fn new(ledger: Arc<dyn Ledger>, crl: Arc<CrlService>, clock: Arc<dyn Clock>) -> Revoker {
-        Revoker { ledger, crl, clock }
+    pub fn new(
+        ledger: Arc<dyn Ledger>,
+        crl: Arc<CrlService>,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Revoker {
+        Revoker {
+            ledger,
+            crl,
+            clock,
+            metrics,
+        }
     }
 
     /// Revokes the certificate with `serial` for RA `grant`; the answer is
@@ -115,6 +126,8 @@ impl Revoker {
             }
         }
         // In effect from here on: the CRL is remade.
+        self.metrics
+            .revocation(&record.intent.certifier, &req.reason);
         self.crl.trigger(&record.intent.certifier);
         let record = self
             .ledger

@@ -70,6 +70,8 @@ pub struct Api {
     pub limiter: Arc<RateLimiter>,
     /// CRLs.
     pub crl: Arc<CrlService>,
+    /// Counters for `[metrics]`.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Checks the chain with webpki, then the fingerprint against the
@@ -509,6 +511,7 @@ async fn audit_off_reactor(api: &Arc<Api>, events: Vec<AuditEvent>) {
 
 async fn refuse_handshake(api: &Arc<Api>, budget: &RefusalBudget, addr: SocketAddr, reason: &str) {
     tracing::info!(peer = %addr, reason, "TLS handshake refused");
+    api.metrics.refusal("tls_handshake");
     let (audit, dropped) = budget.allow(api.clock.unix());
     let mut events = Vec::new();
     if dropped > 0 {
@@ -597,7 +600,10 @@ fn grant_of(api: &Api, peer: &Peer) -> Result<Grant, ApiError> {
         })
 }
 
-fn refusal_event(actor: &str, method: &Method, uri: &Uri, e: &ApiError) -> AuditEvent {
+/// The audit entry of a refusal, counted in the metrics as it is made
+/// (every refusal is audited, so the two agree).
+fn refusal_event(api: &Api, actor: &str, method: &Method, uri: &Uri, e: &ApiError) -> AuditEvent {
+    api.metrics.refusal(e.code.as_str());
     AuditEvent::new("refused", actor).detail(json!({
         "method": method.as_str(),
         "path": uri.path(),
@@ -612,7 +618,7 @@ async fn refuse(call: Call, e: ApiError) -> Reply {
     let actor = grant_of(&call.api, &call.peer)
         .map(|g| g.name().to_string())
         .unwrap_or_else(|_| format!("peer:{}", call.peer.addr));
-    let event = refusal_event(&actor, &call.method, &call.uri, &e);
+    let event = refusal_event(&call.api, &actor, &call.method, &call.uri, &e);
     audit_off_reactor(&call.api, vec![event]).await;
     Reply(Err(e))
 }
@@ -634,7 +640,9 @@ where
             Err(e) => Err((format!("peer:{}", peer.addr), e)),
         };
         outcome.map_err(|(actor, e)| {
-            let _ = api.audit.record(refusal_event(&actor, &method, &uri, &e));
+            let _ = api
+                .audit
+                .record(refusal_event(&api, &actor, &method, &uri, &e));
             e
         })
     })
@@ -802,7 +810,7 @@ async fn issue_handler(
             Err(e) => (format!("peer:{}", peer.addr), Err(e)),
         };
         if let Err(e) = &result {
-            let event = refusal_event(&actor, &method, &uri, e);
+            let event = refusal_event(&api, &actor, &method, &uri, e);
             if let Err(audit) = api.audit.audit_async(event).await {
                 tracing::error!(error = %audit, "cannot write the audit log");
             }

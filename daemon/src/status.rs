@@ -20,6 +20,7 @@ pub fn report(certifiers: &Certifiers, ledger: &dyn Ledger, uptime: Duration) ->
             .iter()
             .map(|c| certifier_status(c, ledger))
             .collect(),
+        metrics: None,
     }
 }
 
@@ -103,6 +104,9 @@ pub struct DaemonStatus {
     pub pid: u32,
     /// Every certifier, in number order.
     pub certifiers: Vec<CertifierStatus>,
+    /// Where the metrics are served (`[metrics]`), once bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<String>,
 }
 
 /// One certifier's state.

@@ -17,6 +17,7 @@ pub mod api;
 pub mod certd;
 pub mod demo;
 pub mod fault;
+pub mod metrics;
 pub mod pkcs11;
 pub mod process;
 pub mod ready;
