@@ -535,7 +535,7 @@ fn restore_locked(
     // against its certifier's signature.
     let certifiers = Certifiers::load(config).map_err(|e| BackupError::Verify(e.to_string()))?;
     let check = |name: &str, der: &[u8]| certifiers.verify_issued(name, der);
-    let index_file = crate::daemon::index_path(staging.path());
+    let index_file = crate::ledger::index::path_in(staging.path());
     let (journal, _) = Journal::open_checked(&log, &index_file, clock, Some(&check))
         .map_err(|e| BackupError::Verify(format!("rebuilding the ledger: {e}")))?;
     let outcome = cross_check(&journal, &log, &manifest).and_then(|certificates| {

@@ -96,7 +96,7 @@ pub fn ledger_path(state_dir: &Path) -> PathBuf {
 /// Path of the ledger index (a redb database, applied from the audit log)
 /// inside the state directory.
 pub fn index_path(state_dir: &Path) -> PathBuf {
-    state_dir.join("ledger.redb")
+    crate::ledger::index::path_in(state_dir)
 }
 
 /// Takes the state directory's lock: one daemon (or one `migrate-ledger`)
@@ -466,6 +466,65 @@ fn api_listener(api: &crate::config::ApiConfig) -> Result<tokio::net::TcpListene
     tokio::net::TcpListener::from_std(std_listener).map_err(io("registering the API socket"))
 }
 
+/// What the metrics' gauges show now.
+pub fn metrics_snapshot(services: &Services) -> crate::metrics::Snapshot {
+    use crate::metrics::{CertifierSnapshot, CrlSnapshot, Snapshot};
+    Snapshot {
+        certifiers: services
+            .certifiers
+            .all()
+            .iter()
+            .map(|c| CertifierSnapshot {
+                name: c.name().to_string(),
+                state: c.state().name(),
+                crl: services.crl.current(c.name()).map(|crl| CrlSnapshot {
+                    number: crl.number,
+                    this_update: crl.this_update,
+                    next_update: crl.next_update,
+                }),
+            })
+            .collect(),
+        crl_refresh_seconds: i64::from(services.config.crl.refresh_hours) * 3600,
+        audit_entries: services.ledger.last_entry().0,
+        checkpoint_interval_seconds: i64::try_from(services.config.daemon.audit_checkpoint_secs)
+            .unwrap_or(i64::MAX),
+    }
+}
+
+/// Serves `GET /metrics` (OpenMetrics text) on `listener` until the
+/// process ends.
+async fn serve_metrics(services: Arc<Services>, listener: tokio::net::TcpListener) {
+    use axum::routing::get;
+    if let Ok(address) = listener.local_addr() {
+        tracing::info!(%address, "metrics listening");
+    }
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(
+                |axum::extract::State(s): axum::extract::State<Arc<Services>>| async move {
+                    let body = tokio::task::spawn_blocking(move || {
+                        s.metrics
+                            .render(s.ledger.commit_latency(), &metrics_snapshot(&s))
+                    })
+                    .await
+                    .unwrap_or_default();
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            crate::metrics::CONTENT_TYPE,
+                        )],
+                        body,
+                    )
+                },
+            ),
+        )
+        .with_state(services);
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!(error = %e, "the metrics listener failed");
+    }
+}
+
 async fn serve(services: Arc<Services>) -> Result<(), DaemonError> {
     // Signal handlers before READY: a SIGTERM that follows READY at once
     // stops certd cleanly instead of killing it.
@@ -496,7 +555,7 @@ async fn serve(services: Arc<Services>) -> Result<(), DaemonError> {
         if let Ok(address) = tcp.local_addr() {
             services.metrics.bound(address);
         }
-        tokio::spawn(crate::metrics::serve(services.clone(), tcp));
+        tokio::spawn(serve_metrics(services.clone(), tcp));
     }
     systemd::notify_ready(&status::summary(&services.certifiers));
     tracing::info!(socket = %socket_path.display(), "certd ready");

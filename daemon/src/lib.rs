@@ -11,33 +11,36 @@
 //! a test reads every module's `crate::` paths and keeps it so.
 //!
 //! 1. `clock` — the one source of the time, and its text forms.
-//! 2. `secret` — PINs from files or the terminal.
-//! 3. `hsm` — certifier keys in a PKCS#11 token behind the `Signer` trait.
-//! 4. `config` — the configuration file as typed structs.
-//! 5. `policy` — profiles, grants and name rules: data and pure functions.
-//! 6. `approval` — approval and validation evidence checked against the profile.
-//! 7. `rate_limit` — per-RA request budgets.
-//! 8. `csr` — strict CSR parsing, proof of possession, the names asked for.
-//! 9. `x509` — X.509 assembly around a token key, names, times, PEM.
-//! 10. `certgen` — subscriber certificates built from the profile only.
-//! 11. `certifier` — the certifiers and their locked/active/unavailable life.
-//! 12. `lint` — pre-issuance lint of the exact TBSCertificate.
-//! 13. `ledger` — the source of truth for serials: records, the index (redb).
-//! 14. `audit` — the hash-chained audit log.
-//! 15. `journal` — the audit log as write-ahead log: ledger changes and audit
+//! 2. `metrics` — the counters and histograms, and their exposition.
+//! 3. `secret` — PINs from files or the terminal.
+//! 4. `hsm` — certifier keys in a PKCS#11 token behind the `Signer` trait.
+//! 5. `config` — the configuration file as typed structs.
+//! 6. `policy` — profiles, grants and name rules: data and pure functions.
+//! 7. `approval` — approval and validation evidence checked against the profile.
+//! 8. `rate_limit` — per-RA request budgets.
+//! 9. `csr` — strict CSR parsing, proof of possession, the names asked for.
+//! 10. `x509` — X.509 assembly around a token key, names, times, PEM.
+//! 11. `certgen` — subscriber certificates built from the profile only.
+//! 12. `certifier` — the certifiers and their locked/active/unavailable life.
+//! 13. `lint` — pre-issuance lint of the exact TBSCertificate.
+//! 14. `ledger` — the source of truth for serials: records, the index (redb).
+//! 15. `audit` — the hash-chained audit log.
+//! 16. `journal` — the audit log as write-ahead log: ledger changes and audit
 //!     entries in one record, the ledger index applied from it.
-//! 16. `anchor` — signed checkpoints that anchor the audit log's end.
-//! 17. `issue` — the issuance pipeline (`Issuer`).
-//! 18. `lookup` — certificates as an RA sees them: by serial, or listed.
-//! 19. `crl` — CRLs made, signed, served and kept fresh (`CrlService`).
-//! 20. `revoke` — revocation (`Revoker`), which asks for a new CRL.
-//! 21. `recovery` — settling what a stop or a full disk interrupted.
-//! 22. `status` — the status report and the API's health.
-//! 23. `systemd` — readiness, status text and watchdog.
-//! 24. `server` — HTTPS with client certificates: HTTP in, pipeline calls, HTTP out.
-//! 25. `control` — the local control socket: protocol, client and daemon side.
-//! 26. `daemon` — start-up wiring, the run loop and shutdown.
-//! 27. `ceremony` — the key ceremony, a command of its own beside the daemon.
+//! 17. `anchor` — signed checkpoints that anchor the audit log's end.
+//! 18. `backup` — a consistent copy of the journal, and its proven restore.
+//! 19. `issue` — the issuance pipeline (`Issuer`).
+//! 20. `lookup` — certificates as an RA sees them: by serial, or listed.
+//! 21. `crl` — CRLs made, signed, served and kept fresh (`CrlService`).
+//! 22. `revoke` — revocation (`Revoker`), which asks for a new CRL.
+//! 23. `recovery` — settling what a stop or a full disk interrupted.
+//! 24. `status` — the status report and the API's health.
+//! 25. `systemd` — readiness, status text and watchdog.
+//! 26. `server` — HTTPS with client certificates: HTTP in, pipeline calls, HTTP out.
+//! 27. `control` — the local control socket: protocol, client and daemon side.
+//! 28. `daemon` — start-up wiring, the run loop, the metrics listener and shutdown.
+//! 29. `ceremony` — the key ceremony, a command of its own beside the daemon.
+//! 30. `cli` — the `certd` command line over all of the above.
 //!
 //! So nothing in the pipeline reaches into the daemon: each service
 //! (`Issuer`, `Revoker`, `Lookup`, `CrlService`) holds the few things it

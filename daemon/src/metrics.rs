@@ -18,7 +18,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -27,8 +27,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
 
 pub use prometheus_client::metrics::histogram::Histogram;
-
-use crate::daemon::Services;
 
 /// The Content-Type of the answer.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -190,8 +188,9 @@ impl Metrics {
         self.address.get().copied()
     }
 
-    /// The whole exposition, as of now.
-    pub fn render(&self, services: &Services) -> String {
+    /// The whole exposition: these counters, the journal's `commit`
+    /// latency, and the gauges of `now`.
+    pub fn render(&self, commit: Option<Histogram>, now: &Snapshot) -> String {
         let mut registry = Registry::with_prefix("certd");
         registry.register(
             "issuances",
@@ -214,7 +213,7 @@ impl Metrics {
             Unit::Seconds,
             self.hsm_sign.clone(),
         );
-        if let Some(commit) = services.ledger.commit_latency() {
+        if let Some(commit) = commit {
             registry.register_with_unit(
                 "journal_commit",
                 "Time for a journal round (write and fsync) to become durable",
@@ -234,19 +233,18 @@ impl Metrics {
         let crl_number = Family::<CertifierLabels, Gauge>::default();
         let crl_this = Family::<CertifierLabels, Gauge>::default();
         let crl_next = Family::<CertifierLabels, Gauge>::default();
-        for c in services.certifiers.all() {
-            let current = c.state().name();
+        for c in &now.certifiers {
             for name in ["active", "locked", "unavailable"] {
                 state
                     .get_or_create(&StateLabels {
-                        certifier: c.name().to_string(),
+                        certifier: c.name.clone(),
                         state: name,
                     })
-                    .set(i64::from(name == current));
+                    .set(i64::from(name == c.state));
             }
-            if let Some(crl) = services.crl.current(c.name()) {
+            if let Some(crl) = &c.crl {
                 let labels = CertifierLabels {
-                    certifier: c.name().to_string(),
+                    certifier: c.name.clone(),
                 };
                 crl_number
                     .get_or_create(&labels)
@@ -275,36 +273,25 @@ impl Metrics {
             "nextUpdate of each certifier's current CRL, Unix time",
             crl_next,
         );
-        let refresh = Gauge::<i64, AtomicI64>::default();
-        refresh.set(i64::from(services.config.crl.refresh_hours) * 3600);
         registry.register(
             "crl_refresh_before_next_update_seconds",
             "certd makes a new CRL when less than this remains before nextUpdate",
-            refresh,
+            gauge(now.crl_refresh_seconds),
         );
-
-        let (last_seq, _) = services.ledger.last_entry();
-        let entries = Gauge::<i64, AtomicI64>::default();
-        entries.set(i64::try_from(last_seq).unwrap_or(i64::MAX));
         registry.register(
             "audit_entries",
             "seq of the audit log's last entry",
-            entries,
+            gauge(i64::try_from(now.audit_entries).unwrap_or(i64::MAX)),
         );
-        let checkpoint = Gauge::<i64, AtomicI64>::default();
-        checkpoint.set(self.checkpoint_current_at.load(Ordering::Acquire));
         registry.register(
             "audit_checkpoint_timestamp_seconds",
             "When the audit log's end was last covered by a signed checkpoint, Unix time",
-            checkpoint,
+            gauge(self.checkpoint_current_at.load(Ordering::Acquire)),
         );
-        let interval = Gauge::<i64, AtomicI64>::default();
-        interval
-            .set(i64::try_from(services.config.daemon.audit_checkpoint_secs).unwrap_or(i64::MAX));
         registry.register(
             "audit_checkpoint_interval_seconds",
             "How often certd signs the audit log's end (audit_checkpoint_secs)",
-            interval,
+            gauge(now.checkpoint_interval_seconds),
         );
 
         let mut out = String::new();
@@ -314,26 +301,43 @@ impl Metrics {
     }
 }
 
-/// Serves `GET /metrics` on `listener` until the process ends.
-pub async fn serve(services: Arc<Services>, listener: tokio::net::TcpListener) {
-    use axum::routing::get;
-    if let Ok(address) = listener.local_addr() {
-        tracing::info!(%address, "metrics listening");
-    }
-    let app = axum::Router::new()
-        .route(
-            "/metrics",
-            get(
-                |axum::extract::State(s): axum::extract::State<Arc<Services>>| async move {
-                    let body = tokio::task::spawn_blocking(move || s.metrics.render(&s))
-                        .await
-                        .unwrap_or_default();
-                    ([(axum::http::header::CONTENT_TYPE, CONTENT_TYPE)], body)
-                },
-            ),
-        )
-        .with_state(services);
-    if let Err(e) = axum::serve(listener, app).await {
-        tracing::error!(error = %e, "the metrics listener failed");
-    }
+fn gauge(value: i64) -> Gauge<i64, AtomicI64> {
+    let g = Gauge::<i64, AtomicI64>::default();
+    g.set(value);
+    g
+}
+
+/// What the gauges show, read at a scrape.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Every certifier.
+    pub certifiers: Vec<CertifierSnapshot>,
+    /// `crl.refresh_hours`, in seconds.
+    pub crl_refresh_seconds: i64,
+    /// `seq` of the audit log's last entry.
+    pub audit_entries: u64,
+    /// `daemon.audit_checkpoint_secs`.
+    pub checkpoint_interval_seconds: i64,
+}
+
+/// One certifier at a scrape.
+#[derive(Debug, Clone)]
+pub struct CertifierSnapshot {
+    /// Its name.
+    pub name: String,
+    /// `active`, `locked` or `unavailable`.
+    pub state: &'static str,
+    /// Its current CRL, if it has made one.
+    pub crl: Option<CrlSnapshot>,
+}
+
+/// A CRL at a scrape.
+#[derive(Debug, Clone)]
+pub struct CrlSnapshot {
+    /// Its number.
+    pub number: u64,
+    /// thisUpdate, Unix time.
+    pub this_update: i64,
+    /// nextUpdate, Unix time.
+    pub next_update: i64,
 }

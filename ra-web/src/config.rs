@@ -21,6 +21,18 @@ pub struct Config {
     /// How notifications are delivered.
     #[serde(default)]
     pub mail: MailConfig,
+    /// Prometheus metrics; absent: none (unless systemd passes a socket
+    /// named `metrics`).
+    #[serde(default)]
+    pub metrics: Option<MetricsConfig>,
+}
+
+/// The metrics listener (`GET /metrics`, OpenMetrics text).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// A loopback address.
+    pub listen: SocketAddr,
 }
 
 /// Listeners, TLS and the store.
@@ -300,6 +312,15 @@ impl Config {
 
     /// Checks values that parse but cannot work.
     pub fn validate(&self) -> Result<(), String> {
+        if let Some(m) = &self.metrics {
+            if !m.listen.ip().is_loopback() {
+                return Err(format!(
+                    "[metrics] listen = {} is not a loopback address: metrics are served to this \
+                     machine only (127.0.0.1 or ::1)",
+                    m.listen
+                ));
+            }
+        }
         let s = &self.security;
         if s.session_idle_minutes == 0 || s.session_absolute_hours == 0 {
             return Err(

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod csr_view;
 pub mod issuer;
+pub mod metrics;
 pub mod model;
 pub mod notify;
 pub mod publication;

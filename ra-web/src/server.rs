@@ -57,12 +57,17 @@ pub fn tls_config(config: &Config) -> Result<rustls::ServerConfig, StartError> {
     Ok(tls)
 }
 
-/// The listeners: sockets passed by systemd (`LISTEN_FDS`, named `https`
-/// and `http` in `LISTEN_FDNAMES`; unnamed, the first is HTTPS), else bound
-/// from the configuration.
-fn listeners(
-    config: &Config,
-) -> Result<(std::net::TcpListener, Option<std::net::TcpListener>), StartError> {
+/// The listeners ra-web serves on.
+struct Listeners {
+    https: std::net::TcpListener,
+    http: Option<std::net::TcpListener>,
+    metrics: Option<std::net::TcpListener>,
+}
+
+/// The listeners: sockets passed by systemd (`LISTEN_FDS`, named `https`,
+/// `http` and `metrics` in `LISTEN_FDNAMES`; unnamed, the first is HTTPS),
+/// else bound from the configuration.
+fn listeners(config: &Config) -> Result<Listeners, StartError> {
     let mut fds = listenfd::ListenFd::from_env();
     let names: Vec<String> = std::env::var("LISTEN_FDNAMES")
         .map(|n| n.split(':').map(str::to_string).collect())
@@ -70,6 +75,18 @@ fn listeners(
     let index =
         |name: &str, default: usize| names.iter().position(|n| n == name).unwrap_or(default);
     let passed = fds.len();
+    let metrics = match names.iter().position(|n| n == "metrics") {
+        Some(i) => fds
+            .take_tcp_listener(i)
+            .map_err(|e| err(format!("the metrics socket passed by systemd: {e}")))?,
+        None => match &config.metrics {
+            Some(m) => Some(
+                std::net::TcpListener::bind(m.listen)
+                    .map_err(|e| err(format!("binding [metrics] listen {}: {e}", m.listen)))?,
+            ),
+            None => None,
+        },
+    };
     let (https, http) = if passed > 0 {
         let https = fds
             .take_tcp_listener(index("https", 0))
@@ -98,11 +115,14 @@ fn listeners(
         };
         (https, http)
     };
-    https.set_nonblocking(true).map_err(err)?;
-    if let Some(h) = &http {
-        h.set_nonblocking(true).map_err(err)?;
+    for l in std::iter::once(&https).chain(&http).chain(&metrics) {
+        l.set_nonblocking(true).map_err(err)?;
     }
-    Ok((https, http))
+    Ok(Listeners {
+        https,
+        http,
+        metrics,
+    })
 }
 
 /// Builds the application state.
@@ -120,6 +140,7 @@ pub fn app(config: Config, store: Arc<Store>, clock: Clock) -> Result<AppState, 
         issue_wake: Default::default(),
         mail_wake: Default::default(),
         throttle: Default::default(),
+        metrics: Default::default(),
     }))
 }
 
@@ -210,10 +231,18 @@ fn notify(states: &[sd_notify::NotifyState]) {
 pub async fn run(config: Config) -> Result<(), StartError> {
     let tls = Arc::new(tls_config(&config)?);
     let store = Arc::new(Store::open(&config.server.state_dir).map_err(err)?);
-    let (https, http) = listeners(&config)?;
+    let Listeners {
+        https,
+        http,
+        metrics,
+    } = listeners(&config)?;
     let https = tokio::net::TcpListener::from_std(https).map_err(err)?;
     let http = match http {
         Some(h) => Some(tokio::net::TcpListener::from_std(h).map_err(err)?),
+        None => None,
+    };
+    let metrics = match metrics {
+        Some(m) => Some(tokio::net::TcpListener::from_std(m).map_err(err)?),
         None => None,
     };
     let app = app(config, store.clone(), web::system_clock())?;
@@ -222,6 +251,10 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     tokio::spawn(serve_tls(https, tls, web::router(app.clone())));
     if let Some(h) = http {
         tokio::spawn(serve_plain(h, web::public::router(app.clone())));
+    }
+    let metrics_addr = metrics.as_ref().and_then(|m| m.local_addr().ok());
+    if let Some(m) = metrics {
+        tokio::spawn(crate::metrics::serve(app.clone(), m));
     }
     tokio::spawn(crate::issuer::worker(app.clone(), Duration::from_secs(60)));
     tokio::spawn(crate::notify::worker(app.clone(), Duration::from_secs(30)));
@@ -240,7 +273,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             tokio::time::sleep(Duration::from_secs(600)).await;
         }
     });
-    tracing::info!(https = %https_addr, http = ?http_addr, "ra-web is serving");
+    tracing::info!(https = %https_addr, http = ?http_addr, metrics = ?metrics_addr, "ra-web is serving");
     notify(&[
         sd_notify::NotifyState::Ready,
         sd_notify::NotifyState::Status(&format!("serving on https://{https_addr}")),

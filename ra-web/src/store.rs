@@ -589,6 +589,22 @@ impl Store {
         Ok(out)
     }
 
+    /// How many requests are in `state` (all enterprises), from the index.
+    pub fn count_in_state(&self, state: State) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let idx = txn.open_table(REQUEST_INDEX).map_err(storage)?;
+        let key = list_key("*", Some(state), None);
+        let mut n = 0;
+        for item in idx
+            .range((key.as_str(), 0)..=(key.as_str(), u64::MAX))
+            .map_err(storage)?
+        {
+            item.map_err(storage)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
     // --- events -------------------------------------------------------------
 
     /// Appends an event; its number and time are set here.
@@ -800,6 +816,27 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// How many mails are queued (waiting for an attempt) and how many
+    /// failed for good.
+    pub fn mail_counts(&self) -> Result<(u64, u64), StoreError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let queued = txn
+            .open_table(MAIL_QUEUE)
+            .map_err(storage)?
+            .len()
+            .map_err(storage)?;
+        let mut failed = 0;
+        let t = txn.open_table(MAIL).map_err(storage)?;
+        for item in t.iter().map_err(storage)? {
+            let (_, v) = item.map_err(storage)?;
+            let m: Mail = dec(v.value())?;
+            if m.state == MailState::Failed {
+                failed += 1;
+            }
+        }
+        Ok((queued, failed))
     }
 
     // --- tokens -------------------------------------------------------------

@@ -34,10 +34,14 @@ pub struct WebCa {
     pub url: String,
     /// ra-web's publication listener, `http://127.0.0.1:PORT`.
     pub publication: String,
+    /// ra-web's metrics, `http://127.0.0.1:PORT/metrics` (a socket named
+    /// `metrics` is passed to it).
+    pub metrics_url: String,
     /// ra-web's log.
     pub log: PathBuf,
     https: ApiSocket,
     http: ApiSocket,
+    metrics: ApiSocket,
     /// Everything of this CA.
     pub dir: tempfile::TempDir,
 }
@@ -89,6 +93,7 @@ impl WebCa {
         let dir = tempfile::tempdir().expect("tempdir");
         let https = ApiSocket::bind();
         let http = ApiSocket::bind();
+        let metrics = ApiSocket::bind();
         let ca_dir = dir.path().join("ca");
         let api = ApiCa::from_demo_with(
             &ca_dir,
@@ -132,16 +137,18 @@ impl WebCa {
         let env = DemoEnv::read(&ca_dir.join("demo.env"));
         let log = dir.path().join("ra-web.log");
         before_ra_web(&env);
-        let ra_web = WebCa::spawn(&env, &https, &http, &log, dir.path());
+        let ra_web = WebCa::spawn(&env, &[&https, &http, &metrics], &log, dir.path());
         let ca = WebCa {
             ra_web,
             certd,
             url: https.url(),
             publication: format!("http://127.0.0.1:{}", http.port()),
+            metrics_url: format!("http://127.0.0.1:{}/metrics", metrics.port()),
             env,
             log,
             https,
             http,
+            metrics,
             dir,
         };
         (ca, fault)
@@ -157,20 +164,15 @@ impl WebCa {
     pub fn start_ra_web(&mut self) {
         self.ra_web = WebCa::spawn(
             &self.env,
-            &self.https,
-            &self.http,
+            &[&self.https, &self.http, &self.metrics],
             &self.log,
             self.dir.path(),
         );
     }
 
-    fn spawn(
-        env: &DemoEnv,
-        https: &ApiSocket,
-        http: &ApiSocket,
-        log_path: &Path,
-        dir: &Path,
-    ) -> ChildGuard {
+    /// Starts ra-web on `sockets`: https, http and metrics.
+    fn spawn(env: &DemoEnv, sockets: &[&ApiSocket; 3], log_path: &Path, dir: &Path) -> ChildGuard {
+        let [https, http, metrics] = *sockets;
         let log = File::options()
             .create(true)
             .append(true)
@@ -189,7 +191,10 @@ impl WebCa {
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2);
-        ApiSocket::pass_all(&mut cmd, &[(https, "https"), (http, "http")]);
+        ApiSocket::pass_all(
+            &mut cmd,
+            &[(https, "https"), (http, "http"), (metrics, "metrics")],
+        );
         let mut child = ChildGuard::spawn(&mut cmd);
         let mut seen = Vec::new();
         match notify.wait_for("READY=1", &mut child, START_LIMIT, &mut seen, || {
@@ -210,8 +215,7 @@ impl WebCa {
         self.ra_web.wait_exit(START_LIMIT, || read_log(&self.log));
         self.ra_web = WebCa::spawn(
             &self.env,
-            &self.https,
-            &self.http,
+            &[&self.https, &self.http, &self.metrics],
             &self.log,
             self.dir.path(),
         );

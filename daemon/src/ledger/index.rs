@@ -54,6 +54,11 @@ const FORMAT_1: &[u8] = b"1";
 /// RFC 5280 CRLReason keyCompromise.
 const KEY_COMPROMISE: u8 = 1;
 
+/// The index's file in a state directory.
+pub fn path_in(state_dir: &Path) -> PathBuf {
+    state_dir.join("ledger.redb")
+}
+
 /// Where in the journal the durable index stands: the last entry applied,
 /// its hash (so the continuation can be checked) and the byte offset just
 /// after it.

@@ -70,6 +70,8 @@ pub struct App {
     pub mail_wake: tokio::sync::Notify,
     /// Failed sign-ins per client address (throttling).
     pub throttle: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, (u32, Unix)>>,
+    /// Counters for `[metrics]`.
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl std::fmt::Debug for App {
@@ -171,6 +173,7 @@ impl App {
     }
 
     async fn record(&self, e: Event, durable: bool) {
+        self.metrics.event(&e.kind);
         let kind = e.kind.clone();
         let store = self.store.clone();
         let stored = blocking(move || {
