@@ -101,7 +101,8 @@ struct TokenArgs {
     /// Label of the certifier key pair.
     #[arg(long)]
     key_label: String,
-    /// File holding the token user PIN (asked on the terminal if absent).
+    /// File holding the token user PIN (`-`: standard input; asked on the
+    /// terminal if absent).
     #[arg(long)]
     pin_file: Option<PathBuf>,
 }
@@ -176,7 +177,8 @@ struct CertifierArg {
 struct ActivateArgs {
     #[command(flatten)]
     target: CertifierArg,
-    /// File holding the token user PIN (asked on the terminal if absent).
+    /// File holding the token user PIN (`-`: standard input; asked on the
+    /// terminal if absent).
     #[arg(long)]
     pin_file: Option<PathBuf>,
 }

@@ -47,6 +47,30 @@ pub fn read_pin_file(path: &Path) -> Result<SecretString, SecretError> {
         path: path.display().to_string(),
         source,
     };
+    if path == Path::new("-") {
+        // Standard input (a pipe from a secret store, or a root-only file
+        // redirected by root for a command run as a service user), read
+        // up to a bound: no growing buffer leaves copies behind.
+        let mut bytes = Zeroizing::new(vec![0u8; MAX_STDIN_PIN + 1]);
+        let mut len = 0;
+        let mut stdin = std::io::stdin().lock();
+        loop {
+            let n = stdin.read(&mut bytes[len..]).map_err(read_error)?;
+            if n == 0 {
+                break;
+            }
+            len += n;
+            if len > MAX_STDIN_PIN {
+                return Err(SecretError::Read {
+                    path: "standard input".into(),
+                    source: std::io::Error::other(format!(
+                        "more than {MAX_STDIN_PIN} bytes: give the PIN alone"
+                    )),
+                });
+            }
+        }
+        return pin_of(&bytes[..len], "standard input");
+    }
     let mut file = std::fs::File::open(path).map_err(read_error)?;
     let meta = file.metadata().map_err(read_error)?;
     let mode = meta.permissions().mode() & 0o7777;
@@ -60,17 +84,24 @@ pub fn read_pin_file(path: &Path) -> Result<SecretString, SecretError> {
     let size = usize::try_from(meta.len()).unwrap_or(0).saturating_add(1);
     let mut bytes = Zeroizing::new(Vec::with_capacity(size));
     file.read_to_end(&mut bytes).map_err(read_error)?;
-    let mut text: &[u8] = &bytes;
+    pin_of(&bytes, &path.display().to_string())
+}
+
+/// The most a PIN read from standard input may take.
+const MAX_STDIN_PIN: usize = 4096;
+
+/// The PIN in `bytes` (one trailing newline ignored), read from `source`.
+fn pin_of(bytes: &[u8], source: &str) -> Result<SecretString, SecretError> {
+    let mut text: &[u8] = bytes;
     if let Some(rest) = text.strip_suffix(b"\n") {
         text = rest;
     }
     if let Some(rest) = text.strip_suffix(b"\r") {
         text = rest;
     }
-    let s =
-        std::str::from_utf8(text).map_err(|_| SecretError::Empty(path.display().to_string()))?;
+    let s = std::str::from_utf8(text).map_err(|_| SecretError::Empty(source.to_string()))?;
     if s.is_empty() {
-        return Err(SecretError::Empty(path.display().to_string()));
+        return Err(SecretError::Empty(source.to_string()));
     }
     Ok(SecretString::from(s.to_string()))
 }

@@ -330,3 +330,54 @@ fn metrics_are_served_on_loopback_only() {
         out.stderr
     );
 }
+
+/// Under journald (`JOURNAL_STREAM` set, as systemd sets it for a unit's
+/// output) certd's log lines carry no time stamp of their own (journald
+/// stamps each line); elsewhere they do. Either way no PIN reaches the log,
+/// neither the one activation used nor a wrong one tried.
+#[test]
+fn logs_are_journald_friendly_and_hold_no_pin() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    for journald in [true, false] {
+        let dir = tmp.path().join(if journald { "journald" } else { "plain" });
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let ca = ApiCaBuilder::new(&dir, Path::new(CERTD))
+            .certifier("ca", "p256")
+            .toml(CONFIG)
+            .ra("ra-main", GRANT)
+            .build();
+        let pin = ca.token.pin.clone();
+        let env: Vec<(&str, &std::ffi::OsStr)> = if journald {
+            vec![("JOURNAL_STREAM", std::ffi::OsStr::new("8:12345"))]
+        } else {
+            Vec::new()
+        };
+        let d = ca.start_with_env(&env);
+        d.deactivate("ca");
+        let wrong = dir.join("wrong.pin");
+        certd_e2e::write_secret(&wrong, "wrong-pin-4711");
+        let refused = d.ctl(&["activate", "ca", "--pin-file", &wrong.display().to_string()]);
+        assert_ne!(refused.code(), Some(0), "{refused:?}");
+        d.activate("ca");
+        let log = d.log();
+        // (The harness heads the file's text with "--- PATH ---".)
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !l.starts_with("--- "))
+            .collect();
+        assert!(lines.len() >= 3, "{log}");
+        for line in &lines {
+            // tracing's fmt lines: "2026-12-02T15:00:00.000000Z  INFO ..." or,
+            // without time, " INFO ..." / "INFO ...".
+            let stamped =
+                line.len() > 20 && line.as_bytes()[4] == b'-' && line.as_bytes()[10] == b'T';
+            assert_eq!(stamped, !journald, "journald={journald}: {line}");
+        }
+        assert!(!log.contains(&pin), "the PIN is in the log:\n{log}");
+        assert!(
+            !log.contains("wrong-pin-4711"),
+            "a tried PIN is in the log:\n{log}"
+        );
+        assert!(log.contains("INFO"), "{log}");
+    }
+}

@@ -39,8 +39,8 @@ pub enum Command {
         /// The user name.
         #[arg(long)]
         username: String,
-        /// A file holding the password (at least 12 characters); it is
-        /// never taken from the command line.
+        /// A file holding the password (at least 12 characters; `-`:
+        /// standard input); it is never taken from the command line.
         #[arg(long)]
         password_file: PathBuf,
         /// The name pages show (default: the user name).
@@ -71,9 +71,17 @@ fn load(path: &Path) -> Result<Config, String> {
 }
 
 fn read_password(path: &Path) -> Result<zeroize::Zeroizing<String>, String> {
+    let read = || -> std::io::Result<String> {
+        if path == Path::new("-") {
+            let mut text = String::with_capacity(1024);
+            std::io::Read::read_to_string(&mut std::io::stdin().lock(), &mut text)?;
+            Ok(text)
+        } else {
+            std::fs::read_to_string(path)
+        }
+    };
     let mut text = zeroize::Zeroizing::new(
-        std::fs::read_to_string(path)
-            .map_err(|e| format!("--password-file {}: {e}", path.display()))?,
+        read().map_err(|e| format!("--password-file {}: {e}", path.display()))?,
     );
     let trimmed = zeroize::Zeroizing::new(text.trim_end_matches(['\n', '\r']).to_string());
     zeroize::Zeroize::zeroize(&mut *text);
