@@ -7,8 +7,9 @@
 //! state directory as it found it.
 #![forbid(unsafe_code)]
 
-use certd_api::{IssueRequest, SubjectAltNames};
-use certd_e2e::api::{make_csr, make_key, ApiCaBuilder, ApiDaemon, KeyAlg, API_DEADLINE};
+use certd_e2e::api::{
+    make_csr, make_key, tls_server_request, ApiCaBuilder, ApiDaemon, KeyAlg, API_DEADLINE,
+};
 use certd_e2e::poll_until;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,22 +42,6 @@ fn start(dir: &Path) -> ApiDaemon {
         .start();
     d.activate("ca");
     d
-}
-
-fn request(csr: &str, host: &str) -> IssueRequest {
-    IssueRequest {
-        request_id: host.to_string(),
-        certifier: None,
-        profile: "tls-server".into(),
-        csr: csr.to_string(),
-        subject: None,
-        san: Some(SubjectAltNames {
-            dns: vec![host.to_string()],
-            ..Default::default()
-        }),
-        not_after: None,
-        approval: None,
-    }
 }
 
 /// Waits for a signed checkpoint that covers the last revocation (certd
@@ -112,7 +97,7 @@ fn a_backup_taken_during_issuance_restores_every_acknowledged_certificate() {
     // A revocation (and the CRL and signed checkpoint it brings) before.
     let client = d.client("ra-main");
     let first = d
-        .block_on(client.issue(&request(&csr, "first.example.com")))
+        .block_on(client.issue(&tls_server_request(&csr, "first.example.com")))
         .expect("first issuance");
     d.block_on(client.revoke(&first.serial, "superseded"))
         .expect("revoke the first");
@@ -135,7 +120,7 @@ fn a_backup_taken_during_issuance_restores_every_acknowledged_certificate() {
                 while !stop.load(Ordering::Acquire) {
                     let host = format!("t{t}-{i}.example.com");
                     let resp = client
-                        .issue(&request(&csr, &host))
+                        .issue(&tls_server_request(&csr, &host))
                         .await
                         .unwrap_or_else(|e| panic!("issue {host}: {e}"));
                     acked
@@ -243,7 +228,7 @@ fn a_backup_taken_during_issuance_restores_every_acknowledged_certificate() {
     assert_eq!(revoked.revocation_reason.as_deref(), Some("superseded"));
     // And the restored CA issues on.
     let next = d
-        .block_on(client.issue(&request(&csr, "after-restore.example.com")))
+        .block_on(client.issue(&tls_server_request(&csr, "after-restore.example.com")))
         .expect("issue after the restore");
     assert!(before.iter().all(|(s, _)| *s != next.serial));
 }
@@ -258,11 +243,11 @@ fn restore_refuses_live_or_filled_state_and_damaged_or_rewritten_backups() {
     let client = d.client("ra-main");
     for i in 0..3 {
         let host = format!("h{i}.example.com");
-        d.block_on(client.issue(&request(&csr, &host)))
+        d.block_on(client.issue(&tls_server_request(&csr, &host)))
             .expect("issue");
     }
     let issued = d
-        .block_on(client.issue(&request(&csr, "revoked.example.com")))
+        .block_on(client.issue(&tls_server_request(&csr, "revoked.example.com")))
         .expect("issue");
     d.block_on(client.revoke(&issued.serial, "superseded"))
         .expect("revoke");

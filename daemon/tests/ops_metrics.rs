@@ -4,8 +4,7 @@
 //! the whole exposition passes the Prometheus project's OpenMetrics parser.
 #![forbid(unsafe_code)]
 
-use certd_api::{IssueRequest, SubjectAltNames};
-use certd_e2e::api::{make_csr, make_key, ApiCaBuilder, KeyAlg, API_DEADLINE};
+use certd_e2e::api::{make_csr, make_key, tls_server_request, ApiCaBuilder, KeyAlg, API_DEADLINE};
 use certd_e2e::metrics::{scrape, Scrape};
 use certd_e2e::poll_until;
 use std::collections::BTreeMap;
@@ -27,20 +26,15 @@ ca_issuers_url = "http://pki.example.com/e2e.crt"
 
 const GRANT: &str = "certifiers = [\"ca\"]\nprofiles = [\"tls-server\"]\ndns_subtrees = [\"example.com\"]\nmay_revoke = true\n";
 
-fn request(csr: &str, host: &str) -> IssueRequest {
-    IssueRequest {
-        request_id: host.to_string(),
-        certifier: None,
-        profile: "tls-server".into(),
-        csr: csr.to_string(),
-        subject: None,
-        san: Some(SubjectAltNames {
-            dns: vec![host.to_string()],
-            ..Default::default()
-        }),
-        not_after: None,
-        approval: None,
-    }
+/// A CA with the p256 certifier `ca`, metrics on, and `ra-main`.
+fn ca_in(tmp: &Path, name: &str) -> certd_e2e::api::ApiCa {
+    let dir = tmp.join(name);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    ApiCaBuilder::new(&dir, Path::new(CERTD))
+        .certifier("ca", "p256")
+        .toml(CONFIG)
+        .ra("ra-main", GRANT)
+        .build()
 }
 
 fn issuances(m: &Scrape, certifier: &str, profile: &str, result: &str) -> f64 {
@@ -58,14 +52,7 @@ fn issuances(m: &Scrape, certifier: &str, profile: &str, result: &str) -> f64 {
 #[test]
 fn the_metrics_count_what_was_done() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let dir = tmp.path().join("ca");
-    std::fs::create_dir_all(&dir).expect("mkdir");
-    let d = ApiCaBuilder::new(&dir, Path::new(CERTD))
-        .certifier("ca", "p256")
-        .toml(CONFIG)
-        .ra("ra-main", GRANT)
-        .build()
-        .start();
+    let d = ca_in(tmp.path(), "ca").start();
     let address = d.status()["metrics"]
         .as_str()
         .expect("certd status names the metrics address")
@@ -110,22 +97,22 @@ fn the_metrics_count_what_was_done() {
     let mut serials = Vec::new();
     for i in 0..3 {
         let resp = d
-            .block_on(client.issue(&request(&csr, &format!("m{i}.example.com"))))
+            .block_on(client.issue(&tls_server_request(&csr, &format!("m{i}.example.com"))))
             .expect("issue");
         serials.push(resp.serial);
     }
     // The same request again: a replay, no new signature.
     let replay = d
-        .block_on(client.issue(&request(&csr, "m0.example.com")))
+        .block_on(client.issue(&tls_server_request(&csr, "m0.example.com")))
         .expect("replay");
     assert!(replay.replayed);
     // Refused before a profile is known (not granted), after (not a CSR),
     // and a lookup of a serial that does not exist.
-    let mut other = request(&csr, "x.example.com");
+    let mut other = tls_server_request(&csr, "x.example.com");
     other.profile = "code-signing".into();
     d.block_on(client.issue(&other))
         .expect_err("a profile not granted");
-    let mut garbage = request("not a CSR", "y.example.com");
+    let mut garbage = tls_server_request("not a CSR", "y.example.com");
     garbage.csr =
         "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n".into();
     d.block_on(client.issue(&garbage)).expect_err("not a CSR");
@@ -308,13 +295,7 @@ fn the_metrics_count_what_was_done() {
 #[test]
 fn metrics_are_served_on_loopback_only() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let dir = tmp.path().join("ca");
-    std::fs::create_dir_all(&dir).expect("mkdir");
-    let ca = ApiCaBuilder::new(&dir, Path::new(CERTD))
-        .certifier("ca", "p256")
-        .toml(CONFIG)
-        .ra("ra-main", GRANT)
-        .build();
+    let ca = ca_in(tmp.path(), "ca");
     ca.edit_config("127.0.0.1:0", "0.0.0.0:9464");
     let out = certd_e2e::run(
         std::process::Command::new(CERTD)
@@ -339,13 +320,8 @@ fn metrics_are_served_on_loopback_only() {
 fn logs_are_journald_friendly_and_hold_no_pin() {
     let tmp = tempfile::tempdir().expect("tempdir");
     for journald in [true, false] {
-        let dir = tmp.path().join(if journald { "journald" } else { "plain" });
-        std::fs::create_dir_all(&dir).expect("mkdir");
-        let ca = ApiCaBuilder::new(&dir, Path::new(CERTD))
-            .certifier("ca", "p256")
-            .toml(CONFIG)
-            .ra("ra-main", GRANT)
-            .build();
+        let ca = ca_in(tmp.path(), if journald { "journald" } else { "plain" });
+        let dir = ca.config.dir.clone();
         let pin = ca.token.pin.clone();
         let env: Vec<(&str, &std::ffi::OsStr)> = if journald {
             vec![("JOURNAL_STREAM", std::ffi::OsStr::new("8:12345"))]

@@ -1532,3 +1532,21 @@ impl CrlView {
         );
     }
 }
+
+/// A `tls-server` request for `host` (its one DNS name) with the CSR `csr`
+/// (PEM), `request_id` the host name.
+pub fn tls_server_request(csr: &str, host: &str) -> certd_api::IssueRequest {
+    certd_api::IssueRequest {
+        request_id: host.to_string(),
+        certifier: None,
+        profile: "tls-server".into(),
+        csr: csr.to_string(),
+        subject: None,
+        san: Some(certd_api::SubjectAltNames {
+            dns: vec![host.to_string()],
+            ..Default::default()
+        }),
+        not_after: None,
+        approval: None,
+    }
+}
