@@ -393,6 +393,23 @@ fn lock_stopped(state_dir: &Path) -> Result<File, BackupError> {
     if lock.try_lock().is_err() {
         return Err(BackupError::Live(state_dir.to_owned()));
     }
+    // Made by root for a stopped daemon, the lock file must stay the
+    // daemon's to open: give it to the state directory's owner.
+    use std::os::unix::fs::MetadataExt;
+    let dir =
+        std::fs::metadata(state_dir).map_err(io_err(format!("reading {}", state_dir.display())))?;
+    let file = lock
+        .metadata()
+        .map_err(io_err(format!("reading {}", path.display())))?;
+    if file.uid() != dir.uid() {
+        std::os::unix::fs::chown(&path, Some(dir.uid()), Some(dir.gid())).map_err(io_err(
+            format!(
+                "giving {} to the owner of {}",
+                path.display(),
+                state_dir.display()
+            ),
+        ))?;
+    }
     Ok(lock)
 }
 
@@ -565,8 +582,7 @@ fn restore_locked(
         names.push(ANCHOR);
     }
     use std::os::unix::fs::MetadataExt;
-    for name in &names {
-        let path = staging.path().join(name);
+    for path in names.iter().map(|n| staging.path().join(n)) {
         let meta =
             std::fs::metadata(&path).map_err(io_err(format!("reading {}", path.display())))?;
         if meta.uid() != owner.uid() {

@@ -55,8 +55,10 @@ pub enum Command {
 fn logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("RA_WEB_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only for a terminal: journald and log files get plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     // journald stamps every line itself.
     if std::env::var_os("JOURNAL_STREAM").is_some() {
