@@ -27,6 +27,7 @@
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -453,36 +454,28 @@ pub fn restore(
     result
 }
 
-use std::os::unix::fs::DirBuilderExt;
-
 fn check_empty(state_dir: &Path) -> Result<(), BackupError> {
+    // A lock file another process holds: a running certd.
+    if File::options()
+        .write(true)
+        .open(state_dir.join("lock"))
+        .is_ok_and(|l| l.try_lock().is_err())
+    {
+        return Err(BackupError::Live(state_dir.to_owned()));
+    }
     let mut found = Vec::new();
     for entry in
         std::fs::read_dir(state_dir).map_err(io_err(format!("reading {}", state_dir.display())))?
     {
         let entry = entry.map_err(io_err(format!("reading {}", state_dir.display())))?;
-        found.push(entry.file_name().to_string_lossy().into_owned());
-    }
-    if found == ["lock"] {
-        // A lock file alone: live if held, else an empty directory.
-        let lock = File::options()
-            .write(true)
-            .open(state_dir.join("lock"))
-            .map_err(io_err("opening the state directory's lock"))?;
-        if lock.try_lock().is_err() {
-            return Err(BackupError::Live(state_dir.to_owned()));
+        let name = entry.file_name().to_string_lossy().into_owned();
+        // A lock file alone (nobody holds it) leaves the directory empty.
+        if name != "lock" {
+            found.push(name);
         }
-        return Ok(());
     }
     if !found.is_empty() {
         found.sort();
-        if File::options()
-            .write(true)
-            .open(state_dir.join("lock"))
-            .is_ok_and(|l| l.try_lock().is_err())
-        {
-            return Err(BackupError::Live(state_dir.to_owned()));
-        }
         found.truncate(5);
         return Err(BackupError::NotEmpty {
             dir: state_dir.to_owned(),
@@ -675,8 +668,6 @@ fn unpack(from: &Path, dir: &Path) -> Result<Manifest, BackupError> {
     }
     manifest.ok_or_else(|| invalid("it holds no manifest.json".into()))
 }
-
-use std::os::unix::fs::OpenOptionsExt;
 
 /// The ledger against the journal it was rebuilt from: every `issued`
 /// entry's certificate is in the ledger under its serial, byte for byte,

@@ -10,25 +10,17 @@ use certd_e2e::api::{
     error_code, lint_errors, make_csr, make_key, openssl, ApiCaBuilder, ApiDaemon, CrlView, KeyAlg,
     Lint, SubscriberKey, API_DEADLINE,
 };
+use certd_e2e::api::{tls_server_grant, TLS_SERVER_PROFILE};
 use certd_e2e::poll_until;
 use std::path::{Path, PathBuf};
 use tempfile::TempDir;
 
 const CERTD: &str = env!("CARGO_BIN_EXE_certd");
 
-const CONFIG: &str = r#"
-[[profile]]
-name = "tls-server"
-kind = "tls-server"
-max_validity_days = 90
-crl_url = "http://pki.example.com/e2e.crl"
-ca_issuers_url = "http://pki.example.com/e2e.crt"
-"#;
+const CONFIG: &str = TLS_SERVER_PROFILE;
 
 fn grant(extra: &str) -> String {
-    format!(
-        "certifiers = [\"ca\"]\nprofiles = [\"tls-server\"]\ndns_subtrees = [\"example.com\"]\n{extra}"
-    )
+    tls_server_grant(extra)
 }
 
 /// A p256 certifier `ca` and the RAs `ra-main` (may revoke) and

@@ -8,7 +8,8 @@
 #![forbid(unsafe_code)]
 
 use certd_e2e::api::{
-    make_csr, make_key, tls_server_request, ApiCaBuilder, ApiDaemon, KeyAlg, API_DEADLINE,
+    make_csr, make_key, tls_server_grant, tls_server_request, ApiCaBuilder, ApiDaemon, KeyAlg,
+    API_DEADLINE, TLS_SERVER_PROFILE,
 };
 use certd_e2e::poll_until;
 use std::path::{Path, PathBuf};
@@ -16,17 +17,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 const CERTD: &str = env!("CARGO_BIN_EXE_certd");
-
-const CONFIG: &str = r#"
-[[profile]]
-name = "tls-server"
-kind = "tls-server"
-max_validity_days = 90
-crl_url = "http://pki.example.com/e2e.crl"
-ca_issuers_url = "http://pki.example.com/e2e.crt"
-"#;
-
-const GRANT: &str = "certifiers = [\"ca\"]\nprofiles = [\"tls-server\"]\ndns_subtrees = [\"example.com\"]\nmay_revoke = true\n";
 
 /// Certificates acknowledged to the issuing tasks: (serial, PEM), in the
 /// order the answers arrived.
@@ -36,8 +26,8 @@ fn start(dir: &Path) -> ApiDaemon {
     std::fs::create_dir_all(dir).expect("the CA's directory");
     let d = ApiCaBuilder::new(dir, Path::new(CERTD))
         .certifier("ca", "p256")
-        .toml(CONFIG)
-        .ra("ra-main", GRANT)
+        .toml(TLS_SERVER_PROFILE)
+        .ra("ra-main", &tls_server_grant("may_revoke = true"))
         .build()
         .start();
     d.activate("ca");

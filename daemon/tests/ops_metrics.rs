@@ -4,7 +4,10 @@
 //! the whole exposition passes the Prometheus project's OpenMetrics parser.
 #![forbid(unsafe_code)]
 
-use certd_e2e::api::{make_csr, make_key, tls_server_request, ApiCaBuilder, KeyAlg, API_DEADLINE};
+use certd_e2e::api::{
+    make_csr, make_key, tls_server_grant, tls_server_request, ApiCaBuilder, KeyAlg, API_DEADLINE,
+    TLS_SERVER_PROFILE,
+};
 use certd_e2e::metrics::{scrape, Scrape};
 use certd_e2e::poll_until;
 use std::collections::BTreeMap;
@@ -12,19 +15,8 @@ use std::path::Path;
 
 const CERTD: &str = env!("CARGO_BIN_EXE_certd");
 
-const CONFIG: &str = r#"
-[metrics]
-listen = "127.0.0.1:0"
-
-[[profile]]
-name = "tls-server"
-kind = "tls-server"
-max_validity_days = 90
-crl_url = "http://pki.example.com/e2e.crl"
-ca_issuers_url = "http://pki.example.com/e2e.crt"
-"#;
-
-const GRANT: &str = "certifiers = [\"ca\"]\nprofiles = [\"tls-server\"]\ndns_subtrees = [\"example.com\"]\nmay_revoke = true\n";
+/// Metrics on any free port of the loopback (`certd status` names it).
+const METRICS: &str = "\n[metrics]\nlisten = \"127.0.0.1:0\"\n";
 
 /// A CA with the p256 certifier `ca`, metrics on, and `ra-main`.
 fn ca_in(tmp: &Path, name: &str) -> certd_e2e::api::ApiCa {
@@ -32,8 +24,9 @@ fn ca_in(tmp: &Path, name: &str) -> certd_e2e::api::ApiCa {
     std::fs::create_dir_all(&dir).expect("mkdir");
     ApiCaBuilder::new(&dir, Path::new(CERTD))
         .certifier("ca", "p256")
-        .toml(CONFIG)
-        .ra("ra-main", GRANT)
+        .toml(METRICS)
+        .toml(TLS_SERVER_PROFILE)
+        .ra("ra-main", &tls_server_grant("may_revoke = true"))
         .build()
 }
 

@@ -1550,3 +1550,22 @@ pub fn tls_server_request(csr: &str, host: &str) -> certd_api::IssueRequest {
         approval: None,
     }
 }
+
+/// A `tls-server` profile (90 days, with CRL and caIssuers URLs) for
+/// the API tests' configurations.
+pub const TLS_SERVER_PROFILE: &str = r#"
+[[profile]]
+name = "tls-server"
+kind = "tls-server"
+max_validity_days = 90
+crl_url = "http://pki.example.com/e2e.crl"
+ca_issuers_url = "http://pki.example.com/e2e.crt"
+"#;
+
+/// A grant on certifier `ca` and [`TLS_SERVER_PROFILE`] for names under
+/// example.com, with the lines `extra` (e.g. `may_revoke = true`).
+pub fn tls_server_grant(extra: &str) -> String {
+    format!(
+        "certifiers = [\"ca\"]\nprofiles = [\"tls-server\"]\ndns_subtrees = [\"example.com\"]\n{extra}"
+    )
+}
